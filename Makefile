@@ -1,0 +1,30 @@
+# Stockade: `make demo` and `make test` work on a fresh Debian 12 machine as root.
+VENV := .venv
+PY := $(VENV)/bin/python
+BOOTSTRAP_STAMP := $(VENV)/.stockade-installed
+
+.PHONY: demo test bench lint typecheck bootstrap clean
+
+bootstrap: $(BOOTSTRAP_STAMP)
+
+$(BOOTSTRAP_STAMP): pyproject.toml scripts/bootstrap.sh
+	./scripts/bootstrap.sh
+
+demo: bootstrap
+	$(VENV)/bin/stockade demo
+
+test: bootstrap lint typecheck
+	$(PY) -m pytest -q
+
+lint: bootstrap
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: bootstrap
+	$(VENV)/bin/mypy
+
+bench: bootstrap
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
