@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from cryptography.hazmat.decrepit.ciphers.modes import CFB
 from cryptography.hazmat.primitives import hmac
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from stockade.evidence.algorithms import Alg, HashAlgorithm, curve, curve_size
 from stockade.evidence.errors import CredentialError, EvidenceError
@@ -96,7 +97,7 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes) -> Credent
         raise CredentialError("ek", "the EK must be an RSA or ECC key")
 
     symmetric_key = kdfa(name_hash, seed, STORAGE, object_name, b"", key_bits)
-    encryptor = Cipher(algorithms.AES(symmetric_key), modes.CFB(bytes(16))).encryptor()
+    encryptor = Cipher(algorithms.AES(symmetric_key), CFB(bytes(16))).encryptor()
     enc_identity = encryptor.update(tpm2b(secret)) + encryptor.finalize()
     hmac_key = kdfa(name_hash, seed, INTEGRITY, b"", b"", name_hash.digest_size * 8)
     outer = hmac.HMAC(hmac_key, name_hash.new())
