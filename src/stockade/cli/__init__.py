@@ -18,30 +18,26 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from stockade.cli import demo, quote, tpm
+    from stockade.cli import demo, quote, tpm, tpm_quote
 
+    tpm.app.command("quote")(tpm_quote.quote)
     app.add_typer(tpm.app, name="tpm")
     app.add_typer(quote.app, name="quote")
     app.command("demo")(demo.run)
 
 
 def main() -> None:
-    """Console entry point: typed errors become one line on stderr and an exit code."""
+    """Console entry point: typed errors become one line on stderr and an exit code.
+
+    Usage errors are Click's own (exit 2 with a usage line); anything Stockade
+    raises on purpose is a ``StockadeError`` carrying its exit code.
+    """
     _register()
     try:
-        app(standalone_mode=False)
+        app()
     except StockadeError as error:
         print(f"stockade: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("stockade: aborted", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("stockade: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as usage:  # click's UsageError and friends
-        import click
-
-        if isinstance(usage, click.ClickException):
-            usage.show()
-            sys.exit(usage.exit_code)
-        raise

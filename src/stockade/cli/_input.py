@@ -1,0 +1,28 @@
+"""Reading the files and values CLI commands are given, with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from stockade.errors import InputError
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read {what} '{path}': {error.strerror or error}") from None
+
+
+def parse_hex(text: str, what: str) -> bytes:
+    cleaned = text.strip().removeprefix("0x")
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        raise InputError(f"{what} '{text}' is not hexadecimal") from None
+
+
+def emit_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
