@@ -10,6 +10,11 @@ import struct
 
 from stockade.evidence.errors import MalformedStructure
 
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
 
 class Reader:
     """A cursor over one buffer, decoding TPM wire types."""
@@ -34,24 +39,31 @@ class Reader:
         self.offset = end
         return chunk
 
+    def _unpack(self, layout: struct.Struct, what: str) -> int:
+        offset = self.offset
+        if offset + layout.size > len(self._data):
+            raise self.fail(
+                f"{what} needs {layout.size} bytes but only {len(self._data) - offset} remain"
+            )
+        self.offset = offset + layout.size
+        value: int = layout.unpack_from(self._data, offset)[0]
+        return value
+
     def u8(self, what: str = "UINT8") -> int:
-        return self.take(1, what)[0]
+        return self._unpack(_U8, what)
 
     def u16(self, what: str = "UINT16") -> int:
-        value: int = struct.unpack(">H", self.take(2, what))[0]
-        return value
+        return self._unpack(_U16, what)
 
     def u32(self, what: str = "UINT32") -> int:
-        value: int = struct.unpack(">I", self.take(4, what))[0]
-        return value
+        return self._unpack(_U32, what)
 
     def u64(self, what: str = "UINT64") -> int:
-        value: int = struct.unpack(">Q", self.take(8, what))[0]
-        return value
+        return self._unpack(_U64, what)
 
     def tpm2b(self, what: str = "TPM2B", max_size: int | None = None) -> bytes:
         """A TPM2B: UINT16 size then that many bytes."""
-        size = self.u16(f"{what}.size")
+        size = self._unpack(_U16, what)
         if max_size is not None and size > max_size:
             raise self.fail(f"{what}.size {size} exceeds the maximum {max_size}")
         return self.take(size, what)

@@ -5,6 +5,7 @@ tpm2-tools text form ``sha256:0,1,2+sha1:0``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from stockade.evidence.algorithms import DIGEST_SIZES, HASHES, hash_by_name
 from stockade.evidence.errors import EvidenceError, UnsupportedAlgorithm
@@ -14,6 +15,17 @@ PCR_COUNT = 24
 MAX_BANKS = 16
 # TPM2_PCR_SELECT_MAX in the reference implementation: 4 bytes = 32 PCRs.
 PCR_SELECT_MAX = 4
+
+
+@lru_cache(maxsize=1024)
+def pcrs_in_bitmap(bitmap: bytes) -> tuple[int, ...]:
+    """PCR indices set in a pcrSelect bitmap (bit n of byte k selects PCR 8k+n)."""
+    return tuple(
+        byte_index * 8 + bit
+        for byte_index, byte in enumerate(bitmap)
+        for bit in range(8)
+        if byte & (1 << bit)
+    )
 
 
 @dataclass(frozen=True)
@@ -103,13 +115,7 @@ class PcrSelection:
             size = reader.u8("TPMS_PCR_SELECTION.sizeofSelect")
             if size > PCR_SELECT_MAX:
                 raise reader.fail(f"sizeofSelect {size} exceeds {PCR_SELECT_MAX}")
-            bitmap = reader.take(size, "TPMS_PCR_SELECTION.pcrSelect")
-            pcrs = tuple(
-                byte_index * 8 + bit
-                for byte_index, byte in enumerate(bitmap)
-                for bit in range(8)
-                if byte & (1 << bit)
-            )
+            pcrs = pcrs_in_bitmap(reader.take(size, "TPMS_PCR_SELECTION.pcrSelect"))
             banks.append(BankSelection(hash_alg, pcrs, size))
         return cls(tuple(banks))
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import hashes
-
 from stockade.evidence.algorithms import DIGEST_SIZES, HASHES, HashAlgorithm, hash_by_name
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_selection import PcrSelection
@@ -47,17 +45,26 @@ class PcrValues:
 
     def composite_digest(self, selection: PcrSelection, hash_: HashAlgorithm) -> bytes:
         """H(PCR values in selection order): the pcrDigest of TPMS_QUOTE_INFO."""
-        context = hashes.Hash(hash_.new())
-        missing = []
-        for hash_alg, index in selection.items():
-            value = self.get(hash_alg, index)
-            if value is None:
-                missing.append(f"{bank_name(hash_alg)}:{index}")
-                continue
-            context.update(value)
-        if missing:
-            raise EvidenceError(f"no value supplied for quoted PCRs {', '.join(missing)}")
-        return context.finalize()
+        try:
+            concatenated = b"".join(
+                self.banks[bank.hash_alg][index] for bank in selection.banks for index in bank.pcrs
+            )
+        except KeyError:
+            missing = [
+                f"{bank_name(alg)}:{index}"
+                for alg, index in selection.items()
+                if self.get(alg, index) is None
+            ]
+            raise EvidenceError(f"no value supplied for quoted PCRs {', '.join(missing)}") from None
+        return hash_.digest(concatenated)
+
+    def restricted_to(self, selection: PcrSelection) -> PcrValues:
+        """Only the values ``selection`` names."""
+        banks = {}
+        for bank in selection.banks:
+            values = self.banks.get(bank.hash_alg, {})
+            banks[bank.hash_alg] = {i: values[i] for i in bank.pcrs if i in values}
+        return PcrValues(banks)
 
     def to_json(self) -> dict[str, dict[str, str]]:
         return {

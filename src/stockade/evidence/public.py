@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import IntFlag
+from functools import cached_property
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -250,6 +251,12 @@ class TpmPublic:
 
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         """The key as a ``cryptography`` object (RSA and ECC objects only)."""
+        return self._public_key
+
+    @cached_property
+    def _public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+        # Decoding and validating a point costs more than verifying a hash;
+        # a frozen TpmPublic decodes its key once.
         try:
             if isinstance(self.parameters, RsaParameters) and isinstance(self.unique, bytes):
                 exponent = self.parameters.exponent or DEFAULT_RSA_EXPONENT

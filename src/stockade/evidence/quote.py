@@ -47,19 +47,23 @@ class VerifiedQuote:
         return self.attest.clock_info
 
 
+_AK_REQUIRED = int(
+    ObjectAttributes.RESTRICTED
+    | ObjectAttributes.SIGN_ENCRYPT
+    | ObjectAttributes.FIXED_TPM
+    | ObjectAttributes.FIXED_PARENT
+    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
+)
+
+
 def check_ak(ak: TpmPublic) -> None:
     """An attestation key must be a restricted signing key that lives in the TPM."""
-    required = (
-        ObjectAttributes.RESTRICTED
-        | ObjectAttributes.SIGN_ENCRYPT
-        | ObjectAttributes.FIXED_TPM
-        | ObjectAttributes.FIXED_PARENT
-        | ObjectAttributes.SENSITIVE_DATA_ORIGIN
-    )
-    missing = [flag.name for flag in ObjectAttributes if flag & required and not ak.has(flag)]
-    if missing:
-        raise QuoteInvalid("attestation-key", f"AK lacks attributes {', '.join(map(str, missing))}")
-    if ak.has(ObjectAttributes.DECRYPT):
+    if ak.attributes & _AK_REQUIRED != _AK_REQUIRED:
+        missing = [
+            str(flag.name) for flag in ObjectAttributes if flag & _AK_REQUIRED and not ak.has(flag)
+        ]
+        raise QuoteInvalid("attestation-key", f"AK lacks attributes {', '.join(missing)}")
+    if ak.attributes & ObjectAttributes.DECRYPT:
         raise QuoteInvalid("attestation-key", "AK is also a decryption key")
 
 
@@ -130,14 +134,4 @@ def verify_quote(
         )
     if previous_clock is not None:
         check_clock_progression(previous_clock, attest.clock_info)
-    quoted_values = PcrValues(
-        {
-            bank.hash_alg: {
-                index: value
-                for index in bank.pcrs
-                if (value := pcr_values.get(bank.hash_alg, index)) is not None
-            }
-            for bank in quoted.banks
-        }
-    )
-    return VerifiedQuote(attest, quoted, quoted_values)
+    return VerifiedQuote(attest, quoted, pcr_values.restricted_to(quoted))

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from stockade.evidence.algorithms import DIGEST_SIZES
 from stockade.evidence.errors import EvidenceError, MalformedStructure
-from stockade.evidence.pcr_selection import BankSelection, PcrSelection
+from stockade.evidence.pcr_selection import BankSelection, PcrSelection, pcrs_in_bitmap
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
 
@@ -49,8 +49,7 @@ def _read_serialized(data: bytes) -> tuple[PcrSelection, PcrValues]:
         if size > 4:
             raise _fail(offset + 2, f"sizeofSelect {size} exceeds 4")
         bitmap = data[offset + 3 : offset + 3 + size]
-        pcrs = tuple(i * 8 + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1)
-        banks.append(BankSelection(hash_alg, pcrs, size))
+        banks.append(BankSelection(hash_alg, pcrs_in_bitmap(bitmap), size))
     selection = PcrSelection(tuple(banks))
 
     (lists,) = struct.unpack_from("<I", data, _SELECTION_SIZE)

@@ -30,7 +30,7 @@ from stockade.errors import StockadeError, TpmUnavailable
 from stockade.evidence.algorithms import HASHES, hash_algorithm
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.marshal import Writer
-from stockade.evidence.pcr_selection import BankSelection, PcrSelection
+from stockade.evidence.pcr_selection import BankSelection, PcrSelection, pcrs_in_bitmap
 from stockade.evidence.pcr_values import PcrValues
 
 DEFAULT_DEVICE_TCTI = "device:/dev/tpmrm0"
@@ -135,9 +135,7 @@ class Tpm:
         for selection in data.data.assignedPCR:
             size = int(selection.sizeofSelect)
             bitmap = bytes(selection.pcrSelect)[:size]
-            pcrs = tuple(
-                i * 8 + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1
-            )
+            pcrs = pcrs_in_bitmap(bitmap)
             if pcrs and int(selection.hash) in HASHES:
                 banks.append(BankSelection(int(selection.hash), pcrs, size))
         return PcrSelection(tuple(banks))

@@ -1,0 +1,1 @@
+"""Stockade benchmarks; run with ``make bench`` (``python -m bench``)."""
