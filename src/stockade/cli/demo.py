@@ -6,6 +6,7 @@ demo fails (exit 1) if any step does not behave as a verifier must.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -113,7 +114,7 @@ def run() -> None:
             console.print("6. attacks:")
             sha256 = selection.banks[0].hash_alg
             forged = dict(evidence.pcr_values.banks[sha256])
-            forged[4] = bytes(32)
+            forged[4] = hashlib.sha256(b"a different bootloader").digest()
             _expect_rejection(
                 console,
                 "PCR 4 rewritten to hide a different bootloader",
