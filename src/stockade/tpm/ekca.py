@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from stockade.errors import InputError, StockadeError
+from stockade.home import stockade_home
 
 _ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
 _ISSUER_VALIDITY = datetime.timedelta(days=10 * 365)
@@ -50,8 +51,7 @@ class EkCaError(StockadeError):
 
 def default_directory() -> Path:
     """``$STOCKADE_HOME/ek-ca``, with ``STOCKADE_HOME`` defaulting to ``~/.stockade``."""
-    home = os.environ.get("STOCKADE_HOME")
-    return (Path(home) if home else Path.home() / ".stockade") / "ek-ca"
+    return stockade_home() / "ek-ca"
 
 
 @dataclass(frozen=True)

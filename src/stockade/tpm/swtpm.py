@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.errors import InputError, TpmUnavailable
+from stockade.home import stockade_home
 from stockade.tpm.ekca import EkCa, TpmIdentity
 
 RSA_EK_CERT_INDEX = 0x01C00002
@@ -86,8 +87,7 @@ _PROBE = _tpm_command(0x17A, struct.pack(">III", 0x6, 0x105, 1))
 
 def default_home() -> Path:
     """``$STOCKADE_HOME``, or ``~/.stockade``."""
-    home = os.environ.get("STOCKADE_HOME")
-    return Path(home) if home else Path.home() / ".stockade"
+    return stockade_home()
 
 
 def check_name(name: str) -> str:
