@@ -1,0 +1,43 @@
+"""Fuzz target: TPMS_ATTEST, as ``tpm2_quote -m`` writes it (``Attest.unmarshal``).
+
+    pip install atheris
+    python fuzz/fuzz_attest.py [libFuzzer options] [corpus directory]
+
+Parsing must succeed or raise ``EvidenceError``; any other exception is a bug, and so is a
+parsed structure that does not marshal back to the same bytes. Importable without atheris:
+tests/evidence/test_fuzz_targets.py drives ``test_one_input`` directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+try:
+    import atheris
+except ImportError:  # the tests import this module without atheris
+    atheris = None
+
+with atheris.instrument_imports() if atheris else contextlib.nullcontext():
+    from stockade.evidence.attest import Attest
+    from stockade.evidence.errors import EvidenceError
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        attest = Attest.unmarshal(data)
+    except EvidenceError:
+        return
+    if attest.marshal() != data:
+        raise AssertionError(f"TPMS_ATTEST does not marshal back to {data.hex()}")
+
+
+def main() -> None:
+    if atheris is None:
+        sys.exit(f"{__file__} needs atheris (pip install atheris)")
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Fuzz target: EK certificates as read from TPM NV or a file (``load_certificate``).
+
+    pip install atheris
+    python fuzz/fuzz_certificate.py [libFuzzer options] [corpus directory]
+
+Loading must succeed or raise ``EvidenceError``; any other exception is a bug. Seed the
+corpus with real EK certificates (``tpm2_getekcertificate``) to get past the DER framing.
+Importable without atheris: tests/evidence/test_fuzz_targets.py drives ``test_one_input``
+directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+
+try:
+    import atheris
+except ImportError:  # the tests import this module without atheris
+    atheris = None
+
+with atheris.instrument_imports() if atheris else contextlib.nullcontext():
+    from stockade.evidence.ek_certificate import load_certificate
+    from stockade.evidence.errors import EvidenceError
+
+
+def test_one_input(data: bytes) -> None:
+    with warnings.catch_warnings():
+        # e.g. "serial number which wasn't positive": cryptography's warning, not a crash
+        warnings.simplefilter("ignore")
+        try:
+            load_certificate(data)
+        except EvidenceError:
+            return
+
+
+def main() -> None:
+    if atheris is None:
+        sys.exit(f"{__file__} needs atheris (pip install atheris)")
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Fuzz target: TPM2B_PUBLIC, as ``tpm2_createak -u`` writes it (``TpmPublic.unmarshal_tpm2b``).
+
+    pip install atheris
+    python fuzz/fuzz_public.py [libFuzzer options] [corpus directory]
+
+Parsing, the object Name and the public key must each succeed or raise ``EvidenceError``;
+any other exception is a bug, and so is a parsed structure that does not marshal back to
+the same bytes. Importable without atheris: tests/evidence/test_fuzz_targets.py drives
+``test_one_input`` directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+try:
+    import atheris
+except ImportError:  # the tests import this module without atheris
+    atheris = None
+
+with atheris.instrument_imports() if atheris else contextlib.nullcontext():
+    from stockade.evidence.errors import EvidenceError
+    from stockade.evidence.public import TpmPublic
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        public = TpmPublic.unmarshal_tpm2b(data)
+    except EvidenceError:
+        return
+    if public.marshal_tpm2b() != data:
+        raise AssertionError(f"TPM2B_PUBLIC does not marshal back to {data.hex()}")
+    with contextlib.suppress(EvidenceError):
+        public.name()
+    with contextlib.suppress(EvidenceError):
+        public.public_key()
+
+
+def main() -> None:
+    if atheris is None:
+        sys.exit(f"{__file__} needs atheris (pip install atheris)")
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
