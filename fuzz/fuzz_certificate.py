@@ -11,16 +11,14 @@ directly.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import warnings
+from pathlib import Path
 
-try:
-    import atheris
-except ImportError:  # the tests import this module without atheris
-    atheris = None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import fuzz, instrumented
 
-with atheris.instrument_imports() if atheris else contextlib.nullcontext():
+with instrumented():
     from stockade.evidence.ek_certificate import load_certificate
     from stockade.evidence.errors import EvidenceError
 
@@ -35,12 +33,5 @@ def test_one_input(data: bytes) -> None:
             return
 
 
-def main() -> None:
-    if atheris is None:
-        sys.exit(f"{__file__} needs atheris (pip install atheris)")
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(test_one_input)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
-try:
-    import atheris
-except ImportError:  # the tests import this module without atheris
-    atheris = None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import fuzz, instrumented
 
-with atheris.instrument_imports() if atheris else contextlib.nullcontext():
+with instrumented():
     from stockade.evidence.errors import EvidenceError
     from stockade.evidence.public import TpmPublic
 
@@ -37,12 +36,5 @@ def test_one_input(data: bytes) -> None:
         public.public_key()
 
 
-def main() -> None:
-    if atheris is None:
-        sys.exit(f"{__file__} needs atheris (pip install atheris)")
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(test_one_input)

@@ -1,11 +1,45 @@
-"""Where Stockade keeps local state: ``$STOCKADE_HOME``, or ``~/.stockade``."""
+"""Stockade's local state: where it lives (``$STOCKADE_HOME``, or ``~/.stockade``),
+and the two ways it is written safely: whole files replaced atomically, and
+directories changed under an exclusive lock.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
 def stockade_home() -> Path:
     home = os.environ.get("STOCKADE_HOME")
     return Path(home) if home else Path.home() / ".stockade"
+
+
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` so readers see the old file or the new one, never
+    a torn write; the data is on disk before the rename."""
+    data = content.encode() if isinstance(content, str) else content
+    if path.exists() and path.read_bytes() == data:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` for the block."""
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

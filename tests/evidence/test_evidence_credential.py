@@ -152,15 +152,6 @@ def test_ek_without_aes_cfb_protection_is_refused(ek, symmetric):
     assert caught.value.check == "ek"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "BUG: make_credential with an EK whose AES keyBits is not 128/192/256 (e.g. 100) "
-        "raises a bare ValueError('Invalid key size (96) for AES') from cryptography instead "
-        "of CredentialError('ek', ...)"
-    ),
-)
 def test_ek_with_an_impossible_aes_key_size_is_a_credential_error(ek):
     _, public = ek
     bad = replace(

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography import exceptions as crypto_exceptions
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -289,15 +287,6 @@ def test_truncated_der_is_an_evidence_error(pki):
         load_certificate(der(pki.rsa_ek_cert)[:-1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=x509.InvalidVersion,
-    reason=(
-        "BUG: load_certificate catches only ValueError, but cryptography raises "
-        "x509.InvalidVersion (an Exception, not a ValueError) for a DER certificate whose "
-        "version INTEGER is not 0, 1 or 2; it escapes as a non-EvidenceError"
-    ),
-)
 def test_certificate_with_an_invalid_version_is_an_evidence_error(pki):
     data = der(pki.rsa_ek_cert)
     # TBSCertificate.version is [0] EXPLICIT INTEGER: a0 03 02 01 02 for v3.
@@ -315,15 +304,6 @@ def _with_curve_oid_replaced(data: bytes) -> bytes:
     return data.replace(p256, bytes.fromhex("06082a8648ce3d030109"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=crypto_exceptions.UnsupportedAlgorithm,
-    reason=(
-        "BUG: validate_ek_certificate calls leaf.public_key() outside any try; an EK "
-        "certificate whose SubjectPublicKeyInfo names an unsupported EC curve raises "
-        "cryptography.exceptions.UnsupportedAlgorithm instead of an EvidenceError"
-    ),
-)
 def test_ek_certificate_with_an_unknown_curve_is_an_evidence_error(pki, ek_templates, ecc_ek_key):
     data = _with_curve_oid_replaced(der(pki.ecc_ek_cert))
     public = ek_templates.ecc.with_public_key(ecc_ek_key.public_key())
@@ -331,16 +311,6 @@ def test_ek_certificate_with_an_unknown_curve_is_an_evidence_error(pki, ek_templ
         validate(data, public, pki)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "BUG: cryptography parses extensions lazily, so load_certificate accepts a "
-        "certificate whose BasicConstraints value is malformed and validate_ek_certificate "
-        "(_check_leaf: cert.extensions) then raises a bare ValueError instead of an "
-        "EvidenceError"
-    ),
-)
 def test_ek_certificate_with_a_malformed_extension_is_an_evidence_error(pki, ek):
     cert, public, _ = ek
     data = der(cert)

@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import pytest
 import vectors
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -92,15 +91,6 @@ def parse_public_key_file(data: bytes) -> None:
     read_public_key_file(data)
 
 
-def load_certificate_despite_known_bug(data: bytes) -> None:
-    """load_certificate, tolerating only the x509.InvalidVersion leak that
-    test_evidence_ek_certificate.py::test_certificate_with_an_invalid_version_is_an_evidence_error
-    and the exhaustive bit-flip test below report (strict xfails): keeps the randomized tests
-    deterministic until that is fixed. Remove it then."""
-    with contextlib.suppress(x509.InvalidVersion):
-        load_certificate(data)
-
-
 PARSERS: dict[str, Callable[[bytes], None]] = {
     "TPMS_ATTEST": parse_attest,
     "TPM2B_PUBLIC": parse_tpm2b_public,
@@ -112,17 +102,6 @@ PARSERS: dict[str, Callable[[bytes], None]] = {
     "certificate": load_certificate,
     "public key file": parse_public_key_file,
 }
-RANDOMIZED_PARSERS = PARSERS | {"certificate": load_certificate_despite_known_bug}
-
-CERTIFICATE_VERSION_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: load_certificate catches only ValueError; flipping a bit of the DER version "
-        "INTEGER (v3 = 2 -> 3, 6, 10, ...) makes cryptography raise x509.InvalidVersion, "
-        "which is not a ValueError, so it escapes as a non-EvidenceError"
-    ),
-)
 
 
 @pytest.fixture(scope="module")
@@ -217,13 +196,7 @@ def test_every_strict_prefix_of_a_tpm_structure_is_rejected(seeds, name):
                 PARSERS[name](prefix)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=CERTIFICATE_VERSION_BUG) if name == "certificate" else name
-        for name in PARSERS
-    ],
-)
+@pytest.mark.parametrize("name", list(PARSERS))
 def test_every_bit_flip_is_parsed_or_an_evidence_error(seeds, name):
     for seed in seeds[name]:
         failures = run_all(PARSERS[name], bit_flips(seed))
@@ -267,14 +240,14 @@ def mutated(draw, seeds_for_parser):
 @mutation_settings
 @given(data=st.data())
 def test_hypothesis_mutations_are_parsed_or_evidence_errors(seeds, name, data):
-    only_evidence_errors(lambda: RANDOMIZED_PARSERS[name](data.draw(mutated(seeds[name]))))
+    only_evidence_errors(lambda: PARSERS[name](data.draw(mutated(seeds[name]))))
 
 
 @pytest.mark.parametrize("name", PARSERS)
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=700))
 def test_arbitrary_bytes_are_parsed_or_evidence_errors(name, data):
-    only_evidence_errors(lambda: RANDOMIZED_PARSERS[name](data))
+    only_evidence_errors(lambda: PARSERS[name](data))
 
 
 @pytest.mark.parametrize("name", ["TPMS_ATTEST", "TPM2B_PUBLIC", "TPMT_SIGNATURE"])

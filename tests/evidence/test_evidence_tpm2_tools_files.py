@@ -6,7 +6,6 @@ import struct
 
 import pytest
 import vectors
-from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -111,16 +110,6 @@ def test_values_of_the_wrong_size_are_rejected(pcr_values, delta):
         read_pcr_file(data, selection)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MalformedStructure,
-    reason=(
-        "BUG: read_pcr_file picks the 'serialized' format by file size alone, even when a "
-        "selection is given: a 'values' file for sha256:0-18+sha1:0-2 is 19*32+3*20 = 668 "
-        "bytes = 132+4+532, so it is parsed as serialized and rejected ('bank count ... "
-        "exceeds 16') instead of being read as values"
-    ),
-)
 def test_values_file_whose_size_looks_serialized(pcr_values):
     selection = PcrSelection.parse("sha256:0-18+sha1:0-2")
     data = b"".join(values_for(selection, pcr_values))
@@ -221,15 +210,6 @@ def _unknown_curve_spki(encoding) -> bytes:
     return b"-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(der) + b"-----END PUBLIC KEY-----\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=crypto_exceptions.UnsupportedAlgorithm,
-    reason=(
-        "BUG: read_public_key_file only catches ValueError around load_pem_public_key / "
-        "load_der_public_key; a SubjectPublicKeyInfo naming an unsupported EC curve raises "
-        "cryptography.exceptions.UnsupportedAlgorithm, not an EvidenceError"
-    ),
-)
 @pytest.mark.parametrize(
     "encoding", [serialization.Encoding.PEM, serialization.Encoding.DER], ids=["pem", "der"]
 )

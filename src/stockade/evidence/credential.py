@@ -23,6 +23,7 @@ from stockade.evidence.kdf import kdfa, kdfe
 from stockade.evidence.marshal import Reader, Writer, tpm2b
 from stockade.evidence.public import EccParameters, EccPoint, RsaParameters, TpmPublic
 
+AES_KEY_BITS = (128, 192, 256)
 IDENTITY = b"IDENTITY"
 STORAGE = b"STORAGE"
 INTEGRITY = b"INTEGRITY"
@@ -48,6 +49,8 @@ def _symmetric_key_bits(ek: TpmPublic) -> int:
         raise CredentialError(
             "ek", "the EK must be a storage key with AES-CFB symmetric protection"
         )
+    if symmetric.key_bits not in AES_KEY_BITS:
+        raise CredentialError("ek", f"AES key size {symmetric.key_bits} is not 128, 192 or 256")
     return symmetric.key_bits
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
@@ -41,7 +42,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
         if len(data) >= 4 and data[0] == 0x30 and data[1] == 0x82:
             data = data[: 4 + int.from_bytes(data[2:4], "big")]
         return x509.load_der_x509_certificate(data)
-    except ValueError as error:
+    except (ValueError, x509.InvalidVersion, CryptographyUnsupported) as error:
         raise EvidenceError(
             f"EK certificate is not a readable X.509 certificate: {error}"
         ) from None
@@ -111,7 +112,24 @@ def validate_ek_certificate(
     intermediates: Sequence[x509.Certificate] = (),
     now: datetime,
 ) -> ValidatedEk:
-    """Validate ``certificate`` for ``ek_public`` or raise ``EkCertificateInvalid``."""
+    """Validate ``certificate`` for ``ek_public`` or raise ``EkCertificateInvalid``.
+
+    A certificate that cannot be decoded (cryptography parses extensions and
+    keys lazily) raises ``EvidenceError``: either way, the EK is not trusted.
+    """
+    try:
+        return _validate(certificate, ek_public, trusted_roots, intermediates, now)
+    except (ValueError, CryptographyUnsupported) as error:
+        raise EvidenceError(f"EK certificate chain cannot be decoded: {error}") from None
+
+
+def _validate(
+    certificate: bytes | x509.Certificate,
+    ek_public: TpmPublic,
+    trusted_roots: Sequence[x509.Certificate],
+    intermediates: Sequence[x509.Certificate],
+    now: datetime,
+) -> ValidatedEk:
     leaf = (
         certificate if isinstance(certificate, x509.Certificate) else load_certificate(certificate)
     )

@@ -11,6 +11,14 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
 from stockade.evidence.algorithms import HashAlgorithm
+from stockade.evidence.errors import EvidenceError
+
+
+def _bytes_for(bits: int) -> int:
+    # TPM callers always ask for whole bytes; a partial byte would need masking.
+    if bits <= 0 or bits % 8:
+        raise EvidenceError(f"KDF output of {bits} bits is not a positive whole number of bytes")
+    return bits // 8
 
 
 def kdfa(
@@ -26,7 +34,7 @@ def kdfa(
     return KBKDFHMAC(
         algorithm=hash_.new(),
         mode=Mode.CounterMode,
-        length=bits // 8,
+        length=_bytes_for(bits),
         rlen=4,
         llen=4,
         location=CounterLocation.BeforeFixed,
@@ -47,6 +55,6 @@ def kdfe(
     """KDFe: SP 800-56A concatenation KDF, H([i]32 || Z || label || 00 || partyU || partyV)."""
     return ConcatKDFHash(
         algorithm=hash_.new(),
-        length=bits // 8,
+        length=_bytes_for(bits),
         otherinfo=label + b"\x00" + party_u + party_v,
     ).derive(shared_x)

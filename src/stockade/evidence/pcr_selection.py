@@ -73,6 +73,8 @@ class PcrSelection:
                     span = range(int(low, 0), int(high, 0) + 1) if dash else [int(item, 0)]
                 except ValueError:
                     raise EvidenceError(f"PCR index '{item}' is not a number") from None
+                if not span:
+                    raise EvidenceError(f"PCR range '{item}' is empty")
                 for index in span:
                     if not 0 <= index < PCR_COUNT:
                         raise EvidenceError(f"PCR index {index} is outside 0..{PCR_COUNT - 1}")

@@ -21,6 +21,18 @@ class PcrValues:
 
     banks: Mapping[int, Mapping[int, bytes]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A value of the wrong length could shift bytes between PCRs and still
+        # hash to the quoted digest; every value must be exactly one digest.
+        for hash_alg, values in self.banks.items():
+            expected = DIGEST_SIZES.get(hash_alg)
+            for index, digest in values.items():
+                if len(digest) != expected:
+                    raise EvidenceError(
+                        f"PCR {bank_name(hash_alg)}:{index} value has {len(digest)} bytes, "
+                        f"expected {expected}"
+                    )
+
     @classmethod
     def from_selection(cls, selection: PcrSelection, digests: list[bytes]) -> PcrValues:
         """Pair digests, in TPM order, with the PCRs a selection names."""
@@ -31,12 +43,6 @@ class PcrValues:
             )
         banks: dict[int, dict[int, bytes]] = {}
         for (hash_alg, index), digest in zip(items, digests, strict=True):
-            expected = DIGEST_SIZES.get(hash_alg)
-            if expected is not None and len(digest) != expected:
-                raise EvidenceError(
-                    f"PCR {bank_name(hash_alg)}:{index} value has {len(digest)} bytes, "
-                    f"expected {expected}"
-                )
             banks.setdefault(hash_alg, {})[index] = digest
         return cls(banks)
 
@@ -80,10 +86,7 @@ class PcrValues:
                 algorithm = hash_by_name(name)
                 bank = banks.setdefault(algorithm.alg, {})
                 for index, digest in values.items():
-                    raw = bytes.fromhex(digest)
-                    if len(raw) != algorithm.digest_size:
-                        raise EvidenceError(f"PCR {name}:{index} value has the wrong length")
-                    bank[int(index)] = raw
+                    bank[int(index)] = bytes.fromhex(digest)
         except (ValueError, AttributeError, TypeError) as error:
             raise EvidenceError(f"PCR values document is malformed: {error}") from None
         return cls(banks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -40,11 +41,16 @@ class VerifiedQuote:
 
     attest: Attest
     selection: PcrSelection
-    pcr_values: PcrValues
+    supplied_values: PcrValues
 
     @property
     def clock_info(self) -> ClockInfo:
         return self.attest.clock_info
+
+    @cached_property
+    def pcr_values(self) -> PcrValues:
+        """Exactly the PCR values the TPM signed (the supplied ones may hold more)."""
+        return self.supplied_values.restricted_to(self.selection)
 
 
 _AK_REQUIRED = int(
@@ -89,6 +95,8 @@ def verify_quote(
     too) or a bare public key, as from ``tpm2_createak -f pem``. ``message`` is
     the TPMS_ATTEST exactly as signed. Malformed input raises ``EvidenceError``.
     """
+    if not nonce:
+        raise QuoteInvalid("nonce", "an empty nonce proves nothing about freshness")
     if isinstance(ak, TpmPublic):
         check_ak(ak)
         key = ak.public_key()
@@ -134,4 +142,4 @@ def verify_quote(
         )
     if previous_clock is not None:
         check_clock_progression(previous_clock, attest.clock_info)
-    return VerifiedQuote(attest, quoted, pcr_values.restricted_to(quoted))
+    return VerifiedQuote(attest, quoted, pcr_values)

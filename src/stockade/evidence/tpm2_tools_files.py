@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 
+from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -74,20 +75,38 @@ def _read_serialized(data: bytes) -> tuple[PcrSelection, PcrValues]:
     return selection, PcrValues.from_selection(selection, digests)
 
 
+def _looks_serialized(data: bytes) -> bool:
+    return len(data) >= _SELECTION_SIZE + 4 and (
+        (len(data) - _SELECTION_SIZE - 4) % _DIGEST_LIST_SIZE == 0
+    )
+
+
 def read_pcr_file(data: bytes, selection: PcrSelection | None = None) -> PcrValues:
     """Read a PCR file in tpm2-tools ``serialized`` format, or ``values`` format
     when ``selection`` says which PCRs the bare digests belong to.
+
+    A values file can have the size of a serialized one; with a selection, the
+    serialized reading wins only if it parses and names the same PCRs.
     """
-    if (
-        len(data) >= _SELECTION_SIZE + 4
-        and (len(data) - _SELECTION_SIZE - 4) % _DIGEST_LIST_SIZE == 0
-    ):
-        return _read_serialized(data)[1]
     if selection is None:
-        raise EvidenceError(
-            f"{_NAME}: {len(data)} bytes is not the serialized format, and no PCR "
-            "selection was given to read it as bare values"
-        )
+        if not _looks_serialized(data):
+            raise EvidenceError(
+                f"{_NAME}: {len(data)} bytes is not the serialized format, and no PCR "
+                "selection was given to read it as bare values"
+            )
+        return _read_serialized(data)[1]
+    if _looks_serialized(data):
+        try:
+            file_selection, values = _read_serialized(data)
+        except EvidenceError:
+            pass
+        else:
+            if file_selection.same_pcrs(selection):
+                return values
+    return _read_values(data, selection)
+
+
+def _read_values(data: bytes, selection: PcrSelection) -> PcrValues:
     digests = []
     offset = 0
     for hash_alg, _index in selection.items():
@@ -131,14 +150,14 @@ def read_public_key_file(data: bytes) -> TpmPublic | rsa.RSAPublicKey | ec.Ellip
     if data.lstrip().startswith(b"-----BEGIN"):
         try:
             key = serialization.load_pem_public_key(data)
-        except ValueError as error:
+        except (ValueError, CryptographyUnsupported) as error:
             raise EvidenceError(f"PEM public key is unreadable: {error}") from None
     elif len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
         return TpmPublic.unmarshal_tpm2b(data)
     else:
         try:
             key = serialization.load_der_public_key(data)
-        except ValueError:
+        except (ValueError, CryptographyUnsupported):
             raise EvidenceError(
                 "public key file is neither a TPM2B_PUBLIC nor a PEM or DER public key"
             ) from None

@@ -18,14 +18,10 @@ Layout of the directory (default ``$STOCKADE_HOME/ek-ca``)::
 from __future__ import annotations
 
 import datetime
-import fcntl
-import os
 import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from stockade.errors import InputError, StockadeError
-from stockade.home import stockade_home
+from stockade.home import locked, stockade_home, write_atomic
 
 _ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
 _ISSUER_VALIDITY = datetime.timedelta(days=10 * 365)
@@ -113,7 +109,7 @@ class EkCa:
         except OSError as error:
             raise InputError(f"cannot create EK CA directory {directory}: {error}") from error
         ca = cls(directory)
-        with _locked(directory / ".lock"):
+        with locked(directory / ".lock"):
             if not ca.issuer_key_path.exists():
                 ca._create()
             ca.write_swtpm_config()
@@ -141,18 +137,18 @@ class EkCa:
         certificates with this CA's issuer key.
         """
         localca = _localca_executable()
-        _write_atomic(
+        write_atomic(
             self.localca_config_path,
             f"statedir = {self.directory}\n"
             f"signingkey = {self.issuer_key_path}\n"
             f"issuercert = {self.issuer_cert_path}\n"
             f"certserial = {self.certserial_path}\n",
         )
-        _write_atomic(
+        write_atomic(
             self.localca_options_path,
             "--platform-manufacturer Stockade\n--platform-version 2.1\n--platform-model swtpm\n",
         )
-        _write_atomic(
+        write_atomic(
             self.swtpm_setup_config_path,
             f"create_certs_tool = {localca}\n"
             f"create_certs_tool_config = {self.localca_config_path}\n"
@@ -232,12 +228,12 @@ class EkCa:
             path_length=0,
         )
         # swtpm_localca (GnuTLS) reads the SEC1 "EC PRIVATE KEY" form.
-        _write_atomic(self.root_key_path, _private_pem(root_key), mode=0o600)
-        _write_atomic(self.root_cert_path, root.public_bytes(serialization.Encoding.PEM))
-        _write_atomic(self.issuer_cert_path, issuer.public_bytes(serialization.Encoding.PEM))
-        _write_atomic(self.certserial_path, "1\n")
+        write_atomic(self.root_key_path, _private_pem(root_key), mode=0o600)
+        write_atomic(self.root_cert_path, root.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.issuer_cert_path, issuer.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.certserial_path, "1\n")
         # The issuer key is written last: its presence marks a complete CA.
-        _write_atomic(self.issuer_key_path, _private_pem(issuer_key), mode=0o600)
+        write_atomic(self.issuer_key_path, _private_pem(issuer_key), mode=0o600)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -310,28 +306,3 @@ def _localca_executable() -> str:
         if found:
             return found
     raise EkCaError("swtpm_localca not found; install the Debian package swtpm-tools")
-
-
-def _write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
-    data = content.encode() if isinstance(content, str) else content
-    if path.exists() and path.read_bytes() == data:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import re
@@ -33,7 +32,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.errors import InputError, TpmUnavailable
-from stockade.home import stockade_home
+from stockade.home import locked, stockade_home, write_atomic
 from stockade.tpm.ekca import EkCa, TpmIdentity
 
 RSA_EK_CERT_INDEX = 0x01C00002
@@ -321,7 +320,7 @@ def start_swtpm(
     home = (home or default_home()).expanduser().absolute()
     instance_dir = home / "tpms" / name
     instance_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(instance_dir / ".lock"):
+    with locked(instance_dir / ".lock"):
         existing = _read_record(instance_dir)
         if existing is not None and existing.is_running():
             raise InputError(f"swtpm {name!r} is already running (pid {existing.pid})")
@@ -349,7 +348,7 @@ def stop_swtpm(name: str, home: Path | None = None) -> bool:
     instance_dir = (home or default_home()).expanduser().absolute() / "tpms" / name
     if not instance_dir.is_dir():
         raise InputError(f"no swtpm named {name!r} in {instance_dir.parent}")
-    with _locked(instance_dir / ".lock"):
+    with locked(instance_dir / ".lock"):
         tpm = _read_record(instance_dir)
         if tpm is None:
             raise InputError(f"no swtpm named {name!r} in {instance_dir.parent} (never started)")
@@ -616,9 +615,7 @@ def _swtpm_alive(pid: int, state_dir: Path) -> bool:
 def _write_record(tpm: SoftwareTpm, *, pid: int | None) -> None:
     record = {**tpm.to_json(), "pid": pid}
     path = tpm.instance_dir / "instance.json"
-    tmp = path.with_name(f".instance.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def _read_record(instance_dir: Path) -> SoftwareTpm | None:
@@ -663,13 +660,3 @@ def _tail(path: Path, start: int = 0, lines: int = 5) -> str:
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
