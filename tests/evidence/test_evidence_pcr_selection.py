@@ -81,6 +81,7 @@ def test_unknown_bank_is_an_unsupported_algorithm(text, message):
         ("sha256:zero", "PCR index 'zero' is not a number"),
         ("sha256:-1", "is not a number"),
         ("sha256:1-x", "PCR index '1-x' is not a number"),
+        ("sha256:5-2", "PCR range '5-2' is empty"),
     ],
 )
 def test_parse_errors_are_typed_and_say_what_is_wrong(text, message):

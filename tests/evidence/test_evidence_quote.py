@@ -557,3 +557,11 @@ def test_quote_of_an_ecdsa_ak_with_short_r(ecc_ak, pcr_values):
 
 def test_magic_constant():
     assert int.from_bytes(b"\xffTCG", "big") == TPM_GENERATED_VALUE
+
+
+def test_quote_without_a_nonce_is_rejected(rsa_ak, pcr_values):
+    """A quote over an empty extraData could have been made at any time: no freshness."""
+    message, signature = rsa_ak.quote(b"", SELECTION, pcr_values)
+    with pytest.raises(QuoteInvalid) as caught:
+        verify_quote(rsa_ak.public, message, signature, nonce=b"", pcr_values=pcr_values)
+    assert caught.value.check == "nonce"
