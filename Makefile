@@ -17,8 +17,8 @@ test: bootstrap lint typecheck
 	$(PY) -m pytest -q
 
 lint: bootstrap
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/ruff format --check src tests bench fuzz
 
 typecheck: bootstrap
 	$(VENV)/bin/mypy
