@@ -18,11 +18,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from stockade.cli import demo, quote, tpm, tpm_quote
+    from stockade.cli import demo, eventlog, quote, tpm, tpm_quote
 
     tpm.app.command("quote")(tpm_quote.quote)
     app.add_typer(tpm.app, name="tpm")
     app.add_typer(quote.app, name="quote")
+    app.add_typer(eventlog.app, name="eventlog")
     app.command("demo")(demo.run)
 
 
