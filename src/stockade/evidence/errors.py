@@ -58,3 +58,7 @@ class CredentialError(EvidenceInvalid):
 
 class EkCertificateInvalid(EvidenceInvalid):
     """An EK certificate does not chain to a trusted vendor CA or does not match the EK."""
+
+
+class EventLogMismatch(EvidenceInvalid):
+    """An event log does not replay to the PCR values the TPM quoted."""

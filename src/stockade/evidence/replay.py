@@ -7,11 +7,13 @@ informational and never extended.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from stockade.evidence.algorithms import HASHES
+from stockade.evidence.errors import EventLogMismatch
 from stockade.evidence.eventlog import Event, EventLog, EventType
-from stockade.evidence.pcr_values import PcrValues
+from stockade.evidence.pcr_values import PcrValues, bank_name
 
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
 
@@ -60,3 +62,67 @@ def replay(log: EventLog) -> Replay:
             bank[event.pcr] = hash_.digest(current + digest)
     uncomputable = tuple(alg for alg in log.banks if alg not in HASHES)
     return Replay(PcrValues({alg: values for alg, values in banks.items() if values}), uncomputable)
+
+
+_VERIFIED = object()
+
+
+@dataclass(frozen=True)
+class VerifiedEventLog:
+    """A log whose events in ``trusted_pcrs`` replay to PCR values a TPM quoted.
+
+    Only ``verify_log`` makes one; decoded boot state (Secure Boot, loaded
+    images, command line) is read from this, never from a bare ``EventLog``.
+    """
+
+    log: EventLog
+    trusted_pcrs: frozenset[int]
+    _issued_by: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._issued_by is not _VERIFIED:
+            raise TypeError("a VerifiedEventLog comes only from verify_log()")
+
+    def trusted_events(self) -> Iterable[Event]:
+        """Events whose PCR was checked against the quote, in log order."""
+        return (e for e in self.log.events if e.pcr in self.trusted_pcrs)
+
+
+def verify_log(
+    log: EventLog, quoted: PcrValues, pcrs: Iterable[int] | None = None
+) -> VerifiedEventLog:
+    """Check that ``log`` replays to ``quoted`` for ``pcrs`` (default: every PCR the log
+    measures that the quote covers), in every bank both carry.
+
+    Raises ``EventLogMismatch`` naming each PCR and bank that differs and the
+    last event measured into it. PCRs the quote does not cover stay untrusted.
+    """
+    replayed = replay(log).values
+    measured = {e.pcr for e in log.events if e.type != EventType.EV_NO_ACTION}
+    quoted_pcrs = {index for values in quoted.banks.values() for index in values}
+    wanted = set(pcrs) if pcrs is not None else measured & quoted_pcrs
+    common_banks = [alg for alg in quoted.banks if alg in replayed.banks or alg in log.banks]
+    if not common_banks:
+        raise EventLogMismatch("banks", "the quote and the log share no PCR bank")
+    problems = []
+    for index in sorted(wanted):
+        for alg in common_banks:
+            expected = quoted.get(alg, index)
+            if expected is None:
+                problems.append(f"PCR {index} {bank_name(alg)} was not quoted")
+                continue
+            size = len(expected)
+            actual = replayed.get(alg, index) or bytes(size)
+            if actual != expected:
+                last = next(
+                    (e for e in reversed(log.events) if e.pcr == index),
+                    None,
+                )
+                where = f"; last event #{last.number} {last.type_name}" if last else ""
+                problems.append(
+                    f"PCR {index} {bank_name(alg)}: log replays to {actual.hex()}, "
+                    f"TPM quoted {expected.hex()}{where}"
+                )
+    if problems:
+        raise EventLogMismatch("replay", "; ".join(problems))
+    return VerifiedEventLog(log, frozenset(wanted), _VERIFIED)

@@ -1,0 +1,100 @@
+"""Secure Boot state comes only from a log verified against quoted PCRs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from stockade.evidence.errors import EventLogMismatch
+from stockade.evidence.eventlog import EventLog, parse_event_log
+from stockade.evidence.pcr_values import PcrValues
+from stockade.evidence.replay import VerifiedEventLog, replay, verify_log
+from stockade.evidence.secureboot import SecureBootUnknown, secure_boot_state
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "eventlogs"
+SHA256 = 0x000B
+
+pytestmark = pytest.mark.skipif(
+    not FIXTURES.is_dir(), reason=f"real event logs not found at {FIXTURES}"
+)
+
+
+def load(name: str) -> EventLog:
+    return parse_event_log((FIXTURES / name).read_bytes())
+
+
+def quoted(log: EventLog, drop: int | None = None, change: int | None = None) -> PcrValues:
+    """What an honest TPM behind ``log`` would quote, optionally minus or altering a PCR."""
+    banks = {alg: dict(values) for alg, values in replay(log).values.banks.items()}
+    for values in banks.values():
+        if drop is not None:
+            values.pop(drop, None)
+        if change is not None:
+            values[change] = bytes(len(values[change]))
+    return PcrValues(banks)
+
+
+def test_state_of_a_secure_boot_machine():
+    log = load("event-moklisttrusted.bin")
+    state = secure_boot_state(verify_log(log, quoted(log)))
+    assert state.enabled is True
+    assert len(state.keys["db"].certificates()) == 2
+    assert len(state.keys["dbx"].sha256_digests()) == 1
+    assert "shimx64.efi" in state.boot_applications[0].device_path
+    assert state.boot_applications[0].authority is not None
+    assert state.kernel_command_line is not None
+    assert state.kernel_command_line.startswith("(hd0,gpt2)/vmlinuz-5.14.0-130.el9.x86_64")
+
+
+def test_state_of_a_machine_without_secure_boot():
+    log = load("event-arch-linux.bin")
+    state = secure_boot_state(verify_log(log, quoted(log)))
+    assert state.enabled is False
+    assert len(state.keys["dbx"].sha256_digests()) == 77
+    assert state.boot_applications[-1].device_path.endswith("File(\\vmlinuz-linux-lts)")
+    assert state.kernel_command_line is not None
+    assert "cryptdevice=UUID=5465369a" in state.kernel_command_line
+
+
+def test_log_that_claims_secure_boot_but_pcr7_differs_is_rejected():
+    """The attack: a node sends a good-looking log while its TPM says otherwise."""
+    log = load("event-moklisttrusted.bin")
+    with pytest.raises(EventLogMismatch) as rejected:
+        verify_log(log, quoted(log, change=7))
+    assert "PCR 7 sha256" in str(rejected.value)
+    assert "EV_" in str(rejected.value)  # names the last event in that PCR
+
+
+def test_forged_event_digest_is_rejected():
+    log = load("event-arch-linux.bin")
+    honest = quoted(log)
+    forged_events = list(log.events)
+    kernel = forged_events[-2]
+    forged_events[-2] = replace(
+        kernel, digests=tuple((alg, bytes(len(d))) for alg, d in kernel.digests)
+    )
+    forged = EventLog(log.crypto_agile, log.spec_id, tuple(forged_events))
+    with pytest.raises(EventLogMismatch, match=f"PCR {kernel.pcr} "):
+        verify_log(forged, honest)
+
+
+def test_unquoted_pcr7_means_unknown_state():
+    log = load("event-moklisttrusted.bin")
+    verified = verify_log(log, quoted(log, drop=7))
+    assert 7 not in verified.trusted_pcrs
+    with pytest.raises(SecureBootUnknown):
+        secure_boot_state(verified)
+
+
+def test_quote_of_another_bank_only_is_rejected():
+    log = load("event-uefi-sha1-log.bin")  # SHA-1 only
+    with pytest.raises(EventLogMismatch, match="share no PCR bank"):
+        verify_log(log, PcrValues({SHA256: {0: bytes(32)}}))
+
+
+def test_verified_log_cannot_be_made_by_hand():
+    log = load("event-arch-linux.bin")
+    with pytest.raises(TypeError):
+        VerifiedEventLog(log, frozenset({7}))
