@@ -1,0 +1,1 @@
+"""OS releases: dm-verity hash trees, DSSE envelopes, org keys, signed release manifests."""
