@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,8 +71,8 @@ def test_forged_event_digest_is_rejected():
     honest = quoted(log)
     forged_events = list(log.events)
     kernel = forged_events[-2]
-    forged_events[-2] = replace(
-        kernel, digests=tuple((alg, bytes(len(d))) for alg, d in kernel.digests)
+    forged_events[-2] = kernel._replace(
+        digests=tuple((alg, bytes(len(d))) for alg, d in kernel.digests)
     )
     forged = EventLog(log.crypto_agile, log.spec_id, tuple(forged_events))
     with pytest.raises(EventLogMismatch, match=f"PCR {kernel.pcr} "):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from stockade.evidence.algorithms import DIGEST_SIZES, HASHES
 from stockade.evidence.errors import MalformedStructure
@@ -163,9 +164,12 @@ class SpecIdEvent:
         )
 
 
-@dataclass(frozen=True)
-class Event:
-    """One measurement: which PCR, what kind, the digest per bank, and the data measured."""
+class Event(NamedTuple):
+    """One measurement: which PCR, what kind, the digest per bank, and the data measured.
+
+    Immutable like the dataclasses elsewhere; a NamedTuple because logs hold
+    hundreds of events and it is built several times faster.
+    """
 
     number: int
     pcr: int
@@ -250,6 +254,13 @@ def _read_legacy(data: bytes, offset: int, number: int) -> tuple[Event, int]:
     return event, start + size
 
 
+def _fast_layout(spec_id: SpecIdEvent) -> tuple[struct.Struct, tuple[int, ...]]:
+    """One struct for an event header carrying every declared bank, in declared order:
+    the common case, parsed with a single unpack."""
+    layout = "<III" + "".join(f"H{a.digest_size}s" for a in spec_id.algorithms) + "I"
+    return struct.Struct(layout), tuple(a.algorithm_id for a in spec_id.algorithms)
+
+
 def _read_event2(data: bytes, offset: int, number: int, sizes: dict[int, int]) -> tuple[Event, int]:
     where = "TCG_PCR_EVENT2"
     if offset + _EVENT2_HEADER.size > len(data):
@@ -304,8 +315,35 @@ def parse_event_log(data: bytes) -> EventLog:
                 "TCG_PCR_EVENT", 0, "the Spec ID event must be in PCR 0 with a zero digest"
             )
         sizes = {a.algorithm_id: a.digest_size for a in spec_id.algorithms}
-        while offset < len(data):
-            event, offset = _read_event2(data, offset, len(events), sizes)
+        fast, algorithms = _fast_layout(spec_id)
+        bank_count = len(algorithms)
+        end = len(data)
+        while offset < end:
+            number = len(events)
+            if offset + fast.size <= end:
+                fields = fast.unpack_from(data, offset)
+                size = fields[-1]
+                start = offset + fast.size
+                if (
+                    fields[2] == bank_count
+                    and fields[3:-1:2] == algorithms
+                    and size <= MAX_EVENT_DATA
+                    and start + size <= end
+                ):
+                    digests = tuple(zip(algorithms, fields[4:-1:2], strict=True))
+                    events.append(
+                        Event(
+                            number,
+                            fields[0],
+                            fields[1],
+                            digests,
+                            data[start : start + size],
+                            offset,
+                        )
+                    )
+                    offset = start + size
+                    continue
+            event, offset = _read_event2(data, offset, number, sizes)
             events.append(event)
         return EventLog(True, spec_id, tuple(events))
     while offset < len(data):

@@ -43,23 +43,23 @@ def replay(log: EventLog) -> Replay:
     computable = [alg for alg in log.banks if alg in HASHES]
     banks: dict[int, dict[int, bytes]] = {alg: {} for alg in computable}
     digesters = {alg: HASHES[alg] for alg in computable}
+    zeros = {alg: bytes(digesters[alg].digest_size) for alg in computable}
+    constructors = {alg: digesters[alg].constructor for alg in computable}
+    no_action = EventType.EV_NO_ACTION
     for event in log.events:
-        if event.type == EventType.EV_NO_ACTION:
+        if event.type == no_action:
             locality = startup_locality(event)
             if locality is not None:
                 for alg in computable:
-                    size = digesters[alg].digest_size
-                    banks[alg][0] = bytes(size - 1) + bytes([locality])
+                    banks[alg][0] = zeros[alg][:-1] + bytes([locality])
             continue
+        pcr = event.pcr
         for alg, digest in event.digests:
-            if alg not in digesters:
+            new = constructors.get(alg)
+            if new is None:
                 continue
-            hash_ = digesters[alg]
             bank = banks[alg]
-            current = bank.get(event.pcr)
-            if current is None:
-                current = bytes(hash_.digest_size)
-            bank[event.pcr] = hash_.digest(current + digest)
+            bank[pcr] = new(bank.get(pcr, zeros[alg]) + digest).digest()
     uncomputable = tuple(alg for alg in log.banks if alg not in HASHES)
     return Replay(PcrValues({alg: values for alg, values in banks.items() if values}), uncomputable)
 
