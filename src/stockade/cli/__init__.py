@@ -18,12 +18,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from stockade.cli import demo, eventlog, quote, tpm, tpm_quote
+    from stockade.cli import demo, eventlog, keys, quote, release, tpm, tpm_quote
 
     tpm.app.command("quote")(tpm_quote.quote)
     app.add_typer(tpm.app, name="tpm")
     app.add_typer(quote.app, name="quote")
     app.add_typer(eventlog.app, name="eventlog")
+    app.add_typer(keys.app, name="keys")
+    app.add_typer(release.app, name="release")
     app.command("demo")(demo.run)
 
 

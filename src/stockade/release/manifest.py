@@ -1,0 +1,374 @@
+"""Release manifests: what an OS release is, serialized canonically, signed as DSSE.
+
+A release is a kernel, an initrd, a kernel command line, a read-only /usr image
+with its dm-verity hash tree, a version string and a security version that only
+ever increases. Pure: no file I/O and no clock (``created`` is given).
+
+Canonical form: JSON with sorted keys, no whitespace, ASCII only
+(``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=True)``);
+``manifest_digest`` is the SHA-256 of those bytes, and a signed manifest must be
+exactly its canonical form, so one manifest has one digest.
+
+The /usr image is bound into the measured boot by the kernel command line: it
+carries ``usrhash=<dm-verity root hash>``, the parameter systemd's
+veritysetup-generator reads to open /usr with that root hash. The boot chain
+measures the command line (PCR 8 or 9, as grub and systemd-stub do), so a node
+booted with another /usr root hash shows a different measurement. A manifest
+whose command line does not carry exactly its own root hash is malformed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from stockade.release import dsse
+from stockade.release.errors import ManifestMalformed, ReleaseInvalid
+from stockade.release.keys import SigningKey, VerifyingKey
+
+SCHEMA_VERSION = 1
+PAYLOAD_TYPE = "application/vnd.stockade.release-manifest.v1+json"
+USRHASH_PARAMETER = "usrhash"
+MAX_SECURITY_VERSION = 2**63 - 1
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def format_time(moment: dt.datetime) -> str:
+    if moment.tzinfo is None:
+        raise ManifestMalformed("created time must be timezone-aware (UTC)")
+    return moment.astimezone(dt.UTC).strftime(_TIME_FORMAT)
+
+
+def canonical_json(document: Any) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+        "ascii"
+    )
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """A file of the release: its name in the release directory, size and SHA-256."""
+
+    path: str
+    size: int
+    sha256: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256.hex()}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> FileDigest:
+        fields = _object(value, where, {"path", "size", "sha256"})
+        return cls(
+            path=_file_name(fields["path"], f"{where}.path"),
+            size=_integer(fields["size"], f"{where}.size"),
+            sha256=_digest(fields["sha256"], f"{where}.sha256"),
+        )
+
+
+@dataclass(frozen=True)
+class KernelFile:
+    """The kernel; ``authenticode_sha256`` is its PE/COFF Authenticode digest, what UEFI
+    measures into PCR 4 when it loads the kernel as an EFI application (None when the
+    kernel is not a PE image)."""
+
+    file: FileDigest
+    authenticode_sha256: bytes | None
+
+    def to_json(self) -> dict[str, Any]:
+        authenticode = self.authenticode_sha256
+        return {
+            **self.file.to_json(),
+            "authenticode_sha256": authenticode.hex() if authenticode is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> KernelFile:
+        fields = _object(value, where, {"path", "size", "sha256", "authenticode_sha256"})
+        authenticode = fields["authenticode_sha256"]
+        return cls(
+            file=FileDigest.from_json(
+                {key: fields[key] for key in ("path", "size", "sha256")}, where
+            ),
+            authenticode_sha256=None
+            if authenticode is None
+            else _digest(authenticode, f"{where}.authenticode_sha256"),
+        )
+
+
+@dataclass(frozen=True)
+class VerityInfo:
+    """The dm-verity parameters of the /usr image, as its hash file's superblock holds them."""
+
+    root_hash: bytes
+    salt: bytes
+    hash_algorithm: str
+    data_block_size: int
+    hash_block_size: int
+    data_blocks: int
+    uuid: UUID
+    hash_file: FileDigest
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root_hash": self.root_hash.hex(),
+            "salt": self.salt.hex(),
+            "hash_algorithm": self.hash_algorithm,
+            "data_block_size": self.data_block_size,
+            "hash_block_size": self.hash_block_size,
+            "data_blocks": self.data_blocks,
+            "uuid": str(self.uuid),
+            "hash_file": self.hash_file.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> VerityInfo:
+        fields = _object(
+            value,
+            where,
+            {"root_hash", "salt", "hash_algorithm", "data_block_size", "hash_block_size",
+             "data_blocks", "uuid", "hash_file"},
+        )  # fmt: skip
+        uuid_text = _string(fields["uuid"], f"{where}.uuid")
+        try:
+            uuid = UUID(uuid_text)
+        except ValueError:
+            raise ManifestMalformed(f"{where}.uuid '{uuid_text}' is not a UUID") from None
+        if str(uuid) != uuid_text:
+            raise ManifestMalformed(f"{where}.uuid '{uuid_text}' is not in canonical form")
+        return cls(
+            root_hash=_hex(fields["root_hash"], f"{where}.root_hash"),
+            salt=_hex(fields["salt"], f"{where}.salt"),
+            hash_algorithm=_string(fields["hash_algorithm"], f"{where}.hash_algorithm"),
+            data_block_size=_integer(fields["data_block_size"], f"{where}.data_block_size"),
+            hash_block_size=_integer(fields["hash_block_size"], f"{where}.hash_block_size"),
+            data_blocks=_integer(fields["data_blocks"], f"{where}.data_blocks"),
+            uuid=uuid,
+            hash_file=FileDigest.from_json(fields["hash_file"], f"{where}.hash_file"),
+        )
+
+
+@dataclass(frozen=True)
+class UsrImage:
+    """The read-only /usr image. Its integrity is the dm-verity root hash (no whole-file
+    SHA-256: the root hash already binds every block, and a second pass would double the
+    cost of verifying a large image)."""
+
+    path: str
+    size: int
+    verity: VerityInfo
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "verity": self.verity.to_json()}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> UsrImage:
+        fields = _object(value, where, {"path", "size", "verity"})
+        return cls(
+            path=_file_name(fields["path"], f"{where}.path"),
+            size=_integer(fields["size"], f"{where}.size"),
+            verity=VerityInfo.from_json(fields["verity"], f"{where}.verity"),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    security_version: int
+    created: dt.datetime
+    cmdline: str
+    kernel: KernelFile
+    initrd: FileDigest
+    usr: UsrImage
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ManifestMalformed`` when the manifest contradicts itself."""
+        if not 0 <= self.security_version <= MAX_SECURITY_VERSION:
+            raise ManifestMalformed(
+                f"security_version {self.security_version} is outside 0..{MAX_SECURITY_VERSION}"
+            )
+        if not self.name or not self.version:
+            raise ManifestMalformed("name and version must not be empty")
+        bound = usrhash_values(self.cmdline)
+        if bound != [self.usr.verity.root_hash.hex()]:
+            raise ManifestMalformed(
+                f"cmdline must carry exactly one {USRHASH_PARAMETER}="
+                f"{self.usr.verity.root_hash.hex()} (found {bound or 'none'})"
+            )
+        verity = self.usr.verity
+        if self.usr.size != verity.data_blocks * verity.data_block_size:
+            raise ManifestMalformed(
+                f"usr.size {self.usr.size} is not data_blocks x data_block_size "
+                f"({verity.data_blocks} x {verity.data_block_size})"
+            )
+        names = [self.kernel.file.path, self.initrd.path, self.usr.path, verity.hash_file.path]
+        if len(set(names)) != len(names):
+            raise ManifestMalformed(f"release file names must be distinct: {names}")
+
+    @property
+    def files(self) -> tuple[FileDigest, ...]:
+        """The files checked by size and SHA-256 (the /usr image is checked by its tree)."""
+        return (self.kernel.file, self.initrd, self.usr.verity.hash_file)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "security_version": self.security_version,
+            "created": format_time(self.created),
+            "cmdline": self.cmdline,
+            "kernel": self.kernel.to_json(),
+            "initrd": self.initrd.to_json(),
+            "usr": self.usr.to_json(),
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @classmethod
+    def from_json(cls, value: Any) -> Manifest:
+        fields = _object(
+            value,
+            "manifest",
+            {"schema_version", "name", "version", "security_version", "created", "cmdline",
+             "kernel", "initrd", "usr"},
+        )  # fmt: skip
+        schema = fields["schema_version"]
+        if schema != SCHEMA_VERSION or isinstance(schema, bool):
+            raise ManifestMalformed(f"unsupported manifest schema_version {schema!r}")
+        created_text = _string(fields["created"], "created")
+        try:
+            created = dt.datetime.strptime(created_text, _TIME_FORMAT).replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise ManifestMalformed(
+                f"created '{created_text}' is not a UTC time like 2026-01-31T12:00:00Z"
+            ) from None
+        return cls(
+            name=_string(fields["name"], "name"),
+            version=_string(fields["version"], "version"),
+            security_version=_integer(fields["security_version"], "security_version"),
+            created=created,
+            cmdline=_string(fields["cmdline"], "cmdline"),
+            kernel=KernelFile.from_json(fields["kernel"], "kernel"),
+            initrd=FileDigest.from_json(fields["initrd"], "initrd"),
+            usr=UsrImage.from_json(fields["usr"], "usr"),
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, require_canonical: bool = False) -> Manifest:
+        try:
+            document = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ManifestMalformed(f"manifest is not JSON: {error}") from None
+        manifest = cls.from_json(document)
+        if require_canonical and manifest.canonical_bytes() != raw:
+            raise ManifestMalformed("signed manifest is not in canonical form")
+        return manifest
+
+
+def manifest_digest(manifest: Manifest) -> bytes:
+    """SHA-256 of the canonical manifest: the value the boot chain measures."""
+    return hashlib.sha256(manifest.canonical_bytes()).digest()
+
+
+def usrhash_values(cmdline: str) -> list[str]:
+    prefix = f"{USRHASH_PARAMETER}="
+    return [word.removeprefix(prefix) for word in cmdline.split() if word.startswith(prefix)]
+
+
+def bind_usrhash(cmdline: str, root_hash: bytes) -> str:
+    """``cmdline`` with ``usrhash=<root hash>`` appended, unless it already carries that value;
+    ``ManifestMalformed`` when it carries another one."""
+    present = usrhash_values(cmdline)
+    wanted = root_hash.hex()
+    if not present:
+        return f"{cmdline.strip()} {USRHASH_PARAMETER}={wanted}".strip()
+    if present == [wanted]:
+        return cmdline.strip()
+    raise ManifestMalformed(
+        f"kernel command line carries {USRHASH_PARAMETER}={','.join(present)}, "
+        f"but the /usr image's root hash is {wanted}"
+    )
+
+
+def sign_manifest(manifest: Manifest, keys: Iterable[SigningKey]) -> dsse.Envelope:
+    return dsse.sign(manifest.canonical_bytes(), PAYLOAD_TYPE, keys)
+
+
+def open_signed_manifest(
+    envelope: dsse.Envelope,
+    trusted: Iterable[VerifyingKey],
+    *,
+    threshold: int = 1,
+    min_security_version: int | None = None,
+) -> tuple[Manifest, dsse.VerifiedPayload]:
+    """The manifest inside ``envelope``, after its signatures, its payload type, its form and
+    (when given) its security version have been checked."""
+    verified = dsse.verify(envelope, PAYLOAD_TYPE, trusted, threshold)
+    manifest = Manifest.from_bytes(verified.payload, require_canonical=True)
+    if min_security_version is not None and manifest.security_version < min_security_version:
+        raise ReleaseInvalid(
+            f"release {manifest.name} {manifest.version} has security version "
+            f"{manifest.security_version}, below the minimum {min_security_version} "
+            "(rollback to an older release refused)"
+        )
+    return manifest, verified
+
+
+def _object(value: Any, where: str, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ManifestMalformed(f"{where} is not a JSON object")
+    missing = sorted(keys - value.keys())
+    if missing:
+        raise ManifestMalformed(f"{where} lacks {', '.join(missing)}")
+    unknown = sorted(value.keys() - keys)
+    if unknown:
+        raise ManifestMalformed(f"{where} has unknown field(s) {', '.join(unknown)}")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ManifestMalformed(f"{where} is not a string")
+    return value
+
+
+def _integer(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ManifestMalformed(f"{where} is not a non-negative integer")
+    return value
+
+
+def _hex(value: Any, where: str) -> bytes:
+    text = _string(value, where)
+    if not _HEX.fullmatch(text):
+        raise ManifestMalformed(f"{where} is not lowercase hex")
+    return bytes.fromhex(text)
+
+
+def _digest(value: Any, where: str) -> bytes:
+    text = _string(value, where)
+    if not _HEX_DIGEST.fullmatch(text):
+        raise ManifestMalformed(f"{where} is not a lowercase hex SHA-256 digest")
+    return bytes.fromhex(text)
+
+
+def _file_name(value: Any, where: str) -> str:
+    text = _string(value, where)
+    if not _FILE_NAME.fullmatch(text) or text in {".", ".."}:
+        raise ManifestMalformed(f"{where} '{text}' is not a plain file name")
+    return text
