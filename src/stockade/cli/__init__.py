@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from stockade.cli import demo, eventlog, keys, quote, release, tpm, tpm_quote
+    from stockade.cli import boot, demo, eventlog, keys, quote, release, tpm, tpm_quote
 
     tpm.app.command("quote")(tpm_quote.quote)
     app.add_typer(tpm.app, name="tpm")
@@ -26,6 +26,7 @@ def _register() -> None:
     app.add_typer(eventlog.app, name="eventlog")
     app.add_typer(keys.app, name="keys")
     app.add_typer(release.app, name="release")
+    app.add_typer(boot.app, name="boot")
     app.command("demo")(demo.run)
 
 
