@@ -184,4 +184,5 @@ def test_secure_boot_state_reads_back_from_the_attested_log(good_boot, software_
 def test_two_boots_write_the_same_log(software_tpm, platform, release, good_boot):
     again = boot_node(software_tpm, platform, load_release(release.directory))
     assert again.log_bytes == good_boot.log_bytes
-    assert again.log_path is None
+    assert again.log_path == software_tpm.instance_dir / "binary_bios_measurements"
+    assert again.log_path.read_bytes() == again.log_bytes

@@ -7,6 +7,10 @@ halts on a refusal; Measured Boot extends every stage into the TPM and writes th
 TCG PC Client event log that real firmware would. What is measured, and in which
 order, is ``stockade.appraisal.measured_boot``; reference values for the same boot
 are ``stockade.appraisal.reference``.
+
+The release is measured into PCR 12 (EV_IPL "stockade-release: <name> <version>
+sha256:<manifest digest>" and "stockade-usr-verity: <root hash>"): not resettable,
+and used by no firmware, shim or GRUB measurement.
 """
 
 from stockade.boot.chain import BootResult, boot_node

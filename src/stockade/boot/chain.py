@@ -28,20 +28,21 @@ from stockade.boot.errors import BootHalted, BootInputError
 from stockade.boot.platform import DevelopmentPlatform
 from stockade.boot.release import ReleaseImages, measure_release
 from stockade.boot.secure_boot import authorize_image
-from stockade.evidence.algorithms import HASHES
 from stockade.evidence.efi_signatures import SignatureEntry
 from stockade.evidence.eventlog import EventLog
 from stockade.evidence.marshal import Writer
 from stockade.tpm.swtpm import SoftwareTpm
 
+EVENT_LOG_NAME = "binary_bios_measurements"
+
 
 @dataclass(frozen=True)
 class BootResult:
-    """The event log a boot wrote (parsed back from its bytes) and how the boot ended."""
+    """The event log a boot wrote (parsed back from its bytes), where, and how it ended."""
 
     log: EventLog
     log_bytes: bytes
-    log_path: Path | None
+    log_path: Path
     banks: tuple[int, ...]
     halted: BootHalted | None
 
@@ -64,7 +65,8 @@ class _TpmExtender:
         self.tpm = Tpm(tcti)
 
     def banks(self) -> tuple[int, ...]:
-        return tuple(b.hash_alg for b in self.tpm.active_banks().banks if b.hash_alg in HASHES)
+        """Every active bank Stockade can hash (the TPM layer drops others, e.g. SM3)."""
+        return tuple(bank.hash_alg for bank in self.tpm.active_banks().banks)
 
     def extend(self, measurement: Measurement) -> None:
         from tpm2_pytss.constants import ESYS_TR
@@ -101,6 +103,12 @@ def write_log(path: Path, data: bytes) -> None:
         raise BootInputError(f"cannot write event log '{path}': {error.strerror}") from None
 
 
+def event_log_path(tpm: SoftwareTpm) -> Path:
+    """Where a development node's event log lives: beside its swtpm's state, named like
+    the file the kernel exposes in securityfs, so the agent finds it from the TPM name."""
+    return tpm.instance_dir / EVENT_LOG_NAME
+
+
 def boot_node(
     tpm: SoftwareTpm,
     platform: DevelopmentPlatform,
@@ -109,20 +117,23 @@ def boot_node(
     log_path: Path | None = None,
 ) -> BootResult:
     """Power-cycle ``tpm`` (from the platform's startup locality) and boot ``release`` on
-    ``platform``. Returns the log (also written to ``log_path``); a Secure Boot refusal
-    is ``result.halted``, not an exception, so the partial log is never lost."""
+    ``platform``. The log is written to ``event_log_path(tpm)`` (and copied to
+    ``log_path``); a Secure Boot refusal is ``result.halted``, not an exception, so the
+    partial log is never lost."""
+    node_log = event_log_path(tpm)
     tpm.power_cycle(startup_locality=platform.startup_locality)
+    node_log.unlink(missing_ok=True)  # the previous boot's log no longer describes the PCRs
     extender = _TpmExtender(tpm.tcti)
     try:
         banks = extender.banks()
         measurements = _run(extender, platform, release, banks)
     finally:
         extender.close()
-    halted = measurements.halted
     data = event_log(banks, measurements.done).marshal()
+    write_log(node_log, data)
     if log_path is not None:
         write_log(log_path, data)
-    return BootResult(EventLog.parse(data), data, log_path, banks, halted)
+    return BootResult(EventLog.parse(data), data, node_log, banks, measurements.halted)
 
 
 @dataclass

@@ -95,7 +95,6 @@ def _find_tpm(name: str | None, tcti: str | None, home: Path | None) -> Any:
 def node(
     platform: PlatformOption,
     release: ReleaseOption,
-    log: Annotated[Path, typer.Option(help="where to write the TCG event log")],
     tpm: Annotated[str | None, typer.Option(help="software TPM name (stockade tpm start)")] = None,
     tcti: Annotated[str | None, typer.Option(help="TCTI of a running software TPM")] = None,
     secure_boot: Annotated[
@@ -108,12 +107,15 @@ def node(
     kernel: Annotated[Path | None, typer.Option(help="boot this kernel instead")] = None,
     initrd: Annotated[Path | None, typer.Option(help="boot this initrd instead")] = None,
     usr_image: Annotated[Path | None, typer.Option(help="boot this /usr image instead")] = None,
+    log: Annotated[Path | None, typer.Option(help="also write the TCG event log here")] = None,
     home: HomeOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Reset the software TPM and boot the release on the platform: firmware, shim, GRUB,
     kernel, each verified against db before it runs (Secure Boot) and measured (PCRs and
-    event log). Exit 1 when Secure Boot halts the boot; the log up to there is written."""
+    event log). The log is written beside the TPM's state as binary_bios_measurements,
+    where the agent reads it. Exit 1 when Secure Boot halts the boot; the log up to
+    there is written."""
     from stockade.boot import DevelopmentPlatform, boot_node, load_release
     from stockade.evidence.replay import replay
 
@@ -133,13 +135,13 @@ def node(
                 else {"stage": halted.stage, "path": halted.path, "reason": halted.reason},
                 "secure_boot": machine.secure_boot,
                 "tcti": swtpm.tcti,
-                "log": str(log),
+                "log": str(result.log_path),
                 "events": len(result.log.events),
                 "pcrs": replay(result.log).values.to_json(),
             }
         )
     else:
-        typer.echo(f"log:         {log} ({len(result.log.events)} events)")
+        typer.echo(f"log:         {result.log_path} ({len(result.log.events)} events)")
         typer.echo(f"Secure Boot: {'on' if machine.secure_boot else 'off'}")
         if halted is None:
             typer.echo(f"booted {images.manifest.name} {images.manifest.version} on {swtpm.tcti}")
