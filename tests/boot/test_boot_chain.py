@@ -82,7 +82,7 @@ def test_log_file_is_byte_exact_and_starts_like_firmware(good_boot, software_tpm
     assert [a.algorithm_id for a in spec.algorithms] == [Alg.SHA1, Alg.SHA256]
     first = good_boot.log.events[1]
     assert (first.type, first.data) == (EventType.EV_NO_ACTION, b"StartupLocality\x00\x03")
-    # swtpm was started from locality 3, so PCR 0 started at 0...03 (PFP 3.3.2.2).
+    # swtpm was started from locality 3, so PCR 0 started at 0...03.
     assert replay(good_boot.log).values.get(Alg.SHA256, 0) == pcrread(
         software_tpm.tcti, ["sha256"], [0]
     ).get(Alg.SHA256, 0)

@@ -10,16 +10,16 @@ The order and event types follow the TCG PC Client Platform Firmware Profile
   EV_EFI_PLATFORM_FIRMWARE_BLOB2 per firmware volume (digest: the volume's bytes).
 - PCR 7 (PFP 3.3.4.8): EV_EFI_VARIABLE_DRIVER_CONFIG for SecureBoot, PK, KEK, db,
   dbx (digest: the whole UEFI_VARIABLE_DATA), then EV_SEPARATOR.
-- PCR 1 (PFP 3.3.4.3): BootOrder and each Boot#### as EV_EFI_VARIABLE_BOOT (digest:
+- PCR 1 (PFP 3.3.4.2): BootOrder and each Boot#### as EV_EFI_VARIABLE_BOOT (digest:
   VariableData only, as EDK2 does for this event type; BOOT2 would hash the whole
   structure).
 - PCR 4 (PFP 3.3.4.5): EV_EFI_ACTION "Calling EFI Application from Boot Option",
-  then the separators of PCRs 0-6 (PFP 3.3.2.2), then the GPT into PCR 5
-  (EV_EFI_GPT_EVENT).
+  then the separators of PCRs 0-6, then the GPT into PCR 5 as EV_EFI_GPT_EVENT
+  (PFP 3.3.4.6).
 - Each boot application (shim, the bootloader, the kernel): with Secure Boot on,
   the db entry that authorised it as EV_EFI_VARIABLE_AUTHORITY in PCR 7, once per
   entry (PFP 3.3.4.8), then EV_EFI_BOOT_SERVICES_APPLICATION in PCR 4 whose
-  digests are the image's Authenticode digests (PFP 3.3.4.5, 10.4.5.3). A refused
+  digests are the image's Authenticode digests (PFP 3.3.4.5). A refused
   image is never measured: the ``authorize`` callback raises before its events.
 - The bootloader measures as GRUB 2 does: every file it reads into PCR 9
   (EV_IPL, data = the path, digest = the file's bytes) and every command and the
@@ -38,6 +38,10 @@ The order and event types follow the TCG PC Client Platform Firmware Profile
 
 A StartupLocality EV_NO_ACTION event (PFP 10.4.5.3) comes first when the TPM was
 started from locality 3; PCR 0 then starts at 0...03 in every bank.
+
+Not modelled: shim's own measurements (MokList, MokListX, MokListTrusted into PCR
+14, SbatLevel into PCR 7) and its MOK database (shim verifies against db only);
+GRUB reads one generated grub.cfg and runs only ``linux`` and ``initrd``.
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ class Measurement:
 
     @property
     def extends(self) -> bool:
-        """EV_NO_ACTION events are logged but never extended (PFP 10.4.5)."""
+        """EV_NO_ACTION events are logged but never extended."""
         return self.event_type != EventType.EV_NO_ACTION
 
 

@@ -1,6 +1,6 @@
 """The development node's boot disk: a GPT (UEFI 2.10, 5.3) with an EFI system partition,
 a /usr partition, its dm-verity partition and a root partition, as the firmware
-measures it into PCR 5 (UEFI_GPT_DATA, PFP 10.4.5.5), and the device path of the ESP
+measures it into PCR 5 (UEFI_GPT_DATA), and the device path of the ESP
 that boot options and image load events name.
 
 Only the partition table exists; the files "on" the ESP are ordinary files.
