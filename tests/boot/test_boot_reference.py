@@ -3,11 +3,14 @@ booted node's TPM holds, and differ exactly where the node differs."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
 import pytest
 from boot_support import pcrread
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stockade.appraisal.measured_boot import (
     RELEASE_PCR,
@@ -137,3 +140,35 @@ def test_a_bank_without_digests_is_refused(platform_reference, release):
             [Alg.SHA384],
             platform_reference.stages[0].authority,
         )
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**70) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_damaged_platform_reference_is_a_typed_error(platform_dir, data):
+    document = json.loads((platform_dir / REFERENCE_FILE).read_text())
+    target = document
+    path = []
+    while isinstance(target, dict | list) and target and data.draw(st.booleans()):
+        key = data.draw(
+            st.sampled_from(sorted(target) if isinstance(target, dict) else range(len(target)))
+        )
+        path.append(key)
+        if not isinstance(target[key], dict | list):
+            break
+        target = target[key]
+    if path:
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = data.draw(_JSON)
+    with contextlib.suppress(MeasurementInputError):  # anything else fails the test
+        platform_from_json(document)
