@@ -1,0 +1,146 @@
+"""TCG event log benchmarks (issue 3, "Measure").
+
+- parse + replay of each fixture log (../shared/fixtures/eventlogs, when present), and
+  ``tpm2_eventlog`` on the same log in the same run, as a ratio;
+- parse + replay of a synthetic 100-event crypto-agile log (sha1 + sha256) built with the
+  typed encoders: the target is <= 300 us. Parse and replay are also timed apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.timing import Row, median_seconds
+from stockade.evidence.event_data import (
+    FirmwareBlobData,
+    ImageLoadData,
+    SeparatorData,
+    TextData,
+    UefiVariableData,
+)
+from stockade.evidence.eventlog import (
+    AlgorithmSize,
+    Event,
+    EventLog,
+    EventType,
+    SpecIdEvent,
+    parse_event_log,
+)
+from stockade.evidence.replay import replay
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "eventlogs"
+SHA1, SHA256 = 0x0004, 0x000B
+TARGET_US = 300.0
+
+
+def synthetic_log(events: int = 100) -> bytes:
+    """A crypto-agile (sha1 + sha256) log with ``events`` events after the Spec ID event,
+    cycling through the kinds a real boot records."""
+    spec = SpecIdEvent(
+        b"Spec ID Event03\x00",
+        0,
+        0,
+        2,
+        0,
+        2,
+        (AlgorithmSize(SHA1, 20), AlgorithmSize(SHA256, 32)),
+        b"",
+    )
+    global_variable = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
+    kinds: list[tuple[int, EventType, bytes]] = [
+        (0, EventType.EV_S_CRTM_VERSION, TextData("1.0", utf16=True, nul_terminated=True).encode()),
+        (
+            0,
+            EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB,
+            FirmwareBlobData(0xFFC00000, 0x400000).encode(),
+        ),
+        (
+            7,
+            EventType.EV_EFI_VARIABLE_DRIVER_CONFIG,
+            UefiVariableData(global_variable, "SecureBoot", b"\x01").encode(),
+        ),
+        (7, EventType.EV_SEPARATOR, SeparatorData(0).encode()),
+        (
+            4,
+            EventType.EV_EFI_BOOT_SERVICES_APPLICATION,
+            ImageLoadData(0x7E000000, 0x100000, 0, bytes.fromhex("7fff0400")).encode(),
+        ),
+        (4, EventType.EV_EFI_ACTION, TextData("Calling EFI Application from Boot Option").encode()),
+        (
+            8,
+            EventType.EV_IPL,
+            TextData("grub_cmd: linux /vmlinuz root=/dev/sda1 ro", nul_terminated=True).encode(),
+        ),
+        (9, EventType.EV_IPL, TextData("/boot/initrd.img", nul_terminated=True).encode()),
+    ]
+    log_events = [Event(0, 0, EventType.EV_NO_ACTION, ((SHA1, bytes(20)),), spec.marshal())]
+    for number in range(1, events + 1):
+        pcr, kind, data = kinds[number % len(kinds)]
+        digests = ((SHA1, hashlib.sha1(data).digest()), (SHA256, hashlib.sha256(data).digest()))
+        log_events.append(Event(number, pcr, kind, digests, data))
+    return EventLog(True, spec, tuple(log_events)).marshal()
+
+
+def _inner(action: Callable[[], object], budget: float = 0.02) -> int:
+    """How many back-to-back calls take about ``budget`` seconds (at least one)."""
+    once = median_seconds(action, 3)
+    return max(1, int(budget / max(once, 1e-9)))
+
+
+def parse_and_replay_seconds(data: bytes, rounds: int) -> float:
+    def action() -> None:
+        replay(parse_event_log(data))
+
+    return median_seconds(action, rounds, inner=_inner(action))
+
+
+def tpm2_eventlog_seconds(path: Path, rounds: int) -> float:
+    command = ["tpm2_eventlog", str(path)]
+
+    def action() -> None:
+        subprocess.run(command, check=True, capture_output=True)
+
+    return median_seconds(action, rounds)
+
+
+def run(rounds: int) -> list[Row]:
+    rows: list[Row] = []
+    data = synthetic_log(100)
+    log = parse_event_log(data)
+    both = parse_and_replay_seconds(data, rounds)
+    parse_only = median_seconds(
+        lambda: parse_event_log(data), rounds, inner=_inner(lambda: parse_event_log(data))
+    )
+    replay_only = median_seconds(lambda: replay(log), rounds, inner=_inner(lambda: replay(log)))
+    rows += [
+        ("eventlog 100 events sha1+sha256: parse+replay", both * 1e6, "us"),
+        ("  parse only", parse_only * 1e6, "us"),
+        ("  replay only", replay_only * 1e6, "us"),
+        (f"  parse+replay / target {TARGET_US:.0f} us", both * 1e6 / TARGET_US, "x"),
+    ]
+    have_tool = shutil.which("tpm2_eventlog") is not None
+    with tempfile.TemporaryDirectory(prefix="stockade-bench-") as scratch:
+        synthetic = Path(scratch) / "synthetic-100.bin"
+        synthetic.write_bytes(data)
+        logs = [("synthetic-100", synthetic)]
+        if FIXTURES.is_dir():
+            logs += [(path.stem, path) for path in sorted(FIXTURES.glob("*.bin"))]
+        for name, path in logs:
+            ours = (
+                both
+                if name == "synthetic-100"
+                else parse_and_replay_seconds(path.read_bytes(), rounds)
+            )
+            if name != "synthetic-100":
+                rows.append((f"eventlog {name}: parse+replay (stockade)", ours * 1e6, "us"))
+            if have_tool:
+                theirs = tpm2_eventlog_seconds(path, rounds)
+                rows.append((f"eventlog {name}: tpm2_eventlog", theirs * 1e6, "us"))
+                rows.append((f"  tpm2_eventlog / stockade ({name})", theirs / ours, "x"))
+    return rows
