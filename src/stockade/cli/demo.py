@@ -55,6 +55,8 @@ def run() -> None:
     from stockade.tpm.swtpm import start_swtpm
 
     console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=120)
     home = Path(tempfile.mkdtemp(prefix="stockade-demo-"))
     try:
         console.rule("[bold]Stockade demo: one node, one TPM")
@@ -177,6 +179,9 @@ def run() -> None:
             if tpm.transient_object_count() != 0:
                 raise DemoFailed("transient objects were left loaded in the TPM")
         console.print("7. software TPM stopped, nothing left loaded")
+        from stockade.cli.demo_boot import measured_boot_story
+
+        measured_boot_story(console, home)
         console.rule("[bold green]demo passed")
     finally:
         shutil.rmtree(home, ignore_errors=True)
