@@ -92,12 +92,6 @@ def test_unreadable_logs_exit_2_with_one_line(cli, verb, kind):
         assert "byte offset" in result.stderr  # the error says where
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a 24-27 byte Spec ID event makes parse_event_log raise struct.error "
-    "(eventlog.py:127), which the CLI prints as a traceback with exit 1",
-)
 def test_a_short_spec_id_header_exits_2_with_one_line(cli):
     assert_clean_failure(cli["show", "short-spec-id"])
 

@@ -95,11 +95,6 @@ def test_target_catches_a_broken_round_trip_and_a_failing_decoder(target, monkey
         target.test_one_input(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=struct.error,
-    reason="BUG: the target finds the short Spec ID event (eventlog.py:123-127 struct.error)",
-)
 def test_target_on_a_short_spec_id_header(target):
     data = b"Spec ID Event03\x00" + bytes(10)
     target.test_one_input(

@@ -115,13 +115,6 @@ def test_a_bank_without_a_python_hash_is_reported_uncomputable():
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (security): replay.py:51-54 resets PCR 0 at any StartupLocality event, even after "
-    "PCR 0 was extended: events logged before it vanish from the replay, so forged PCR 0 "
-    "events followed by a StartupLocality event replay to the genuine quote",
-)
 def test_a_startup_locality_event_after_pcr0_measurements_does_not_hide_them():
     banks = (SHA256,)
     crtm = TextData("forged CRTM version", utf16=True, nul_terminated=True).encode()
@@ -143,14 +136,6 @@ def test_a_startup_locality_event_after_pcr0_measurements_does_not_hide_them():
     assert forged_values != replay(genuine).values, "the forged CRTM event left no trace"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: an event may list the same bank twice (eventlog.py:288 keeps every digest; "
-    "the fast path too when the Spec ID lists a bank twice) and replay.py:58-62 extends that "
-    "bank once per entry: one logged event stands for two measurements, hiding the second "
-    "behind the first event's description",
-)
 @pytest.mark.parametrize("declared", [(SHA256,), (SHA256, SHA256)], ids=["once", "twice"])
 def test_an_event_with_two_digests_for_one_bank_is_rejected(declared):
     """Declared once, the event takes the general path; declared twice in the Spec ID, the
@@ -184,13 +169,6 @@ def legacy_spec_id_log(vendor_info: bytes) -> bytes:
     return header + separator + SEPARATOR
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=struct.error,
-    reason="BUG: parse_event_log reads a 'Spec ID Event00' header with the Event03 layout "
-    "(eventlog.py:306-310 -> SpecIdEvent.unmarshal): a TPM 1.2 log's 25-byte header raises "
-    "struct.error",
-)
 def test_a_legacy_log_with_a_spec_id_event00_header_parses():
     raw = legacy_spec_id_log(b"")
     log = parse_event_log(raw)
@@ -201,12 +179,6 @@ def test_a_legacy_log_with_a_spec_id_event00_header_parses():
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MalformedStructure,
-    reason="BUG: parse_event_log reads a 'Spec ID Event00' header with the Event03 layout: "
-    "with vendor info the valid TPM 1.2 log is rejected (numberOfAlgorithms from vendor bytes)",
-)
 def test_a_legacy_log_with_a_spec_id_event00_header_and_vendor_info_parses():
     raw = legacy_spec_id_log(b"vend")
     assert parse_event_log(raw).marshal() == raw

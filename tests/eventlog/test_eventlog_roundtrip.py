@@ -9,10 +9,10 @@ import json
 import struct
 import uuid
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stockade.evidence.errors import EvidenceError
 from stockade.evidence.event_data import (
     FirmwareBlobData,
     GptData,
@@ -280,7 +280,11 @@ def test_write_parse_write_is_the_identity(log):
     assert parsed.marshal() == written
     assert strip_offsets(parsed) == log
     assert parsed.banks == log.banks
-    replay(parsed)
+    try:
+        replay(parsed)
+    except EvidenceError as refused:
+        # the only log replay refuses: PCR 0 re-initialised after it was started
+        assert "StartupLocality" in str(refused)
 
 
 @settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -295,7 +299,7 @@ def test_every_typed_event_decodes_to_an_equal_object(typed):
 
 
 def hashlib_replay(log: EventLog) -> dict[str, dict[str, str]]:
-    banks: dict[str, dict[int, bytes]] = {}
+    banks: dict[str, dict[int, bytes]] = {HASHLIB[algorithm]: {} for algorithm in log.banks}
     for event in log.events:
         if event.type == EventType.EV_NO_ACTION:
             continue
@@ -315,13 +319,6 @@ def test_replay_of_random_logs_equals_a_hashlib_replay(log):
     assert replay(parse_event_log(log.marshal())).values.to_json() == hashlib_replay(log)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: UefiVariableData.encode (event_data.py:218) writes UnicodeNameLength as "
-    "len(str), not the number of UTF-16 code units: a name outside the BMP encodes to a "
-    "corrupt UEFI_VARIABLE_DATA",
-)
 def test_a_variable_name_outside_the_bmp_round_trips():
     variable = UefiVariableData(uuid.UUID(int=1), "db\U0001f512", b"\x01\x02")
     data = variable.encode()

@@ -52,14 +52,9 @@ from stockade.evidence.eventlog import (
 
 SOURCES = ["fixture", "tpm2_eventlog-v1", "tpm2_eventlog-v2"]
 
-# Disagreements that are Stockade's, each pinned by an xfail test below:
-# (log, source, event number, field).
-KNOWN_DISAGREEMENTS = {
-    # BBS device path node (type 5): we print Path(5,1,...) -- test_bbs_device_path_node
-    ("event-gce-ubuntu-2104-log", "fixture", 13, "VariableData DevicePath"),
-    # IPv4 device path node (messaging 0x0C): we print Path(3,12,...) -- test_ipv4_device_path
-    ("event-postcode", "fixture", 38, "DevicePath"),
-}
+# Disagreements that are Stockade's: (log, source, event number, field). None remain; the
+# BBS and IPv4 device path nodes that were here are pinned by their own tests below.
+KNOWN_DISAGREEMENTS: set[tuple[str, str, int, str]] = set()
 
 # What the comparison must have looked at across all logs and renderings, so that a
 # comparison that silently skips a kind of field fails here.
@@ -196,12 +191,6 @@ def event_from(name: str, number: int) -> Event:
     return parse_event_log(log_bytes(name)).events[number]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: device_path.py _node_text has no BBS (type 5) node: prints Path(5,1,...) "
-    "where UEFI text (EDK2, efivar) is BBS(HD,<description>,0x<status>)",
-)
 def test_bbs_device_path_node():
     decoded = decode(event_from("event-gce-ubuntu-2104-log", 13))
     assert isinstance(decoded, UefiVariableData)
@@ -209,12 +198,6 @@ def test_bbs_device_path_node():
     assert decoded.to_json()["VariableData"]["DevicePath"] == "BBS(HD,VirtScsi(0,3,0) Disk,0x0)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: device_path.py _node_text has no IPv4 (messaging 0x0C) node: prints "
-    "Path(3,12,...); UEFI 2.10 10.6.1.6: IPv4(remote,protocol,Static|DHCP,local,gateway,mask)",
-)
 def test_ipv4_device_path_node():
     decoded = decode(event_from("event-postcode", 38))
     assert isinstance(decoded, ImageLoadData)
@@ -224,13 +207,6 @@ def test_ipv4_device_path_node():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: EV_EFI_VARIABLE_AUTHORITY db holds one EFI_SIGNATURE_DATA (PFP 10.4.6, "
-    "the db entry that verified the image), but event_data.py:229 parses it as EFI_SIGNATURE_LIST, "
-    "fails, and shows hex; tpm2_eventlog shows SignatureOwner and SignatureData",
-)
 @pytest.mark.parametrize(("name", "number"), [("event-moklisttrusted", 23), ("event-postcode", 37)])
 def test_authority_db_event_shows_the_signature_that_verified_the_image(name, number):
     decoded = decode(event_from(name, number))
@@ -360,13 +336,6 @@ def test_an_honest_grub_command_line_is_not_flagged_by_either(tmp_path):
 
 
 @pytest.mark.crosscheck
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: event_digests.py:61-64 does not check grub's EV_IPL in PCR 8 (digest = hash of "
-    "the text after 'grub_cmd: '/'kernel_cmdline: ', with or without the NUL); tpm2_eventlog does, "
-    "so an edited kernel command line passes digest_mismatches and replay",
-)
 def test_an_edited_grub_kernel_command_line_is_flagged(tmp_path):
     raw = log_bytes("event-bootorder")
     log = parse_event_log(raw)

@@ -53,8 +53,26 @@ def test_state_of_a_machine_without_secure_boot():
     assert state.enabled is False
     assert len(state.keys["dbx"].sha256_digests()) == 77
     assert state.boot_applications[-1].device_path.endswith("File(\\vmlinuz-linux-lts)")
+    # systemd-boot logged the command line with a digest that is not of that text
+    # (tpm2_eventlog warns too), so the text proves nothing and is not reported
+    assert state.kernel_command_line is None
+
+
+def test_command_line_is_read_only_where_its_digest_is_of_the_text():
+    log = load("event-bootorder.bin")
+    state = secure_boot_state(verify_log(log, quoted(log)))
     assert state.kernel_command_line is not None
-    assert "cryptdevice=UUID=5465369a" in state.kernel_command_line
+    assert state.kernel_command_line.startswith("/boot/vmlinuz-5.4.0-45-generic")
+    forged_events = list(log.events)
+    index, event = next(
+        (i, e) for i, e in enumerate(log.events) if e.data.startswith(b"kernel_cmdline: ")
+    )
+    forged_events[index] = event._replace(data=event.data.replace(b" ro", b" rw", 1))
+    forged = EventLog(log.crypto_agile, log.spec_id, tuple(forged_events))
+    # the digests are untouched, so the forged log still replays to the same PCRs
+    forged_state = secure_boot_state(verify_log(forged, quoted(log)))
+    assert forged_state.kernel_command_line != state.kernel_command_line
+    assert forged_state.kernel_command_line is None or " rw" not in forged_state.kernel_command_line
 
 
 def test_log_that_claims_secure_boot_but_pcr7_differs_is_rejected():

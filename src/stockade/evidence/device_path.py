@@ -6,6 +6,7 @@ not form a node, are shown in the generic ``Path(type,subtype,hex)`` form.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import uuid
 
@@ -21,6 +22,17 @@ def _guid(data: bytes) -> str:
 def _utf16(data: bytes) -> str:
     text = data.decode("utf-16-le", errors="replace")
     return text.split("\x00", 1)[0]
+
+
+_BBS_TYPES = {1: "Floppy", 2: "HD", 3: "CDROM", 4: "PCMCIA", 5: "USB", 6: "Network"}
+
+
+def _ipv4(address: bytes) -> str:
+    return str(ipaddress.IPv4Address(address))
+
+
+def _protocol(number: int) -> str:
+    return {6: "TCP", 17: "UDP"}.get(number, f"0x{number:x}")
 
 
 def _node_text(node_type: int, subtype: int, body: bytes) -> str | None:
@@ -47,6 +59,31 @@ def _node_text(node_type: int, subtype: int, body: bytes) -> str | None:
             return f"USB({body[0]},{body[1]})"
         if subtype == 0x0B and size == 33:
             return f"MAC({body[:6].hex()},{body[32]})"
+        if subtype == 0x0C and size == 15:  # UEFI 2.0 form, without gateway and mask
+            local, remote, _lp, _rp, protocol, static = struct.unpack_from("<4s4sHHHB", body)
+            return (
+                f"IPv4({_ipv4(remote)},{_protocol(protocol)},{'Static' if static else 'DHCP'},"
+                f"{_ipv4(local)})"
+            )
+        if subtype == 0x0C and size == 23:
+            local, remote, _lp, _rp, protocol, static = struct.unpack_from("<4s4sHHHB", body)
+            gateway, mask = body[15:19], body[19:23]
+            return (
+                f"IPv4({_ipv4(remote)},{_protocol(protocol)},{'Static' if static else 'DHCP'},"
+                f"{_ipv4(local)},{_ipv4(gateway)},{_ipv4(mask)})"
+            )
+        if subtype == 0x0D and size == 56:
+            local, remote, _lp, _rp, protocol, origin, prefix = struct.unpack_from(
+                "<16s16sHHHBB", body
+            )
+            gateway = body[40:56]
+            source = {0: "Static", 1: "StatelessAutoConfigure", 2: "StatefulAutoConfigure"}.get(
+                origin, f"0x{origin:x}"
+            )
+            return (
+                f"IPv6({ipaddress.IPv6Address(remote)},{_protocol(protocol)},{source},"
+                f"{ipaddress.IPv6Address(local)},0x{prefix:x},{ipaddress.IPv6Address(gateway)})"
+            )
         if subtype == 0x12 and size == 6:
             port, multiplier, lun = struct.unpack("<HHH", body)
             return f"Sata({port},{multiplier},{lun})"
@@ -55,6 +92,12 @@ def _node_text(node_type: int, subtype: int, body: bytes) -> str | None:
             return f"NVMe(0x{namespace:x},{'-'.join(f'{b:02X}' for b in eui)})"
         if subtype == 0x18 and size >= 0:
             return f"Uri({body.decode('ascii', errors='replace')})"
+    elif node_type == 0x05:  # BIOS boot specification
+        if subtype == 0x01 and size >= 4:
+            device_type, status = struct.unpack_from("<HH", body)
+            description = body[4:].split(b"\x00", 1)[0].decode("ascii", errors="replace")
+            device = _BBS_TYPES.get(device_type, f"0x{device_type:x}")
+            return f"BBS({device},{description},0x{status:x})"
     elif node_type == 0x04:  # media
         if subtype == 0x01 and size == 38:
             number, start, length = struct.unpack_from("<IQQ", body)

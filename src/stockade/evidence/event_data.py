@@ -215,7 +215,7 @@ class UefiVariableData:
         name = self.unicode_name.encode("utf-16-le")
         return (
             self.variable_name.bytes_le
-            + struct.pack("<QQ", len(self.unicode_name), len(self.variable_data))
+            + struct.pack("<QQ", len(name) // 2, len(self.variable_data))
             + name
             + self.variable_data
             + self.trailing
@@ -230,6 +230,15 @@ class UefiVariableData:
             try:
                 return [signature_list.to_json() for signature_list in parse_signature_lists(data)]
             except EvidenceError:
+                # EV_EFI_VARIABLE_AUTHORITY holds one EFI_SIGNATURE_DATA, not a list
+                # (PFP 10.4.6): the owner GUID and the entry that verified an image.
+                if len(data) > 16:
+                    return [
+                        {
+                            "SignatureOwner": str(uuid.UUID(bytes_le=data[:16])),
+                            "SignatureData": data[16:].hex(),
+                        }
+                    ]
                 return data.hex()
         if len(name) == 8 and name.startswith("Boot") and name[4:] != "Order":
             option = decode_load_option(data)
@@ -240,7 +249,7 @@ class UefiVariableData:
     def to_json(self) -> Any:
         document: dict[str, Any] = {
             "VariableName": str(self.variable_name),
-            "UnicodeNameLength": len(self.unicode_name),
+            "UnicodeNameLength": len(self.unicode_name.encode("utf-16-le")) // 2,
             "VariableDataLength": len(self.variable_data),
             "UnicodeName": self.unicode_name,
         }

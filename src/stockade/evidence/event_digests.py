@@ -10,8 +10,13 @@ measured (tpm2_eventlog warns about the same events):
   EV_EFI_VARIABLE_DRIVER_CONFIG, EV_EFI_GPT_EVENT: the event data.
 - EV_EFI_VARIABLE_BOOT / BOOT2: the event data; older firmware hashed only
   VariableData, which is accepted too.
-- EV_IPL written by systemd-boot (UTF-16 text): the event data. EV_IPL from
-  grub describes a command or file whose digest is not of the description.
+- EV_IPL written by systemd-boot (UTF-16 text): the event data.
+- EV_IPL written by grub for a command or the kernel command line
+  ("grub_cmd: ...", "kernel_cmdline: ..."): the text after the first space,
+  with or without its NUL. grub's EV_IPL events naming a file (PCR 9) carry the
+  file's digest and cannot be checked from the log.
+
+tpm2_eventlog 5.4 checks the EV_IPL rules; the others are the PFP's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ _DATA_IS_MEASURED = frozenset(
         EventType.EV_EFI_GPT_EVENT,
     }
 )
+GRUB_STRING_PREFIXES = ("grub_cmd: ", "kernel_cmdline: ")
 _BOOT_VARIABLES = frozenset({EventType.EV_EFI_VARIABLE_BOOT, EventType.EV_EFI_VARIABLE_BOOT2})
 
 
@@ -62,7 +68,23 @@ def _acceptable_inputs(event: Event) -> list[bytes] | None:
         decoded = decode(event)
         if isinstance(decoded, TextData) and decoded.utf16:
             return [event.data]
+        if isinstance(decoded, TextData) and decoded.text.startswith(GRUB_STRING_PREFIXES):
+            measured = decoded.text.split(" ", 1)[1].encode()
+            return [measured, measured + b"\x00"]
     return None
+
+
+def data_is_measured(event: Event) -> bool | None:
+    """True when every digest ``event`` carries is the hash of its data (as the rules
+    above define it), False when one is not, None when the type cannot be checked."""
+    inputs = _acceptable_inputs(event)
+    if inputs is None:
+        return None
+    for algorithm, digest in event.digests:
+        hash_ = HASHES.get(algorithm)
+        if hash_ is not None and all(hash_.digest(c) != digest for c in inputs):
+            return False
+    return True
 
 
 def digest_mismatches(log: EventLog) -> list[DigestMismatch]:

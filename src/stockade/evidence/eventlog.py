@@ -101,6 +101,21 @@ class SpecIdEvent:
         return self.signature == SPEC_ID_SIGNATURE_AGILE
 
     def marshal(self) -> bytes:
+        if not self.is_crypto_agile:
+            # TCG EFI Platform 1.22 (TPM 1.2) layout: no algorithm list.
+            return (
+                self.signature
+                + struct.pack(
+                    "<IBBBBB",
+                    self.platform_class,
+                    self.spec_version_minor,
+                    self.spec_version_major,
+                    self.spec_errata,
+                    self.uintn_size,
+                    len(self.vendor_info),
+                )
+                + self.vendor_info
+            )
         out = bytearray(self.signature)
         out += struct.pack(
             "<IBBBBI",
@@ -118,17 +133,28 @@ class SpecIdEvent:
 
     @classmethod
     def unmarshal(cls, data: bytes) -> SpecIdEvent:
-        """Decode a Spec ID event; ``MalformedStructure`` if it is not one."""
+        """Decode a Spec ID event (PFP 10.4.5.1 "Spec ID Event03", or the TPM 1.2
+        "Spec ID Event00" of TCG EFI Platform 1.22); ``MalformedStructure`` if it is not one."""
         where = "TCG_EfiSpecIDEvent"
-        if len(data) < 24:
-            raise MalformedStructure(where, 0, f"{len(data)} bytes is too short")
         signature = data[:16]
-        minor, major, errata, uintn, count = 0, 0, 0, 0, 0
+        if signature == SPEC_ID_SIGNATURE_LEGACY:
+            if len(data) < 25:
+                raise MalformedStructure(where, 0, f"{len(data)} bytes is too short")
+            platform_class, minor, major, errata, uintn, vendor_size = struct.unpack_from(
+                "<IBBBBB", data, 16
+            )
+            if 25 + vendor_size != len(data):
+                raise MalformedStructure(
+                    where, 24, f"vendorInfoSize {vendor_size} does not fill the event"
+                )
+            return cls(signature, platform_class, minor, major, errata, uintn, (), data[25:])
+        if len(data) < 29:
+            raise MalformedStructure(where, 0, f"{len(data)} bytes is too short")
         platform_class, minor, major, errata, uintn, count = struct.unpack_from("<IBBBBI", data, 16)
         if count > MAX_DIGESTS:
             raise MalformedStructure(where, 24, f"numberOfAlgorithms {count} exceeds {MAX_DIGESTS}")
         offset = 28
-        algorithms = []
+        algorithms: list[AlgorithmSize] = []
         for _ in range(count):
             if offset + 4 > len(data):
                 raise MalformedStructure(where, offset, "algorithm list is truncated")
@@ -142,6 +168,8 @@ class SpecIdEvent:
                 )
             if size == 0 or size > 64:
                 raise MalformedStructure(where, offset, f"digest size {size} is not plausible")
+            if any(a.algorithm_id == algorithm_id for a in algorithms):
+                raise MalformedStructure(where, offset, f"algorithm 0x{algorithm_id:04x} twice")
             algorithms.append(AlgorithmSize(algorithm_id, size))
             offset += 4
         if offset + 1 > len(data):
@@ -269,7 +297,7 @@ def _read_event2(data: bytes, offset: int, number: int, sizes: dict[int, int]) -
     if count > MAX_DIGESTS:
         raise MalformedStructure(where, offset + 8, f"event {number} claims {count} digests")
     cursor = offset + _EVENT2_HEADER.size
-    digests = []
+    digests: list[tuple[int, bytes]] = []
     for _ in range(count):
         if cursor + 2 > len(data):
             raise MalformedStructure(where, cursor, f"event {number} digest list is truncated")
@@ -281,6 +309,10 @@ def _read_event2(data: bytes, offset: int, number: int, sizes: dict[int, int]) -
                 cursor,
                 f"event {number} has a digest for algorithm 0x{algorithm:04x}, "
                 "which the Spec ID event does not declare",
+            )
+        if any(seen == algorithm for seen, _ in digests):
+            raise MalformedStructure(
+                where, cursor, f"event {number} carries two digests for algorithm 0x{algorithm:04x}"
             )
         cursor += 2
         if cursor + size > len(data):

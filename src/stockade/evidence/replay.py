@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stockade.evidence.algorithms import HASHES
-from stockade.evidence.errors import EventLogMismatch
+from stockade.evidence.errors import EventLogMismatch, MalformedStructure
 from stockade.evidence.eventlog import Event, EventLog, EventType
 from stockade.evidence.pcr_values import PcrValues, bank_name
 
@@ -46,14 +46,27 @@ def replay(log: EventLog) -> Replay:
     zeros = {alg: bytes(digesters[alg].digest_size) for alg in computable}
     constructors = {alg: digesters[alg].constructor for alg in computable}
     no_action = EventType.EV_NO_ACTION
+    pcr0_started = False
     for event in log.events:
         if event.type == no_action:
             locality = startup_locality(event)
             if locality is not None:
+                # PCR 0's initial value is set once, before its first measurement (PFP
+                # 10.4.5.3); a later one would erase the measurements logged before it.
+                if pcr0_started:
+                    raise MalformedStructure(
+                        "event log",
+                        event.offset,
+                        f"StartupLocality event {event.number} comes after PCR 0 was "
+                        "initialised or measured",
+                    )
                 for alg in computable:
                     banks[alg][0] = zeros[alg][:-1] + bytes([locality])
+                pcr0_started = True
             continue
         pcr = event.pcr
+        if pcr == 0:
+            pcr0_started = True
         for alg, digest in event.digests:
             new = constructors.get(alg)
             if new is None:
@@ -61,7 +74,8 @@ def replay(log: EventLog) -> Replay:
             bank = banks[alg]
             bank[pcr] = new(bank.get(pcr, zeros[alg]) + digest).digest()
     uncomputable = tuple(alg for alg in log.banks if alg not in HASHES)
-    return Replay(PcrValues({alg: values for alg, values in banks.items() if values}), uncomputable)
+    # Every bank the log declares is reported, even one no event extends.
+    return Replay(PcrValues(banks), uncomputable)
 
 
 _VERIFIED = object()

@@ -18,6 +18,7 @@ from stockade.evidence.algorithms import HASHES
 from stockade.evidence.efi_signatures import SignatureList, parse_signature_lists
 from stockade.evidence.errors import EvidenceError, EvidenceInvalid
 from stockade.evidence.event_data import ImageLoadData, TextData, UefiVariableData, decode
+from stockade.evidence.event_digests import data_is_measured
 from stockade.evidence.eventlog import Event, EventType
 from stockade.evidence.replay import VerifiedEventLog
 
@@ -87,6 +88,8 @@ def _variable(event: Event) -> UefiVariableData | None:
 
 
 def _command_line(event: Event) -> str | None:
+    if data_is_measured(event) is not True:
+        return None  # the text is only a description unless its digest is of the text
     decoded = decode(event)
     if not isinstance(decoded, TextData):
         return None
@@ -109,6 +112,12 @@ def secure_boot_state(verified: VerifiedEventLog) -> SecureBootState:
     command_line: str | None = None
     for event in verified.trusted_events():
         if event.pcr == SECURE_BOOT_PCR and event.type == EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
+            if data_is_measured(event) is not True:
+                raise SecureBootUnknown(
+                    "pcr7",
+                    f"event {event.number}: the digest in PCR 7 is not of the variable the "
+                    "log shows, so the log does not say what was measured",
+                )
             variable = _variable(event)
             if variable is None:
                 raise SecureBootUnknown(
@@ -127,9 +136,15 @@ def secure_boot_state(verified: VerifiedEventLog) -> SecureBootState:
                 keys[variable.unicode_name] = KeyDatabase(variable.unicode_name, lists)
         elif event.pcr == SECURE_BOOT_PCR and event.type == EventType.EV_EFI_VARIABLE_AUTHORITY:
             variable = _variable(event)
-            data = variable.variable_data if variable is not None else event.data
-            authorities.append(data)
-            pending_authority = data
+            # Only an authority whose digest is of its data says which entry was used.
+            bound = all(
+                HASHES[alg].digest(event.data) == digest
+                for alg, digest in event.digests
+                if alg in HASHES
+            )
+            if variable is not None and bound:
+                authorities.append(variable.variable_data)
+                pending_authority = variable.variable_data
         elif (
             event.pcr == BOOT_MANAGER_CODE_PCR
             and event.type == EventType.EV_EFI_BOOT_SERVICES_APPLICATION
