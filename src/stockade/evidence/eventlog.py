@@ -348,6 +348,7 @@ def parse_event_log(data: bytes) -> EventLog:
             )
         sizes = {a.algorithm_id: a.digest_size for a in spec_id.algorithms}
         fast, algorithms = _fast_layout(spec_id)
+        new_event = tuple.__new__  # Event(...) minus its argument handling: the hot path
         bank_count = len(algorithms)
         end = len(data)
         while offset < end:
@@ -362,15 +363,24 @@ def parse_event_log(data: bytes) -> EventLog:
                     and size <= MAX_EVENT_DATA
                     and start + size <= end
                 ):
-                    digests = tuple(zip(algorithms, fields[4:-1:2], strict=True))
+                    if bank_count == 2:  # the usual sha1 + sha256 log, without a zip
+                        digests: tuple[tuple[int, bytes], ...] = (
+                            (algorithms[0], fields[4]),
+                            (algorithms[1], fields[6]),
+                        )
+                    else:
+                        digests = tuple(zip(algorithms, fields[4:-1:2], strict=True))
                     events.append(
-                        Event(
-                            number,
-                            fields[0],
-                            fields[1],
-                            digests,
-                            data[start : start + size],
-                            offset,
+                        new_event(
+                            Event,
+                            (
+                                number,
+                                fields[0],
+                                fields[1],
+                                digests,
+                                data[start : start + size],
+                                offset,
+                            ),
                         )
                     )
                     offset = start + size

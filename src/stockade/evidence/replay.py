@@ -44,11 +44,12 @@ def replay(log: EventLog) -> Replay:
     banks: dict[int, dict[int, bytes]] = {alg: {} for alg in computable}
     digesters = {alg: HASHES[alg] for alg in computable}
     zeros = {alg: bytes(digesters[alg].digest_size) for alg in computable}
-    constructors = {alg: digesters[alg].constructor for alg in computable}
+    extenders = {alg: (digesters[alg].constructor, banks[alg], zeros[alg]) for alg in computable}
     no_action = EventType.EV_NO_ACTION
     pcr0_started = False
     for event in log.events:
-        if event.type == no_action:
+        _, pcr, event_type, digests, _, _ = event
+        if event_type == no_action:
             locality = startup_locality(event)
             if locality is not None:
                 # PCR 0's initial value is set once, before its first measurement (PFP
@@ -64,15 +65,13 @@ def replay(log: EventLog) -> Replay:
                     banks[alg][0] = zeros[alg][:-1] + bytes([locality])
                 pcr0_started = True
             continue
-        pcr = event.pcr
         if pcr == 0:
             pcr0_started = True
-        for alg, digest in event.digests:
-            new = constructors.get(alg)
-            if new is None:
-                continue
-            bank = banks[alg]
-            bank[pcr] = new(bank.get(pcr, zeros[alg]) + digest).digest()
+        for alg, digest in digests:
+            found = extenders.get(alg)
+            if found is not None:
+                new, bank, zero = found
+                bank[pcr] = new(bank.get(pcr, zero) + digest).digest()
     uncomputable = tuple(alg for alg in log.banks if alg not in HASHES)
     # Every bank the log declares is reported, even one no event extends.
     return Replay(PcrValues(banks), uncomputable)
