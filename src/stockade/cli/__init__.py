@@ -29,6 +29,10 @@ def _register() -> None:
     app.add_typer(boot.app, name="boot")
     app.command("demo")(demo.run)
 
+    from stockade.cli import agent
+
+    app.add_typer(agent.app, name="agent")
+
 
 def main() -> None:
     """Console entry point: typed errors become one line on stderr and an exit code.

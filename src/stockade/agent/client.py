@@ -1,0 +1,243 @@
+"""The verifier protocol's HTTP client: the agent's calls and the operator's.
+
+Every failure is typed: ``VerifierUnavailable`` when the verifier cannot be
+reached or answers 5xx (callers retry with backoff), ``VerifierRefused`` when
+it answers 4xx (carrying the protocol's ``error`` code and ``detail``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from stockade.errors import InputError, StockadeError
+
+DEFAULT_TIMEOUT = 10.0
+VERIFIER_ENV = "STOCKADE_VERIFIER"
+CA_ENV = "STOCKADE_CA"
+
+
+class VerifierUnavailable(StockadeError):
+    """The verifier could not be reached, timed out, or answered 5xx."""
+
+    exit_code = 2
+
+
+class VerifierRefused(StockadeError):
+    """The verifier answered with a 4xx protocol error."""
+
+    exit_code = 1
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"verifier refused ({status} {code}): {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise VerifierRefused(200, "malformed", f"{what} is not base64") from None
+
+
+def tls_context(ca: Path | None) -> ssl.SSLContext:
+    """Verify the verifier's certificate against ``ca`` (or the system roots)."""
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (OSError, ssl.SSLError) as error:
+        raise InputError(f"cannot read the verifier CA '{ca}': {error}") from None
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    enrollment_id: str
+    credential_blob: bytes
+    encrypted_secret: bytes
+
+
+@dataclass(frozen=True)
+class Nonce:
+    nonce: bytes
+    pcr_selection: str
+    expires_at: str
+
+
+class VerifierClient:
+    """One HTTPS connection pool to a verifier. Use as a context manager."""
+
+    def __init__(
+        self, url: str, ca: Path | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, verify=tls_context(ca), timeout=timeout, trust_env=False
+        )
+
+    @classmethod
+    def from_options(cls, url: str | None, ca: Path | None) -> VerifierClient:
+        """From CLI options, falling back to ``$STOCKADE_VERIFIER`` and ``$STOCKADE_CA``."""
+        url = url or os.environ.get(VERIFIER_ENV)
+        if not url:
+            raise InputError(f"no verifier URL: pass --verifier or set {VERIFIER_ENV}")
+        if ca is None and os.environ.get(CA_ENV):
+            ca = Path(os.environ[CA_ENV])
+        return cls(url, ca)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        """Send one request; return the decoded JSON body of a 2xx answer."""
+        try:
+            response = self._http.request(
+                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
+            )
+        except httpx.HTTPError as error:
+            reason = str(error) or type(error).__name__
+            raise VerifierUnavailable(f"verifier {self.url} unreachable: {reason}") from None
+        if response.status_code >= 500:
+            raise VerifierUnavailable(
+                f"verifier {self.url} answered {response.status_code}: {_detail(response)}"
+            )
+        if response.status_code >= 400:
+            code, detail = _error(response)
+            raise VerifierRefused(response.status_code, code, detail)
+        try:
+            return response.json()
+        except ValueError:
+            raise VerifierUnavailable(
+                f"verifier {self.url} answered {response.status_code} without JSON"
+            ) from None
+
+    # -- the agent's calls ---------------------------------------------------
+
+    def enroll(
+        self, name: str, ek_certificate: bytes, ek_public: bytes, ak_public: bytes
+    ) -> Enrollment:
+        answer = self.request(
+            "POST",
+            "/v1/enrollments",
+            {
+                "name": name,
+                "ek_certificate": b64(ek_certificate),
+                "ek_public": b64(ek_public),
+                "ak_public": b64(ak_public),
+            },
+        )
+        return Enrollment(
+            str(answer["enrollment_id"]),
+            unb64(answer["credential_blob"], "credential_blob"),
+            unb64(answer["encrypted_secret"], "encrypted_secret"),
+        )
+
+    def activate(self, enrollment_id: str, secret: bytes) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request(
+            "POST", f"/v1/enrollments/{enrollment_id}/activation", {"secret": b64(secret)}
+        )
+        return answer
+
+    def nonce(self, node_id: str) -> Nonce:
+        answer = self.request("POST", f"/v1/nodes/{node_id}/nonces")
+        return Nonce(
+            unb64(answer["nonce"], "nonce"),
+            str(answer["pcr_selection"]),
+            str(answer.get("expires_at", "")),
+        )
+
+    def evidence(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{node_id}/evidence", body)
+        return answer
+
+    # -- the operator's calls ------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        answer = self.request("GET", "/v1/nodes")
+        return list(answer["nodes"] if isinstance(answer, dict) else answer)
+
+    def node(self, node: str) -> dict[str, Any]:
+        """A node by id, or by name when no node has that id."""
+        node_id = self.resolve(node)
+        answer: dict[str, Any] = self.request("GET", f"/v1/nodes/{node_id}")
+        return answer
+
+    def resolve(self, node: str) -> str:
+        """The id of the node whose id or name is ``node``."""
+        nodes = self.nodes()
+        for entry in nodes:
+            if entry.get("node_id", entry.get("id")) == node:
+                return node
+        named = [entry for entry in nodes if entry.get("name") == node]
+        if len(named) == 1:
+            return str(named[0].get("node_id", named[0].get("id")))
+        if len(named) > 1:
+            raise InputError(f"{len(named)} nodes are named {node!r}; give the node id")
+        raise VerifierRefused(404, "not_found", f"no node with id or name {node!r}")
+
+    def revoke(self, node: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{self.resolve(node)}/revoke")
+        return answer
+
+    def allow(self, node: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{self.resolve(node)}/allow")
+        return answer
+
+    def results(self, node: str, limit: int = 1) -> list[dict[str, Any]]:
+        answer = self.request("GET", f"/v1/nodes/{self.resolve(node)}/results", limit=limit)
+        return list(answer["results"] if isinstance(answer, dict) else answer)
+
+    def apply_policy(self, policy_id: str, document: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("PUT", f"/v1/policies/{policy_id}", document)
+        return answer
+
+    def policies(self) -> list[dict[str, Any]]:
+        answer = self.request("GET", "/v1/policies")
+        return list(answer["policies"] if isinstance(answer, dict) else answer)
+
+    def policy(self, policy_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", f"/v1/policies/{policy_id}")
+        return answer
+
+    def events(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Stored events after ``after``, read once from the SSE stream's backlog."""
+        answer = self.request("GET", "/v1/events", after=after, limit=limit, format="json")
+        return list(answer["events"] if isinstance(answer, dict) else answer)
+
+
+def _error(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "http", response.text.strip()[:200] or response.reason_phrase
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"]), str(body.get("detail", ""))
+    if isinstance(body, dict) and "detail" in body:  # FastAPI's own validation errors
+        return "invalid", str(body["detail"])[:300]
+    return "http", str(body)[:200]
+
+
+def _detail(response: httpx.Response) -> str:
+    return " ".join(_error(response))

@@ -1,0 +1,182 @@
+"""The agent: enroll once, then attest every interval (with jitter) until stopped.
+
+Each attestation is one line on the log: status, node state, deadline and every
+reason. A verifier that is down or answers 5xx is retried with capped
+exponential backoff; the AK and node id live in the state directory, so a
+restarted agent attests again at once without enrolling.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stockade.agent.client import (
+    VerifierClient,
+    VerifierRefused,
+    VerifierUnavailable,
+    b64,
+)
+from stockade.agent.source import NodeSource
+from stockade.agent.state import AgentState, Enrolled
+from stockade.errors import StockadeError
+from stockade.evidence.credential import CredentialBlob
+from stockade.evidence.pcr_selection import PcrSelection
+from stockade.evidence.templates import KeyKind
+
+# Answers that mean the verifier no longer knows this node (or its AK): enroll again.
+_REENROLL_STATUSES = frozenset({404})
+_REENROLL_CODES = frozenset({"unknown_node", "not_found", "unknown_ak", "ak"})
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    verifier: str
+    ca: Path | None
+    name: str
+    source: NodeSource
+    state_dir: Path
+    interval: float = 30.0
+    jitter: float = 3.0
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    key_kind: KeyKind = KeyKind.ECC
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class Agent:
+    config: AgentConfig
+    stop: threading.Event = field(default_factory=threading.Event)
+    log: Callable[[str], None] = _print_line
+    attestations: int = 0
+
+    @property
+    def state(self) -> AgentState:
+        return AgentState(self.config.state_dir)
+
+    def run(self, max_attestations: int | None = None) -> None:
+        """Attest until ``stop`` is set (or ``max_attestations`` answers were received)."""
+        config = self.config
+        self.log(
+            f"agent {config.name}: {config.source.description}, "
+            f"boot log {config.source.event_log}, "
+            f"verifier {config.verifier}, every {config.interval:g}s +/- {config.jitter:g}s"
+        )
+        backoff = config.initial_backoff
+        with VerifierClient(config.verifier, config.ca) as client:
+            while not self.stop.is_set():
+                try:
+                    enrolled = self.state.enrolled() or self.enroll(client)
+                    self._report(enrolled, self.attest_once(client, enrolled))
+                except VerifierUnavailable as error:
+                    self.log(f"retry in {backoff:g}s: {error}")
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, config.max_backoff)
+                    continue
+                except VerifierRefused as error:
+                    if error.status in _REENROLL_STATUSES or error.code in _REENROLL_CODES:
+                        self.log(f"the verifier does not know this node ({error}); enrolling again")
+                        self.state.forget_enrollment()
+                    else:
+                        self.log(f"retry in {backoff:g}s: {error}")
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, config.max_backoff)
+                    continue
+                except StockadeError as error:  # TPM or boot log unreadable: may recover
+                    self.log(f"retry in {backoff:g}s: {error}")
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, config.max_backoff)
+                    continue
+                backoff = config.initial_backoff
+                self.attestations += 1
+                if max_attestations is not None and self.attestations >= max_attestations:
+                    break
+                self.stop.wait(self._next_delay())
+        self.log(f"agent {config.name}: stopped after {self.attestations} attestations")
+
+    def _next_delay(self) -> float:
+        jitter = self.config.jitter
+        return max(0.05, self.config.interval + random.uniform(-jitter, jitter))
+
+    # -- enrollment ----------------------------------------------------------
+
+    def load_or_create_ak(self) -> Any:
+        from stockade.tpm.ak import AttestationKey, create_ak
+        from stockade.tpm.device import Tpm
+
+        if self.state.has_ak():
+            return AttestationKey.load(self.config.state_dir)
+        with Tpm(self.config.source.tcti) as tpm:
+            ak = create_ak(tpm, self.config.key_kind)
+        ak.save(self.config.state_dir)
+        return ak
+
+    def enroll(self, client: VerifierClient) -> Enrolled:
+        """EK certificate + AK public -> MakeCredential challenge -> activated secret."""
+        from stockade.tpm.credential import activate_credential
+        from stockade.tpm.device import Tpm
+        from stockade.tpm.ek import read_endorsement
+
+        ak = self.load_or_create_ak()
+        with Tpm(self.config.source.tcti) as tpm:
+            endorsement = read_endorsement(tpm, ak.ek_kind)
+        if endorsement.certificate is None:
+            raise StockadeError(f"the TPM has no {ak.ek_kind.value} EK certificate in NV")
+        challenge = client.enroll(
+            self.config.name,
+            endorsement.certificate,
+            endorsement.public.marshal_tpm2b(),
+            ak.public.marshal_tpm2b(),
+        )
+        blob = CredentialBlob(challenge.credential_blob, challenge.encrypted_secret)
+        with Tpm(self.config.source.tcti) as tpm:
+            secret = activate_credential(tpm, ak, blob)
+        answer = client.activate(challenge.enrollment_id, secret)
+        enrolled = Enrolled(str(answer["node_id"]), self.config.name, self.config.verifier)
+        self.state.save_enrolled(enrolled)
+        self.log(f"enrolled {self.config.name} as node {enrolled.node_id}")
+        return enrolled
+
+    # -- attestation ---------------------------------------------------------
+
+    def attest_once(self, client: VerifierClient, enrolled: Enrolled) -> dict[str, Any]:
+        """nonce -> quote of the PCRs the verifier names -> evidence -> its answer."""
+        from stockade.tpm.ak import AttestationKey
+        from stockade.tpm.device import Tpm
+        from stockade.tpm.quote import quote
+
+        challenge = client.nonce(enrolled.node_id)
+        ak = AttestationKey.load(self.config.state_dir)
+        selection = PcrSelection.parse(challenge.pcr_selection)
+        event_log = self.config.source.read_event_log()
+        with Tpm(self.config.source.tcti) as tpm:
+            evidence = quote(tpm, ak, selection, challenge.nonce)
+        return client.evidence(
+            enrolled.node_id,
+            {
+                "nonce": b64(challenge.nonce),
+                "quote": b64(evidence.message),
+                "signature": b64(evidence.signature),
+                "pcrs": evidence.pcr_values.restricted_to(evidence.selection).to_json(),
+                "event_log": b64(event_log),
+            },
+        )
+
+    def _report(self, enrolled: Enrolled, answer: dict[str, Any]) -> None:
+        reasons = answer.get("reasons") or []
+        self.log(
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} attestation "
+            f"node={enrolled.name} status={answer.get('status')} state={answer.get('state')} "
+            f"not_after={answer.get('not_after')} result={answer.get('result_id')} "
+            f"reasons={json.dumps(reasons)}"
+        )

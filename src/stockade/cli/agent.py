@@ -1,0 +1,68 @@
+"""``stockade agent run``: the node agent (enroll, then attest continuously)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="The node agent: enrollment and attestation.")
+
+
+@app.command("run")
+def run(
+    name: Annotated[str, typer.Option("--name", help="the node's name at the verifier")],
+    verifier: Annotated[
+        str, typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier base URL")
+    ],
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", envvar="STOCKADE_CA", help="CA certificate of the verifier's TLS"),
+    ] = None,
+    tcti: Annotated[str | None, typer.Option("--tcti", help="TPM TCTI (needs --event-log)")] = None,
+    tpm: Annotated[
+        str | None, typer.Option("--tpm", help="a running development TPM by name")
+    ] = None,
+    event_log: Annotated[Path | None, typer.Option("--event-log", help="boot event log")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="AK and node id [default: <home>/agents/<name>]"),
+    ] = None,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between attestations")] = (
+        30.0
+    ),
+    jitter: Annotated[float, typer.Option("--jitter", help="+/- seconds of random jitter")] = 3.0,
+    max_backoff: Annotated[
+        float, typer.Option("--max-backoff", help="cap of the retry backoff, seconds")
+    ] = 30.0,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Stockade home [default: $STOCKADE_HOME or ~/.stockade]"),
+    ] = None,
+) -> None:
+    """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM."""
+    from stockade.agent import Agent, AgentConfig, resolve_source
+    from stockade.home import stockade_home
+
+    source = resolve_source(tcti=tcti, tpm_name=tpm, event_log=event_log, home=home)
+    agent = Agent(
+        AgentConfig(
+            verifier=verifier,
+            ca=ca,
+            name=name,
+            source=source,
+            state_dir=state_dir or (home or stockade_home()) / "agents" / name,
+            interval=interval,
+            jitter=jitter,
+            max_backoff=max_backoff,
+        )
+    )
+
+    def stop(signum: int, _frame: object) -> None:
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.run()
