@@ -8,8 +8,10 @@ it answers 4xx (carrying the protocol's ``error`` code and ``detail``).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,9 +33,9 @@ class VerifierUnavailable(StockadeError):
 
 
 class VerifierRefused(StockadeError):
-    """The verifier answered with a 4xx protocol error."""
+    """The verifier answered with a 4xx protocol error (a bad request: exit 2)."""
 
-    exit_code = 1
+    exit_code = 2
 
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(f"verifier refused ({status} {code}): {detail}")
@@ -221,10 +223,36 @@ class VerifierClient:
         answer: dict[str, Any] = self.request("GET", f"/v1/policies/{policy_id}")
         return answer
 
-    def events(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Stored events after ``after``, read once from the SSE stream's backlog."""
-        answer = self.request("GET", "/v1/events", after=after, limit=limit, format="json")
-        return list(answer["events"] if isinstance(answer, dict) else answer)
+    def keys(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", "/v1/keys")
+        return answer
+
+    def stream_events(self, last_event_id: int | None = None) -> Iterator[dict[str, Any]]:
+        """Follow ``GET /v1/events`` (Server-Sent Events), resuming after ``last_event_id``.
+
+        Yields each event's JSON ``data``; ends when the server closes the stream.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        try:
+            with self._http.stream(
+                "GET", "/v1/events", headers=headers, timeout=httpx.Timeout(10.0, read=None)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    code, detail = _error(response)
+                    raise VerifierRefused(response.status_code, code, detail)
+                data: list[str] = []
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif not line and data:
+                        yield json.loads("\n".join(data))
+                        data = []
+        except httpx.HTTPError as error:
+            reason = str(error) or type(error).__name__
+            raise VerifierUnavailable(f"verifier {self.url} event stream: {reason}") from None
 
 
 def _error(response: httpx.Response) -> tuple[str, str]:

@@ -29,9 +29,12 @@ def _register() -> None:
     app.add_typer(boot.app, name="boot")
     app.command("demo")(demo.run)
 
-    from stockade.cli import agent
+    from stockade.cli import agent, nodes, policy, results
 
     app.add_typer(agent.app, name="agent")
+    app.add_typer(nodes.app, name="nodes")
+    app.add_typer(results.app, name="results")
+    app.add_typer(policy.app, name="policy")
 
 
 def main() -> None:

@@ -1,0 +1,142 @@
+"""``stockade nodes list|show|revoke|allow``: the verifier's view of the nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stockade.cli._input import emit_json
+from stockade.cli.quote import OutputFormat
+
+app = typer.Typer(no_args_is_help=True, help="Nodes known to a verifier, and their trust state.")
+
+VerifierOption = Annotated[
+    str | None,
+    typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier base URL"),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", envvar="STOCKADE_CA", help="CA certificate of the verifier's TLS"),
+]
+FormatOption = Annotated[OutputFormat, typer.Option("--format")]
+NodeArgument = Annotated[str, typer.Argument(help="node id or name")]
+
+STATE_STYLES = {
+    "trusted": "green",
+    "enrolled": "cyan",
+    "untrusted": "yellow",
+    "failed": "red",
+    "revoked": "magenta",
+}
+
+
+def client(verifier: str | None, ca: Path | None) -> Any:
+    from stockade.agent.client import VerifierClient
+
+    return VerifierClient.from_options(verifier, ca)
+
+
+def node_id(node: dict[str, Any]) -> str:
+    return str(node.get("node_id", node.get("id", "")))
+
+
+def styled_state(state: object) -> str:
+    text = str(state or "")
+    style = STATE_STYLES.get(text)
+    return f"[{style}]{text}[/]" if style else text
+
+
+def _node_table(nodes: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(nodes)} nodes")
+    for column in ("name", "node id", "state", "trusted until", "latest result", "updated"):
+        table.add_column(column)
+    for node in nodes:
+        table.add_row(
+            str(node.get("name", "")),
+            node_id(node),
+            styled_state(node.get("state")),
+            str(node.get("trusted_until") or ""),
+            str(node.get("latest_result_id") or ""),
+            str(node.get("updated_at") or ""),
+        )
+    return table
+
+
+@app.command("list")
+def list_nodes(
+    verifier: VerifierOption = None, ca: CaOption = None, output: FormatOption = OutputFormat.TEXT
+) -> None:
+    """Every node the verifier knows, with its state and deadline."""
+    with client(verifier, ca) as api:
+        nodes = api.nodes()
+    if output is OutputFormat.JSON:
+        emit_json({"nodes": nodes})
+        return
+    Console().print(_node_table(nodes))
+
+
+def _show(node: dict[str, Any]) -> None:
+    table = Table(show_header=False, title=f"node {node.get('name', '')}")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in node.items():
+        table.add_row(key, styled_state(value) if key == "state" else _text(value))
+    Console().print(table)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, list):
+        return "\n".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+@app.command("show")
+def show(
+    node: NodeArgument,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """One node: identity (EK fingerprint), state, deadline, latest result."""
+    with client(verifier, ca) as api:
+        document = api.node(node)
+    if output is OutputFormat.JSON:
+        emit_json(document)
+        return
+    _show(document)
+
+
+@app.command("revoke")
+def revoke(
+    node: NodeArgument,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Revoke a node: it can neither attest nor enroll again until allowed."""
+    with client(verifier, ca) as api:
+        document = api.revoke(node)
+    if output is OutputFormat.JSON:
+        emit_json(document)
+        return
+    Console().print(f"{document.get('name', node)}: {styled_state(document.get('state'))}")
+
+
+@app.command("allow")
+def allow(
+    node: NodeArgument,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Lift a revocation: the node may enroll and attest again."""
+    with client(verifier, ca) as api:
+        document = api.allow(node)
+    if output is OutputFormat.JSON:
+        emit_json(document)
+        return
+    Console().print(f"{document.get('name', node)}: {styled_state(document.get('state'))}")

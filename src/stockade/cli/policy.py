@@ -1,0 +1,89 @@
+"""``stockade policy apply|show|list``: appraisal policy documents at the verifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from stockade.cli._input import emit_json, read_file
+from stockade.cli.nodes import CaOption, FormatOption, VerifierOption, client
+from stockade.cli.quote import OutputFormat
+from stockade.errors import InputError
+
+app = typer.Typer(no_args_is_help=True, help="Appraisal policies (versioned documents).")
+
+
+def read_policy(path: Path) -> dict[str, Any]:
+    """A policy document from YAML or JSON; it must name its ``id``."""
+    text = read_file(path, "policy").decode("utf-8", errors="replace")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InputError(f"policy '{path}' is neither YAML nor JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
+        raise InputError(f"policy '{path}' must be a mapping with a string 'id'")
+    return document
+
+
+@app.command("apply")
+def apply(
+    file: Annotated[Path, typer.Argument(help="policy document (YAML or JSON)")],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Store the document as a new version of its policy."""
+    document = read_policy(file)
+    with client(verifier, ca) as api:
+        stored = api.apply_policy(document["id"], document)
+    if output is OutputFormat.JSON:
+        emit_json(stored)
+        return
+    Console().print(f"policy {stored.get('id', document['id'])} version {stored.get('version')}")
+
+
+@app.command("show")
+def show(
+    policy_id: Annotated[str, typer.Argument(help="policy id")],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """The latest version of a policy."""
+    with client(verifier, ca) as api:
+        stored = api.policy(policy_id)
+    if output is OutputFormat.JSON:
+        emit_json(stored)
+        return
+    text = yaml.safe_dump(stored, sort_keys=False, width=100)
+    Console().print(Syntax(text, "yaml", word_wrap=True))
+
+
+@app.command("list")
+def list_policies(
+    verifier: VerifierOption = None, ca: CaOption = None, output: FormatOption = OutputFormat.TEXT
+) -> None:
+    """Every policy with its latest version."""
+    with client(verifier, ca) as api:
+        policies = api.policies()
+    if output is OutputFormat.JSON:
+        emit_json({"policies": policies})
+        return
+    table = Table(title=f"{len(policies)} policies")
+    for column in ("id", "version", "created", "PCRs"):
+        table.add_column(column)
+    for policy in policies:
+        document = policy.get("document", {}) if isinstance(policy.get("document"), dict) else {}
+        table.add_row(
+            str(policy.get("id", "")),
+            str(policy.get("version", "")),
+            str(policy.get("created_at", "")),
+            str(document.get("pcrs", policy.get("pcrs", ""))),
+        )
+    Console().print(table)

@@ -1,0 +1,169 @@
+"""The operator CLI (nodes, results, policy) against a stand-in verifier on 127.0.0.1:
+one JSON document with --format json, the EAR decoded and its signature checked, exit 2
+with one line when the verifier is unreachable."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+KEY = ec.generate_private_key(ec.SECP256R1())
+NODE = {"node_id": "n-1", "name": "good-1", "state": "trusted", "trusted_until": "2026-11-01Z"}
+CLAIMS = {
+    "eat_profile": "tag:github.com,2023:veraison/ear",
+    "iat": 1,
+    "exp": 2,
+    "submods": {
+        "good-1": {
+            "ear.status": "contraindicated",
+            "ear.trustworthiness-vector": {"executables": 96},
+            "ear.appraisal-policy-id": "production@1",
+            "stockade.reasons": ["PCR 4 differs: EV_EFI_BOOT_SERVICES_APPLICATION #23"],
+        }
+    },
+}
+
+
+def _jwk() -> dict[str, object]:
+    document = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(KEY.public_key()))
+    return {**document, "kid": "k1", "alg": "ES256"}
+
+
+class FakeVerifier(http.server.BaseHTTPRequestHandler):
+    policies: list[dict[str, object]]
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        ear = jwt.encode(CLAIMS, KEY, algorithm="ES256", headers={"kid": "k1"})
+        routes = {
+            "/v1/nodes": {"nodes": [NODE]},
+            "/v1/nodes/n-1": NODE,
+            "/v1/nodes/n-1/results": {
+                "results": [
+                    {
+                        "result_id": "r-1",
+                        "status": "contraindicated",
+                        "ear": ear,
+                        "reasons": CLAIMS["submods"]["good-1"]["stockade.reasons"],
+                    }
+                ]  # type: ignore[index]
+            },
+            "/v1/keys": {"keys": [_jwk()]},
+            "/v1/policies": {"policies": self.policies},
+        }
+        if path in routes:
+            self._json(200, routes[path])
+        else:
+            self._json(404, {"error": "not-found", "detail": f"no {path}"})
+
+    def do_POST(self) -> None:
+        if self.path == "/v1/nodes/n-1/revoke":
+            self._json(200, {**NODE, "state": "revoked"})
+        else:
+            self._json(404, {"error": "not-found", "detail": self.path})
+
+    def do_PUT(self) -> None:
+        document = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        stored = {"id": document["id"], "version": len(self.policies) + 1, "document": document}
+        self.policies.append(stored)
+        self._json(200, stored)
+
+    def _json(self, status: int, document: object) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def verifier() -> Iterator[str]:
+    handler = type("Handler", (FakeVerifier,), {"policies": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def stockade(*args: str, verifier: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("STOCKADE_VERIFIER", "STOCKADE_CA")}
+    if verifier:
+        env["STOCKADE_VERIFIER"] = verifier
+    command = [str(Path(sys.executable).with_name("stockade")), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+
+def test_nodes_list_and_show(verifier: str) -> None:
+    listed = stockade("nodes", "list", "--format", "json", verifier=verifier)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"nodes": [NODE]}
+    shown = stockade("nodes", "show", "good-1", "--format", "json", "--verifier", verifier)
+    assert json.loads(shown.stdout) == NODE
+    table = stockade("nodes", "list", verifier=verifier)
+    assert "good-1" in table.stdout
+    assert "trusted" in table.stdout
+
+
+def test_revoke_by_name(verifier: str) -> None:
+    revoked = stockade("nodes", "revoke", "good-1", "--format", "json", verifier=verifier)
+    assert json.loads(revoked.stdout)["state"] == "revoked"
+    missing = stockade("nodes", "revoke", "nobody", verifier=verifier)
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1
+    assert "nobody" in missing.stderr
+
+
+def test_results_show_decodes_and_verifies_the_ear(verifier: str) -> None:
+    shown = stockade("results", "show", "good-1", "--format", "json", verifier=verifier)
+    assert shown.returncode == 0, shown.stderr
+    (result,) = json.loads(shown.stdout)["results"]
+    assert result["ear_signature"] == "verified"
+    assert result["ear_claims"]["submods"]["good-1"]["ear.status"] == "contraindicated"
+    table = stockade("results", "show", "good-1", verifier=verifier)
+    assert "PCR 4 differs" in table.stdout
+    assert "verified" in table.stdout
+
+
+def test_policy_apply_and_list(verifier: str, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("id: production\npcrs: sha256:0-9,12\nresult_validity_seconds: 60\n")
+    applied = stockade("policy", "apply", str(policy), "--format", "json", verifier=verifier)
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["version"] == 1
+    listed = json.loads(stockade("policy", "list", "--format", "json", verifier=verifier).stdout)
+    assert listed["policies"][0]["document"]["pcrs"] == "sha256:0-9,12"
+    policy.write_text("- not a mapping\n")
+    bad = stockade("policy", "apply", str(policy), verifier=verifier)
+    assert bad.returncode == 2
+    assert "'id'" in bad.stderr
+
+
+def test_unreachable_verifier_is_exit_2_with_one_line() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for command in (("nodes", "list"), ("results", "show", "x"), ("policy", "list")):
+        result = stockade(*command, "--format", "json", verifier=f"https://127.0.0.1:{port}")
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1
+        assert "unreachable" in result.stderr
+    missing = stockade("nodes", "list")
+    assert missing.returncode == 2
+    assert "STOCKADE_VERIFIER" in missing.stderr
