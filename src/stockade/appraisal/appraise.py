@@ -1,0 +1,559 @@
+"""Appraisal: evidence from one node, under one policy, to an Attestation Result.
+
+The verifier's hot path. ``build_references`` predicts, once per policy version,
+the sha256 PCR values and event log of every (platform, accepted release) pair;
+``appraise`` then verifies the quote with the node's AK (nonce, PCR selection,
+signature), checks the TPM clock against the node's last accepted quote, replays
+the event log against the quoted PCRs and looks the quoted PCRs up among the
+references. A good node costs one signature verification, one log parse and
+replay and one dictionary lookup; only a node that matches no reference pays for
+explaining why (diffing its log against the closest reference, decoding its
+Secure Boot state).
+
+The result is an AR4SI trust vector (draft-ietf-rats-ar4si, section 2.3): per
+claim 0 no claim, 2 affirming, 32 warning, 96 contraindicated, the most severe
+finding winning; the status is the most severe claim. Which claim a PCR speaks
+for, and which ``enforce`` setting governs it:
+
+=========  ===========================================  ===========
+PCR        claim                                        enforce
+=========  ===========================================  ===========
+0, 2       hardware (firmware code)                     firmware
+1, 3, 5, 6 configuration (firmware settings, GPT)       firmware
+7          configuration (Secure Boot)                  secure_boot
+4, 8, 9    executables (boot applications, GRUB)        release
+12         executables (release), file-system (/usr)    release
+=========  ===========================================  ===========
+
+A failed quote is instance-identity 96 (the evidence is not from this node's TPM
+now); a clock that went back is instance-identity 96 or 32 (``enforce.clock``).
+``appraise`` never raises for bad evidence: every failure is a contraindicated
+result with reasons (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from stockade.appraisal.measured_boot import (
+    RELEASE_EVENT_PREFIX,
+    RELEASE_PCR,
+    USR_VERITY_EVENT_PREFIX,
+    MeasurementInputError,
+    PlatformReference,
+    ReleaseReference,
+)
+from stockade.appraisal.policy import Enforcement, Policy, PolicyInvalid, SecureBootPolicy
+from stockade.appraisal.reference import predict
+from stockade.appraisal.release_reference import (
+    kernel_authority_from_manifest,
+    release_reference_from_manifest,
+)
+from stockade.evidence.algorithms import Alg
+from stockade.evidence.attest import ClockInfo
+from stockade.evidence.clock import check_clock_progression, is_new_boot
+from stockade.evidence.errors import ClockRollback, EvidenceError, QuoteInvalid
+from stockade.evidence.event_data import TextData, UefiVariableData, decode
+from stockade.evidence.event_digests import data_is_measured
+from stockade.evidence.eventlog import Event, EventLog, EventType, parse_event_log
+from stockade.evidence.pcr_values import PcrValues
+from stockade.evidence.public import TpmPublic
+from stockade.evidence.quote import verify_quote
+from stockade.evidence.replay import VerifiedEventLog, verify_log
+from stockade.evidence.secureboot import secure_boot_state
+from stockade.evidence.signature import Signature
+from stockade.release.manifest import manifest_digest
+
+# AR4SI trustworthiness claim values (draft-ietf-rats-ar4si, 2.3.3 - 2.3.4).
+NO_CLAIM = 0
+AFFIRMING = 2
+WARNING = 32
+CONTRAINDICATED = 96
+
+INSTANCE_IDENTITY = "instance-identity"
+CONFIGURATION = "configuration"
+EXECUTABLES = "executables"
+HARDWARE = "hardware"
+FILE_SYSTEM = "file-system"
+CLAIMS = (INSTANCE_IDENTITY, CONFIGURATION, EXECUTABLES, HARDWARE, FILE_SYSTEM)
+
+_PCR_CLAIMS: Mapping[int, tuple[str, ...]] = {
+    0: (HARDWARE,), 1: (CONFIGURATION,), 2: (HARDWARE,), 3: (CONFIGURATION,),
+    4: (EXECUTABLES,), 5: (CONFIGURATION,), 6: (CONFIGURATION,), 7: (CONFIGURATION,),
+    8: (EXECUTABLES,), 9: (EXECUTABLES,), RELEASE_PCR: (EXECUTABLES, FILE_SYSTEM),
+}  # fmt: skip
+_PCR_CHECK: Mapping[int, str] = {
+    0: "firmware", 1: "firmware", 2: "firmware", 3: "firmware", 4: "release", 5: "firmware",
+    6: "firmware", 7: "secure_boot", 8: "release", 9: "release", RELEASE_PCR: "release",
+}  # fmt: skip
+_DIGEST_SHOWN = 16  # hex characters of a digest in a reason
+
+
+class Status(StrEnum):
+    """``ear.status`` (draft-fv-rats-ear, 3.1)."""
+
+    AFFIRMING = "affirming"
+    WARNING = "warning"
+    CONTRAINDICATED = "contraindicated"
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    """One (platform, accepted release) pair: its predicted sha256 PCRs and event log."""
+
+    platform_index: int
+    platform_description: str
+    release_name: str
+    release_version: str
+    security_version: int
+    manifest_digest: bytes
+    values: PcrValues  # sha256 bank, the policy's PCRs
+    log: EventLog  # predicted, sha256 bank only
+    labels: tuple[str, ...]  # what each predicted event is, by event number
+    # The policy's Secure Boot requirements checked against this boot. A node whose
+    # PCRs equal this entry's measured the same PCR 7 events (the extend chain binds the
+    # digests, and each PCR 7 variable's digest binds its data), so this holds for it.
+    secure_boot_failures: tuple[str, ...]
+
+    @property
+    def release(self) -> str:
+        return f"{self.release_name} {self.release_version}"
+
+    def describe(self) -> str:
+        return f"{self.release} on {self.platform_description}"
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Every reference of one policy version, indexed by the PCR values it predicts."""
+
+    policy_ref: str
+    pcrs: tuple[int, ...]  # sha256 PCR indices, in policy order
+    entries: tuple[ReferenceEntry, ...]
+    skipped: tuple[str, ...] = ()  # pairs without references (a release a platform refuses)
+    _index: Mapping[tuple[bytes, ...], int] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[bytes, ...], int] = {}
+        for number, entry in enumerate(self.entries):
+            index.setdefault(self.key(entry.values), number)
+        object.__setattr__(self, "_index", index)
+
+    def key(self, values: PcrValues) -> tuple[bytes, ...]:
+        bank = values.banks.get(Alg.SHA256, {})
+        return tuple(bank.get(index, b"") for index in self.pcrs)
+
+    def lookup(self, values: PcrValues) -> ReferenceEntry | None:
+        number = self._index.get(self.key(values))
+        return None if number is None else self.entries[number]
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the verifier knows about the node: its enrolled AK and its last accepted clock."""
+
+    node_id: str
+    name: str
+    ak_public: TpmPublic
+    last_clock: ClockInfo | None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    nonce: bytes
+    quote: bytes  # TPMS_ATTEST as signed
+    signature: bytes  # TPMT_SIGNATURE
+    pcrs: PcrValues
+    event_log: bytes  # binary_bios_measurements
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    status: Status
+    trust_vector: Mapping[str, int]
+    reasons: tuple[str, ...]
+    clock: ClockInfo | None  # from the verified quote; None when the quote failed
+    new_boot: bool
+    policy_ref: str
+    matched_release: str | None  # "name version" of the reference the PCRs equal
+    matched_reference: ReferenceEntry | None = None
+
+
+# -- references ------------------------------------------------------------------------
+
+
+def build_references(policy: Policy) -> ReferenceSet:
+    """Predict every (platform, release) pair of ``policy``. A release a platform would
+    refuse is skipped (noted in ``skipped``); ``PolicyInvalid`` when no pair remains."""
+    pcrs = policy.pcr_indices
+    entries: list[ReferenceEntry] = []
+    skipped: list[str] = []
+    for platform_index, platform in enumerate(policy.platforms):
+        description = _describe_platform(platform_index, platform)
+        for manifest in policy.releases:
+            try:
+                release = release_reference_from_manifest(manifest)
+                authority = kernel_authority_from_manifest(platform, manifest)
+                prediction = predict(platform, release, (Alg.SHA256,), authority)
+            except MeasurementInputError as error:
+                skipped.append(f"{manifest.name} {manifest.version} on {description}: {error}")
+                continue
+            values = prediction.values.restricted_to(policy.pcrs)
+            verified = verify_log(prediction.log, values, pcrs)
+            entries.append(
+                ReferenceEntry(
+                    platform_index=platform_index,
+                    platform_description=description,
+                    release_name=manifest.name,
+                    release_version=manifest.version,
+                    security_version=manifest.security_version,
+                    manifest_digest=manifest_digest(manifest),
+                    values=values,
+                    log=prediction.log,
+                    labels=_labels(platform, release, prediction.log),
+                    secure_boot_failures=tuple(_secure_boot_failures(verified, policy.secure_boot)),
+                )
+            )
+    if not entries:
+        raise PolicyInvalid(
+            "releases",
+            "no (platform, release) pair has reference values: " + "; ".join(skipped),
+        )
+    return ReferenceSet(policy.ref, pcrs, tuple(entries), tuple(skipped))
+
+
+def _describe_platform(index: int, platform: PlatformReference) -> str:
+    secure_boot = "on" if platform.secure_boot else "off"
+    return f"platform {index} ({platform.crtm_version}, Secure Boot {secure_boot})"
+
+
+def _text(event: Event) -> str | None:
+    decoded = decode(event)
+    return decoded.text if isinstance(decoded, TextData) else None
+
+
+def _labels(
+    platform: PlatformReference, release: ReleaseReference, log: EventLog
+) -> tuple[str, ...]:
+    """A name for each predicted event, for reasons: "kernel of stockade-os 1.0.0"."""
+    of_release = f"{release.name} {release.version}"
+    applications = [stage.name for stage in platform.stages] + ["kernel"]
+    loaded = 0
+    labels = []
+    for event in log.events:
+        kind = event.type
+        next_application = applications[min(loaded, len(applications) - 1)]
+        if kind == EventType.EV_EFI_BOOT_SERVICES_APPLICATION:
+            label = next_application
+            loaded += 1
+        elif kind == EventType.EV_EFI_VARIABLE_AUTHORITY:
+            label = f"db entry authorising {next_application}"
+        elif kind in (EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, EventType.EV_EFI_VARIABLE_BOOT):
+            decoded = decode(event)
+            name = decoded.unicode_name if isinstance(decoded, UefiVariableData) else "?"
+            label = f"UEFI variable {name}"
+        elif kind == EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2:
+            label = "firmware volume"
+        elif kind == EventType.EV_S_CRTM_VERSION:
+            label = f"CRTM version {platform.crtm_version}"
+        elif kind == EventType.EV_SEPARATOR:
+            label = "separator"
+        elif kind == EventType.EV_EFI_GPT_EVENT:
+            label = "GPT"
+        elif event.pcr == RELEASE_PCR:
+            text = _text(event) or ""
+            label = (
+                "/usr dm-verity root hash"
+                if text.startswith(USR_VERITY_EVENT_PREFIX)
+                else ("release manifest")
+            )
+        else:
+            label = _text(event) or event.type_name
+        if event.pcr in (4, 8, 9, RELEASE_PCR) and kind != EventType.EV_EFI_ACTION:
+            label = f"{label} of {of_release}"
+        labels.append(label)
+    return tuple(labels)
+
+
+def _secure_boot_failures(verified: VerifiedEventLog, required: SecureBootPolicy) -> list[str]:
+    if not required.has_requirements:
+        return []
+    try:
+        state = secure_boot_state(verified)
+    except EvidenceError as error:
+        return [f"Secure Boot state unknown: {error}"]
+    failures = []
+    if required.required and not state.enabled:
+        failures.append("Secure Boot is disabled (the SecureBoot variable in PCR 7 is 0)")
+    if required.db_must_contain:
+        db = state.keys.get("db")
+        certificates = {
+            hashlib.sha256(entry.data).hexdigest()
+            for signature_list in (db.signature_lists if db else ())
+            if signature_list.is_x509
+            for entry in signature_list.entries
+        }
+        failures += [
+            f"db lacks the required certificate sha256:{fingerprint}"
+            for fingerprint in required.db_must_contain
+            if fingerprint not in certificates
+        ]
+    if required.dbx_must_contain:
+        dbx = state.keys.get("dbx")
+        revoked = {digest.hex() for digest in (dbx.sha256_digests() if dbx else ())}
+        failures += [
+            f"dbx lacks the required revocation sha256:{digest}"
+            for digest in required.dbx_must_contain
+            if digest not in revoked
+        ]
+    return failures
+
+
+# -- appraisal ---------------------------------------------------------------------------
+
+
+class _Findings:
+    def __init__(self, enforce: Mapping[str, Enforcement]) -> None:
+        self.enforce = enforce
+        self.vector = dict.fromkeys(CLAIMS, NO_CLAIM)
+        self.reasons: list[str] = []
+
+    def affirm(self, claim: str) -> None:
+        self.vector[claim] = max(self.vector[claim], AFFIRMING)
+
+    def fail(self, claim: str, check: str | None, reason: str) -> None:
+        value = (
+            WARNING
+            if check is not None and self.enforce.get(check) is Enforcement.WARN
+            else CONTRAINDICATED
+        )
+        self.vector[claim] = max(self.vector[claim], value)
+        self.reasons.append(reason if value == CONTRAINDICATED else f"{reason} (warn)")
+
+    def result(
+        self,
+        policy: Policy,
+        clock: ClockInfo | None,
+        new_boot: bool,
+        matched: ReferenceEntry | None = None,
+    ) -> Appraisal:
+        worst = max(self.vector.values())
+        status = (
+            Status.CONTRAINDICATED
+            if worst >= CONTRAINDICATED
+            else Status.WARNING
+            if worst >= WARNING
+            else Status.AFFIRMING
+        )
+        return Appraisal(
+            status=status,
+            trust_vector=self.vector,
+            reasons=tuple(self.reasons),
+            clock=clock,
+            new_boot=new_boot,
+            policy_ref=policy.ref,
+            matched_release=matched.release if matched is not None else None,
+            matched_reference=matched,
+        )
+
+
+def appraise(
+    policy: Policy,
+    references: ReferenceSet,
+    node: NodeView,
+    evidence: Evidence,
+    expected_nonce: bytes,
+) -> Appraisal:
+    """Appraise ``evidence`` from ``node`` under ``policy``; never raises for bad evidence.
+
+    ``new_boot`` is True when the quote's resetCount is above ``node.last_clock``'s, or
+    when there is no last clock (a boot the verifier has not seen). ``ValueError`` only
+    when ``references`` were built for another policy version (a programming error).
+    """
+    if references.policy_ref != policy.ref:
+        raise ValueError(f"references of {references.policy_ref} used with {policy.ref}")
+    findings = _Findings(policy.enforce)
+
+    # Identity and freshness: the TPM holding this node's AK signed these PCRs just now.
+    try:
+        if not hmac.compare_digest(evidence.nonce, expected_nonce):
+            raise QuoteInvalid(
+                "nonce",
+                f"evidence names nonce {evidence.nonce.hex()}, "
+                f"the verifier issued {expected_nonce.hex()}",
+            )
+        quote = verify_quote(
+            node.ak_public,
+            evidence.quote,
+            Signature.unmarshal(evidence.signature),
+            nonce=expected_nonce,
+            pcr_values=evidence.pcrs,
+            expected_selection=policy.pcrs,
+        )
+    except EvidenceError as error:
+        findings.fail(INSTANCE_IDENTITY, None, f"quote {error}")
+        return findings.result(policy, None, False)
+    findings.affirm(INSTANCE_IDENTITY)
+    clock = quote.clock_info
+    last = node.last_clock
+    new_boot = last is None or is_new_boot(last, clock)
+    if last is not None:
+        try:
+            check_clock_progression(last, clock)
+        except ClockRollback as error:
+            findings.fail(INSTANCE_IDENTITY, "clock", f"TPM clock {error}")
+
+    # The log says what was measured, once it replays to the quoted PCRs.
+    quoted = quote.pcr_values
+    try:
+        log = parse_event_log(evidence.event_log)
+        verified = verify_log(log, quoted, references.pcrs)
+    except EvidenceError as error:
+        findings.fail(CONFIGURATION, None, f"event log {error}")
+        findings.fail(EXECUTABLES, None, "the boot cannot be appraised without a valid event log")
+        return findings.result(policy, clock, new_boot)
+
+    matched = references.lookup(quoted)
+    if matched is not None:
+        for index in references.pcrs:
+            for claim in _PCR_CLAIMS[index]:
+                findings.affirm(claim)
+        for failure in matched.secure_boot_failures:
+            findings.fail(CONFIGURATION, "secure_boot", failure)
+        return findings.result(policy, clock, new_boot, matched)
+
+    _explain_mismatch(findings, references, quoted, log)
+    for failure in _secure_boot_failures(verified, policy.secure_boot):
+        findings.fail(CONFIGURATION, "secure_boot", failure)
+    return findings.result(policy, clock, new_boot)
+
+
+# -- explaining a mismatch (the slow path) -------------------------------------------------
+
+
+def _explain_mismatch(
+    findings: _Findings, references: ReferenceSet, quoted: PcrValues, log: EventLog
+) -> None:
+    key = references.key(quoted)
+    if not references.entries:
+        for claim in (HARDWARE, CONFIGURATION, EXECUTABLES, FILE_SYSTEM):
+            findings.fail(claim, None, "the policy has no reference values")
+        return
+    closest = max(
+        references.entries,
+        key=lambda entry: sum(
+            a == b for a, b in zip(references.key(entry.values), key, strict=True)
+        ),
+    )
+    expected = references.key(closest.values)
+    differing = [
+        index for index, a, b in zip(references.pcrs, key, expected, strict=True) if a != b
+    ]
+    equal = len(references.pcrs) - len(differing)
+    booted = _booted_release(log)
+    findings.reasons.append(
+        f"no accepted release matches; closest reference: {closest.describe()} "
+        f"({equal} of {len(references.pcrs)} PCRs equal)"
+        + (f"; the node booted {booted}" if booted else "")
+    )
+    node_events = _events_by_pcr(log.events)
+    reference_events = _events_by_pcr(closest.log.events)
+    failed: set[str] = set()
+    for index in differing:
+        for claim, reason in _diff_pcr(
+            index, node_events.get(index, []), reference_events.get(index, []), closest.labels
+        ):
+            findings.fail(claim, _PCR_CHECK[index], reason)
+            failed.add(claim)
+        if not any(claim in failed for claim in _PCR_CLAIMS[index]):
+            claim = _PCR_CLAIMS[index][0]
+            findings.fail(claim, _PCR_CHECK[index], f"PCR {index} differs from the reference")
+            failed.add(claim)
+    for index in references.pcrs:
+        for claim in _PCR_CLAIMS[index]:
+            if claim not in failed:
+                findings.affirm(claim)
+
+
+def _events_by_pcr(events: Sequence[Event]) -> dict[int, list[Event]]:
+    by_pcr: dict[int, list[Event]] = {}
+    for event in events:
+        if event.type != EventType.EV_NO_ACTION:
+            by_pcr.setdefault(event.pcr, []).append(event)
+    return by_pcr
+
+
+def _event_claim(pcr: int, event: Event) -> str:
+    if pcr == RELEASE_PCR and event.data.startswith(USR_VERITY_EVENT_PREFIX.encode()):
+        return FILE_SYSTEM
+    return _PCR_CLAIMS[pcr][0]
+
+
+def _digest(event: Event) -> bytes | None:
+    return event.digest(Alg.SHA256)
+
+
+def _shown(digest: bytes | None) -> str:
+    return f"{digest.hex()[:_DIGEST_SHOWN]}..." if digest else "(none)"
+
+
+def _measured_text(event: Event) -> str | None:
+    """The event's text, when its digest is of that text (otherwise it proves nothing)."""
+    if event.type not in (EventType.EV_IPL, EventType.EV_EFI_ACTION):
+        return None
+    digest = _digest(event)
+    own = digest is not None and hashlib.sha256(event.data).digest() == digest
+    if not own and data_is_measured(event) is not True:
+        return None
+    return _text(event)
+
+
+def _diff_pcr(
+    pcr: int, node: list[Event], reference: list[Event], labels: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """The first event that differs from the reference, per claim the PCR speaks for."""
+    found: dict[str, str] = {}
+    for position in range(max(len(node), len(reference))):
+        actual = node[position] if position < len(node) else None
+        wanted = reference[position] if position < len(reference) else None
+        if actual is not None and wanted is not None and _digest(actual) == _digest(wanted):
+            continue
+        claim = _event_claim(pcr, wanted if wanted is not None else actual)  # type: ignore[arg-type]
+        if claim in found:
+            continue
+        if actual is None:
+            assert wanted is not None
+            found[claim] = (
+                f"PCR {pcr}: the node's log lacks the reference's "
+                f"{wanted.type_name} ({labels[wanted.number]})"
+            )
+            continue
+        described = (
+            f"PCR {pcr}: event {actual.number} {actual.type_name} digest {_shown(_digest(actual))}"
+        )
+        if wanted is None:
+            reason = f"{described} is not in the reference"
+        else:
+            reason = f"{described} differs from the reference ({labels[wanted.number]})"
+        text = _measured_text(actual)
+        if text is not None:
+            reason += f"; the node measured {text[:160]!r}"
+        found[claim] = reason
+    return list(found.items())
+
+
+def _booted_release(log: EventLog) -> str | None:
+    """What the node's release event names, when its digest is of its text."""
+    prefix = RELEASE_EVENT_PREFIX.encode()
+    for event in log.events:
+        if event.pcr == RELEASE_PCR and event.data.startswith(prefix):
+            text = _measured_text(event)
+            if text is not None:
+                return text.removeprefix(RELEASE_EVENT_PREFIX)
+    return None

@@ -1,0 +1,60 @@
+"""The claim set of an EAR (draft-fv-rats-ear), as docs/verifier-protocol.md defines it.
+
+Only the claims: the verifier signs them (a JWT with its key). Times are given,
+never read: ``iat`` and ``exp`` are whole seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+from stockade.appraisal.appraise import CLAIMS, Appraisal, NodeView
+
+EAR_PROFILE = "tag:github.com,2023:veraison/ear"
+VERIFIER_DEVELOPER = "stockade"
+
+
+def _seconds(moment: dt.datetime, what: str) -> int:
+    if moment.tzinfo is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return int(moment.timestamp())
+
+
+def ear_claims(
+    appraisal: Appraisal,
+    node: NodeView,
+    result_id: str,
+    nonce: bytes,
+    issued_at: dt.datetime,
+    not_after: dt.datetime,
+    verifier_build: str,
+) -> dict[str, Any]:
+    """The EAR claims of one result; ``stockade.boot`` counters are null when the quote
+    did not verify (no clock is known)."""
+    clock = appraisal.clock
+    return {
+        "eat_profile": EAR_PROFILE,
+        "iat": _seconds(issued_at, "issued_at"),
+        "exp": _seconds(not_after, "not_after"),
+        "ear.verifier-id": {"developer": VERIFIER_DEVELOPER, "build": verifier_build},
+        "eat_nonce": base64.urlsafe_b64encode(nonce).rstrip(b"=").decode("ascii"),
+        "submods": {
+            node.name: {
+                "ear.status": appraisal.status.value,
+                "ear.trustworthiness-vector": {
+                    claim: appraisal.trust_vector.get(claim, 0) for claim in CLAIMS
+                },
+                "ear.appraisal-policy-id": appraisal.policy_ref,
+                "stockade.node-id": node.node_id,
+                "stockade.result-id": result_id,
+                "stockade.reasons": list(appraisal.reasons),
+                "stockade.boot": {
+                    "reset_count": clock.reset_count if clock is not None else None,
+                    "restart_count": clock.restart_count if clock is not None else None,
+                    "new_boot": appraisal.new_boot,
+                },
+            }
+        },
+    }

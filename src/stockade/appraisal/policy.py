@@ -1,0 +1,276 @@
+"""Appraisal policies: which signed releases, platforms and Secure Boot state a node must
+show, which PCRs it quotes, and whether each check enforces or only warns.
+
+``parse_policy`` reads the policy document of docs/verifier-protocol.md (already
+decoded from YAML or JSON) and checks everything that can be checked without
+evidence: every listed release manifest verifies against the listed signers and is
+at or above ``min_security_version`` (a policy that lists a rollback release is
+rejected, not trimmed), platforms follow the platform reference schema, and the
+PCR selection is sha256 only. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from stockade.appraisal.measured_boot import RELEASE_PCR, PlatformReference
+from stockade.appraisal.reference import platform_from_json
+from stockade.errors import InputError, StockadeError
+from stockade.evidence.algorithms import Alg
+from stockade.evidence.errors import EvidenceError
+from stockade.evidence.pcr_selection import PcrSelection
+from stockade.release.dsse import Envelope
+from stockade.release.keys import VerifyingKey, load_verifying_key
+from stockade.release.manifest import Manifest, manifest_digest, open_signed_manifest
+
+# The PCRs a (platform, release) prediction covers (stockade.appraisal.reference.predict).
+PREDICTED_PCRS = frozenset((*range(10), RELEASE_PCR))
+ENFORCE_CHECKS = ("release", "secure_boot", "firmware", "clock")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_FIELDS = {
+    "id", "pcrs", "result_validity_seconds", "releases", "platforms", "secure_boot", "enforce",
+}  # fmt: skip
+
+
+class PolicyInvalid(InputError):
+    """A policy document that cannot be applied; ``field`` names where (e.g.
+    ``releases.manifests[1]``)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"policy {field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+class Enforcement(StrEnum):
+    ENFORCE = "enforce"  # a failed check is contraindicated (AR4SI 96)
+    WARN = "warn"  # a failed check is a warning (AR4SI 32)
+
+
+@dataclass(frozen=True)
+class SecureBootPolicy:
+    required: bool = False
+    db_must_contain: tuple[str, ...] = ()  # lowercase hex SHA-256 of DER certificates
+    dbx_must_contain: tuple[str, ...] = ()  # lowercase hex SHA-256 entries
+
+    @property
+    def has_requirements(self) -> bool:
+        return self.required or bool(self.db_must_contain) or bool(self.dbx_must_contain)
+
+
+@dataclass(frozen=True)
+class Policy:
+    id: str
+    version: int
+    pcrs: PcrSelection
+    result_validity_seconds: int
+    signers: tuple[VerifyingKey, ...]
+    min_security_version: int
+    releases: tuple[Manifest, ...]  # verified against signers, each >= min_security_version
+    platforms: tuple[PlatformReference, ...]
+    secure_boot: SecureBootPolicy
+    enforce: Mapping[str, Enforcement]
+
+    @property
+    def ref(self) -> str:
+        """What a result names as ``ear.appraisal-policy-id``."""
+        return f"{self.id}@{self.version}"
+
+    @property
+    def pcr_indices(self) -> tuple[int, ...]:
+        return tuple(index for bank in self.pcrs.banks for index in bank.pcrs)
+
+
+def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
+    """A policy from its document; ``PolicyInvalid`` names the first field that is wrong."""
+    if not isinstance(document, Mapping):
+        raise PolicyInvalid("document", "is not a mapping (YAML or JSON object)")
+    unknown = sorted(set(document) - _FIELDS)
+    if unknown:
+        raise PolicyInvalid(unknown[0], f"unknown field (known: {', '.join(sorted(_FIELDS))})")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise PolicyInvalid("version", f"{version!r} is not a positive integer")
+    policy_id = _required(document, "id")
+    if not isinstance(policy_id, str) or not _ID.fullmatch(policy_id):
+        raise PolicyInvalid("id", f"{policy_id!r} is not a name of letters, digits, '.', '_', '-'")
+    validity = _positive_int(
+        _required(document, "result_validity_seconds"), "result_validity_seconds"
+    )
+    releases = _mapping(_required(document, "releases"), "releases")
+    _no_unknown(releases, "releases", {"signers", "min_security_version", "manifests"})
+    signers = _signers(_required(releases, "signers", "releases"))
+    min_security_version = _non_negative_int(
+        _required(releases, "min_security_version", "releases"), "releases.min_security_version"
+    )
+    return Policy(
+        id=policy_id,
+        version=version,
+        pcrs=_pcrs(_required(document, "pcrs")),
+        result_validity_seconds=validity,
+        signers=signers,
+        min_security_version=min_security_version,
+        releases=_manifests(
+            _required(releases, "manifests", "releases"), signers, min_security_version
+        ),
+        platforms=_platforms(_required(document, "platforms")),
+        secure_boot=_secure_boot(document.get("secure_boot", {})),
+        enforce=_enforce(document.get("enforce", {})),
+    )
+
+
+def _required(document: Mapping[str, Any], key: str, parent: str = "") -> Any:
+    if key not in document:
+        raise PolicyInvalid(f"{parent}.{key}" if parent else key, "is required")
+    return document[key]
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyInvalid(where, "is not a mapping")
+    return value
+
+
+def _list(value: Any, where: str, *, non_empty: bool = True) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise PolicyInvalid(where, "is not a list")
+    if non_empty and not value:
+        raise PolicyInvalid(where, "is empty")
+    return list(value)
+
+
+def _no_unknown(value: Mapping[str, Any], where: str, known: set[str]) -> None:
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise PolicyInvalid(
+            f"{where}.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})"
+        )
+
+
+def _non_negative_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PolicyInvalid(where, f"{value!r} is not a non-negative integer")
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if _non_negative_int(value, where) == 0:
+        raise PolicyInvalid(where, "must be at least 1")
+    return int(value)
+
+
+def _pcrs(value: Any) -> PcrSelection:
+    if not isinstance(value, str):
+        raise PolicyInvalid("pcrs", f"{value!r} is not a selection like sha256:0,1,2,7")
+    try:
+        selection = PcrSelection.parse(value)
+    except EvidenceError as error:
+        raise PolicyInvalid("pcrs", str(error)) from None
+    banks = [bank for bank in selection.banks if bank.pcrs]
+    if len(banks) != 1 or banks[0].hash_alg != Alg.SHA256:
+        raise PolicyInvalid(
+            "pcrs",
+            f"{value!r}: only the sha256 bank can be appraised (release manifests carry "
+            "sha256 digests, so reference values exist for sha256 only)",
+        )
+    unpredicted = sorted(set(banks[0].pcrs) - PREDICTED_PCRS)
+    if unpredicted:
+        raise PolicyInvalid(
+            "pcrs",
+            f"PCR {', '.join(map(str, unpredicted))} has no reference value "
+            f"(predicted: {', '.join(map(str, sorted(PREDICTED_PCRS)))})",
+        )
+    return PcrSelection(tuple(banks))
+
+
+def _signers(value: Any) -> tuple[VerifyingKey, ...]:
+    signers = []
+    for index, pem in enumerate(_list(value, "releases.signers")):
+        where = f"releases.signers[{index}]"
+        if not isinstance(pem, str):
+            raise PolicyInvalid(where, "is not a PEM string")
+        try:
+            signers.append(load_verifying_key(pem.encode(), where))
+        except StockadeError as error:
+            raise PolicyInvalid(where, str(error)) from None
+    return tuple(signers)
+
+
+def _manifests(
+    value: Any, signers: tuple[VerifyingKey, ...], min_security_version: int
+) -> tuple[Manifest, ...]:
+    manifests: list[Manifest] = []
+    digests: set[bytes] = set()
+    for index, item in enumerate(_list(value, "releases.manifests")):
+        where = f"releases.manifests[{index}]"
+        raw = json.dumps(dict(item)) if isinstance(item, Mapping) else item
+        if not isinstance(raw, str):
+            raise PolicyInvalid(where, "is neither a DSSE envelope object nor its JSON text")
+        try:
+            envelope = Envelope.from_bytes(raw.encode())
+            manifest, _ = open_signed_manifest(
+                envelope, signers, min_security_version=min_security_version
+            )
+        except StockadeError as error:
+            raise PolicyInvalid(where, str(error)) from None
+        digest = manifest_digest(manifest)
+        if digest not in digests:  # the same release listed twice adds nothing
+            digests.add(digest)
+            manifests.append(manifest)
+    return tuple(manifests)
+
+
+def _platforms(value: Any) -> tuple[PlatformReference, ...]:
+    platforms = []
+    for index, raw in enumerate(_list(value, "platforms")):
+        try:
+            platforms.append(platform_from_json(raw))
+        except StockadeError as error:
+            raise PolicyInvalid(f"platforms[{index}]", str(error)) from None
+    return tuple(platforms)
+
+
+def _fingerprints(value: Any, where: str) -> tuple[str, ...]:
+    found = []
+    for index, text in enumerate(_list(value, where, non_empty=False)):
+        if not isinstance(text, str) or not _SHA256_HEX.fullmatch(text.lower()):
+            raise PolicyInvalid(f"{where}[{index}]", f"{text!r} is not a hex SHA-256 digest")
+        found.append(text.lower())
+    return tuple(found)
+
+
+def _secure_boot(value: Any) -> SecureBootPolicy:
+    fields = _mapping(value, "secure_boot")
+    _no_unknown(fields, "secure_boot", {"required", "db_must_contain", "dbx_must_contain"})
+    required = fields.get("required", False)
+    if not isinstance(required, bool):
+        raise PolicyInvalid("secure_boot.required", f"{required!r} is not true or false")
+    return SecureBootPolicy(
+        required=required,
+        db_must_contain=_fingerprints(
+            fields.get("db_must_contain", []), "secure_boot.db_must_contain"
+        ),
+        dbx_must_contain=_fingerprints(
+            fields.get("dbx_must_contain", []), "secure_boot.dbx_must_contain"
+        ),
+    )
+
+
+def _enforce(value: Any) -> Mapping[str, Enforcement]:
+    fields = _mapping(value, "enforce")
+    enforce = dict.fromkeys(ENFORCE_CHECKS, Enforcement.ENFORCE)
+    for key, setting in fields.items():
+        if key not in enforce:
+            raise PolicyInvalid(
+                f"enforce.{key}", f"unknown check (known: {', '.join(ENFORCE_CHECKS)})"
+            )
+        try:
+            enforce[key] = Enforcement(setting)
+        except ValueError:
+            raise PolicyInvalid(f"enforce.{key}", f"{setting!r} is not enforce or warn") from None
+    return enforce
