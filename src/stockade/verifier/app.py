@@ -1,0 +1,169 @@
+"""The FastAPI application: routers, body limit, JSON errors, database and key setup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stockade.verifier import attestation, enrollment, events, nodes, nonces, policies
+from stockade.verifier.appraiser import Appraiser, default_appraiser
+from stockade.verifier.config import VerifierConfig
+from stockade.verifier.db import make_engine, migrate, session_factory
+from stockade.verifier.errors import VerifierError
+from stockade.verifier.results import jwks
+from stockade.verifier.service import Service, service_of
+from stockade.verifier.states import run_sweeper
+from stockade.verifier.tls import load_or_create_signing_key
+
+log = logging.getLogger(__name__)
+
+_DEFAULT = object()
+
+
+def error_body(code: str, detail: str) -> dict[str, str]:
+    return {"error": code, "detail": detail}
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 before any route reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            error_body("too-large", f"request body exceeds {self.limit} bytes"), status_code=413
+        )
+        await response(scope, receive, send)
+
+
+def _validation_detail(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+        parts.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VerifierError)
+    async def verifier_error(_request: Request, error: VerifierError) -> JSONResponse:
+        return JSONResponse(error_body(error.code, error.detail), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body("invalid-request", _validation_detail(error)), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code, "http")
+        return JSONResponse(
+            error_body(code, str(error.detail)),
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse(
+            error_body("internal", "internal error; see the verifier log"), status_code=500
+        )
+
+
+def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFAULT) -> FastAPI:
+    """Build the service: migrate the database, load or make the signing key, mount routes.
+
+    ``appraiser`` defaults to the pure appraisal core; tests may pass their own. The stale
+    sweeper runs while the app's lifespan does (uvicorn, or ``with TestClient(app)``).
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = make_engine(config.resolved_database_url)
+    migrate(engine)
+    service = Service(
+        config=config,
+        engine=engine,
+        sessions=session_factory(engine),
+        signing_key=load_or_create_signing_key(config.data_dir),
+        appraiser=default_appraiser() if appraiser is _DEFAULT else appraiser,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(run_sweeper(service))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            engine.dispose()
+
+    app = FastAPI(
+        title="Stockade verifier",
+        version=config.verifier_build,
+        description="Enrollment, attestation and results (docs/verifier-protocol.md).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    _install_error_handlers(app)
+    for module in (enrollment, nonces, attestation, nodes, policies, events):
+        app.include_router(module.router)
+
+    @app.get("/v1/keys", tags=["results"])
+    def keys(request: Request) -> dict[str, Any]:
+        """The JWK set that verifies EARs offline."""
+        return jwks(service_of(request).signing_key)
+
+    @app.get("/v1/health", tags=["operator"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,131 @@
+"""Operator API: list and show nodes, their results, revoke and allow."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from stockade.verifier.errors import NotFound
+from stockade.verifier.models import Node, Result
+from stockade.verifier.results import decode_ear
+from stockade.verifier.service import Service, service_of
+from stockade.verifier.states import NodeState, effective_state, transition
+from stockade.verifier.wire import rfc3339
+
+router = APIRouter(tags=["operator"])
+
+NodeId = Annotated[str, Path(max_length=64)]
+
+
+class OperatorAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="operator", min_length=1, max_length=500)
+
+
+def node_json(node: Node, service: Service) -> dict[str, Any]:
+    return {
+        "node_id": node.id,
+        "name": node.name,
+        "state": effective_state(node, service.now()),
+        "ek_fingerprint": node.ek_fingerprint,
+        "revoked": node.revoked,
+        "trusted_until": rfc3339(node.trusted_until) if node.trusted_until else None,
+        "latest_result_id": node.latest_result_id,
+        "clock": None
+        if node.last_clock is None
+        else {
+            "clock": node.last_clock,
+            "reset_count": node.last_reset_count,
+            "restart_count": node.last_restart_count,
+            "safe": node.last_clock_safe,
+        },
+        "created_at": rfc3339(node.created_at),
+        "updated_at": rfc3339(node.updated_at),
+    }
+
+
+def result_json(result: Result, service: Service) -> dict[str, Any]:
+    return {
+        "result_id": result.id,
+        "node_id": result.node_id,
+        "status": result.status,
+        "reasons": result.reasons,
+        "policy": result.policy_ref,
+        "not_after": rfc3339(result.not_after),
+        "created_at": rfc3339(result.created_at),
+        "ear": result.ear,
+        "claims": decode_ear(result.ear, service.signing_key),
+    }
+
+
+@router.get("/v1/nodes")
+def list_nodes(request: Request) -> dict[str, list[dict[str, Any]]]:
+    service = service_of(request)
+    with service.sessions() as session:
+        nodes = session.scalars(select(Node).order_by(Node.name, Node.id)).all()
+        return {"nodes": [node_json(node, service) for node in nodes]}
+
+
+@router.get("/v1/nodes/{node_id}")
+def show_node(node_id: NodeId, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    with service.sessions() as session:
+        node = session.get(Node, node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        return node_json(node, service)
+
+
+@router.get("/v1/nodes/{node_id}/results")
+def node_results(
+    node_id: NodeId, request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+) -> dict[str, list[dict[str, Any]]]:
+    """Newest first, each with its EAR decoded (signature checked)."""
+    service = service_of(request)
+    with service.sessions() as session:
+        if session.get(Node, node_id) is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        rows = session.scalars(
+            select(Result)
+            .where(Result.node_id == node_id)
+            .order_by(Result.created_at.desc(), Result.id)
+            .limit(limit)
+        ).all()
+        return {"results": [result_json(row, service) for row in rows]}
+
+
+@router.post("/v1/nodes/{node_id}/revoke")
+def revoke(node_id: NodeId, request: Request, body: OperatorAction | None = None) -> dict[str, Any]:
+    """The node loses trust now and can neither attest nor re-enroll until allowed."""
+    service = service_of(request)
+    now = service.now()
+    with service.transaction() as session:
+        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        node.revoked = True
+        node.allowed = False
+        node.trusted_until = None
+        transition(session, node, NodeState.REVOKED, (body or OperatorAction()).reason, now)
+        return node_json(node, service)
+
+
+@router.post("/v1/nodes/{node_id}/allow")
+def allow(node_id: NodeId, request: Request, body: OperatorAction | None = None) -> dict[str, Any]:
+    """Lift a revocation; the node is ``enrolled`` until its next good result."""
+    service = service_of(request)
+    now = service.now()
+    with service.transaction() as session:
+        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        if node.revoked:
+            node.revoked = False
+            node.allowed = True
+            reason = body.reason if body else "allowed"
+            transition(session, node, NodeState.ENROLLED, reason, now)
+        return node_json(node, service)

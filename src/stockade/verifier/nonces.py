@@ -1,0 +1,66 @@
+"""Attestation nonces: 32 random bytes, bound to one node, single use, short-lived."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from stockade.verifier.errors import Conflict, Forbidden, NotFound
+from stockade.verifier.models import Node, Nonce
+from stockade.verifier.service import service_of
+from stockade.verifier.wire import encode_b64, rfc3339
+
+router = APIRouter(tags=["attestation"])
+
+NONCE_BYTES = 32
+
+
+class NonceResponse(BaseModel):
+    nonce: str
+    expires_at: str
+    pcr_selection: str
+
+
+def consume_nonce(session: Session, node_id: str, value: bytes, now: datetime) -> None:
+    """Mark the nonce used, atomically, or raise 409 ``nonce``: one statement decides, so two
+    submissions racing with the same nonce cannot both win (SQLite and PostgreSQL alike)."""
+    consumed = session.execute(
+        update(Nonce)
+        .where(
+            Nonce.node_id == node_id,
+            Nonce.value == value,
+            Nonce.used.is_(False),
+            Nonce.expires_at > now,
+        )
+        .values(used=True)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if consumed != 1:
+        raise Conflict("the nonce is unknown, expired or already used", code="nonce")
+
+
+@router.post("/v1/nodes/{node_id}/nonces", status_code=201, response_model=NonceResponse)
+def issue_nonce(node_id: Annotated[str, Path(max_length=64)], request: Request) -> NonceResponse:
+    service = service_of(request)
+    now = service.now()
+    with service.transaction() as session:
+        node = session.get(Node, node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        if node.revoked:
+            raise Forbidden(f"node {node_id} is revoked", code="revoked")
+        active = service.active_policy(session)
+        value = os.urandom(NONCE_BYTES)
+        expires_at = now + timedelta(seconds=service.config.nonce_ttl_seconds)
+        session.add(Nonce(node_id=node_id, value=value, expires_at=expires_at, used=False))
+    return NonceResponse(
+        nonce=encode_b64(value),
+        expires_at=rfc3339(expires_at),
+        pcr_selection=str(active.policy.pcrs),
+    )

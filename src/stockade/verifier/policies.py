@@ -1,0 +1,115 @@
+"""Policy documents: every apply stores a new version; the newest version of an id is active."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Path, Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from stockade.verifier.errors import NotFound, Unprocessable
+from stockade.verifier.models import Policy
+from stockade.verifier.service import Service, service_of
+from stockade.verifier.wire import rfc3339
+
+router = APIRouter(tags=["policies"])
+
+PolicyId = Annotated[
+    str, Path(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+def parse_document(raw: bytes, content_type: str) -> dict[str, Any]:
+    """A policy document from JSON or (``application/yaml``) YAML; must be a mapping."""
+    try:
+        document = yaml.safe_load(raw) if "yaml" in content_type else json.loads(raw)
+    except (ValueError, yaml.YAMLError) as error:
+        raise Unprocessable(
+            f"policy document is not valid JSON/YAML: {error}", code="policy"
+        ) from None
+    if not isinstance(document, dict):
+        raise Unprocessable("policy document must be a mapping", code="policy")
+    return document
+
+
+def apply_policy(
+    service: Service, session: Session, policy_id: str, document: dict[str, Any], now: datetime
+) -> Policy:
+    """Validate with the appraisal core and store as the next version (unless unchanged)."""
+    if document.get("id") != policy_id:
+        raise Unprocessable(
+            f"document id {document.get('id')!r} does not match {policy_id!r}", code="policy"
+        )
+    latest = _latest(session, policy_id)
+    if latest is not None and latest.document == document:
+        return latest
+    version = (
+        session.scalar(select(func.max(Policy.version)).where(Policy.id == policy_id)) or 0
+    ) + 1
+    appraiser = service.require_appraiser()
+    try:
+        appraiser.build_references(appraiser.parse_policy(document, version))
+    except Exception as error:
+        raise Unprocessable(f"policy {policy_id!r} is invalid: {error}", code="policy") from None
+    row = Policy(id=policy_id, version=version, document=document, created_at=now)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _latest(session: Session, policy_id: str) -> Policy | None:
+    return session.scalars(
+        select(Policy).where(Policy.id == policy_id).order_by(Policy.version.desc()).limit(1)
+    ).first()
+
+
+def policy_json(row: Policy, *, document: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": row.id,
+        "version": row.version,
+        "ref": f"{row.id}@{row.version}",
+        "created_at": rfc3339(row.created_at),
+    }
+    if document:
+        body["document"] = row.document
+    return body
+
+
+@router.put("/v1/policies/{policy_id}")
+async def put_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
+    """Body: the policy document, JSON or YAML (``Content-Type: application/yaml``)."""
+    import anyio.to_thread
+
+    service = service_of(request)
+    document = parse_document(await request.body(), request.headers.get("content-type", ""))
+
+    def store() -> dict[str, Any]:
+        with service.transaction() as session:
+            return policy_json(
+                apply_policy(service, session, policy_id, document, service.now()), document=True
+            )
+
+    return await anyio.to_thread.run_sync(store)
+
+
+@router.get("/v1/policies")
+def list_policies(request: Request) -> dict[str, list[dict[str, Any]]]:
+    service = service_of(request)
+    with service.sessions() as session:
+        ids = session.scalars(select(Policy.id).distinct().order_by(Policy.id)).all()
+        rows = [row for row in (_latest(session, pid) for pid in ids) if row is not None]
+        return {"policies": [policy_json(row, document=False) for row in rows]}
+
+
+@router.get("/v1/policies/{policy_id}")
+def show_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    with service.sessions() as session:
+        row = _latest(session, policy_id)
+        if row is None:
+            raise NotFound(f"no policy {policy_id}", code="policy")
+        return policy_json(row, document=True)

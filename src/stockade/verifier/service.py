@@ -1,0 +1,94 @@
+"""The running verifier's shared state: config, database, signing key, appraiser, caches."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
+
+from stockade.verifier.appraiser import Appraiser, PolicyLike
+from stockade.verifier.config import VerifierConfig
+from stockade.verifier.errors import Conflict, VerifierError
+from stockade.verifier.models import Policy
+from stockade.verifier.tls import SigningKey
+
+
+class AppraisalUnavailable(VerifierError):
+    status = 503
+    code = "appraisal-unavailable"
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    policy_id: str
+    version: int
+    policy: PolicyLike
+    references: Any
+
+
+@dataclass
+class Service:
+    config: VerifierConfig
+    engine: Engine
+    sessions: sessionmaker[Session]
+    signing_key: SigningKey
+    appraiser: Appraiser | None
+    _references: dict[tuple[str, int], ActivePolicy] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def now(self) -> datetime:
+        return self.config.clock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def require_appraiser(self) -> Appraiser:
+        if self.appraiser is None:
+            raise AppraisalUnavailable("the appraisal core (stockade.appraisal) is not installed")
+        return self.appraiser
+
+    def active_policy(self, session: Session) -> ActivePolicy:
+        """The policy nodes are appraised under: the configured id, else the only one stored;
+        always its newest version. References are built once per version."""
+        policy_id = self.config.policy_id
+        if policy_id is None:
+            ids = session.scalars(select(Policy.id).distinct()).all()
+            if len(ids) != 1:
+                raise Conflict(
+                    "no policy is stored"
+                    if not ids
+                    else f"{len(ids)} policies are stored and none is configured as active "
+                    "(stockade verifier serve --policy)",
+                    code="policy",
+                )
+            policy_id = ids[0]
+        row = session.scalars(
+            select(Policy).where(Policy.id == policy_id).order_by(Policy.version.desc()).limit(1)
+        ).first()
+        if row is None:
+            raise Conflict(f"the active policy {policy_id!r} is not stored", code="policy")
+        key = (row.id, row.version)
+        with self._lock:
+            cached = self._references.get(key)
+        if cached is not None:
+            return cached
+        appraiser = self.require_appraiser()
+        policy = appraiser.parse_policy(row.document, row.version)
+        active = ActivePolicy(row.id, row.version, policy, appraiser.build_references(policy))
+        with self._lock:
+            self._references[key] = active
+        return active
+
+
+def service_of(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service

@@ -1,0 +1,99 @@
+"""Node states and their transitions; the sweeper that makes expired trust ``untrusted``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from enum import StrEnum
+
+import anyio.to_thread
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from stockade.verifier.events import record_event
+from stockade.verifier.models import Node, Nonce
+from stockade.verifier.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class NodeState(StrEnum):
+    ENROLLED = "enrolled"
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+    FAILED = "failed"
+    REVOKED = "revoked"
+
+
+def effective_state(node: Node, now: datetime) -> str:
+    """The state as of ``now``: trust whose deadline passed reads as untrusted even before
+    the sweeper writes it (fail closed)."""
+    if node.state == NodeState.TRUSTED and (
+        node.trusted_until is None or node.trusted_until <= now
+    ):
+        return NodeState.UNTRUSTED
+    return node.state
+
+
+def transition(
+    session: Session,
+    node: Node,
+    to: NodeState,
+    reason: str,
+    now: datetime,
+    result_id: str | None = None,
+) -> None:
+    """Move ``node`` to ``to``; an event is stored when the state changes."""
+    previous = node.state
+    node.state = to
+    node.updated_at = now
+    if previous != to:
+        record_event(session, node, previous, to, reason, now, result_id)
+
+
+def sweep_stale(service: Service) -> int:
+    """Mark trusted nodes whose result expired ``untrusted`` (reason ``stale``); return how many.
+
+    Each node is updated conditionally, so a fresh result racing the sweep wins.
+    """
+    now = service.now()
+    marked = 0
+    with service.transaction() as session:
+        expired = session.scalars(
+            select(Node).where(Node.state == NodeState.TRUSTED, Node.trusted_until <= now)
+        ).all()
+        for node in expired:
+            changed = session.execute(
+                update(Node)
+                .where(
+                    Node.id == node.id,
+                    Node.state == NodeState.TRUSTED,
+                    Node.trusted_until <= now,
+                )
+                .values(state=NodeState.UNTRUSTED, updated_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if changed == 1:
+                record_event(
+                    session,
+                    node,
+                    NodeState.TRUSTED,
+                    NodeState.UNTRUSTED,
+                    "stale",
+                    now,
+                    node.latest_result_id,
+                )
+                marked += 1
+        session.execute(delete(Nonce).where(Nonce.expires_at <= now))
+    return marked
+
+
+async def run_sweeper(service: Service) -> None:
+    """Sweep every ``sweep_interval_seconds`` until cancelled; errors are logged, not fatal."""
+    while True:
+        try:
+            await anyio.to_thread.run_sync(sweep_stale, service)
+        except Exception:
+            log.exception("stale sweep failed; retrying")
+        await asyncio.sleep(service.config.sweep_interval_seconds)

@@ -1,0 +1,186 @@
+"""The verifier's own keys, made on first start in the data directory (private keys 0600).
+
+- ``tls/ca.pem``: a self-signed CA clients pin; ``tls/server.pem`` + ``tls/server-key.pem``:
+  the HTTPS certificate it issued for the serving host (127.0.0.1, localhost).
+- ``keys/ear-signing-key.pem``: the P-256 key that signs Attestation Results (ES256).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from stockade.verifier.errors import ConfigurationError
+
+CA_VALIDITY = datetime.timedelta(days=3650)
+SERVER_VALIDITY = datetime.timedelta(days=825)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The EAR signing key and its ``kid`` (sha256 of the SPKI DER, hex)."""
+
+    path: Path
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def kid(self) -> str:
+        return spki_kid(self.private_key.public_key())
+
+
+def spki_kid(public_key: ec.EllipticCurvePublicKey) -> str:
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+
+
+def _load_private(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"cannot load private key {path}: {error}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ConfigurationError(f"{path} is not a P-256 private key")
+    if path.stat().st_mode & 0o077:
+        raise ConfigurationError(f"{path} is readable by group or others; chmod 600 it")
+    return key
+
+
+def load_or_create_signing_key(data_dir: Path) -> SigningKey:
+    path = data_dir / "keys" / "ear-signing-key.pem"
+    if not path.exists():
+        _write_private(path, ec.generate_private_key(ec.SECP256R1()))
+    return SigningKey(path, _load_private(path))
+
+
+def load_or_create_tls(data_dir: Path, host: str) -> TlsFiles:
+    """The CA and a server certificate naming ``host``; reissued if ``host`` is not named."""
+    directory = data_dir / "tls"
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+    ca_key_path = directory / "ca-key.pem"
+    if not files.ca_cert.exists():
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        _write_private(ca_key_path, ca_key)
+        files.ca_cert.write_bytes(_ca_certificate(ca_key).public_bytes(serialization.Encoding.PEM))
+        for stale in (files.server_cert, files.server_key):
+            stale.unlink(missing_ok=True)
+    if files.server_cert.exists() and _names_host(files.server_cert, host):
+        return files
+    ca_key = _load_private(ca_key_path)
+    ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    files.server_key.unlink(missing_ok=True)
+    _write_private(files.server_key, server_key)
+    certificate = _server_certificate(ca_cert, ca_key, server_key, host)
+    files.server_cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def _names_host(cert_path: Path, host: str) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1):
+        return False
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    try:
+        return ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        return host in names.get_values_for_type(x509.DNSName)
+
+
+def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stockade verifier CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _server_certificate(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    host: str,
+) -> x509.Certificate:
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    try:
+        address = ipaddress.ip_address(host)
+        if x509.IPAddress(address) not in names:
+            names.append(x509.IPAddress(address))
+    except ValueError:
+        if host != "localhost":
+            names.append(x509.DNSName(host))
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + SERVER_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )

@@ -1,0 +1,208 @@
+"""Webhook delivery: every stored event, POSTed as JSON to each configured URL, signed.
+
+Delivery is at least once and in event order per URL: the last event id each URL
+acknowledged (any 2xx) is stored in the ``webhook_cursors`` table of the verifier's
+database, so a restarted verifier resumes where it stopped and never skips an
+event (a receiver may see one twice; ``Stockade-Event-Id`` lets it deduplicate).
+A failed POST is retried with capped exponential backoff; the URL's later events
+wait behind it.
+
+``Stockade-Signature`` is the base64 JWS-style ES256 signature (raw r || s, 64
+bytes) over the exact body bytes, made with the verifier's EAR signing key; the
+key is published at ``GET /v1/keys`` so receivers verify with what they already
+trust for results.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from stockade.verifier.models import Event
+
+SIGNATURE_HEADER = "Stockade-Signature"
+EVENT_ID_HEADER = "Stockade-Event-Id"
+BATCH = 100
+
+log = logging.getLogger("stockade.verifier.webhooks")
+
+_metadata = MetaData()
+cursors = Table(
+    "webhook_cursors",
+    _metadata,
+    Column("url", String(2048), primary_key=True),
+    Column("last_event_id", BigInteger, nullable=False),
+)
+
+
+def sign_body(key: ec.EllipticCurvePrivateKey, body: bytes) -> str:
+    r, s = decode_dss_signature(key.sign(body, ec.ECDSA(hashes.SHA256())))
+    return base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode("ascii")
+
+
+def verify_signature(key: ec.EllipticCurvePublicKey, body: bytes, header: str) -> bool:
+    """True if ``header`` is a valid ``Stockade-Signature`` of ``body`` by ``key``."""
+    try:
+        raw = base64.b64decode(header, validate=True)
+    except ValueError:
+        return False
+    if len(raw) != 64:
+        return False
+    signature = encode_dss_signature(
+        int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    )
+    try:
+        key.verify(signature, body, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def event_document(event: Event) -> dict[str, Any]:
+    """The event as the protocol's JSON (the same document ``GET /v1/events`` streams)."""
+    from stockade.verifier.events import event_json
+
+    return event_json(event)
+
+
+@dataclass
+class _Target:
+    url: str
+    failures: int = 0
+    next_attempt: float = 0.0
+
+
+@dataclass
+class WebhookWorker:
+    """Delivers events from ``engine`` to ``urls`` on a background thread.
+
+    ``start()`` when the service starts, ``stop()`` when it stops; or call
+    ``deliver_pending()`` to run one pass in the caller's thread.
+    """
+
+    engine: Engine
+    urls: Sequence[str]
+    signing_key: ec.EllipticCurvePrivateKey
+    verify: Any = True  # httpx ``verify``: True, False or an ssl.SSLContext
+    poll_seconds: float = 0.25
+    initial_backoff: float = 0.5
+    max_backoff: float = 60.0
+    timeout: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    _targets: list[_Target] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._targets = [_Target(url) for url in dict.fromkeys(self.urls)]
+        _metadata.create_all(self.engine, checkfirst=True)
+
+    def start(self) -> None:
+        if self._thread is None and self._targets:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="stockade-webhooks", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        with httpx.Client(verify=self.verify, timeout=self.timeout, trust_env=False) as http:
+            while not self._stop.is_set():
+                try:
+                    delivered = self.deliver_pending(http)
+                except SQLAlchemyError as error:  # the database is down: try again later
+                    log.warning("webhooks: cannot read events: %s", error)
+                    delivered = 0
+                if not delivered:
+                    self._stop.wait(self.poll_seconds)
+
+    def deliver_pending(self, http: httpx.Client | None = None) -> int:
+        """One pass over every URL that is not backing off; returns how many were delivered."""
+        if http is None:
+            with httpx.Client(verify=self.verify, timeout=self.timeout, trust_env=False) as own:
+                return self.deliver_pending(own)
+        delivered = 0
+        for target in self._targets:
+            if self.clock() >= target.next_attempt:
+                delivered += self._deliver(http, target)
+        return delivered
+
+    def _deliver(self, http: httpx.Client, target: _Target) -> int:
+        after = self._cursor(target.url)
+        with Session(self.engine) as session:
+            events = [
+                event_document(event)
+                for event in session.scalars(
+                    select(Event).where(Event.id > after).order_by(Event.id).limit(BATCH)
+                )
+            ]
+        delivered = 0
+        for document in events:
+            if self._stop.is_set():
+                break
+            body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+            error = self._post(http, target.url, document["id"], body)
+            if error is not None:
+                target.failures += 1
+                delay = min(self.initial_backoff * 2 ** (target.failures - 1), self.max_backoff)
+                target.next_attempt = self.clock() + delay
+                log.warning(
+                    "webhook %s: event %s not delivered (%s); retry in %.1fs",
+                    target.url, document["id"], error, delay,
+                )  # fmt: skip
+                break
+            target.failures = 0
+            self._advance(target.url, int(document["id"]))
+            delivered += 1
+        return delivered
+
+    def _post(self, http: httpx.Client, url: str, event_id: int, body: bytes) -> str | None:
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign_body(self.signing_key, body),
+            EVENT_ID_HEADER: str(event_id),
+        }
+        try:
+            response = http.post(url, content=body, headers=headers)
+        except httpx.HTTPError as error:
+            return str(error) or type(error).__name__
+        if not 200 <= response.status_code < 300:
+            return f"HTTP {response.status_code}"
+        return None
+
+    def _cursor(self, url: str) -> int:
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(cursors.c.last_event_id).where(cursors.c.url == url)
+            ).scalar()
+        return int(value) if value is not None else 0
+
+    def _advance(self, url: str, event_id: int) -> None:
+        with self.engine.begin() as connection:
+            changed = connection.execute(
+                update(cursors).where(cursors.c.url == url).values(last_event_id=event_id)
+            ).rowcount
+            if not changed:
+                connection.execute(cursors.insert().values(url=url, last_event_id=event_id))

@@ -1,0 +1,93 @@
+"""Verifier fixtures: an in-process verifier on SQLite in tmp, or on the database in
+``STOCKADE_TEST_DATABASE_URL`` (e.g. ``postgresql+psycopg://...``), reset per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from verifier_support import QuoteOnlyAppraiser, policy_document
+
+from stockade.tpm.ekca import EkCa
+from stockade.verifier import VerifierConfig, create_app
+
+DATABASE_ENV = "STOCKADE_TEST_DATABASE_URL"
+
+
+class ManualClock:
+    """Real time plus an offset tests can advance."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+def _reset_external_database(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for table in ("events", "results", "nonces", "enrollments", "policies", "nodes"):
+            connection.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str | None:
+    url = os.environ.get(DATABASE_ENV)
+    if url:
+        _reset_external_database(url)
+    return url or None
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def verifier_config(
+    tmp_path: Path, ek_ca: EkCa, database_url: str | None, clock: ManualClock
+) -> VerifierConfig:
+    return VerifierConfig(
+        data_dir=tmp_path / "verifier",
+        database_url=database_url,
+        ek_roots=ek_ca.trusted_roots(),
+        ek_intermediates=ek_ca.intermediates(),
+        sweep_interval_seconds=0.05,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+def make_client(verifier_config: VerifierConfig) -> Iterator[Callable[..., TestClient]]:
+    """Start (or restart) the verifier on the same data dir and database."""
+    clients: list[TestClient] = []
+
+    def make(config: VerifierConfig | None = None, policy: dict | None = None) -> TestClient:
+        app = create_app(config or verifier_config, appraiser=QuoteOnlyAppraiser())
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        if policy is not None:
+            response = client.put(f"/v1/policies/{policy['id']}", json=policy)
+            assert response.status_code == 200, response.text
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(policy=policy_document())

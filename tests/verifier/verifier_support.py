@@ -1,0 +1,182 @@
+"""Test helpers: a quote-only appraiser and the agent side of the protocol on a real swtpm."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from stockade.evidence import PcrSelection, QuoteInvalid, Signature, verify_quote
+from stockade.evidence.attest import ClockInfo
+from stockade.evidence.clock import is_new_boot
+from stockade.evidence.credential import CredentialBlob
+from stockade.evidence.templates import KeyKind
+from stockade.tpm.ak import AttestationKey, create_ak
+from stockade.tpm.credential import activate_credential
+from stockade.tpm.device import Tpm
+from stockade.tpm.ek import read_endorsement
+from stockade.tpm.quote import quote
+from stockade.tpm.swtpm import SoftwareTpm
+from stockade.verifier.appraiser import Evidence, NodeView, Status
+from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims
+
+PCRS = "sha256:0,1,2,3,4,5,6,7"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass(frozen=True)
+class QuotePolicy:
+    ref: str
+    pcrs: PcrSelection
+    result_validity_seconds: float
+
+
+@dataclass(frozen=True)
+class QuoteAppraisal:
+    status: Status
+    trust_vector: Mapping[str, int]
+    reasons: tuple[str, ...]
+    clock: ClockInfo | None
+    new_boot: bool
+
+
+class QuoteOnlyAppraiser:
+    """Affirms any quote that verifies with the node's AK, the nonce and clock continuity."""
+
+    def parse_policy(self, document: Mapping[str, Any], version: int) -> QuotePolicy:
+        return QuotePolicy(
+            f"{document['id']}@{version}",
+            PcrSelection.parse(document["pcrs"]),
+            float(document["result_validity_seconds"]),
+        )
+
+    def build_references(self, policy: QuotePolicy) -> None:
+        return None
+
+    def node_view(self, node: NodeView) -> NodeView:
+        return node
+
+    def evidence(self, evidence: Evidence) -> Evidence:
+        return evidence
+
+    def appraise(self, policy, references, node, evidence, expected_nonce) -> QuoteAppraisal:
+        try:
+            verified = verify_quote(
+                node.ak_public,
+                evidence.quote,
+                Signature.unmarshal(evidence.signature),
+                nonce=expected_nonce,
+                pcr_values=evidence.pcrs,
+                expected_selection=policy.pcrs,
+                previous_clock=node.last_clock,
+            )
+        except QuoteInvalid as error:
+            vector = {claim: 0 for claim in TRUST_CLAIMS}
+            vector["instance-identity"] = AR4SI["contraindicated"]
+            return QuoteAppraisal(Status.CONTRAINDICATED, vector, (f"quote: {error}",), None, False)
+        clock = verified.clock_info
+        new_boot = node.last_clock is None or is_new_boot(node.last_clock, clock)
+        vector = {claim: AR4SI["affirming"] for claim in TRUST_CLAIMS}
+        return QuoteAppraisal(Status.AFFIRMING, vector, (), clock, new_boot)
+
+    def ear_claims(
+        self,
+        appraisal: QuoteAppraisal,
+        node: NodeView,
+        result_id: str,
+        nonce: bytes,
+        issued_at: datetime,
+        not_after: datetime,
+        verifier_build: str,
+    ) -> dict[str, Any]:
+        clock = appraisal.clock or node.last_clock
+        return ear_claims(
+            node_id=node.node_id,
+            node_name=node.name,
+            result_id=result_id,
+            status=appraisal.status,
+            trust_vector=appraisal.trust_vector,
+            reasons=list(appraisal.reasons),
+            policy_ref="quote-only",
+            nonce=nonce,
+            issued_at=issued_at,
+            not_after=not_after,
+            verifier_build=verifier_build,
+            reset_count=clock.reset_count if clock else 0,
+            restart_count=clock.restart_count if clock else 0,
+            new_boot=appraisal.new_boot,
+        )
+
+
+def policy_document(policy_id: str = "test", validity: float = 120) -> dict[str, Any]:
+    return {"id": policy_id, "pcrs": PCRS, "result_validity_seconds": validity}
+
+
+@dataclass
+class DevAgent:
+    """The agent side: a swtpm, its EK and an AK made under it."""
+
+    tpm: SoftwareTpm
+    ak: AttestationKey
+    ek_public: bytes
+    ek_certificate: bytes
+    node_id: str | None = None
+
+    @classmethod
+    def create(cls, tpm: SoftwareTpm) -> DevAgent:
+        with Tpm(tpm.tcti) as device:
+            endorsement = read_endorsement(device, KeyKind.RSA)
+            ak = create_ak(device, KeyKind.ECC, ek_kind=KeyKind.RSA)
+        assert endorsement.certificate is not None
+        return cls(tpm, ak, endorsement.public.marshal_tpm2b(), endorsement.certificate)
+
+    def enrollment_request(self, name: str) -> dict[str, str]:
+        return {
+            "name": name,
+            "ek_certificate": b64(self.ek_certificate),
+            "ek_public": b64(self.ek_public),
+            "ak_public": b64(self.ak.public.marshal_tpm2b()),
+        }
+
+    def activate(self, challenge: Mapping[str, str], activator: SoftwareTpm | None = None) -> bytes:
+        blob = CredentialBlob(
+            base64.b64decode(challenge["credential_blob"]),
+            base64.b64decode(challenge["encrypted_secret"]),
+        )
+        with Tpm((activator or self.tpm).tcti) as device:
+            return activate_credential(device, self.ak, blob)
+
+    def enroll(self, client, name: str) -> str:
+        challenge = client.post("/v1/enrollments", json=self.enrollment_request(name))
+        assert challenge.status_code == 201, challenge.text
+        body = challenge.json()
+        secret = self.activate(body)
+        activation = client.post(
+            f"/v1/enrollments/{body['enrollment_id']}/activation", json={"secret": b64(secret)}
+        )
+        assert activation.status_code == 200, activation.text
+        self.node_id = activation.json()["node_id"]
+        return self.node_id
+
+    def evidence(self, nonce: bytes, selection: str = PCRS) -> dict[str, Any]:
+        with Tpm(self.tpm.tcti) as device:
+            quoted = quote(device, self.ak, PcrSelection.parse(selection), nonce)
+        return {
+            "nonce": b64(nonce),
+            "quote": b64(quoted.message),
+            "signature": b64(quoted.signature),
+            "pcrs": quoted.pcr_values.to_json(),
+            "event_log": "",
+        }
+
+    def attest(self, client, node_id: str | None = None) -> Any:
+        target = node_id or self.node_id
+        issued = client.post(f"/v1/nodes/{target}/nonces")
+        assert issued.status_code == 201, issued.text
+        nonce = base64.b64decode(issued.json()["nonce"])
+        return client.post(f"/v1/nodes/{target}/evidence", json=self.evidence(nonce))
