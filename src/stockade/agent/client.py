@@ -227,17 +227,24 @@ class VerifierClient:
         answer: dict[str, Any] = self.request("GET", "/v1/keys")
         return answer
 
-    def stream_events(self, last_event_id: int | None = None) -> Iterator[dict[str, Any]]:
+    def stream_events(
+        self, last_event_id: int | None = None, *, follow: bool = True
+    ) -> Iterator[dict[str, Any]]:
         """Follow ``GET /v1/events`` (Server-Sent Events), resuming after ``last_event_id``.
 
-        Yields each event's JSON ``data``; ends when the server closes the stream.
+        Yields each event's JSON ``data``; ends when the server closes the stream
+        (with ``follow=False``, once the stored events are sent).
         """
         headers = {"Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
         try:
             with self._http.stream(
-                "GET", "/v1/events", headers=headers, timeout=httpx.Timeout(10.0, read=None)
+                "GET",
+                "/v1/events",
+                headers=headers,
+                params={"follow": "true" if follow else "false"},
+                timeout=httpx.Timeout(10.0, read=None),
             ) as response:
                 if response.status_code >= 400:
                     response.read()
