@@ -102,7 +102,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code, "http")
+        code = {400: "bad-request", 404: "not-found", 405: "method-not-allowed"}.get(
+            error.status_code, "http"
+        )
         return JSONResponse(
             error_body(code, str(error.detail)),
             status_code=error.status_code,

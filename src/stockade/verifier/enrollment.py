@@ -81,8 +81,10 @@ def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentCha
     config = service.config
     now = service.now()
     certificate = decode_b64(body.ek_certificate, "ek_certificate")
-    ek = _public(decode_b64(body.ek_public, "ek_public"), "ek_public")
-    ak = _public(decode_b64(body.ak_public, "ak_public"), "ak_public")
+    ek_bytes = decode_b64(body.ek_public, "ek_public")
+    ak_bytes = decode_b64(body.ak_public, "ak_public")
+    ek = _public(ek_bytes, "ek_public")
+    ak = _public(ak_bytes, "ak_public")
     try:
         validate_ek_certificate(
             certificate,

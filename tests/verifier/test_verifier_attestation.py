@@ -1,0 +1,160 @@
+"""Attestation: nonces, quotes under the right identity, EARs, staleness, persistence."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+from verifier_support import DevAgent, policy_document
+
+pytestmark = pytest.mark.swtpm
+
+
+def _nonce(client, node_id: str) -> bytes:
+    response = client.post(f"/v1/nodes/{node_id}/nonces")
+    assert response.status_code == 201, response.text
+    assert response.json()["pcr_selection"] == "sha256:0,1,2,3,4,5,6,7"
+    return base64.b64decode(response.json()["nonce"])
+
+
+def test_attest_affirms_and_ear_verifies_with_jwks(client, software_tpm):
+    agent = DevAgent.create(software_tpm)
+    node_id = agent.enroll(client, "node-e")
+    nonce = _nonce(client, node_id)
+    response = client.post(f"/v1/nodes/{node_id}/evidence", json=agent.evidence(nonce))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "affirming" and body["state"] == "trusted"
+
+    jwks = client.get("/v1/keys").json()
+    header = jwt.get_unverified_header(body["ear"])
+    (jwk,) = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
+    assert header["alg"] == "ES256" and len(header["kid"]) == 64
+    key = jwt.PyJWK(jwk).key
+    claims = jwt.decode(body["ear"], key, algorithms=["ES256"])
+    submod = claims["submods"]["node-e"]
+    assert claims["eat_profile"] == "tag:github.com,2023:veraison/ear"
+    assert claims["eat_nonce"] == base64.urlsafe_b64encode(nonce).rstrip(b"=").decode()
+    assert claims["ear.verifier-id"]["developer"] == "stockade"
+    assert claims["exp"] - claims["iat"] == 120
+    assert submod["ear.status"] == "affirming"
+    assert submod["stockade.node-id"] == node_id
+    assert submod["stockade.result-id"] == body["result_id"]
+    assert set(submod["ear.trustworthiness-vector"]) == {
+        "instance-identity",
+        "configuration",
+        "executables",
+        "hardware",
+        "file-system",
+    }
+    # A token signed by another key does not verify against the JWKS.
+    other = jwt.encode(claims, _other_key(), algorithm="ES256")
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(other, key, algorithms=["ES256"])
+
+    results = client.get(f"/v1/nodes/{node_id}/results", params={"limit": 5}).json()["results"]
+    assert results[0]["result_id"] == body["result_id"]
+    assert results[0]["claims"]["submods"]["node-e"]["ear.status"] == "affirming"
+    assert client.get(f"/v1/nodes/{node_id}").json()["clock"]["reset_count"] is not None
+
+
+def _other_key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def test_nonce_reuse_and_expiry_are_409(client, software_tpm, clock):
+    agent = DevAgent.create(software_tpm)
+    node_id = agent.enroll(client, "node-n")
+    nonce = _nonce(client, node_id)
+    evidence = agent.evidence(nonce)
+    assert client.post(f"/v1/nodes/{node_id}/evidence", json=evidence).status_code == 200
+    replay = client.post(f"/v1/nodes/{node_id}/evidence", json=evidence)
+    assert replay.status_code == 409 and replay.json()["error"] == "nonce"
+
+    late = _nonce(client, node_id)
+    evidence = agent.evidence(late)
+    clock.advance(31)
+    expired = client.post(f"/v1/nodes/{node_id}/evidence", json=evidence)
+    assert expired.status_code == 409 and expired.json()["error"] == "nonce"
+    # A nonce the verifier never issued.
+    forged = agent.evidence(bytes(32))
+    assert client.post(f"/v1/nodes/{node_id}/evidence", json=forged).status_code == 409
+    assert len(client.get(f"/v1/nodes/{node_id}/results").json()["results"]) == 1
+
+
+def test_evidence_under_another_nodes_identity(client, make_software_tpm):
+    a, b = DevAgent.create(make_software_tpm()), DevAgent.create(make_software_tpm())
+    node_a, node_b = a.enroll(client, "node-a"), b.enroll(client, "node-b")
+    assert b.attest(client).json()["state"] == "trusted"
+    # A quotes over B's nonce and posts as B: B's AK does not verify A's quote.
+    nonce_b = _nonce(client, node_b)
+    response = client.post(f"/v1/nodes/{node_b}/evidence", json=a.evidence(nonce_b))
+    body = response.json()
+    assert body["status"] == "contraindicated" and body["state"] == "failed"
+    assert any("signature" in reason for reason in body["reasons"])
+    # B's nonce is not valid for A either.
+    nonce_b = _nonce(client, node_b)
+    assert client.post(f"/v1/nodes/{node_a}/evidence", json=a.evidence(nonce_b)).status_code == 409
+    # The failed quote did not move B's clock state.
+    events = client.get("/v1/events", params={"follow": "false"}).text
+    assert '"from": "trusted", "to": "failed"' in events
+
+
+def test_stale_node_becomes_untrusted_right_after_deadline(make_client, software_tpm):
+    client = make_client(policy=policy_document("short", validity=1))
+    agent = DevAgent.create(software_tpm)
+    node_id = agent.enroll(client, "node-s")
+    body = agent.attest(client).json()
+    assert body["state"] == "trusted"
+    deadline = time.monotonic() + 1.0
+    while client.get(f"/v1/nodes/{node_id}").json()["state"] == "trusted":
+        assert time.monotonic() < deadline + 0.5, "still trusted 0.5 s past its deadline"
+        time.sleep(0.02)
+    assert time.monotonic() >= deadline - 0.1
+    # The sweeper writes it down with an event, promptly.
+    for _ in range(50):
+        lines = client.get("/v1/events", params={"follow": "false"}).text.splitlines()
+        stale = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        stale = [e for e in stale if e["reason"] == "stale"]
+        if stale:
+            break
+        time.sleep(0.02)
+    assert stale and stale[0]["to"] == "untrusted" and stale[0]["result_id"] == body["result_id"]
+
+
+def test_restart_keeps_nodes_results_and_events(make_client, software_tpm):
+    client = make_client(policy=policy_document())
+    agent = DevAgent.create(software_tpm)
+    node_id = agent.enroll(client, "node-p")
+    result = agent.attest(client).json()
+    events = client.get("/v1/events", params={"follow": "false"}).text
+    keys = client.get("/v1/keys").json()
+    client.__exit__(None, None, None)
+
+    restarted = make_client()
+    assert restarted.get(f"/v1/nodes/{node_id}").json()["state"] == "trusted"
+    results = restarted.get(f"/v1/nodes/{node_id}/results").json()["results"]
+    assert [r["result_id"] for r in results] == [result["result_id"]]
+    assert restarted.get("/v1/events", params={"follow": "false"}).text == events
+    assert restarted.get("/v1/keys").json() == keys
+    assert restarted.get("/v1/policies").json()["policies"][0]["ref"] == "test@1"
+    # The node keeps attesting after the restart, with its clock history.
+    assert agent.attest(restarted).json()["status"] == "affirming"
+
+
+def test_events_resume_after_last_event_id(client, software_tpm):
+    agent = DevAgent.create(software_tpm)
+    agent.enroll(client, "node-l")
+    agent.attest(client)
+    first = client.get("/v1/events", params={"follow": "false"}).text
+    ids = [int(line[4:]) for line in first.splitlines() if line.startswith("id: ")]
+    assert len(ids) == 2
+    rest = client.get(
+        "/v1/events", params={"follow": "false"}, headers={"Last-Event-ID": str(ids[0])}
+    ).text
+    assert [int(line[4:]) for line in rest.splitlines() if line.startswith("id: ")] == ids[1:]

@@ -1,0 +1,114 @@
+"""Bad requests get a JSON 4xx naming the problem, never a traceback; the service keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert body["error"] == code
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        (b"{not json", {"content-type": "application/json"}, 422, "invalid-request"),
+        (b"[]", {"content-type": "application/json"}, 422, "invalid-request"),
+        (b'{"name": "x"}', {"content-type": "application/json"}, 422, "invalid-request"),
+        (
+            b'{"name": "x", "ek_certificate": "!!", "ek_public": "AA==", "ak_public": "AA=="}',
+            {"content-type": "application/json"},
+            400,
+            "base64",
+        ),
+        (
+            b'{"name": "x", "ek_certificate": "AA==", "ek_public": "AAAA", "ak_public": "AA=="}',
+            {"content-type": "application/json"},
+            400,
+            "malformed",
+        ),
+        (b"\xff\xfe\x00", {"content-type": "application/json"}, 400, "bad-request"),
+    ],
+)
+def test_malformed_enrollments(client, body, headers, status, code):
+    _assert_error(client.post("/v1/enrollments", content=body, headers=headers), status, code)
+    assert client.get("/v1/health").json() == {"status": "ok"}
+
+
+def test_base64_error_names_the_field(client):
+    body = {"name": "x", "ek_certificate": "AA==", "ek_public": "AA==", "ak_public": "@@"}
+    detail = _assert_error(client.post("/v1/enrollments", json=body), 400, "base64")["detail"]
+    assert detail.startswith("ak_public")
+
+
+def test_validation_error_names_the_field(client):
+    detail = _assert_error(client.post("/v1/enrollments", json={"name": "x"}), 422)["detail"]
+    assert "ek_certificate" in detail
+
+
+def test_oversized_body_is_413(client):
+    big = b'{"name": "' + b"a" * (4 * 1024 * 1024 + 1) + b'"}'
+    _assert_error(
+        client.post("/v1/enrollments", content=big, headers={"content-type": "application/json"}),
+        413,
+        "too-large",
+    )
+
+    def chunks():
+        for _ in range(5):
+            yield b"a" * (1024 * 1024)
+
+    # Without a Content-Length (chunked), the limit still holds.
+    _assert_error(client.post("/v1/enrollments", content=chunks()), 413, "too-large")
+    assert client.get("/v1/health").status_code == 200
+
+
+def test_unknown_node_and_route(client):
+    _assert_error(client.post("/v1/nodes/nope/nonces"), 404, "node")
+    _assert_error(client.get("/v1/nodes/nope"), 404, "node")
+    _assert_error(client.get("/v1/nowhere"), 404, "not-found")
+    evidence = {"nonce": "AA==", "quote": "AA==", "signature": "AA==", "pcrs": {}, "event_log": ""}
+    _assert_error(client.post("/v1/nodes/nope/evidence", json=evidence), 404)
+
+
+def test_malformed_evidence_fields(client, software_tpm):
+    from verifier_support import DevAgent
+
+    agent = DevAgent.create(software_tpm)
+    node_id = agent.enroll(client, "node-m")
+    good = {"nonce": "AA==", "quote": "AA==", "signature": "AA==", "pcrs": {}, "event_log": ""}
+    url = f"/v1/nodes/{node_id}/evidence"
+    _assert_error(client.post(url, json={**good, "quote": "%%"}), 400, "base64")
+    _assert_error(client.post(url, json={**good, "pcrs": {"sha999": {"0": "zz"}}}), 400)
+    _assert_error(client.post(url, json={**good, "pcrs": "x"}), 422)
+    _assert_error(client.post(url, json={**good, "surprise": 1}), 422)
+    # Garbage TPM structures under a valid nonce: a finding, not a crash.
+    nonce = client.post(f"/v1/nodes/{node_id}/nonces").json()["nonce"]
+    response = client.post(url, json={**good, "nonce": nonce, "quote": "AAAA", "signature": "AA=="})
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "contraindicated"
+    assert agent.attest(client).json()["status"] == "affirming"
+
+
+def test_policy_documents(client):
+    _assert_error(client.put("/v1/policies/other", json={"id": "mismatch"}), 422, "policy")
+    _assert_error(client.put("/v1/policies/bad", content=b": : :"), 422, "policy")
+    yaml_doc = b"id: second\npcrs: sha256:0,7\nresult_validity_seconds: 60\n"
+    stored = client.put(
+        "/v1/policies/second", content=yaml_doc, headers={"content-type": "application/yaml"}
+    )
+    assert stored.json()["version"] == 1
+    again = client.put(
+        "/v1/policies/second", content=yaml_doc, headers={"content-type": "application/yaml"}
+    )
+    assert again.json()["version"] == 1
+    ids = [p["id"] for p in client.get("/v1/policies").json()["policies"]]
+    assert ids == ["second", "test"]
+    assert client.get("/v1/policies/second").json()["document"]["pcrs"] == "sha256:0,7"
+    assert "/v1/enrollments" in client.get("/openapi.json").json()["paths"]
