@@ -38,9 +38,11 @@ class Replay:
     uncomputable_banks: tuple[int, ...]
 
 
-def replay(log: EventLog) -> Replay:
-    """Extend every measured event into its PCR in every bank the log carries."""
-    computable = [alg for alg in log.banks if alg in HASHES]
+def replay(log: EventLog, banks_wanted: Iterable[int] | None = None) -> Replay:
+    """Extend every measured event into its PCR in every bank the log carries
+    (or only in ``banks_wanted``: a verifier replays just the banks it was quoted)."""
+    wanted = None if banks_wanted is None else set(banks_wanted)
+    computable = [alg for alg in log.banks if alg in HASHES and (wanted is None or alg in wanted)]
     banks: dict[int, dict[int, bytes]] = {alg: {} for alg in computable}
     digesters = {alg: HASHES[alg] for alg in computable}
     zeros = {alg: bytes(digesters[alg].digest_size) for alg in computable}
@@ -110,7 +112,7 @@ def verify_log(
     Raises ``EventLogMismatch`` naming each PCR and bank that differs and the
     last event measured into it. PCRs the quote does not cover stay untrusted.
     """
-    replayed = replay(log).values
+    replayed = replay(log, quoted.banks).values
     measured = {e.pcr for e in log.events if e.type != EventType.EV_NO_ACTION}
     quoted_pcrs = {index for values in quoted.banks.values() for index in values}
     wanted = set(pcrs) if pcrs is not None else measured & quoted_pcrs
