@@ -36,6 +36,10 @@ def _register() -> None:
     app.add_typer(results.app, name="results")
     app.add_typer(policy.app, name="policy")
 
+    from stockade.cli import verifier
+
+    app.add_typer(verifier.app, name="verifier")
+
 
 def main() -> None:
     """Console entry point: typed errors become one line on stderr and an exit code.

@@ -1,0 +1,106 @@
+"""``stockade verifier serve``: the verifier service over TLS on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from stockade.errors import InputError
+from stockade.home import stockade_home
+from stockade.verifier.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    VerifierConfig,
+    load_allowlist,
+    load_ca_files,
+)
+
+app = typer.Typer(no_args_is_help=True, help="The verifier service.")
+
+
+def _development_ek_ca() -> list[Path]:
+    """The local swtpm EK CA (``$STOCKADE_HOME/ek-ca``), when it exists."""
+    from stockade.tpm.ekca import EkCa, default_directory
+
+    ca = EkCa(default_directory())
+    return [path for path in (ca.root_cert_path, ca.issuer_cert_path) if path.exists()]
+
+
+def _read_policy(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise InputError(f"cannot read policy {path}: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
+        raise InputError(f"policy {path} must be a mapping with an 'id'")
+    return document
+
+
+@app.command("serve")
+def serve(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="keys, certificates and SQLite database")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="TCP port")] = DEFAULT_PORT,
+    database: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://...")
+    ] = None,
+    ek_ca: Annotated[
+        list[Path] | None,
+        typer.Option(help="trusted TPM vendor CA certificates (PEM/DER; roots+intermediates)"),
+    ] = None,
+    ek_allowlist: Annotated[
+        Path | None, typer.Option(help="file of allowed EK fingerprints (sha256 hex)")
+    ] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="policy document (YAML/JSON) to apply and make active")
+    ] = None,
+) -> None:
+    """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
+    signing key in the data directory."""
+    from stockade.verifier.policies import apply_policy
+    from stockade.verifier.server import prepare, serve_app
+
+    directory = data_dir or stockade_home() / "verifier"
+    ca_files = list(ek_ca or [])
+    development = not ca_files
+    if development:
+        ca_files = _development_ek_ca()
+    roots, intermediates = load_ca_files(ca_files)
+    document = _read_policy(policy) if policy else None
+    config = VerifierConfig(
+        data_dir=directory,
+        database_url=database,
+        ek_roots=roots,
+        ek_intermediates=intermediates,
+        ek_allowlist=load_allowlist(ek_allowlist) if ek_allowlist else None,
+        policy_id=document["id"] if document else None,
+    )
+    prepared = prepare(config, host, port)
+
+    from stockade.verifier.app import create_app
+
+    web = create_app(config)
+    service = web.state.service
+    if document is not None:
+        with service.transaction() as session:
+            stored = apply_policy(service, session, document["id"], document, service.now())
+            typer.echo(f"policy:           {stored.id}@{stored.version} (active)")
+    typer.echo(f"verifier:         {prepared.url}")
+    typer.echo(f"TLS CA cert:      {prepared.tls.ca_cert}")
+    typer.echo(f"TLS server cert:  {prepared.tls.server_cert}")
+    typer.echo(f"EAR signing key:  {prepared.signing_key_path} (kid {prepared.kid})")
+    typer.echo(f"JWKS:             {prepared.url}/v1/keys")
+    typer.echo(f"database:         {config.resolved_database_url.split('@')[-1]}")
+    if not roots:
+        typer.echo("EK CAs:           none configured: every enrollment is refused", err=True)
+    else:
+        where = "development swtpm EK CA" if development else "configured"
+        typer.echo(f"EK CAs:           {', '.join(map(str, ca_files))} ({where})")
+    serve_app(web, host, port, prepared.tls)
