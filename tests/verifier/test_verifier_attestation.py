@@ -158,3 +158,19 @@ def test_events_resume_after_last_event_id(client, software_tpm):
         "/v1/events", params={"follow": "false"}, headers={"Last-Event-ID": str(ids[0])}
     ).text
     assert [int(line[4:]) for line in rest.splitlines() if line.startswith("id: ")] == ids[1:]
+
+
+def test_racing_submissions_with_one_nonce_win_once(client, software_tpm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent = DevAgent.create(software_tpm)
+    node_id = agent.enroll(client, "node-race")
+    evidence = agent.evidence(_nonce(client, node_id))
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(
+                lambda _: client.post(f"/v1/nodes/{node_id}/evidence", json=evidence).status_code,
+                range(8),
+            )
+        )
+    assert sorted(codes) == [200] + [409] * 7
