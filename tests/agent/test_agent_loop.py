@@ -183,7 +183,10 @@ def test_sigterm_stops_the_agent_cleanly(tmp_path: Path) -> None:
         text=True,
         env={**os.environ, "STOCKADE_HOME": str(tmp_path / "home")},
     )
-    time.sleep(1.5)
+    assert process.stdout is not None
+    first = process.stdout.readline()  # the agent is running (handlers installed) once it logs
+    assert first.startswith("agent n1:"), first
+    time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
