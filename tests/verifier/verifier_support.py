@@ -19,7 +19,7 @@ from stockade.tpm.device import Tpm
 from stockade.tpm.ek import read_endorsement
 from stockade.tpm.quote import quote
 from stockade.tpm.swtpm import SoftwareTpm
-from stockade.verifier.appraiser import Evidence, NodeView, Status
+from stockade.verifier.appraiser import NodeView, Status
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims
 
 PCRS = "sha256:0,1,2,3,4,5,6,7"
@@ -57,12 +57,6 @@ class QuoteOnlyAppraiser:
 
     def build_references(self, policy: QuotePolicy) -> None:
         return None
-
-    def node_view(self, node: NodeView) -> NodeView:
-        return node
-
-    def evidence(self, evidence: Evidence) -> Evidence:
-        return evidence
 
     def appraise(self, policy, references, node, evidence, expected_nonce) -> QuoteAppraisal:
         try:

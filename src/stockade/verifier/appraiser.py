@@ -7,41 +7,16 @@ core. Tests may pass another :class:`Appraiser` to ``create_app``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Protocol
 
+from stockade.appraisal import appraise as core_appraise
+from stockade.appraisal import ear as core_ear
+from stockade.appraisal import policy as core_policy
+from stockade.appraisal.appraise import Evidence, NodeView, Status
 from stockade.evidence.attest import ClockInfo
-from stockade.evidence.pcr_values import PcrValues
-from stockade.evidence.public import TpmPublic
 
-
-class Status(StrEnum):
-    AFFIRMING = "affirming"
-    WARNING = "warning"
-    CONTRAINDICATED = "contraindicated"
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """What appraisal may know about a node (mirrors ``stockade.appraisal.appraise.NodeView``)."""
-
-    node_id: str
-    name: str
-    ak_public: TpmPublic
-    last_clock: ClockInfo | None
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One evidence submission, decoded (mirrors ``stockade.appraisal.appraise.Evidence``)."""
-
-    nonce: bytes
-    quote: bytes
-    signature: bytes
-    pcrs: PcrValues
-    event_log: bytes
+__all__ = ["Appraiser", "CoreAppraiser", "Evidence", "NodeView", "PolicyLike", "Status"]
 
 
 class PolicyLike(Protocol):
@@ -73,10 +48,6 @@ class Appraiser(Protocol):
 
     def build_references(self, policy: PolicyLike) -> Any: ...
 
-    def node_view(self, node: NodeView) -> Any: ...
-
-    def evidence(self, evidence: Evidence) -> Any: ...
-
     def appraise(
         self,
         policy: PolicyLike,
@@ -101,32 +72,17 @@ class Appraiser(Protocol):
 class CoreAppraiser:
     """Appraisal by ``stockade.appraisal`` (policy.py, appraise.py, ear.py)."""
 
-    def __init__(self) -> None:
-        from stockade.appraisal import appraise, ear, policy
-
-        self._policy = policy
-        self._appraise = appraise
-        self._ear = ear
-
     def parse_policy(self, document: Mapping[str, Any], version: int) -> PolicyLike:
-        result: PolicyLike = self._policy.parse_policy(document, version)
+        result: PolicyLike = core_policy.parse_policy(document, version)
         return result
 
     def build_references(self, policy: PolicyLike) -> Any:
-        return self._appraise.build_references(policy)
-
-    def node_view(self, node: NodeView) -> Any:
-        return self._appraise.NodeView(node.node_id, node.name, node.ak_public, node.last_clock)
-
-    def evidence(self, evidence: Evidence) -> Any:
-        return self._appraise.Evidence(
-            evidence.nonce, evidence.quote, evidence.signature, evidence.pcrs, evidence.event_log
-        )
+        return core_appraise.build_references(policy)
 
     def appraise(
         self, policy: PolicyLike, references: Any, node: Any, evidence: Any, expected_nonce: bytes
     ) -> AppraisalLike:
-        result: AppraisalLike = self._appraise.appraise(
+        result: AppraisalLike = core_appraise.appraise(
             policy, references, node, evidence, expected_nonce
         )
         return result
@@ -141,16 +97,11 @@ class CoreAppraiser:
         not_after: datetime,
         verifier_build: str,
     ) -> dict[str, Any]:
-        claims: dict[str, Any] = self._ear.ear_claims(
+        claims: dict[str, Any] = core_ear.ear_claims(
             appraisal, node, result_id, nonce, issued_at, not_after, verifier_build
         )
         return claims
 
 
-def default_appraiser() -> Appraiser | None:
-    """The core appraiser, or None while ``stockade.appraisal`` lacks it (every appraisal then
-    fails closed as contraindicated)."""
-    try:
-        return CoreAppraiser()
-    except ImportError:
-        return None
+def default_appraiser() -> Appraiser:
+    return CoreAppraiser()

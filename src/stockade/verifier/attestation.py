@@ -156,9 +156,9 @@ def _appraise(
     """
     appraiser = service.require_appraiser()
     try:
-        node = appraiser.node_view(view)
+        node = view
         appraisal = appraiser.appraise(
-            active.policy, active.references, node, appraiser.evidence(evidence), evidence.nonce
+            active.policy, active.references, node, evidence, evidence.nonce
         )
         status = Status(str(appraisal.status))
         reasons = [str(reason) for reason in appraisal.reasons]
