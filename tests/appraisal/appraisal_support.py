@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,19 +79,6 @@ class World:
         }
         document.update(changes)
         return document
-
-
-def flip_section_byte(image: bytes) -> bytes:
-    """``image`` with one byte in the middle of its first non-empty PE section inverted."""
-    pe = struct.unpack_from("<I", image, 0x3C)[0]
-    sections, optional_size = struct.unpack_from("<2xH12xH", image, pe + 4)
-    table = pe + 24 + optional_size
-    for index in range(sections):
-        raw_size, raw_pointer = struct.unpack_from("<II", image, table + 40 * index + 16)
-        if raw_size:
-            at = raw_pointer + raw_size // 2
-            return image[:at] + bytes([image[at] ^ 0xFF]) + image[at + 1 :]
-    raise AssertionError("no section with raw data")
 
 
 def make_release(

@@ -19,7 +19,6 @@ from appraisal_support import (
     World,
     boot_release,
     capture,
-    flip_section_byte,
     make_ak,
     make_release,
 )
@@ -33,6 +32,7 @@ from stockade.boot.platform import (
     create_development_platform,
 )
 from stockade.boot.secure_boot import sign_image
+from stockade.boot.tamper import flip_section_byte
 from stockade.release.keys import KeyType, generate_key_set
 from stockade.tpm.ekca import EkCa
 from stockade.tpm.swtpm import start_swtpm

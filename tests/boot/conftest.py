@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from boot_support import flip_section_byte
 
 from stockade.appraisal.measured_boot import PlatformReference
 from stockade.appraisal.reference import platform_from_json
@@ -27,6 +26,7 @@ from stockade.boot.platform import (
     create_development_platform,
 )
 from stockade.boot.secure_boot import sign_image
+from stockade.boot.tamper import flip_section_byte
 from stockade.release.build import ReleaseInputs, build_release
 from stockade.release.keys import GeneratedKeys, KeyType, generate_key_set
 from stockade.release.manifest import Manifest

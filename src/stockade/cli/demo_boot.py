@@ -8,7 +8,6 @@ modified kernel booted with Secure Boot off.
 from __future__ import annotations
 
 import os
-import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from stockade.appraisal.reference import compare, predict
 from stockade.boot import DevelopmentPlatform, boot_node, create_development_platform, load_release
 from stockade.boot.release import kernel_authority, release_reference
 from stockade.boot.secure_boot import sign_image
+from stockade.boot.tamper import flip_section_byte
 from stockade.errors import VerificationFailed
 from stockade.evidence import PcrSelection, Signature, verify_quote
 from stockade.evidence.algorithms import Alg
@@ -80,19 +80,6 @@ def _print_log(console: Console, log: EventLog) -> None:
             _summary(event)[:60],
         )
     console.print(table)
-
-
-def _flip_section_byte(image: bytes) -> bytes:
-    """``image`` with one byte in its first section's raw data changed (PE/COFF 3.3)."""
-    pe = struct.unpack_from("<I", image, 0x3C)[0]
-    sections, optional_size = struct.unpack_from("<2xH12xH", image, pe + 4)
-    table = pe + 24 + optional_size
-    for index in range(sections):
-        raw_size, raw_pointer = struct.unpack_from("<II", image, table + 40 * index + 16)
-        if raw_size:
-            at = raw_pointer + raw_size // 2
-            return image[:at] + bytes([image[at] ^ 0xFF]) + image[at + 1 :]
-    raise DemoFailed("the kernel image has no section to modify")
 
 
 def _attest(
@@ -195,7 +182,7 @@ def measured_boot_story(console: Console, home: Path) -> None:
         )
 
         modified = home / "vmlinuz.modified"
-        modified.write_bytes(_flip_section_byte(kernel.read_bytes()))
+        modified.write_bytes(flip_section_byte(kernel.read_bytes()))
         insecure = boot_node(
             swtpm, platform.with_secure_boot(False), load_release(release_dir, kernel=modified)
         )
