@@ -61,6 +61,10 @@ def serve(
     policy: Annotated[
         Path | None, typer.Option(help="policy document (YAML/JSON) to apply and make active")
     ] = None,
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option(help="URL to POST every event to, signed (repeatable)"),
+    ] = None,
 ) -> None:
     """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
     signing key in the data directory."""
@@ -81,6 +85,7 @@ def serve(
         ek_intermediates=intermediates,
         ek_allowlist=load_allowlist(ek_allowlist) if ek_allowlist else None,
         policy_id=document["id"] if document else None,
+        webhook_urls=tuple(webhook or ()),
     )
     prepared = prepare(config, host, port)
 
@@ -98,6 +103,8 @@ def serve(
     typer.echo(f"EAR signing key:  {prepared.signing_key_path} (kid {prepared.kid})")
     typer.echo(f"JWKS:             {prepared.url}/v1/keys")
     typer.echo(f"database:         {config.resolved_database_url.split('@')[-1]}")
+    for url in config.webhook_urls:
+        typer.echo(f"webhook:          {url}")
     if not roots:
         typer.echo("EK CAs:           none configured: every enrollment is refused", err=True)
     else:

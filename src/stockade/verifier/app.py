@@ -23,6 +23,7 @@ from stockade.verifier.results import jwks
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import run_sweeper
 from stockade.verifier.tls import load_or_create_signing_key
+from stockade.verifier.webhooks import WebhookWorker
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     """Build the service: migrate the database, load or make the signing key, mount routes.
 
     ``appraiser`` defaults to the pure appraisal core; tests may pass their own. The stale
-    sweeper runs while the app's lifespan does (uvicorn, or ``with TestClient(app)``).
+    sweeper, and the webhook worker when ``config.webhook_urls`` names a URL, run while the
+    app's lifespan does (uvicorn, or ``with TestClient(app)``).
     """
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(config.resolved_database_url)
@@ -139,12 +141,20 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(run_sweeper(service))
+        webhooks: WebhookWorker | None = None
+        if config.webhook_urls:
+            webhooks = WebhookWorker(
+                service.engine, config.webhook_urls, service.signing_key.private_key
+            )
+            webhooks.start()
         try:
             yield
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if webhooks is not None:
+                await asyncio.to_thread(webhooks.stop)
             engine.dispose()
 
     app = FastAPI(

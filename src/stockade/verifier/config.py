@@ -48,6 +48,7 @@ class VerifierConfig:
     enrollment_ttl_seconds: float = 300.0
     max_body_bytes: int = MAX_BODY_BYTES
     sweep_interval_seconds: float = 1.0
+    webhook_urls: tuple[str, ...] = ()  # each event is POSTed, signed, to every URL
     verifier_build: str = field(default_factory=_version)
     clock: Callable[[], datetime] = utc_now
 
