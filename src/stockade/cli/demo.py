@@ -182,6 +182,9 @@ def run() -> None:
         from stockade.cli.demo_boot import measured_boot_story
 
         measured_boot_story(console, home)
+        from stockade.cli.demo_cluster import cluster_story
+
+        cluster_story(console, home)
         console.rule("[bold green]demo passed")
     finally:
         shutil.rmtree(home, ignore_errors=True)

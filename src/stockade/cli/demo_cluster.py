@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stockade.errors import StockadeError
+from rich.console import Console
+from rich.table import Table
+
+from stockade.errors import StockadeError, VerificationFailed
 
 KERNEL_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 CMDLINE = "ro console=ttyS0 quiet"
@@ -278,3 +282,249 @@ def running(*processes: VerifierProcess | AgentProcess) -> Iterator[None]:
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+# -- the demo's story ------------------------------------------------------------------
+
+STORY_VALIDITY = 6  # seconds a result stays valid: staleness shows within the demo
+STORY_INTERVAL = 1.0  # seconds between a demo agent's attestations
+STATE_STYLES = {
+    "enrolled": "cyan", "trusted": "green", "untrusted": "yellow", "failed": "red",
+    "revoked": "magenta",
+}  # fmt: skip
+
+
+class ClusterStoryFailed(VerificationFailed):
+    """The development cluster did not reach the trust decisions a verifier must make."""
+
+
+def _styled(state: str | None) -> str:
+    if state is None:
+        return "[dim](new)[/]"
+    return f"[{STATE_STYLES.get(state, 'white')}]{state}[/]"
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class _Narrator:
+    """Follows ``GET /v1/events`` on a thread and prints each transition as it arrives.
+
+    The main thread waits on the states it records (:meth:`wait_for`). A node that
+    fails has its latest result's reasons fetched from the results API and printed.
+    """
+
+    def __init__(self, console: Console, verifier: VerifierProcess, started: float) -> None:
+        self.console = console
+        self.verifier = verifier
+        self.started = started
+        self.states: dict[str, str] = {}
+        self.events: list[dict[str, Any]] = []
+        self.reasons: dict[str, list[str]] = {}
+        self.error: BaseException | None = None
+        self._condition = threading.Condition()
+        self._stopping = threading.Event()
+        self._client: Any = None
+        self._thread = threading.Thread(target=self._run, name="stockade-demo-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()  # ends the stream the thread is reading
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        from stockade.agent.client import VerifierClient
+
+        try:
+            with VerifierClient(self.verifier.url, self.verifier.ca) as client:
+                self._client = client
+                for event in client.stream_events(follow=True):
+                    self._narrate(client, event)
+                    if self._stopping.is_set():
+                        return
+        except BaseException as error:  # reported to the waiting thread unless stopping
+            if not self._stopping.is_set():
+                with self._condition:
+                    self.error = error
+                    self._condition.notify_all()
+
+    def _narrate(self, client: Any, event: dict[str, Any]) -> None:
+        name, to, reason = str(event["name"]), str(event["to"]), str(event["reason"] or "")
+        at = f"[dim]{time.monotonic() - self.started:5.1f}s[/]"
+        detail = f" ({reason})" if reason and to not in (reason, "failed") else ""
+        self.console.print(
+            f"  {at} [bold]{name}[/]: {_styled(event['from'])} -> {_styled(to)}{detail}"
+        )
+        reasons: list[str] = []
+        if to == "failed":
+            results = client.results(str(event["node_id"]), limit=1)
+            reasons = [str(r) for r in results[0]["reasons"]] if results else []
+            for line in reasons:
+                self.console.print(f"          [red]-[/] {line}", overflow="ellipsis", no_wrap=True)
+        with self._condition:
+            self.events.append(event)
+            self.states[name] = to
+            if reasons:
+                self.reasons[name] = reasons
+            self._condition.notify_all()
+
+    def wait_for(self, condition: Callable[[_Narrator], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                value = condition(self)
+                if value:
+                    return value
+                if self.error is not None:
+                    raise ClusterStoryFailed(f"the event stream ended: {self.error}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClusterStoryFailed(
+                        f"timed out after {timeout:.0f}s waiting for {what} (states: {self.states})"
+                    )
+                self._condition.wait(min(left, 0.5))
+
+
+def _node_table(client: Any) -> Table:
+    table = Table(title="GET /v1/nodes")
+    for column in ("node", "state", "last status", "trusted until"):
+        table.add_column(column)
+    for node in client.nodes():
+        results = client.results(str(node["node_id"]), limit=1)
+        status = str(results[0]["status"]) if results else "-"
+        colour = {"affirming": "green", "warning": "yellow", "contraindicated": "red"}
+        table.add_row(
+            str(node["name"]),
+            _styled(str(node["state"])),
+            f"[{colour.get(status, 'white')}]{status}[/]",
+            str(node["trusted_until"] or "-"),
+        )
+    return table
+
+
+def cluster_story(console: Console, home: Path) -> None:
+    """A verifier process and three development nodes (own swtpm, verified boot, own agent
+    process), narrated from the verifier's event stream as the decisions happen: two good
+    nodes trusted, the tampered node failed with its reasons, a stopped agent's node stale
+    right after its deadline. Every process and swtpm is stopped however the story ends."""
+    from stockade.boot import DevelopmentPlatform, boot_node, load_release
+    from stockade.tpm.ekca import EkCa
+    from stockade.tpm.swtpm import SoftwareTpm, start_swtpm
+
+    started = time.monotonic()
+    work = home / "cluster"
+    console.rule("[bold]Continuous attestation: a verifier and three development nodes")
+    org = make_org_material(work / "org")
+    console.print(
+        "1. organization: a signed release (security version 3), a development platform "
+        "with Secure Boot, and a kernel with one byte changed"
+    )
+    policy = work / "policy.json"
+    policy.write_text(json.dumps(policy_document(org, validity_seconds=STORY_VALIDITY)))
+    ek_ca = EkCa.load_or_create(home / "ek-ca")
+    verifier = VerifierProcess(work / "verifier", ek_ca_bundle(ek_ca, work / "ek-ca.pem"), policy)
+    tpms: list[SoftwareTpm] = []
+    agents: dict[str, AgentProcess] = {}
+    narrator: _Narrator | None = None
+    try:
+        verifier.start()
+        console.print(
+            f"2. verifier at [cyan]{verifier.url}[/] (TLS, SQLite in {verifier.data_dir.name}/), "
+            f"policy 'cluster': results valid {STORY_VALIDITY} s; following GET /v1/events:"
+        )
+        narrator = _Narrator(console, verifier, started)
+        narrator.start()
+        platform = DevelopmentPlatform.load(org.platform_dir)
+        nodes = {
+            "node-a": "the signed release, Secure Boot on",
+            "node-b": "the signed release, Secure Boot on",
+            "node-c": "the modified kernel, Secure Boot off",
+        }
+        for name, what in nodes.items():
+            tpm = start_swtpm(f"cluster-{name}", home=home, ek_ca=ek_ca)
+            tpms.append(tpm)
+            if name == "node-c":
+                booted = boot_node(
+                    tpm,
+                    platform.with_secure_boot(False),
+                    load_release(org.release_dir, kernel=org.modified_kernel),
+                )
+            else:
+                booted = boot_node(tpm, platform, load_release(org.release_dir))
+            booted.check()
+            agent = AgentProcess(
+                name, tpm.name, verifier, home, work / "agents" / name, interval=STORY_INTERVAL
+            )
+            agent.start()
+            agents[name] = agent
+            console.print(
+                f"  [dim]{time.monotonic() - started:5.1f}s[/] {name}: own swtpm booted {what}; "
+                f"`stockade agent run` attests every {STORY_INTERVAL:.0f} s"
+            )
+
+        expected = {"node-a": "trusted", "node-b": "trusted", "node-c": "failed"}
+        narrator.wait_for(
+            lambda n: all(n.states.get(k) == v for k, v in expected.items()),
+            45,
+            "node-a and node-b trusted, node-c failed",
+        )
+        reasons = " ".join(narrator.reasons.get("node-c", []))
+        missing = [needle for needle in ("PCR 4", "PCR 7", "EV_") if needle not in reasons]
+        if missing:
+            raise ClusterStoryFailed(f"node-c's reasons do not name {missing}: {reasons}")
+        console.print(
+            "3. the good nodes are trusted; node-c is failed (contraindicated), its reasons "
+            "naming PCR 4 (the kernel), PCR 7 (Secure Boot off) and the events that differ"
+        )
+
+        if agents["node-b"].stop() != 0:
+            raise ClusterStoryFailed("node-b's agent did not exit cleanly on SIGTERM")
+        with verifier.client() as client:
+            deadline = _parse_time(str(client.node("node-b")["trusted_until"]))
+        left = (deadline - datetime.now(UTC)).total_seconds()
+        console.print(
+            f"4. node-b's agent stopped: its last result is valid until "
+            f"{deadline:%H:%M:%S} UTC ({left:.1f} s from now); waiting:"
+        )
+        seen = len(narrator.events)
+        stale = narrator.wait_for(
+            lambda n: next(
+                (e for e in n.events[seen:] if e["name"] == "node-b" and e["to"] == "untrusted"),
+                None,
+            ),
+            STORY_VALIDITY + 10,
+            "node-b untrusted (stale)",
+        )
+        late = (_parse_time(str(stale["time"])) - deadline).total_seconds()
+        if "stale" not in str(stale["reason"]) or late > 2.0:
+            raise ClusterStoryFailed(f"node-b went untrusted {late:.1f} s late: {stale}")
+        console.print(
+            f"  node-b became untrusted (stale) {late:.1f} s after its deadline; "
+            "node-a keeps attesting"
+        )
+        with verifier.client() as client:
+            states = {str(n["name"]): str(n["state"]) for n in client.nodes()}
+            if states != {"node-a": "trusted", "node-b": "untrusted", "node-c": "failed"}:
+                raise ClusterStoryFailed(f"unexpected final states: {states}")
+            console.print(_node_table(client))
+    except (ClusterError, OSError) as error:
+        raise ClusterStoryFailed(f"the development cluster failed: {error}") from error
+    finally:
+        if narrator is not None:
+            narrator.stop()
+        for agent in agents.values():
+            agent.stop()
+        verifier.stop()
+        for tpm in tpms:
+            with contextlib.suppress(Exception):
+                tpm.stop()
+    console.print(
+        f"5. agents, verifier and software TPMs stopped "
+        f"({time.monotonic() - started:.0f} s for this story)"
+    )
