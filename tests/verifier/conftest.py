@@ -35,7 +35,15 @@ class ManualClock:
 def _reset_external_database(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
-        for table in ("events", "results", "nonces", "enrollments", "policies", "nodes"):
+        for table in (
+            "webhook_cursors",
+            "events",
+            "results",
+            "nonces",
+            "enrollments",
+            "policies",
+            "nodes",
+        ):
             connection.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
         connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     engine.dispose()
