@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import socket
 import ssl
@@ -94,7 +93,11 @@ def _public_key(jwk: dict[str, str]) -> ec.EllipticCurvePublicKey:
 
 @pytest.mark.swtpm
 def test_serve_posts_signed_events_to_webhook(
-    tmp_path: Path, ek_ca: EkCa, software_tpm: SoftwareTpm, receiver: Receiver
+    tmp_path: Path,
+    ek_ca: EkCa,
+    software_tpm: SoftwareTpm,
+    receiver: Receiver,
+    database_url: str | None,  # on PostgreSQL: reset, so only this test's events exist
 ) -> None:
     port = _free_port()
     data_dir = tmp_path / "data"
@@ -104,9 +107,8 @@ def test_serve_posts_signed_events_to_webhook(
         "--ek-ca", str(ek_ca.root_cert_path), "--ek-ca", str(ek_ca.issuer_cert_path),
         "--webhook", receiver.url, "--webhook", receiver.url,  # the same URL once
     ]  # fmt: skip
-    database = os.environ.get("STOCKADE_TEST_DATABASE_URL")
-    if database:
-        command += ["--database", database]
+    if database_url:
+        command += ["--database", database_url]
     log = tmp_path / "verifier.log"
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
