@@ -96,7 +96,8 @@ def serve(
     if document is not None:
         with service.transaction() as session:
             stored = apply_policy(service, session, document["id"], document, service.now())
-            typer.echo(f"policy:           {stored.id}@{stored.version} (active)")
+        service.invalidate_policy()
+        typer.echo(f"policy:           {stored.id}@{stored.version} (active)")
     typer.echo(f"verifier:         {prepared.url}")
     typer.echo(f"TLS CA cert:      {prepared.tls.ca_cert}")
     typer.echo(f"TLS server cert:  {prepared.tls.server_cert}")

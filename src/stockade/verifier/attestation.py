@@ -84,6 +84,8 @@ def submit_evidence(
         if node.revoked:
             raise Forbidden(f"node {node_id} is revoked", code="revoked")
 
+    # Before the transaction: a policy lookup may need its own connection; never hold two.
+    active = service.active_policy()
     with service.transaction() as session:
         now = service.now()
         # The nonce goes first: it takes the write lock and is spent even if appraisal fails.
@@ -91,7 +93,6 @@ def submit_evidence(
         node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).one()
         if node.revoked:
             raise Forbidden(f"node {node_id} is revoked", code="revoked")
-        active = service.active_policy(session)
         view = NodeView(
             node.id, node.name, TpmPublic.unmarshal_tpm2b(node.ak_public), _last_clock(node)
         )

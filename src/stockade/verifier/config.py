@@ -48,6 +48,9 @@ class VerifierConfig:
     enrollment_ttl_seconds: float = 300.0
     max_body_bytes: int = MAX_BODY_BYTES
     sweep_interval_seconds: float = 1.0
+    # How stale the in-memory active policy may get when another replica (or process) sharing
+    # the database stores a new version; this process's own PUTs invalidate it at once.
+    policy_refresh_seconds: float = 1.0
     webhook_urls: tuple[str, ...] = ()  # each event is POSTed, signed, to every URL
     verifier_build: str = field(default_factory=_version)
     clock: Callable[[], datetime] = utc_now

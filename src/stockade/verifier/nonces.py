@@ -49,13 +49,21 @@ def consume_nonce(session: Session, node_id: str, value: bytes, now: datetime) -
 def issue_nonce(node_id: Annotated[str, Path(max_length=64)], request: Request) -> NonceResponse:
     service = service_of(request)
     now = service.now()
+    # Looked up before the transaction (it may need its own connection: never hold two), but
+    # reported after the node checks, as before.
+    policy_error: Conflict | None = None
+    try:
+        active = service.active_policy()
+    except Conflict as error:
+        policy_error = error
     with service.transaction() as session:
         node = session.get(Node, node_id)
         if node is None:
             raise NotFound(f"no node {node_id}", code="node")
         if node.revoked:
             raise Forbidden(f"node {node_id} is revoked", code="revoked")
-        active = service.active_policy(session)
+        if policy_error is not None:
+            raise policy_error
         value = os.urandom(NONCE_BYTES)
         expires_at = now + timedelta(seconds=service.config.nonce_ttl_seconds)
         session.add(Nonce(node_id=node_id, value=value, expires_at=expires_at, used=False))

@@ -88,10 +88,14 @@ async def put_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
     document = parse_document(await request.body(), request.headers.get("content-type", ""))
 
     def store() -> dict[str, Any]:
-        with service.transaction() as session:
-            return policy_json(
-                apply_policy(service, session, policy_id, document, service.now()), document=True
-            )
+        try:
+            with service.transaction() as session:
+                return policy_json(
+                    apply_policy(service, session, policy_id, document, service.now()),
+                    document=True,
+                )
+        finally:
+            service.invalidate_policy()
 
     return await anyio.to_thread.run_sync(store)
 

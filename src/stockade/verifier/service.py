@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class Service:
     appraiser: Appraiser | None
     _references: dict[tuple[str, int], ActivePolicy] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _active: ActivePolicy | None = None
+    _active_checked: float = 0.0
 
     def now(self) -> datetime:
         return self.config.clock()
@@ -56,9 +59,38 @@ class Service:
             raise AppraisalUnavailable("the appraisal core (stockade.appraisal) is not installed")
         return self.appraiser
 
-    def active_policy(self, session: Session) -> ActivePolicy:
+    def invalidate_policy(self) -> None:
+        """Forget the cached active policy: the next request looks it up again. Called after
+        a policy is stored (``PUT /v1/policies``, ``serve --policy``) has committed."""
+        with self._lock:
+            self._active = None
+
+    def active_policy(self) -> ActivePolicy:
         """The policy nodes are appraised under: the configured id, else the only one stored;
-        always its newest version. References are built once per version."""
+        always its newest version. References are built once per version.
+
+        Cached in memory: a policy stored through this process invalidates the cache at once;
+        one stored by another replica sharing the database (or another process) is noticed by
+        a re-check at most ``config.policy_refresh_seconds`` later. Every EAR names the exact
+        ``id@version`` it was appraised under, so that window never mislabels a result.
+        """
+        started = time.monotonic()
+        with self._lock:
+            cached = self._active
+            if cached is not None and started < self._active_checked + (
+                self.config.policy_refresh_seconds
+            ):
+                return cached
+        with self.sessions() as session:
+            active = self._lookup_active(session)
+        with self._lock:
+            # A concurrent invalidation (a policy stored meanwhile) wins: do not cache.
+            if self._active is cached:
+                self._active = active
+                self._active_checked = started
+        return active
+
+    def _lookup_active(self, session: Session) -> ActivePolicy:
         policy_id = self.config.policy_id
         if policy_id is None:
             ids = session.scalars(select(Policy.id).distinct()).all()
