@@ -174,3 +174,44 @@ def test_racing_submissions_with_one_nonce_win_once(client, software_tpm):
             )
         )
     assert sorted(codes) == [200] + [409] * 7
+
+
+@pytest.mark.parametrize("stale_reads", [1, 3])
+def test_evidence_appraised_again_when_the_node_changed_meanwhile(
+    client, software_tpm, monkeypatch, stale_reads
+):
+    """Appraisal runs outside the write transaction; a node whose appraisal inputs changed
+    before the write (another submission committed) is appraised again, and after three lost
+    races under the write lock: the nonce is still spent once, one result is stored."""
+    from sqlalchemy import update
+
+    from stockade.verifier import attestation
+    from stockade.verifier.models import Node
+
+    agent = DevAgent.create(software_tpm)
+    node_id = agent.enroll(client, "node-stale-read")
+    service = client.app.state.service
+    real_prepare = attestation._prepare
+    calls: list[object] = []
+
+    def racing_prepare(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) <= stale_reads:
+            with service.engine.begin() as connection:
+                connection.execute(
+                    update(Node)
+                    .where(Node.id == node_id)
+                    .values(last_clock_safe=len(calls) % 2 == 1)
+                )
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(attestation, "_prepare", racing_prepare)
+    evidence = agent.evidence(_nonce(client, node_id))
+    response = client.post(f"/v1/nodes/{node_id}/evidence", json=evidence)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "affirming"
+    assert len(calls) == stale_reads + 1
+    results = client.get(f"/v1/nodes/{node_id}/results", params={"limit": 5}).json()["results"]
+    assert [result["result_id"] for result in results] == [response.json()["result_id"]]
+    again = client.post(f"/v1/nodes/{node_id}/evidence", json=evidence)
+    assert again.status_code == 409 and again.json()["error"] == "nonce"

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select, update
 
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
 from stockade.verifier.appraiser import Evidence, NodeView, Status
-from stockade.verifier.errors import BadRequest, Forbidden, NotFound
-from stockade.verifier.models import Node, Result
-from stockade.verifier.nonces import consume_nonce
+from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
+from stockade.verifier.models import Event, Node, Result
+from stockade.verifier.nonces import consume_nonce, nonce_usable
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
 from stockade.verifier.service import ActivePolicy, Service, service_of
-from stockade.verifier.states import NodeState, transition
+from stockade.verifier.states import NodeState
 from stockade.verifier.wire import decode_b64, rfc3339
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,53 @@ def _decode(body: EvidenceRequest) -> Evidence:
     )
 
 
-def _last_clock(node: Node) -> ClockInfo | None:
+@dataclass(frozen=True)
+class _NodeRow:
+    """What appraisal reads of a node; compared again under the write lock."""
+
+    id: str
+    name: str
+    ak_public: bytes
+    revoked: bool
+    state: str
+    last_clock: int | None
+    last_reset_count: int | None
+    last_restart_count: int | None
+    last_clock_safe: bool | None
+
+    def appraisal_inputs(self) -> tuple[Any, ...]:
+        return (
+            self.name,
+            self.ak_public,
+            self.last_clock,
+            self.last_reset_count,
+            self.last_restart_count,
+            self.last_clock_safe,
+        )
+
+
+_NODE_COLUMNS = (
+    Node.id,
+    Node.name,
+    Node.ak_public,
+    Node.revoked,
+    Node.state,
+    Node.last_clock,
+    Node.last_reset_count,
+    Node.last_restart_count,
+    Node.last_clock_safe,
+)
+
+
+def _node_row(connection: Connection, node_id: str, *, lock: bool) -> _NodeRow | None:
+    query = select(*_NODE_COLUMNS).where(Node.id == node_id)
+    if lock:
+        query = query.with_for_update()
+    row = connection.execute(query).first()
+    return None if row is None else _NodeRow(*row)
+
+
+def _last_clock(node: _NodeRow) -> ClockInfo | None:
     if node.last_clock is None or node.last_reset_count is None or node.last_restart_count is None:
         return None
     return ClockInfo(
@@ -70,72 +117,158 @@ def _last_clock(node: Node) -> ClockInfo | None:
     )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """An appraised and signed result, not yet stored."""
+
+    inputs: tuple[Any, ...]
+    result_id: str
+    status: str
+    reasons: list[str]
+    clock: ClockInfo | None
+    ear: str
+    policy_ref: str
+    not_after: datetime
+
+
+class _StaleNode(Exception):
+    """The node's appraisal inputs changed between the read and the write: appraise again."""
+
+
+# Lost races on the node's clock before appraisal is done under the write lock (as it once
+# always was), so a node hammered by concurrent submissions still makes progress.
+_OPTIMISTIC_ATTEMPTS = 3
+
+
+def _prepare(
+    service: Service, active: ActivePolicy, node: _NodeRow, evidence: Evidence, now: datetime
+) -> _Prepared:
+    view = NodeView(
+        node.id, node.name, TpmPublic.unmarshal_tpm2b(node.ak_public), _last_clock(node)
+    )
+    result_id = str(uuid.uuid4())
+    not_after = now + timedelta(seconds=float(active.policy.result_validity_seconds))
+    status, reasons, clock, claims = _appraise(
+        service, active, view, evidence, result_id, now, not_after
+    )
+    return _Prepared(
+        inputs=node.appraisal_inputs(),
+        result_id=result_id,
+        status=status,
+        reasons=reasons,
+        clock=clock,
+        ear=sign_ear(service.signing_key, claims),
+        policy_ref=f"{active.policy_id}@{active.version}",
+        not_after=not_after,
+    )
+
+
 @router.post("/v1/nodes/{node_id}/evidence", response_model=EvidenceResponse)
 def submit_evidence(
     node_id: Annotated[str, Path(max_length=64)], body: EvidenceRequest, request: Request
 ) -> EvidenceResponse:
-    """Failing evidence is a finding (200, contraindicated), not a protocol error."""
+    """Failing evidence is a finding (200, contraindicated), not a protocol error.
+
+    Appraisal and signing run outside any write transaction, against a snapshot of the node;
+    one short transaction then consumes the nonce (the single decision on its use), checks the
+    snapshot still holds and stores the result, the node's new state and its event.
+    """
     service = service_of(request)
     evidence = _decode(body)
-    with service.sessions() as session:
-        node = session.get(Node, node_id)
-        if node is None:
-            raise NotFound(f"no node {node_id}", code="node")
-        if node.revoked:
-            raise Forbidden(f"node {node_id} is revoked", code="revoked")
+    for attempt in range(_OPTIMISTIC_ATTEMPTS + 1):
+        try:
+            return _submit(service, node_id, evidence, optimistic=attempt < _OPTIMISTIC_ATTEMPTS)
+        except _StaleNode:
+            continue
+    raise AssertionError("unreachable: the last attempt appraises under the write lock")
 
-    # Before the transaction: a policy lookup may need its own connection; never hold two.
+
+def _submit(
+    service: Service, node_id: str, evidence: Evidence, *, optimistic: bool
+) -> EvidenceResponse:
+    now = service.now()
+    prepared: _Prepared | None = None
+    if optimistic:
+        with service.engine.connect() as connection:
+            node = _node_row(connection, node_id, lock=False)
+            if node is None:
+                raise NotFound(f"no node {node_id}", code="node")
+            if node.revoked:
+                raise Forbidden(f"node {node_id} is revoked", code="revoked")
+            # Fail fast: a spent or unknown nonce is not worth an appraisal (the write below
+            # still decides).
+            if not nonce_usable(connection, node_id, evidence.nonce, now):
+                raise Conflict("the nonce is unknown, expired or already used", code="nonce")
+    # Before the write: the lookup may need its own connection, and none is held here.
     active = service.active_policy()
-    with service.transaction() as session:
-        now = service.now()
+    if optimistic:
+        prepared = _prepare(service, active, node, evidence, now)
+    with service.engine.begin() as connection:
         # The nonce goes first: it takes the write lock and is spent even if appraisal fails.
-        consume_nonce(session, node_id, evidence.nonce, now)
-        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).one()
-        if node.revoked:
+        consume_nonce(connection, node_id, evidence.nonce, now)
+        locked = _node_row(connection, node_id, lock=True)
+        if locked is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        if locked.revoked:
             raise Forbidden(f"node {node_id} is revoked", code="revoked")
-        view = NodeView(
-            node.id, node.name, TpmPublic.unmarshal_tpm2b(node.ak_public), _last_clock(node)
-        )
-        result_id = str(uuid.uuid4())
-        not_after = now + timedelta(seconds=float(active.policy.result_validity_seconds))
-        status, reasons, clock, claims = _appraise(
-            service, active, view, evidence, result_id, now, not_after
-        )
-        ear = sign_ear(service.signing_key, claims)
-        session.add(
-            Result(
-                id=result_id,
-                node_id=node.id,
-                status=status,
-                ear=ear,
-                reasons=reasons,
-                policy_ref=f"{active.policy_id}@{active.version}",
-                not_after=not_after,
-                created_at=now,
-            )
-        )
-        session.flush()
-        if clock is not None:
-            node.last_clock = clock.clock
-            node.last_reset_count = clock.reset_count
-            node.last_restart_count = clock.restart_count
-            node.last_clock_safe = clock.safe
-        node.latest_result_id = result_id
-        if status == Status.CONTRAINDICATED:
-            node.trusted_until = None
-            transition(session, node, NodeState.FAILED, _reason(reasons), now, result_id)
-        else:
-            node.trusted_until = not_after
-            transition(session, node, NodeState.TRUSTED, status, now, result_id)
-        state = node.state
+        if prepared is None:
+            prepared = _prepare(service, active, locked, evidence, now)
+        elif prepared.inputs != locked.appraisal_inputs():
+            raise _StaleNode  # rolls back: the nonce stays unused for the next attempt
+        state = _store(connection, locked, prepared, now)
     return EvidenceResponse(
-        result_id=result_id,
-        status=status,
-        ear=ear,
-        not_after=rfc3339(not_after),
-        reasons=reasons,
+        result_id=prepared.result_id,
+        status=prepared.status,
+        ear=prepared.ear,
+        not_after=rfc3339(prepared.not_after),
+        reasons=prepared.reasons,
         state=state,
     )
+
+
+def _store(connection: Connection, node: _NodeRow, prepared: _Prepared, now: datetime) -> str:
+    """Insert the result, update the node, record the event on a state change; the new state."""
+    connection.execute(
+        insert(Result).values(
+            id=prepared.result_id,
+            node_id=node.id,
+            status=prepared.status,
+            ear=prepared.ear,
+            reasons=prepared.reasons,
+            policy_ref=prepared.policy_ref,
+            not_after=prepared.not_after,
+            created_at=now,
+        )
+    )
+    values: dict[str, Any] = {"latest_result_id": prepared.result_id, "updated_at": now}
+    if prepared.clock is not None:
+        values.update(
+            last_clock=prepared.clock.clock,
+            last_reset_count=prepared.clock.reset_count,
+            last_restart_count=prepared.clock.restart_count,
+            last_clock_safe=prepared.clock.safe,
+        )
+    if prepared.status == Status.CONTRAINDICATED:
+        state, reason = NodeState.FAILED, _reason(prepared.reasons)
+        values["trusted_until"] = None
+    else:
+        state, reason = NodeState.TRUSTED, str(prepared.status)
+        values["trusted_until"] = prepared.not_after
+    values["state"] = state
+    connection.execute(update(Node).where(Node.id == node.id).values(**values))
+    if node.state != state:
+        connection.execute(
+            insert(Event).values(
+                node_id=node.id,
+                name=node.name,
+                from_state=node.state,
+                to_state=state,
+                reason=reason,
+                result_id=prepared.result_id,
+                time=now,
+            )
+        )
+    return str(state)
 
 
 def _reason(reasons: list[str]) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
-from sqlalchemy import update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from stockade.verifier.errors import Conflict, Forbidden, NotFound
@@ -27,7 +27,21 @@ class NonceResponse(BaseModel):
     pcr_selection: str
 
 
-def consume_nonce(session: Session, node_id: str, value: bytes, now: datetime) -> None:
+def nonce_usable(connection: Connection, node_id: str, value: bytes, now: datetime) -> bool:
+    """Whether the nonce is issued to ``node_id``, unused and unexpired: a hint only
+    (:func:`consume_nonce` decides)."""
+    found = connection.execute(
+        select(Nonce.id).where(
+            Nonce.node_id == node_id,
+            Nonce.value == value,
+            Nonce.used.is_(False),
+            Nonce.expires_at > now,
+        )
+    ).first()
+    return found is not None
+
+
+def consume_nonce(session: Session | Connection, node_id: str, value: bytes, now: datetime) -> None:
     """Mark the nonce used, atomically, or raise 409 ``nonce``: one statement decides, so two
     submissions racing with the same nonce cannot both win (SQLite and PostgreSQL alike)."""
     consumed = session.execute(
