@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, LargeBinary, false, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from stockade.verifier.errors import Conflict, Forbidden, NotFound
-from stockade.verifier.models import Node, Nonce
+from stockade.verifier.models import Node, Nonce, UtcDateTime
 from stockade.verifier.service import service_of
 from stockade.verifier.wire import encode_b64, rfc3339
 
@@ -70,17 +70,36 @@ def issue_nonce(node_id: Annotated[str, Path(max_length=64)], request: Request) 
         active = service.active_policy()
     except Conflict as error:
         policy_error = error
-    with service.transaction() as session:
-        node = session.get(Node, node_id)
-        if node is None:
-            raise NotFound(f"no node {node_id}", code="node")
-        if node.revoked:
-            raise Forbidden(f"node {node_id} is revoked", code="revoked")
-        if policy_error is not None:
-            raise policy_error
-        value = os.urandom(NONCE_BYTES)
-        expires_at = now + timedelta(seconds=service.config.nonce_ttl_seconds)
-        session.add(Nonce(node_id=node_id, value=value, expires_at=expires_at, used=False))
+    value = os.urandom(NONCE_BYTES)
+    expires_at = now + timedelta(seconds=service.config.nonce_ttl_seconds)
+    with service.engine.begin() as connection:
+        # One statement stores the nonce only for an existing, unrevoked node; when it stores
+        # nothing (or the policy is missing), a read says why.
+        stored = 0
+        if policy_error is None:
+            inserted = connection.execute(
+                insert(Nonce)
+                .from_select(
+                    ["node_id", "value", "expires_at", "used"],
+                    select(
+                        Node.id,
+                        literal(value, LargeBinary),
+                        literal(expires_at, UtcDateTime),
+                        false(),
+                    ).where(Node.id == node_id, Node.revoked.is_(False)),
+                )
+                .returning(Nonce.id)
+            ).all()
+            stored = len(inserted)
+        if stored != 1:
+            revoked = connection.execute(select(Node.revoked).where(Node.id == node_id)).first()
+            if revoked is None:
+                raise NotFound(f"no node {node_id}", code="node")
+            if revoked[0]:
+                raise Forbidden(f"node {node_id} is revoked", code="revoked")
+            if policy_error is not None:
+                raise policy_error
+            raise RuntimeError(f"nonce for node {node_id} was not stored")
     return NonceResponse(
         nonce=encode_b64(value),
         expires_at=rfc3339(expires_at),
