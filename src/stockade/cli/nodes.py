@@ -110,6 +110,14 @@ def show(
     _show(document)
 
 
+def _report_state(document: dict[str, Any], node: str, output: OutputFormat) -> None:
+    """A node's state after an operator action, as one JSON document or one line."""
+    if output is OutputFormat.JSON:
+        emit_json(document)
+        return
+    Console().print(f"{document.get('name', node)}: {styled_state(document.get('state'))}")
+
+
 @app.command("revoke")
 def revoke(
     node: NodeArgument,
@@ -120,10 +128,7 @@ def revoke(
     """Revoke a node: it can neither attest nor enroll again until allowed."""
     with client(verifier, ca) as api:
         document = api.revoke(node)
-    if output is OutputFormat.JSON:
-        emit_json(document)
-        return
-    Console().print(f"{document.get('name', node)}: {styled_state(document.get('state'))}")
+    _report_state(document, node, output)
 
 
 @app.command("allow")
@@ -136,7 +141,4 @@ def allow(
     """Lift a revocation: the node may enroll and attest again."""
     with client(verifier, ca) as api:
         document = api.allow(node)
-    if output is OutputFormat.JSON:
-        emit_json(document)
-        return
-    Console().print(f"{document.get('name', node)}: {styled_state(document.get('state'))}")
+    _report_state(document, node, output)
