@@ -61,6 +61,7 @@ class Node(Base):
     last_clock_safe: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     trusted_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     latest_result_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -103,6 +104,9 @@ class Result(Base):
     policy_ref: Mapped[str] = mapped_column(String(255))
     not_after: Mapped[datetime] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The quoted PCR values when the quote verified ({"sha256": {"0": hex}}): secrets released
+    # under this result are sealed to exactly these.
+    pcrs: Mapped[dict[str, dict[str, str]] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (Index("ix_results_node_created", "node_id", "created_at"),)
 
@@ -127,3 +131,60 @@ class Policy(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class NodeCertificate(Base):
+    __tablename__ = "node_certificates"
+
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    result_id: Mapped[str] = mapped_column(String(36))
+    key_name: Mapped[str] = mapped_column(String(140))
+    not_before: Mapped[datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_node_certificates_node", "node_id", "created_at"),)
+
+
+class Secret(Base):
+    """A secret, AES-256-GCM encrypted under the key-encryption key named by ``kek_id``."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kek_id: Mapped[str] = mapped_column(String(32))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SecretGrant(Base):
+    """Which nodes may receive a secret: ``node:<name or id>`` or ``label:<key>=<value>``."""
+
+    __tablename__ = "secret_grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    secret_name: Mapped[str] = mapped_column(ForeignKey("secrets.name", ondelete="CASCADE"))
+    selector: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_secret_grants_secret_selector", "secret_name", "selector", unique=True),
+    )
+
+
+class SecretRelease(Base):
+    """The audit of releases: which version went to which node under which result."""
+
+    __tablename__ = "secret_releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    secret_name: Mapped[str] = mapped_column(String(255))
+    secret_version: Mapped[int] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    result_id: Mapped[str] = mapped_column(String(36))
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_secret_releases_node", "node_id", "time"),)
