@@ -1,0 +1,312 @@
+"""The cluster CA: short-lived node certificates for keys that live only in a node's TPM.
+
+The verifier issues a node certificate only after TPM2_Certify, signed by the
+node's attestation key, proved the key resident in that node's TPM
+(``stockade.evidence.certify``), and only for as long as the node's latest
+attestation result is valid: minutes, not years.
+
+Files in the CA directory: ``ca-key.pem`` (ECDSA P-256, PKCS#8, mode 0600;
+refused if group or others can read it) and ``ca.pem`` (self-signed, CA:TRUE,
+pathlen 0, keyCertSign + cRLSign, ten years).
+
+A node certificate is directly usable as a kubelet client certificate:
+subject ``O=system:nodes, CN=system:node:<node name>``, EKU clientAuth and
+serverAuth, SAN ``URI:spiffe://stockade/node/<node id>`` (and ``DNS:<node
+name>`` when the name is a DNS name). Two non-critical private extensions carry
+Stockade's identifiers, each an ASN.1 UTF8String, under an OID arc derived from a
+UUID (ITU-T X.667 / RFC 4122 section 8: ``2.25.<the UUID as one integer>``),
+UUID ``302626ba-4d70-4e35-801a-50df30e0d726``:
+
+- ``2.25.64001036570269566545444087952775894822.1`` — the node id;
+- ``2.25.64001036570269566545444087952775894822.2`` — the attestation result id
+  the certificate was issued on (its EAR's ``stockade.result-id``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat import asn1
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from stockade.errors import StockadeError, VerificationFailed
+from stockade.evidence.certify import check_node_key
+from stockade.evidence.public import TpmPublic
+from stockade.home import locked, write_atomic
+
+STOCKADE_OID_ARC = "2.25.64001036570269566545444087952775894822"
+NODE_ID_OID = x509.ObjectIdentifier(f"{STOCKADE_OID_ARC}.1")
+RESULT_ID_OID = x509.ObjectIdentifier(f"{STOCKADE_OID_ARC}.2")
+
+SPIFFE_PREFIX = "spiffe://stockade/node/"
+KUBE_NODE_PREFIX = "system:node:"
+KUBE_NODES_GROUP = "system:nodes"
+
+CA_KEY_FILE = "ca-key.pem"
+CA_CERT_FILE = "ca.pem"
+CA_VALIDITY = datetime.timedelta(days=3650)
+# A CA made this instant still covers node certificates backdated for clock skew.
+CA_BACKDATE = datetime.timedelta(hours=1)
+
+MAX_COMMON_NAME = 64  # RFC 5280 ub-common-name
+MAX_ID_LENGTH = 128
+_NODE_ID = re.compile(r"[A-Za-z0-9._~-]+")
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+class ClusterCaError(StockadeError):
+    """The CA cannot be loaded or refuses to issue (exit code 2)."""
+
+
+class NodeCertificateRejected(VerificationFailed):
+    """A node certificate does not verify against the cluster CA; ``check`` names why."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(f"{check}: {detail}")
+        self.check = check
+        self.detail = detail
+
+
+def is_dns_name(name: str) -> bool:
+    """True for an RFC 1123 host name (not an IPv4 address): labels of letters, digits, '-'."""
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if labels[-1].isdigit():
+        return False
+    return all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+def _utf8_extension(oid: x509.ObjectIdentifier, value: str) -> x509.Extension[x509.ExtensionType]:
+    return x509.Extension(oid, False, x509.UnrecognizedExtension(oid, asn1.encode_der(value)))
+
+
+def _utc(moment: datetime.datetime, what: str) -> datetime.datetime:
+    if moment.tzinfo is None:
+        raise ClusterCaError(f"{what} must be a timezone-aware datetime")
+    # X.509 times have whole seconds; truncate so the certificate says exactly this.
+    return moment.astimezone(datetime.UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class ClusterCa:
+    """The CA key and certificate; issue node certificates with ``issue_node_certificate``."""
+
+    directory: Path
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+    @classmethod
+    def load_or_create(cls, directory: Path, name: str = "Stockade cluster CA") -> ClusterCa:
+        """Load the CA in ``directory``, creating its key and certificate on first use."""
+        # Lazily: the verifier app imports this module, and these helpers live in it.
+        from stockade.verifier.tls import _load_private, _write_private
+
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_path = directory / CA_KEY_FILE
+        cert_path = directory / CA_CERT_FILE
+        with locked(directory / ".lock"):
+            if not key_path.exists():
+                if cert_path.exists():
+                    raise ClusterCaError(f"{cert_path} exists but its key {key_path} is missing")
+                _write_private(key_path, ec.generate_private_key(ec.SECP256R1()))
+            key = _load_private(key_path)
+            if not cert_path.exists():
+                now = datetime.datetime.now(datetime.UTC)
+                certificate = _ca_certificate(key, name, now)
+                write_atomic(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+        try:
+            certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ClusterCaError(f"cannot load CA certificate {cert_path}: {error}") from None
+        if certificate.public_key() != key.public_key():
+            raise ClusterCaError(f"{cert_path} does not certify the key in {key_path}")
+        return cls(directory, key, certificate)
+
+    def bundle_pem(self) -> bytes:
+        """The CA certificate as PEM: what relying parties (and kube-apiserver) trust."""
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def issue_node_certificate(
+        self,
+        key_public: TpmPublic,
+        *,
+        node_id: str,
+        node_name: str,
+        result_id: str,
+        not_before: datetime.datetime,
+        not_after: datetime.datetime,
+    ) -> x509.Certificate:
+        """A certificate for the TPM-resident ``key_public``, valid exactly [not_before, not_after].
+
+        The caller has verified the key's TPM2_Certify; the key's attributes are
+        checked again here (``check_node_key``) so no other key gets a certificate.
+        """
+        check_node_key(key_public)
+        start, end = _utc(not_before, "not_before"), _utc(not_after, "not_after")
+        if start >= end:
+            raise ClusterCaError(f"not_before {start} is not before not_after {end}")
+        if not _NODE_ID.fullmatch(node_id) or len(node_id) > MAX_ID_LENGTH:
+            raise ClusterCaError(f"node id {node_id!r} is not a URI-safe identifier")
+        if not result_id or len(result_id) > MAX_ID_LENGTH:
+            raise ClusterCaError(f"result id must be 1 to {MAX_ID_LENGTH} characters")
+        common_name = KUBE_NODE_PREFIX + node_name
+        if not node_name or len(common_name) > MAX_COMMON_NAME:
+            raise ClusterCaError(
+                f"node name {node_name!r} must be 1 to "
+                f"{MAX_COMMON_NAME - len(KUBE_NODE_PREFIX)} characters for CN {common_name!r}"
+            )
+        public_key = key_public.public_key()
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(SPIFFE_PREFIX + node_id)]
+        if is_dns_name(node_name):
+            names.append(x509.DNSName(node_name))
+        ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, KUBE_NODES_GROUP),
+                        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                    ]
+                )
+            )
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
+                critical=False,
+            )
+        )
+        for extension in (
+            _utf8_extension(NODE_ID_OID, node_id),
+            _utf8_extension(RESULT_ID_OID, result_id),
+        ):
+            builder = builder.add_extension(extension.value, critical=extension.critical)
+        return builder.sign(self.key, hashes.SHA256())
+
+
+def _key_usage(*, digital_signature: bool = False, ca: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _ca_certificate(
+    key: ec.EllipticCurvePrivateKey, name: str, now: datetime.datetime
+) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = (now - CA_BACKDATE).replace(microsecond=0)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _utf8_value(cert: x509.Certificate, oid: x509.ObjectIdentifier, what: str) -> str:
+    try:
+        extension = cert.extensions.get_extension_for_oid(oid)
+    except x509.ExtensionNotFound:
+        raise NodeCertificateRejected(
+            "identity", f"no {what} extension ({oid.dotted_string})"
+        ) from None
+    value = extension.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        raise NodeCertificateRejected("identity", f"{what} extension is not Stockade's")
+    try:
+        decoded = asn1.decode_der(str, value.value)
+    except ValueError as error:
+        raise NodeCertificateRejected(
+            "identity", f"{what} extension is not a UTF8String: {error}"
+        ) from None
+    if not decoded:
+        raise NodeCertificateRejected("identity", f"{what} extension is empty")
+    return decoded
+
+
+def node_identity(cert: x509.Certificate) -> tuple[str, str]:
+    """(node id, attestation result id) from a node certificate's private extensions."""
+    return (
+        _utf8_value(cert, NODE_ID_OID, "node id"),
+        _utf8_value(cert, RESULT_ID_OID, "result id"),
+    )
+
+
+def verify_node_certificate(
+    cert: x509.Certificate, ca_cert: x509.Certificate, now: datetime.datetime
+) -> tuple[str, str]:
+    """Check ``cert`` as a relying party would; return (node id, result id).
+
+    The certificate must be signed by ``ca_cert``, valid at ``now`` (as must the
+    CA), and pass RFC 5280 path validation for a TLS client (``cryptography``'s
+    verifier: key usage, EKU, basic constraints). Raises ``NodeCertificateRejected``.
+    """
+    moment = now.astimezone(datetime.UTC) if now.tzinfo else None
+    if moment is None:
+        raise NodeCertificateRejected("time", "now must be a timezone-aware datetime")
+    if cert.issuer != ca_cert.subject:
+        raise NodeCertificateRejected(
+            "issuer", f"issued by {cert.issuer.rfc4514_string()}, not by this cluster CA"
+        )
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except InvalidSignature:
+        raise NodeCertificateRejected(
+            "signature", "the certificate's signature does not verify with the cluster CA's key"
+        ) from None
+    except (ValueError, TypeError) as error:
+        raise NodeCertificateRejected(
+            "signature", f"not signed by the cluster CA: {error}"
+        ) from None
+    if moment < cert.not_valid_before_utc:
+        raise NodeCertificateRejected(
+            "validity", f"not valid before {cert.not_valid_before_utc.isoformat()}"
+        )
+    if moment > cert.not_valid_after_utc:
+        raise NodeCertificateRejected(
+            "validity", f"expired at {cert.not_valid_after_utc.isoformat()}"
+        )
+    verifier = PolicyBuilder().store(Store([ca_cert])).time(moment).build_client_verifier()
+    try:
+        verifier.verify(cert, [])
+    except VerificationError as error:
+        raise NodeCertificateRejected("path", str(error)) from None
+    return node_identity(cert)
