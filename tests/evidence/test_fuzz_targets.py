@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from stockade.evidence import EvidenceError, PcrSelection, make_credential
 from stockade.evidence.credential import marshal_credential_file
+from stockade.evidence.duplication import seal_secret
 
 FUZZ_DIR = Path(__file__).resolve().parents[2] / "fuzz"
 TARGETS = [
@@ -26,6 +27,7 @@ TARGETS = [
     "fuzz_pcr_selection",
     "fuzz_credential_file",
     "fuzz_certificate",
+    "fuzz_sealed_secret",
 ]
 # The function in each target's namespace that does the parsing.
 PARSER_NAMES = {
@@ -36,6 +38,7 @@ PARSER_NAMES = {
     "fuzz_pcr_selection": ("PcrSelection", "unmarshal"),
     "fuzz_credential_file": (None, "unmarshal_credential_file"),
     "fuzz_certificate": (None, "load_certificate"),
+    "fuzz_sealed_secret": ("SealedSecret", "unmarshal"),
 }
 RANDOM_INPUTS = 2000
 
@@ -70,6 +73,9 @@ def seeds(rsa_ak, ecc_ak, pcr_values, ek_templates, rsa_ek_key, pki):
             marshal_credential_file(make_credential(rsa_ek, vectors.AK_NAME, b"secret"))
         ],
         "fuzz_certificate": [pki.rsa_ek_cert.public_bytes(serialization.Encoding.DER)],
+        "fuzz_sealed_secret": [
+            seal_secret(rsa_ek, b"secret", PcrSelection.parse("sha256:0-3"), pcr_values).marshal()
+        ],
     }
 
 

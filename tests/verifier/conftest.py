@@ -36,6 +36,10 @@ def _reset_external_database(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         for table in (
+            "secret_releases",
+            "secret_grants",
+            "secrets",
+            "node_certificates",
             "webhook_cursors",
             "events",
             "results",

@@ -24,6 +24,7 @@ from stockade.errors import InputError, StockadeError
 DEFAULT_TIMEOUT = 10.0
 VERIFIER_ENV = "STOCKADE_VERIFIER"
 CA_ENV = "STOCKADE_CA"
+OPERATOR_TOKEN_ENV = "STOCKADE_OPERATOR_TOKEN"
 
 
 class VerifierUnavailable(StockadeError):
@@ -81,22 +82,41 @@ class VerifierClient:
     """One HTTPS connection pool to a verifier. Use as a context manager."""
 
     def __init__(
-        self, url: str, ca: Path | None = None, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        url: str,
+        ca: Path | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        operator_token: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {operator_token}"} if operator_token else None
         self._http = httpx.Client(
-            base_url=self.url, verify=tls_context(ca), timeout=timeout, trust_env=False
+            base_url=self.url,
+            verify=tls_context(ca),
+            timeout=timeout,
+            trust_env=False,
+            headers=headers,
         )
 
     @classmethod
-    def from_options(cls, url: str | None, ca: Path | None) -> VerifierClient:
-        """From CLI options, falling back to ``$STOCKADE_VERIFIER`` and ``$STOCKADE_CA``."""
+    def from_options(
+        cls, url: str | None, ca: Path | None, token_file: Path | None = None
+    ) -> VerifierClient:
+        """From CLI options, falling back to ``$STOCKADE_VERIFIER``, ``$STOCKADE_CA`` and
+        ``$STOCKADE_OPERATOR_TOKEN``."""
         url = url or os.environ.get(VERIFIER_ENV)
         if not url:
             raise InputError(f"no verifier URL: pass --verifier or set {VERIFIER_ENV}")
         if ca is None and os.environ.get(CA_ENV):
             ca = Path(os.environ[CA_ENV])
-        return cls(url, ca)
+        token = os.environ.get(OPERATOR_TOKEN_ENV)
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as error:
+                raise InputError(f"cannot read the operator token {token_file}: {error}") from None
+        return cls(url, ca, operator_token=token)
 
     def __enter__(self) -> Self:
         return self
@@ -174,7 +194,52 @@ class VerifierClient:
         answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{node_id}/evidence", body)
         return answer
 
+    def certificate(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{node_id}/certificates", body)
+        return answer
+
+    def release_secret(self, node_id: str, name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{node_id}/secrets/{name}")
+        return answer
+
+    def node_status(self, node: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", f"/v1/nodes/{self.resolve(node)}/status")
+        return answer
+
     # -- the operator's calls ------------------------------------------------
+
+    def put_secret(self, name: str, value: bytes) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("PUT", f"/v1/secrets/{name}", {"value": b64(value)})
+        return answer
+
+    def secrets(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/secrets")["secrets"])
+
+    def grant(self, name: str, selector: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request(
+            "POST", f"/v1/secrets/{name}/grants", {"selector": selector}
+        )
+        return answer
+
+    def revoke_grant(self, name: str, selector: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request(
+            "DELETE", f"/v1/secrets/{name}/grants", selector=selector
+        )
+        return answer
+
+    def delete_secret(self, name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("DELETE", f"/v1/secrets/{name}")
+        return answer
+
+    def rekey_secrets(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", "/v1/secrets/rekey")
+        return answer
+
+    def set_labels(self, node: str, labels: dict[str, str]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request(
+            "PUT", f"/v1/nodes/{self.resolve(node)}/labels", {"labels": labels}
+        )
+        return answer
 
     def nodes(self) -> list[dict[str, Any]]:
         answer = self.request("GET", "/v1/nodes")

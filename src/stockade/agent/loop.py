@@ -23,6 +23,7 @@ from stockade.agent.client import (
     VerifierUnavailable,
     b64,
 )
+from stockade.agent.membership import Membership
 from stockade.agent.source import NodeSource
 from stockade.agent.state import AgentState, Enrolled
 from stockade.errors import StockadeError
@@ -47,6 +48,12 @@ class AgentConfig:
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
     key_kind: KeyKind = KeyKind.ECC
+    # Cluster membership: renew the TPM-resident node certificate after every affirming
+    # result, fetch these secrets (sealed to the TPM) and deliver them to a tmpfs directory.
+    certificates: bool = False
+    pki_dir: Path | None = None
+    secrets: tuple[str, ...] = ()
+    secrets_dir: Path | None = None
 
 
 def _print_line(line: str) -> None:
@@ -77,7 +84,9 @@ class Agent:
             while not self.stop.is_set():
                 try:
                     enrolled = self.state.enrolled() or self.enroll(client)
-                    self._report(enrolled, self.attest_once(client, enrolled))
+                    answer = self.attest_once(client, enrolled)
+                    self._report(enrolled, answer)
+                    self._act_on(client, enrolled, answer)
                 except VerifierUnavailable as error:
                     self.log(f"retry in {backoff:g}s: {error}")
                     self.stop.wait(backoff)
@@ -171,6 +180,43 @@ class Agent:
                 "event_log": b64(event_log),
             },
         )
+
+    @property
+    def membership(self) -> Membership:
+        config = self.config
+        return Membership(
+            config.state_dir,
+            config.source.tcti,
+            pki_dir=config.pki_dir,
+            secrets=config.secrets,
+            secrets_dir=config.secrets_dir,
+        )
+
+    def _act_on(self, client: VerifierClient, enrolled: Enrolled, answer: dict[str, Any]) -> None:
+        """After an affirming result: renew the certificate, refresh the secrets. Otherwise:
+        withdraw delivered secrets (the TPM will refuse to unseal them again anyway)."""
+        membership = self.membership
+        if answer.get("status") != "affirming":
+            for name in membership.withdraw():
+                self.log(f"secret {name}: withdrawn (node not affirmed)")
+            return
+        if self.config.certificates:
+            try:
+                issued = membership.renew_certificate(client, enrolled.node_id)
+                self.log(
+                    f"certificate serial={issued.serial} not_after={issued.not_after} "
+                    f"file={issued.certificate}"
+                )
+            except (VerifierRefused, StockadeError) as error:
+                self.log(f"certificate not renewed: {error}")
+        for name in self.config.secrets:
+            try:
+                sealed = membership.fetch_secret(client, enrolled.node_id, name)
+                delivered = membership.deliver(name)
+                where = f"delivered to {delivered}" if delivered else "sealed copy kept"
+                self.log(f"secret {name}: sealed to {sealed.selection}; {where}")
+            except (VerifierRefused, StockadeError) as error:
+                self.log(f"secret {name}: not delivered: {error}")
 
     def _report(self, enrolled: Enrolled, answer: dict[str, Any]) -> None:
         reasons = answer.get("reasons") or []

@@ -36,7 +36,10 @@ def _register() -> None:
     app.add_typer(results.app, name="results")
     app.add_typer(policy.app, name="policy")
 
-    from stockade.cli import verifier
+    from stockade.cli import join, secrets, verifier
+
+    app.add_typer(secrets.app, name="secrets")
+    app.command("join")(join.join)
 
     app.add_typer(verifier.app, name="verifier")
 

@@ -41,6 +41,25 @@ def run(
         Path | None,
         typer.Option("--home", help="Stockade home [default: $STOCKADE_HOME or ~/.stockade]"),
     ] = None,
+    certificates: Annotated[
+        bool,
+        typer.Option(
+            "--certificates/--no-certificates",
+            help="renew the TPM-resident node certificate after every affirming result",
+        ),
+    ] = False,
+    pki_dir: Annotated[
+        Path | None,
+        typer.Option("--pki-dir", help="node.pem, node-key.pem, ca.pem [default: <state>/pki]"),
+    ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option("--secret", help="a secret to fetch, sealed to this TPM (repeatable)"),
+    ] = None,
+    secrets_dir: Annotated[
+        Path | None,
+        typer.Option("--secrets-dir", help="tmpfs directory to write unsealed secrets (0600)"),
+    ] = None,
 ) -> None:
     """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM."""
     from stockade.agent import Agent, AgentConfig, resolve_source
@@ -57,6 +76,10 @@ def run(
             interval=interval,
             jitter=jitter,
             max_backoff=max_backoff,
+            certificates=certificates,
+            pki_dir=pki_dir,
+            secrets=tuple(secret or ()),
+            secrets_dir=secrets_dir,
         )
     )
 

@@ -142,3 +142,65 @@ def allow(
     with client(verifier, ca) as api:
         document = api.allow(node)
     _report_state(document, node, output)
+
+
+@app.command("label")
+def label(
+    node: NodeArgument,
+    labels: Annotated[list[str], typer.Argument(help="key=value ... (replaces all labels)")],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file", help="operator token file [default: $STOCKADE_OPERATOR_TOKEN]"
+        ),
+    ] = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Set a node's labels (secret grants select nodes by label). Needs the operator token."""
+    from stockade.agent.client import VerifierClient
+    from stockade.cluster.grants import parse_labels
+
+    wanted = parse_labels(labels)
+    with VerifierClient.from_options(verifier, ca, token_file) as api:
+        document = api.set_labels(node, wanted)
+    if output is OutputFormat.JSON:
+        emit_json(document)
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in sorted((document.get("labels") or {}).items()))
+    typer.echo(f"{document.get('name', node)}: labels {shown or 'none'}")
+
+
+@app.command("status")
+def status(
+    node: NodeArgument,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """The verifier's signed, short-lived statement of a node's standing, checked against
+    its published keys. Exit 1 when the node is not trusted."""
+    from datetime import UTC, datetime
+
+    from stockade.cluster.status import verify_status
+    from stockade.errors import VerificationFailed
+
+    with client(verifier, ca) as api:
+        answer = api.node_status(node)
+        keys = api.keys()
+    checked = verify_status(
+        str(answer["statement"]), keys, str(answer["node_id"]), datetime.now(UTC)
+    )
+    if output is OutputFormat.JSON:
+        emit_json({**answer, "verified": True})
+    else:
+        verdict = "[green]trusted[/]" if checked.trusted else "[red]not trusted[/]"
+        Console().print(
+            f"{checked.name} ({checked.node_id}): {verdict}, state {styled_state(checked.state)}, "
+            f"statement valid until {checked.expires_at.isoformat()} (signature checked)"
+        )
+    if not checked.trusted:
+        raise VerificationFailed(
+            f"node {checked.name} is not trusted: {answer.get('reason') or checked.state}"
+        )

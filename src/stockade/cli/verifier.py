@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from stockade.cluster.secret_store import KeyEncryptionKey, load_key_ring
 from stockade.errors import InputError
 from stockade.home import stockade_home
 from stockade.verifier.config import (
@@ -65,6 +66,18 @@ def serve(
         list[str] | None,
         typer.Option(help="URL to POST every event to, signed (repeatable)"),
     ] = None,
+    kek_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--kek-file",
+            help="key-encryption key for secrets at rest [default: $STOCKADE_KEK; none: "
+            "secrets are refused]",
+        ),
+    ] = None,
+    previous_kek_file: Annotated[
+        list[Path] | None,
+        typer.Option("--previous-kek-file", help="older KEKs still readable during a rotation"),
+    ] = None,
 ) -> None:
     """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
     signing key in the data directory."""
@@ -86,6 +99,7 @@ def serve(
         ek_allowlist=load_allowlist(ek_allowlist) if ek_allowlist else None,
         policy_id=document["id"] if document else None,
         webhook_urls=tuple(webhook or ()),
+        key_ring=load_key_ring(kek_file, tuple(previous_kek_file or ())),
     )
     prepared = prepare(config, host, port)
 
@@ -104,6 +118,12 @@ def serve(
     typer.echo(f"EAR signing key:  {prepared.signing_key_path} (kid {prepared.kid})")
     typer.echo(f"JWKS:             {prepared.url}/v1/keys")
     typer.echo(f"database:         {config.resolved_database_url.split('@')[-1]}")
+    if config.key_ring is None:
+        typer.echo("secrets:          no KEK configured: secrets are refused (--kek-file)")
+    else:
+        typer.echo(f"secrets:          KEK {config.key_ring.current.kek_id}")
+    typer.echo(f"cluster CA:       {directory / 'cluster-ca'}")
+    typer.echo(f"operator token:   {directory / 'operator-token'}")
     for url in config.webhook_urls:
         typer.echo(f"webhook:          {url}")
     if not roots:
@@ -112,3 +132,20 @@ def serve(
         where = "development swtpm EK CA" if development else "configured"
         typer.echo(f"EK CAs:           {', '.join(map(str, ca_files))} ({where})")
     serve_app(web, host, port, prepared.tls)
+
+
+@app.command("kek")
+def kek(
+    path: Annotated[Path, typer.Argument(help="file to create (mode 0600)")],
+) -> None:
+    """Generate a key-encryption key for secrets at rest (32 random bytes, base64)."""
+    import os
+
+    key = KeyEncryptionKey.generate()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise InputError(f"cannot create {path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.to_text() + "\n")
+    typer.echo(f"key-encryption key {key.kek_id} written to {path}")

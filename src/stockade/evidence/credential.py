@@ -41,7 +41,8 @@ class CredentialBlob:
     encrypted_secret: bytes
 
 
-def _symmetric_key_bits(ek: TpmPublic) -> int:
+def symmetric_key_bits(ek: TpmPublic) -> int:
+    """The AES key size of a storage parent's (the EK's) symmetric protection."""
     if not isinstance(ek.parameters, RsaParameters | EccParameters):
         raise CredentialError("ek", "the EK must be an RSA or ECC key")
     symmetric = ek.parameters.symmetric
@@ -54,34 +55,43 @@ def _symmetric_key_bits(ek: TpmPublic) -> int:
     return symmetric.key_bits
 
 
-def _seed_for_rsa(ek: TpmPublic, name_hash: HashAlgorithm) -> tuple[bytes, bytes]:
+def encrypt_seed(ek: TpmPublic, name_hash: HashAlgorithm, label: bytes) -> tuple[bytes, bytes]:
+    """A fresh seed and its TPM2B_ENCRYPTED_SECRET body for ``ek``: RSA-OAEP with the label
+    and its NUL (Part 1, Annex B.10.3) or ECDH + KDFe (Annex C.6.4). ``label`` is IDENTITY
+    for credentials, DUPLICATE for import blobs."""
     key = ek.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise CredentialError("ek", "RSA EK template without an RSA key")
-    seed = os.urandom(name_hash.digest_size)
-    encrypted = key.encrypt(
-        seed,
-        padding.OAEP(
-            mgf=padding.MGF1(name_hash.new()),
-            algorithm=name_hash.new(),
-            label=IDENTITY + b"\x00",
-        ),
-    )
-    return seed, encrypted
+    if isinstance(ek.parameters, RsaParameters) and isinstance(key, rsa.RSAPublicKey):
+        seed = os.urandom(name_hash.digest_size)
+        oaep = padding.OAEP(
+            mgf=padding.MGF1(name_hash.new()), algorithm=name_hash.new(), label=label + b"\x00"
+        )
+        return seed, key.encrypt(seed, oaep)
+    if isinstance(ek.parameters, EccParameters) and isinstance(key, ec.EllipticCurvePublicKey):
+        curve_id = ek.parameters.curve_id
+        size = curve_size(curve_id)
+        ephemeral = ec.generate_private_key(curve(curve_id))
+        shared_x = ephemeral.exchange(ec.ECDH(), key)
+        numbers = ephemeral.public_key().public_numbers()
+        point = EccPoint(numbers.x.to_bytes(size, "big"), numbers.y.to_bytes(size, "big"))
+        ek_x = key.public_numbers().x.to_bytes(size, "big")
+        seed = kdfe(name_hash, shared_x, label, point.x, ek_x, name_hash.digest_size * 8)
+        return seed, point.marshal()
+    raise CredentialError("ek", "the EK must be an RSA or ECC key")
 
 
-def _seed_for_ecc(ek: TpmPublic, name_hash: HashAlgorithm, curve_id: int) -> tuple[bytes, bytes]:
-    key = ek.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise CredentialError("ek", "ECC EK template without an ECC key")
-    size = curve_size(curve_id)
-    ephemeral = ec.generate_private_key(curve(curve_id))
-    shared_x = ephemeral.exchange(ec.ECDH(), key)
-    numbers = ephemeral.public_key().public_numbers()
-    ephemeral_point = EccPoint(numbers.x.to_bytes(size, "big"), numbers.y.to_bytes(size, "big"))
-    ek_x = key.public_numbers().x.to_bytes(size, "big")
-    seed = kdfe(name_hash, shared_x, IDENTITY, ephemeral_point.x, ek_x, name_hash.digest_size * 8)
-    return seed, ephemeral_point.marshal()
+def outer_wrap(
+    name_hash: HashAlgorithm, seed: bytes, key_bits: int, name: bytes, plaintext: bytes
+) -> bytes:
+    """Part 1, 24.4-24.5 (and 23.3.2 for duplication): AES-CFB (zero IV) of TPM2B(plaintext)
+    under KDFa(seed, "STORAGE", name), preceded by TPM2B(HMAC(KDFa(seed, "INTEGRITY"),
+    encrypted || name))."""
+    symmetric_key = kdfa(name_hash, seed, STORAGE, name, b"", key_bits)
+    encryptor = Cipher(algorithms.AES(symmetric_key), CFB(bytes(16))).encryptor()
+    encrypted = encryptor.update(tpm2b(plaintext)) + encryptor.finalize()
+    hmac_key = kdfa(name_hash, seed, INTEGRITY, b"", b"", name_hash.digest_size * 8)
+    outer = hmac.HMAC(hmac_key, name_hash.new())
+    outer.update(encrypted + name)
+    return tpm2b(outer.finalize()) + encrypted
 
 
 def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes) -> CredentialBlob:
@@ -91,21 +101,11 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes) -> Credent
         raise CredentialError(
             "secret", f"must be 1..{name_hash.digest_size} bytes, got {len(secret)}"
         )
-    key_bits = _symmetric_key_bits(ek)
-    if isinstance(ek.parameters, RsaParameters):
-        seed, encrypted_secret = _seed_for_rsa(ek, name_hash)
-    elif isinstance(ek.parameters, EccParameters):
-        seed, encrypted_secret = _seed_for_ecc(ek, name_hash, ek.parameters.curve_id)
-    else:
-        raise CredentialError("ek", "the EK must be an RSA or ECC key")
-
-    symmetric_key = kdfa(name_hash, seed, STORAGE, object_name, b"", key_bits)
-    encryptor = Cipher(algorithms.AES(symmetric_key), CFB(bytes(16))).encryptor()
-    enc_identity = encryptor.update(tpm2b(secret)) + encryptor.finalize()
-    hmac_key = kdfa(name_hash, seed, INTEGRITY, b"", b"", name_hash.digest_size * 8)
-    outer = hmac.HMAC(hmac_key, name_hash.new())
-    outer.update(enc_identity + object_name)
-    return CredentialBlob(tpm2b(outer.finalize()) + enc_identity, encrypted_secret)
+    key_bits = symmetric_key_bits(ek)
+    seed, encrypted_secret = encrypt_seed(ek, name_hash, IDENTITY)
+    return CredentialBlob(
+        outer_wrap(name_hash, seed, key_bits, object_name, secret), encrypted_secret
+    )
 
 
 def marshal_credential_file(blob: CredentialBlob) -> bytes:

@@ -38,26 +38,18 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.decrepit.ciphers.modes import CFB
-from cryptography.hazmat.primitives import hmac
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from stockade.evidence.algorithms import Alg, HashAlgorithm, curve, curve_size, hash_algorithm
-from stockade.evidence.credential import INTEGRITY, STORAGE, _symmetric_key_bits
+from stockade.evidence.algorithms import Alg, HashAlgorithm, hash_algorithm
+from stockade.evidence.credential import encrypt_seed, outer_wrap, symmetric_key_bits
 from stockade.evidence.errors import CredentialError, EvidenceError
-from stockade.evidence.kdf import kdfa, kdfe
 from stockade.evidence.marshal import Reader, Writer, tpm2b
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.policy_digest import unseal_policy
 from stockade.evidence.public import (
-    EccParameters,
-    EccPoint,
     KeyedHashParameters,
     ObjectAttributes,
-    RsaParameters,
     Scheme,
     TpmPublic,
 )
@@ -291,39 +283,11 @@ def _check_sealed_public(public: TpmPublic) -> None:
         raise SealingError(f"not a sealed data object: {'; '.join(problems)}")
 
 
-def _encrypted_seed(ek: TpmPublic, name_hash: HashAlgorithm) -> tuple[bytes, bytes]:
-    """A fresh seed and its encryption to the EK for the "DUPLICATE" use.
-
-    The same secret sharing as credential.py's MakeCredential seed, with the DUPLICATE
-    label instead of IDENTITY (Part 1, Annex B.10.3 / C.6.4).
-    """
-    key = ek.public_key()
-    if isinstance(ek.parameters, RsaParameters) and isinstance(key, rsa.RSAPublicKey):
-        seed = os.urandom(name_hash.digest_size)
-        oaep = padding.OAEP(
-            mgf=padding.MGF1(name_hash.new()),
-            algorithm=name_hash.new(),
-            label=DUPLICATE + b"\x00",
-        )
-        return seed, key.encrypt(seed, oaep)
-    if isinstance(ek.parameters, EccParameters) and isinstance(key, ec.EllipticCurvePublicKey):
-        curve_id = ek.parameters.curve_id
-        size = curve_size(curve_id)
-        ephemeral = ec.generate_private_key(curve(curve_id))
-        shared_x = ephemeral.exchange(ec.ECDH(), key)
-        numbers = ephemeral.public_key().public_numbers()
-        point = EccPoint(numbers.x.to_bytes(size, "big"), numbers.y.to_bytes(size, "big"))
-        ek_x = key.public_numbers().x.to_bytes(size, "big")
-        seed = kdfe(name_hash, shared_x, DUPLICATE, point.x, ek_x, name_hash.digest_size * 8)
-        return seed, point.marshal()
-    raise SealingError("the EK must be an RSA or ECC key")
-
-
 def _parent_key_bits(ek: TpmPublic) -> int:
     try:
         if not (ek.has(ObjectAttributes.RESTRICTED) and ek.has(ObjectAttributes.DECRYPT)):
             raise SealingError("the EK must be a restricted decryption (storage) key")
-        return _symmetric_key_bits(ek)
+        return symmetric_key_bits(ek)
     except CredentialError as error:
         raise SealingError(f"cannot seal to this EK: {error.detail}") from None
 
@@ -364,14 +328,11 @@ def seal_secret(
         .bytes()
     )
 
-    seed, encrypted_seed = _encrypted_seed(ek, name_hash)
-    symmetric_key = kdfa(name_hash, seed, STORAGE, name, b"", key_bits)
-    encryptor = Cipher(algorithms.AES(symmetric_key), CFB(bytes(16))).encryptor()
-    dup_sensitive = encryptor.update(tpm2b(sensitive)) + encryptor.finalize()
-    hmac_key = kdfa(name_hash, seed, INTEGRITY, b"", b"", name_hash.digest_size * 8)
-    outer = hmac.HMAC(hmac_key, name_hash.new())
-    outer.update(dup_sensitive + name)
-    duplicate = tpm2b(tpm2b(outer.finalize()) + dup_sensitive)
+    try:
+        seed, encrypted_seed = encrypt_seed(ek, name_hash, DUPLICATE)
+    except CredentialError as error:
+        raise SealingError(f"cannot seal to this EK: {error.detail}") from None
+    duplicate = tpm2b(outer_wrap(name_hash, seed, key_bits, name, sensitive))
 
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = nonce + AESGCM(data_key).encrypt(nonce, payload, name)

@@ -14,12 +14,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stockade.verifier import attestation, enrollment, events, nodes, nonces, policies
+from stockade.cluster.ca import ClusterCa
+from stockade.verifier import (
+    attestation,
+    enrollment,
+    events,
+    membership,
+    nodes,
+    nonces,
+    policies,
+    secrets,
+)
 from stockade.verifier.appraiser import Appraiser, default_appraiser
 from stockade.verifier.config import VerifierConfig
 from stockade.verifier.db import make_engine, migrate, session_factory
 from stockade.verifier.errors import VerifierError
+from stockade.verifier.operator_auth import load_or_create_operator_token
 from stockade.verifier.results import jwks
+from stockade.verifier.secrets import check_secrets_readable
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import run_sweeper
 from stockade.verifier.tls import load_or_create_signing_key
@@ -93,7 +105,10 @@ def _validation_detail(error: RequestValidationError) -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VerifierError)
     async def verifier_error(_request: Request, error: VerifierError) -> JSONResponse:
-        return JSONResponse(error_body(error.code, error.detail), status_code=error.status)
+        body: dict[str, Any] = error_body(error.code, error.detail)
+        if error.reasons is not None:
+            body["reasons"] = list(error.reasons)
+        return JSONResponse(body, status_code=error.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -136,7 +151,10 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         sessions=session_factory(engine),
         signing_key=load_or_create_signing_key(config.data_dir),
         appraiser=default_appraiser() if appraiser is _DEFAULT else appraiser,
+        operator_token=config.operator_token or load_or_create_operator_token(config.data_dir),
+        cluster_ca=ClusterCa.load_or_create(config.data_dir / "cluster-ca"),
     )
+    check_secrets_readable(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -166,7 +184,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     app.state.service = service
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     _install_error_handlers(app)
-    for module in (enrollment, nonces, attestation, nodes, policies, events):
+    for module in (enrollment, nonces, attestation, nodes, policies, events, membership, secrets):
         app.include_router(module.router)
 
     @app.get("/v1/keys", tags=["results"])

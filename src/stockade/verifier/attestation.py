@@ -14,6 +14,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.errors import EvidenceError
+from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
 from stockade.verifier.appraiser import Evidence, NodeView, Status
@@ -129,6 +130,7 @@ class _Prepared:
     ear: str
     policy_ref: str
     not_after: datetime
+    pcrs: dict[str, dict[str, str]] | None  # the attested PCR values, when trusted
 
 
 class _StaleNode(Exception):
@@ -151,7 +153,17 @@ def _prepare(
     status, reasons, clock, claims = _appraise(
         service, active, view, evidence, result_id, now, not_after
     )
+    attested = None
+    selection = active.policy.pcrs
+    if (
+        status != Status.CONTRAINDICATED
+        and clock is not None
+        and isinstance(selection, PcrSelection)
+    ):
+        # The quote verified over exactly the policy's selection: these values are attested.
+        attested = evidence.pcrs.restricted_to(selection).to_json()
     return _Prepared(
+        pcrs=attested,
         inputs=node.appraisal_inputs(),
         result_id=result_id,
         status=status,
@@ -238,6 +250,7 @@ def _store(connection: Connection, node: _NodeRow, prepared: _Prepared, now: dat
             policy_ref=prepared.policy_ref,
             not_after=prepared.not_after,
             created_at=now,
+            pcrs=prepared.pcrs,
         )
     )
     values: dict[str, Any] = {"latest_result_id": prepared.result_id, "updated_at": now}

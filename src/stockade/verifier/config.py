@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from stockade.cluster.secret_store import KeyRing
 from stockade.verifier.errors import ConfigurationError
 
 DEFAULT_PORT = 8443
@@ -52,6 +53,13 @@ class VerifierConfig:
     # the database stores a new version; this process's own PUTs invalidate it at once.
     policy_refresh_seconds: float = 1.0
     webhook_urls: tuple[str, ...] = ()  # each event is POSTed, signed, to every URL
+    # Secrets at rest are encrypted under this ring's current key; None refuses every secret
+    # operation (fail closed).
+    key_ring: KeyRing | None = None
+    # Bearer token for the secrets and labels API; None: made once in <data_dir>/operator-token.
+    operator_token: str | None = None
+    # How long a signed node status statement (GET /v1/nodes/{id}/status) stays valid.
+    status_validity_seconds: float = 60.0
     verifier_build: str = field(default_factory=_version)
     clock: Callable[[], datetime] = utc_now
 

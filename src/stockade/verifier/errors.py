@@ -11,9 +11,12 @@ class VerifierError(StockadeError):
     status = 400
     code = "bad-request"
 
-    def __init__(self, detail: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, detail: str, *, code: str | None = None, reasons: list[str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.reasons = reasons
         if code is not None:
             self.code = code
 
@@ -21,6 +24,11 @@ class VerifierError(StockadeError):
 class BadRequest(VerifierError):
     status = 400
     code = "bad-request"
+
+
+class Unauthorized(VerifierError):
+    status = 401
+    code = "unauthorized"
 
 
 class Forbidden(VerifierError):
@@ -46,6 +54,11 @@ class PayloadTooLarge(VerifierError):
 class Unprocessable(VerifierError):
     status = 422
     code = "invalid-request"
+
+
+class Unavailable(VerifierError):
+    status = 503
+    code = "unavailable"
 
 
 class ConfigurationError(StockadeError):

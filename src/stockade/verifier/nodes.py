@@ -35,6 +35,7 @@ def node_json(node: Node, service: Service) -> dict[str, Any]:
         "revoked": node.revoked,
         "trusted_until": rfc3339(node.trusted_until) if node.trusted_until else None,
         "latest_result_id": node.latest_result_id,
+        "labels": dict(node.labels or {}),
         "clock": None
         if node.last_clock is None
         else {

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
+from stockade.cluster.secret_store import KeyRing
 from stockade.verifier.appraiser import Appraiser, PolicyLike
 from stockade.verifier.config import VerifierConfig
 from stockade.verifier.errors import Conflict, VerifierError
@@ -41,6 +42,8 @@ class Service:
     sessions: sessionmaker[Session]
     signing_key: SigningKey
     appraiser: Appraiser | None
+    operator_token: str = ""
+    cluster_ca: Any = None  # stockade.cluster.ca.ClusterCa
     _references: dict[tuple[str, int], ActivePolicy] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _active: ActivePolicy | None = None
@@ -53,6 +56,10 @@ class Service:
     def transaction(self) -> Iterator[Session]:
         with self.sessions() as session, session.begin():
             yield session
+
+    @property
+    def key_ring(self) -> KeyRing | None:
+        return self.config.key_ring
 
     def require_appraiser(self) -> Appraiser:
         if self.appraiser is None:

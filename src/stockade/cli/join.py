@@ -1,0 +1,95 @@
+"""``stockade join``: attest this node and obtain its TPM-resident cluster certificate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stockade.cli._input import emit_json
+from stockade.cli.quote import OutputFormat
+from stockade.errors import VerificationFailed
+
+
+def join(
+    name: Annotated[str, typer.Option("--name", help="the node's name at the verifier")],
+    verifier: Annotated[
+        str, typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier base URL")
+    ],
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", envvar="STOCKADE_CA", help="CA certificate of the verifier's TLS"),
+    ] = None,
+    tcti: Annotated[str | None, typer.Option("--tcti", help="TPM TCTI (needs --event-log)")] = None,
+    tpm: Annotated[
+        str | None, typer.Option("--tpm", help="a running development TPM by name")
+    ] = None,
+    event_log: Annotated[Path | None, typer.Option("--event-log", help="boot event log")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="AK and node id [default: <home>/agents/<name>]"),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            help="where node.pem, node-key.pem (TPM-bound) and ca.pem go "
+            "[default: <state dir>/pki]",
+        ),
+    ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Stockade home [default: $STOCKADE_HOME or ~/.stockade]"),
+    ] = None,
+    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
+) -> None:
+    """Enroll (once), attest, and when the verifier affirms this node, obtain a certificate for
+    a key that lives only in this TPM. Exit 1 with the reasons when the node is not trusted."""
+    from stockade.agent import Agent, AgentConfig, resolve_source
+    from stockade.agent.client import VerifierClient
+    from stockade.home import stockade_home
+
+    source = resolve_source(tcti=tcti, tpm_name=tpm, event_log=event_log, home=home)
+    agent = Agent(
+        AgentConfig(
+            verifier=verifier,
+            ca=ca,
+            name=name,
+            source=source,
+            state_dir=state_dir or (home or stockade_home()) / "agents" / name,
+            pki_dir=out_dir,
+        ),
+        log=lambda line: None,
+    )
+    with VerifierClient(verifier, ca) as client:
+        enrolled = agent.state.enrolled() or agent.enroll(client)
+        answer = agent.attest_once(client, enrolled)
+        if answer.get("status") != "affirming":
+            reasons = answer.get("reasons") or []
+            if output is OutputFormat.JSON:
+                emit_json({"joined": False, "node_id": enrolled.node_id, **answer})
+            raise VerificationFailed(
+                f"node {name} is not trusted ({answer.get('status')}): "
+                + ("; ".join(reasons) or "no reasons given")
+            )
+        issued = agent.membership.renew_certificate(client, enrolled.node_id)
+    if output is OutputFormat.JSON:
+        emit_json(
+            {
+                "joined": True,
+                "node_id": enrolled.node_id,
+                "result_id": issued.result_id,
+                "serial": issued.serial,
+                "not_after": issued.not_after,
+                "certificate": str(issued.certificate),
+                "key": str(issued.key),
+                "ca_bundle": str(issued.ca_bundle),
+            }
+        )
+        return
+    typer.echo(f"node {name} ({enrolled.node_id}) joined: result {issued.result_id}")
+    typer.echo(f"certificate:  {issued.certificate} (serial {issued.serial})")
+    typer.echo(f"valid until:  {issued.not_after} (renewed by the agent with every result)")
+    typer.echo(f"TPM key:      {issued.key} (loads only in this TPM: tpm2-openssl)")
+    typer.echo(f"CA bundle:    {issued.ca_bundle}")

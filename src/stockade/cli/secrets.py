@@ -1,0 +1,159 @@
+"""``stockade secrets put|list|grant|revoke|delete|rekey``: the verifier's secret store.
+
+Every call needs the operator token (``$STOCKADE_OPERATOR_TOKEN`` or ``--token-file``; the
+verifier writes it to ``<data dir>/operator-token``). Values are read from a file or stdin,
+never from the command line (where ``ps`` and shell history would see them), and never printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stockade.cli._input import emit_json
+from stockade.cli.nodes import CaOption, FormatOption, VerifierOption
+from stockade.cli.quote import OutputFormat
+from stockade.errors import InputError
+
+app = typer.Typer(no_args_is_help=True, help="Secrets released only to attested nodes.")
+
+TokenOption = Annotated[
+    Path | None,
+    typer.Option("--token-file", help="operator token file [default: $STOCKADE_OPERATOR_TOKEN]"),
+]
+NameArgument = Annotated[str, typer.Argument(help="secret name")]
+
+
+def _client(verifier: str | None, ca: Path | None, token_file: Path | None) -> Any:
+    from stockade.agent.client import VerifierClient
+
+    return VerifierClient.from_options(verifier, ca, token_file)
+
+
+def _read_value(source: str) -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read the secret value from {source}: {error}") from None
+
+
+@app.command("put")
+def put(
+    name: NameArgument,
+    value_from: Annotated[
+        str, typer.Option("--from", help="file holding the value, or - for stdin")
+    ],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Store a new version of a secret (encrypted at rest under the verifier's KEK)."""
+    value = _read_value(value_from)
+    with _client(verifier, ca, token_file) as api:
+        answer = api.put_secret(name, value)
+    if output is OutputFormat.JSON:
+        emit_json(answer)
+        return
+    grants = ", ".join(answer.get("grants") or []) or "none yet (stockade secrets grant)"
+    typer.echo(f"secret {answer['name']} version {answer['version']} stored; grants: {grants}")
+
+
+@app.command("list")
+def list_secrets(
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Names, versions and grants (never values)."""
+    with _client(verifier, ca, token_file) as api:
+        secrets = api.secrets()
+    if output is OutputFormat.JSON:
+        emit_json({"secrets": secrets})
+        return
+    table = Table(title=f"{len(secrets)} secrets")
+    for column in ("name", "version", "grants", "KEK", "updated"):
+        table.add_column(column)
+    for secret in secrets:
+        table.add_row(
+            str(secret["name"]),
+            str(secret["version"]),
+            "\n".join(secret.get("grants") or []) or "-",
+            str(secret.get("kek_id", "")),
+            str(secret.get("updated_at", "")),
+        )
+    Console().print(table)
+
+
+@app.command("grant")
+def grant(
+    name: NameArgument,
+    selector: Annotated[str, typer.Argument(help="node:<name or id> or label:<key>=<value>")],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Let the selected nodes receive the secret (while they are trusted)."""
+    with _client(verifier, ca, token_file) as api:
+        answer = api.grant(name, selector)
+    if output is OutputFormat.JSON:
+        emit_json(answer)
+        return
+    typer.echo(f"secret {name}: granted to {', '.join(answer['grants'])}")
+
+
+@app.command("revoke")
+def revoke(
+    name: NameArgument,
+    selector: Annotated[str, typer.Argument(help="the grant to remove")],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Remove a grant: the selected nodes get no further releases."""
+    with _client(verifier, ca, token_file) as api:
+        answer = api.revoke_grant(name, selector)
+    if output is OutputFormat.JSON:
+        emit_json(answer)
+        return
+    remaining = ", ".join(answer["grants"]) or "none"
+    typer.echo(f"secret {name}: grant {selector} removed; remaining: {remaining}")
+
+
+@app.command("delete")
+def delete(
+    name: NameArgument,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenOption = None,
+) -> None:
+    """Delete a secret and its grants."""
+    with _client(verifier, ca, token_file) as api:
+        api.delete_secret(name)
+    typer.echo(f"secret {name}: deleted")
+
+
+@app.command("rekey")
+def rekey(
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Re-encrypt every secret under the verifier's current KEK (after a rotation)."""
+    with _client(verifier, ca, token_file) as api:
+        answer = api.rekey_secrets()
+    if output is OutputFormat.JSON:
+        emit_json(answer)
+        return
+    typer.echo(f"{answer['rekeyed']} secrets re-encrypted under KEK {answer['kek_id']}")

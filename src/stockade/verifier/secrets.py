@@ -1,0 +1,356 @@
+"""The secret store (operator API) and secret release (to nodes, sealed to their TPM).
+
+Secrets are stored AES-256-GCM encrypted under the key-encryption key ring
+(:mod:`stockade.cluster.secret_store`). A release goes only to a granted node in good standing
+and only as a TPM2_Import duplication blob for that node's EK whose unseal policy is PolicyPCR
+over the PCR values its latest result attested: the secret never leaves this process in the
+clear, and is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import delete, func, insert, select, update
+
+from stockade.cluster.grants import granted, parse_labels, parse_selector
+from stockade.cluster.secret_store import KeyRing, SecretStoreError
+from stockade.errors import InputError
+from stockade.evidence.duplication import seal_secret
+from stockade.evidence.errors import EvidenceError
+from stockade.evidence.pcr_selection import BankSelection, PcrSelection
+from stockade.evidence.pcr_values import PcrValues
+from stockade.evidence.public import TpmPublic
+from stockade.verifier.errors import (
+    BadRequest,
+    ConfigurationError,
+    Forbidden,
+    NotFound,
+    Unavailable,
+)
+from stockade.verifier.models import Node, Secret, SecretGrant, SecretRelease
+from stockade.verifier.nodes import node_json
+from stockade.verifier.operator_auth import require_operator
+from stockade.verifier.service import Service, service_of
+from stockade.verifier.standing import node_standing
+from stockade.verifier.wire import decode_b64, rfc3339
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["secrets"])
+operator = APIRouter(tags=["secrets"], dependencies=[Depends(require_operator)])
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+SecretName = Annotated[str, Path(max_length=255)]
+NodeId = Annotated[str, Path(max_length=64)]
+
+
+def _name(name: str) -> str:
+    if not _NAME.match(name):
+        raise BadRequest(f"secret name {name!r}: letters, digits, '.', '_' and '-'", code="name")
+    return name
+
+
+def _ring(service: Service) -> KeyRing:
+    if service.key_ring is None:
+        raise Unavailable(
+            "no key-encryption key is configured (stockade verifier serve --kek-file, or "
+            "$STOCKADE_KEK): secrets can be neither stored nor released",
+            code="kek",
+        )
+    return service.key_ring
+
+
+def check_secrets_readable(service: Service) -> None:
+    """Refuse to start when stored secrets are under a KEK this verifier was not given: a wrong
+    key is a clear error, and nothing stored is touched."""
+    with service.engine.connect() as connection:
+        rows = connection.execute(select(Secret.kek_id, func.count()).group_by(Secret.kek_id)).all()
+    missing = {
+        kek_id: count
+        for kek_id, count in rows
+        if not (service.key_ring is not None and service.key_ring.knows(kek_id))
+    }
+    if not missing:
+        return
+    listed = ", ".join(f"{count} under {kek_id}" for kek_id, count in sorted(missing.items()))
+    configured = (
+        ", ".join(sorted(service.key_ring.keys)) if service.key_ring is not None else "none"
+    )
+    raise ConfigurationError(
+        f"stored secrets are encrypted under key-encryption keys this verifier was not given "
+        f"({listed}; configured: {configured}). Start it with the right --kek-file (and "
+        f"--previous-kek-file during a rotation); nothing was changed."
+    )
+
+
+# -- operator: the store -------------------------------------------------------------------
+
+
+class SecretValue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(description="base64 of the secret bytes (at most 64 KiB)")
+
+
+class GrantBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    selector: str = Field(max_length=512, description="node:<name or id> or label:<key>=<value>")
+
+
+class LabelsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str]
+
+
+def _grants(connection: Any, name: str) -> list[str]:
+    return list(
+        connection.execute(
+            select(SecretGrant.selector)
+            .where(SecretGrant.secret_name == name)
+            .order_by(SecretGrant.selector)
+        ).scalars()
+    )
+
+
+@operator.put("/v1/secrets/{name}")
+def put_secret(name: SecretName, body: SecretValue, request: Request) -> dict[str, Any]:
+    """Store a new version of a secret (its grants are kept)."""
+    service = service_of(request)
+    ring = _ring(service)
+    value = decode_b64(body.value, "value")
+    now = service.now()
+    with service.engine.begin() as connection:
+        current = connection.execute(
+            select(Secret.version).where(Secret.name == _name(name)).with_for_update()
+        ).first()
+        version = 1 if current is None else current.version + 1
+        try:
+            kek_id, ciphertext = ring.encrypt(name, version, value)
+        except InputError as error:
+            raise BadRequest(str(error), code="too-large") from None
+        if current is None:
+            connection.execute(
+                insert(Secret).values(
+                    name=name,
+                    version=version,
+                    kek_id=kek_id,
+                    ciphertext=ciphertext,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        else:
+            connection.execute(
+                update(Secret)
+                .where(Secret.name == name)
+                .values(version=version, kek_id=kek_id, ciphertext=ciphertext, updated_at=now)
+            )
+        grants = _grants(connection, name)
+    return {"name": name, "version": version, "kek_id": kek_id, "grants": grants}
+
+
+@operator.get("/v1/secrets")
+def list_secrets(request: Request) -> dict[str, list[dict[str, Any]]]:
+    """Names, versions and grants: never values."""
+    service = service_of(request)
+    with service.engine.connect() as connection:
+        rows = connection.execute(
+            select(Secret.name, Secret.version, Secret.kek_id, Secret.updated_at).order_by(
+                Secret.name
+            )
+        ).all()
+        grants: dict[str, list[str]] = {}
+        for secret_name, selector in connection.execute(
+            select(SecretGrant.secret_name, SecretGrant.selector).order_by(SecretGrant.selector)
+        ):
+            grants.setdefault(secret_name, []).append(selector)
+    return {
+        "secrets": [
+            {
+                "name": row.name,
+                "version": row.version,
+                "kek_id": row.kek_id,
+                "grants": grants.get(row.name, []),
+                "updated_at": rfc3339(row.updated_at),
+            }
+            for row in rows
+        ]
+    }
+
+
+@operator.delete("/v1/secrets/{name}")
+def delete_secret(name: SecretName, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    with service.engine.begin() as connection:
+        connection.execute(delete(SecretGrant).where(SecretGrant.secret_name == name))
+        if connection.execute(delete(Secret).where(Secret.name == name)).rowcount != 1:
+            raise NotFound(f"no secret {name!r}", code="secret")
+    return {"name": name, "deleted": True}
+
+
+@operator.post("/v1/secrets/{name}/grants")
+def grant(name: SecretName, body: GrantBody, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    try:
+        selector = str(parse_selector(body.selector))
+    except InputError as error:
+        raise BadRequest(str(error), code="selector") from None
+    with service.engine.begin() as connection:
+        if connection.execute(select(Secret.name).where(Secret.name == name)).first() is None:
+            raise NotFound(f"no secret {name!r}", code="secret")
+        if selector not in _grants(connection, name):
+            connection.execute(
+                insert(SecretGrant).values(
+                    secret_name=name, selector=selector, created_at=service.now()
+                )
+            )
+        return {"name": name, "grants": _grants(connection, name)}
+
+
+@operator.delete("/v1/secrets/{name}/grants")
+def revoke_grant(
+    name: SecretName, request: Request, selector: Annotated[str, Query(max_length=512)]
+) -> dict[str, Any]:
+    service = service_of(request)
+    try:
+        normalized = str(parse_selector(selector))
+    except InputError as error:
+        raise BadRequest(str(error), code="selector") from None
+    with service.engine.begin() as connection:
+        removed = connection.execute(
+            delete(SecretGrant).where(
+                SecretGrant.secret_name == name, SecretGrant.selector == normalized
+            )
+        ).rowcount
+        if removed != 1:
+            raise NotFound(f"secret {name!r} has no grant {normalized}", code="grant")
+        return {"name": name, "grants": _grants(connection, name)}
+
+
+@operator.post("/v1/secrets/rekey")
+def rekey(request: Request) -> dict[str, Any]:
+    """Re-encrypt every secret not under the current KEK (one transaction per secret, so the
+    verifier keeps serving throughout); afterwards the previous KEKs can be dropped."""
+    service = service_of(request)
+    ring = _ring(service)
+    with service.engine.connect() as connection:
+        names = list(
+            connection.execute(
+                select(Secret.name).where(Secret.kek_id != ring.current.kek_id)
+            ).scalars()
+        )
+    done = 0
+    for name in names:
+        with service.engine.begin() as connection:
+            row = connection.execute(
+                select(Secret.version, Secret.kek_id, Secret.ciphertext)
+                .where(Secret.name == name)
+                .with_for_update()
+            ).first()
+            if row is None or row.kek_id == ring.current.kek_id:
+                continue
+            try:
+                plaintext = ring.decrypt(name, row.version, row.kek_id, row.ciphertext)
+            except SecretStoreError as error:
+                raise Unavailable(str(error), code="kek") from None
+            kek_id, ciphertext = ring.encrypt(name, row.version, plaintext)
+            connection.execute(
+                update(Secret)
+                .where(Secret.name == name)
+                .values(kek_id=kek_id, ciphertext=ciphertext)
+            )
+            done += 1
+    return {"rekeyed": done, "kek_id": ring.current.kek_id}
+
+
+@operator.put("/v1/nodes/{node_id}/labels")
+def set_labels(node_id: NodeId, body: LabelsBody, request: Request) -> dict[str, Any]:
+    """Replace a node's labels (grants select nodes by them)."""
+    service = service_of(request)
+    try:
+        labels = parse_labels([f"{key}={value}" for key, value in body.labels.items()])
+    except InputError as error:
+        raise BadRequest(str(error), code="labels") from None
+    with service.sessions() as session, session.begin():
+        node = session.get(Node, node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        node.labels = labels
+        node.updated_at = service.now()
+        session.flush()
+        return node_json(node, service)
+
+
+# -- nodes: release ------------------------------------------------------------------------
+
+
+def _selection_of(values: PcrValues) -> PcrSelection:
+    return PcrSelection(
+        tuple(BankSelection(alg, tuple(sorted(bank))) for alg, bank in values.banks.items())
+    )
+
+
+@router.post("/v1/nodes/{node_id}/secrets/{name}")
+def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[str, Any]:
+    """The secret sealed to the node's EK and the PCR values of its latest affirming result.
+
+    Nothing here needs the caller to be the node: only that node's TPM, in exactly that
+    attested state, can import and unseal what is returned.
+    """
+    service = service_of(request)
+    ring = _ring(service)
+    now = service.now()
+    with service.engine.connect() as connection:
+        standing = node_standing(connection, node_id, now)
+        standing.require_good(now, f"secret {name!r}")
+        secret = connection.execute(
+            select(Secret.version, Secret.kek_id, Secret.ciphertext).where(Secret.name == name)
+        ).first()
+        selectors = _grants(connection, name) if secret is not None else []
+    # The same answer for a missing secret and a missing grant: nodes learn nothing of others.
+    grant_used = granted(selectors, standing.node_id, standing.name, standing.labels)
+    if secret is None or grant_used is None:
+        raise Forbidden(
+            f"secret {name!r} is not granted to node {standing.name} ({standing.node_id})",
+            code="not-granted",
+        )
+    assert standing.pcrs is not None and standing.result_id is not None
+    try:
+        payload = ring.decrypt(name, secret.version, secret.kek_id, secret.ciphertext)
+    except SecretStoreError as error:
+        raise Unavailable(str(error), code="kek") from None
+    try:
+        pcrs = PcrValues.from_json(standing.pcrs)
+        sealed = seal_secret(
+            TpmPublic.unmarshal_tpm2b(standing.ek_public), payload, _selection_of(pcrs), pcrs
+        )
+    except EvidenceError as error:
+        log.error("sealing secret %r for node %s failed: %s", name, node_id, error)
+        raise Unavailable(f"cannot seal to node {standing.name}: {error}", code="seal") from None
+    with service.engine.begin() as connection:
+        connection.execute(
+            insert(SecretRelease).values(
+                secret_name=name,
+                secret_version=secret.version,
+                node_id=standing.node_id,
+                result_id=standing.result_id,
+                time=now,
+            )
+        )
+    return {
+        "name": name,
+        "version": secret.version,
+        "node_id": standing.node_id,
+        "result_id": standing.result_id,
+        "granted_by": grant_used,
+        "sealed": sealed.to_json(),
+    }
+
+
+router.include_router(operator)

@@ -1,0 +1,378 @@
+"""Cluster membership at the verifier, with real software TPMs: node certificates for
+TPM-certified keys, signed node status, and secrets sealed to a node's TPM and PCRs.
+
+Each security test shows the attack, then shows it refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
+from verifier_support import PCRS, DevAgent, b64, policy_document
+
+from stockade.cluster.ca import node_identity, verify_node_certificate
+from stockade.cluster.secret_store import KeyEncryptionKey, KeyRing
+from stockade.cluster.status import verify_status
+from stockade.errors import VerificationFailed
+from stockade.evidence.duplication import SealedSecret
+from stockade.evidence.templates import KeyKind
+from stockade.tpm.device import Tpm
+from stockade.tpm.node_key import certify_node_key, create_node_key
+from stockade.tpm.sealed import SecretRefused, unseal_secret
+from stockade.verifier import VerifierConfig, create_app
+from stockade.verifier.errors import ConfigurationError
+from stockade.verifier.models import Result, Secret
+
+SECRET = b"db-password: correct horse battery staple \x00\xff"
+
+
+@pytest.fixture
+def kek() -> KeyEncryptionKey:
+    return KeyEncryptionKey.generate()
+
+
+@pytest.fixture
+def config(verifier_config: VerifierConfig, kek: KeyEncryptionKey) -> VerifierConfig:
+    return dataclasses.replace(verifier_config, key_ring=KeyRing(kek))
+
+
+@pytest.fixture
+def api(make_client: Callable[..., TestClient], config: VerifierConfig) -> TestClient:
+    return make_client(config, policy=policy_document())
+
+
+def operator(config: VerifierConfig) -> dict[str, str]:
+    token = (config.data_dir / "operator-token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def trusted_node(api: TestClient, tpm, name: str) -> DevAgent:
+    agent = DevAgent.create(tpm)
+    agent.enroll(api, name)
+    answer = agent.attest(api)
+    assert answer.status_code == 200 and answer.json()["status"] == "affirming", answer.text
+    return agent
+
+
+def nonce_for(api: TestClient, node_id: str) -> bytes:
+    issued = api.post(f"/v1/nodes/{node_id}/nonces")
+    assert issued.status_code == 201, issued.text
+    return base64.b64decode(issued.json()["nonce"])
+
+
+def certificate_request(agent: DevAgent, api: TestClient, *, signer: DevAgent | None = None):
+    """A node key made in ``agent``'s TPM, certified by ``signer``'s AK (default: its own)."""
+    signer = signer or agent
+    nonce = nonce_for(api, agent.node_id)
+    with Tpm(agent.tpm.tcti) as tpm:
+        key = create_node_key(tpm)
+    with Tpm(signer.tpm.tcti) as tpm:
+        if signer is agent:
+            info, signature = certify_node_key(tpm, key, signer.ak, nonce)
+        else:  # the other TPM cannot load this key: certify a key of its own instead
+            other = create_node_key(tpm)
+            info, signature = certify_node_key(tpm, other, signer.ak, nonce)
+    body = {
+        "nonce": b64(nonce),
+        "key_public": b64(key.public.marshal_tpm2b()),
+        "certify_info": b64(info),
+        "signature": b64(signature),
+    }
+    return key, body
+
+
+def fail(agent: DevAgent, api: TestClient) -> None:
+    """Submit evidence whose PCR values do not match the quote: a contraindicated result."""
+    nonce = nonce_for(api, agent.node_id)
+    evidence = agent.evidence(nonce)
+    evidence["pcrs"]["sha256"]["7"] = "11" * 32
+    answer = api.post(f"/v1/nodes/{agent.node_id}/evidence", json=evidence)
+    assert answer.json()["status"] == "contraindicated", answer.text
+
+
+def put_secret(api: TestClient, config: VerifierConfig, name: str, value: bytes, *grants: str):
+    stored = api.put(f"/v1/secrets/{name}", json={"value": b64(value)}, headers=operator(config))
+    assert stored.status_code == 200, stored.text
+    for selector in grants:
+        granted = api.post(
+            f"/v1/secrets/{name}/grants", json={"selector": selector}, headers=operator(config)
+        )
+        assert granted.status_code == 200, granted.text
+    return stored
+
+
+def unseal(agent: DevAgent, answer: dict) -> bytes:
+    sealed = SealedSecret.from_json(answer["sealed"])
+    with Tpm(agent.tpm.tcti) as tpm:
+        return unseal_secret(tpm, KeyKind.RSA, sealed)
+
+
+# -- node certificates -----------------------------------------------------------------
+
+
+def test_trusted_node_gets_a_certificate_for_its_tpm_key_that_ends_with_its_result(
+    api, software_tpm, config
+):
+    agent = trusted_node(api, software_tpm, "web-1")
+    key, body = certificate_request(agent, api)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert answer.status_code == 201, answer.text
+    issued = answer.json()
+    cert = x509.load_pem_x509_certificate(issued["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(issued["ca_bundle"].encode())
+    node_id, result_id = verify_node_certificate(cert, ca, datetime.now(UTC))
+    assert (node_id, result_id) == (agent.node_id, issued["result_id"])
+    assert node_identity(cert) == (agent.node_id, issued["result_id"])
+    node = api.get(f"/v1/nodes/{agent.node_id}").json()
+    assert issued["result_id"] == node["latest_result_id"]
+    assert cert.not_valid_after_utc == datetime.fromisoformat(
+        node["trusted_until"].replace("Z", "+00:00")
+    ).replace(microsecond=0)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert lifetime < timedelta(minutes=10)  # minutes, not years
+    assert cert.public_key() == key.public.public_key()
+
+
+def test_key_certified_by_another_nodes_ak_is_refused(api, make_software_tpm):
+    agent = trusted_node(api, make_software_tpm(), "web-1")
+    other = trusted_node(api, make_software_tpm(), "web-2")
+    _, body = certificate_request(agent, api, signer=other)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"] == "certify"
+
+
+def test_key_the_ak_did_not_certify_is_refused(api, software_tpm):
+    """The attacker swaps in a software key's public area next to a genuine certify."""
+    agent = trusted_node(api, software_tpm, "web-1")
+    _, body = certificate_request(agent, api)
+    with Tpm(software_tpm.tcti) as tpm:
+        other_key = create_node_key(tpm)
+    body["key_public"] = b64(other_key.public.marshal_tpm2b())
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert answer.status_code == 403 and answer.json()["error"] == "certify", answer.text
+
+
+def test_certify_over_a_replayed_nonce_is_refused(api, software_tpm):
+    agent = trusted_node(api, software_tpm, "web-1")
+    _, body = certificate_request(agent, api)
+    assert api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body).status_code == 201
+    replay = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert replay.status_code == 409 and replay.json()["error"] == "nonce"
+
+
+def test_untrusted_node_is_refused_a_certificate_with_the_reasons(api, software_tpm):
+    agent = trusted_node(api, software_tpm, "web-1")
+    fail(agent, api)
+    _, body = certificate_request(agent, api)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert answer.status_code == 403, answer.text
+    refused = answer.json()
+    assert refused["error"] == "untrusted"
+    assert "contraindicated" in refused["detail"]
+    assert any("quote" in reason for reason in refused["reasons"]), refused
+
+
+def test_stale_node_is_refused_a_certificate(api, software_tpm, clock):
+    agent = trusted_node(api, software_tpm, "web-1")
+    clock.advance(121)
+    _, body = certificate_request(agent, api)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert answer.status_code == 403 and "stale" in answer.json()["detail"], answer.text
+
+
+# -- signed status -----------------------------------------------------------------------
+
+
+def test_status_is_signed_short_lived_and_follows_the_node(api, software_tpm):
+    agent = trusted_node(api, software_tpm, "web-1")
+    keys = api.get("/v1/keys").json()
+    good = api.get(f"/v1/nodes/{agent.node_id}/status").json()
+    status = verify_status(good["statement"], keys, agent.node_id, datetime.now(UTC))
+    assert status.trusted and status.result_id == good["result_id"]
+    assert status.expires_at - status.issued_at <= timedelta(seconds=60)
+    fail(agent, api)
+    bad = api.get(f"/v1/nodes/{agent.node_id}/status").json()
+    status = verify_status(bad["statement"], keys, agent.node_id, datetime.now(UTC))
+    assert not status.trusted and bad["reason"].startswith("its latest result is contraindicated")
+    # A forged statement (payload swapped to say trusted) does not verify.
+    header, _, signature = bad["statement"].split(".")
+    forged_payload = good["statement"].split(".")[1]
+    with pytest.raises(VerificationFailed):
+        verify_status(
+            f"{header}.{forged_payload}.{signature}", keys, agent.node_id, datetime.now(UTC)
+        )
+    # Presented for another node, or after it expired: refused.
+    with pytest.raises(VerificationFailed):
+        verify_status(good["statement"], keys, "another-node", datetime.now(UTC))
+    with pytest.raises(VerificationFailed):
+        verify_status(
+            good["statement"], keys, agent.node_id, datetime.now(UTC) + timedelta(seconds=61)
+        )
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+
+def test_secret_api_needs_the_operator_token(api, config):
+    assert api.put("/v1/secrets/db", json={"value": b64(SECRET)}).status_code == 401
+    wrong = {"Authorization": "Bearer " + "x" * 43}
+    assert api.put("/v1/secrets/db", json={"value": b64(SECRET)}, headers=wrong).status_code == 401
+    assert api.get("/v1/secrets").status_code == 401
+    put_secret(api, config, "db", SECRET)
+    listed = api.get("/v1/secrets", headers=operator(config))
+    assert listed.status_code == 200 and listed.json()["secrets"][0]["name"] == "db"
+
+
+def test_granted_trusted_node_unseals_the_secret_in_its_tpm_and_nothing_leaks(
+    api, software_tpm, config
+):
+    agent = trusted_node(api, software_tpm, "web-1")
+    responses = [put_secret(api, config, "db", SECRET, "node:web-1")]
+    responses.append(api.get("/v1/secrets", headers=operator(config)))
+    released = api.post(f"/v1/nodes/{agent.node_id}/secrets/db")
+    responses.append(released)
+    assert released.status_code == 200, released.text
+    assert unseal(agent, released.json()) == SECRET
+    for response in responses:  # the value appears in no response (only sealed)
+        assert SECRET not in response.content
+        assert b64(SECRET).encode() not in response.content
+    # And not in the database either: encrypted at rest.
+    engine = create_engine(config.resolved_database_url)
+    with engine.connect() as connection:
+        stored = connection.execute(select(Secret.ciphertext)).scalar_one()
+    engine.dispose()
+    assert SECRET not in stored
+
+
+def test_label_grants_select_nodes_by_operator_labels(api, make_software_tpm, config):
+    web = trusted_node(api, make_software_tpm(), "web-1")
+    db = trusted_node(api, make_software_tpm(), "db-1")
+    put_secret(api, config, "tls", SECRET, "label:role=web")
+    assert api.post(f"/v1/nodes/{web.node_id}/secrets/tls").status_code == 403
+    labelled = api.put(
+        f"/v1/nodes/{web.node_id}/labels",
+        json={"labels": {"role": "web"}},
+        headers=operator(config),
+    )
+    assert labelled.status_code == 200 and labelled.json()["labels"] == {"role": "web"}
+    released = api.post(f"/v1/nodes/{web.node_id}/secrets/tls")
+    assert released.status_code == 200 and unseal(web, released.json()) == SECRET
+    refused = api.post(f"/v1/nodes/{db.node_id}/secrets/tls")
+    assert refused.status_code == 403 and refused.json()["error"] == "not-granted"
+    # Labels are the operator's: without the token a node cannot label itself.
+    self_label = api.put(f"/v1/nodes/{db.node_id}/labels", json={"labels": {"role": "web"}})
+    assert self_label.status_code == 401
+
+
+def test_blob_released_for_node_a_is_useless_to_node_b(api, make_software_tpm, config):
+    a = trusted_node(api, make_software_tpm(), "node-a")
+    b = trusted_node(api, make_software_tpm(), "node-b")
+    put_secret(api, config, "db", SECRET, "node:node-a")
+    released = api.post(f"/v1/nodes/{a.node_id}/secrets/db").json()
+    with pytest.raises(SecretRefused, match="import"):
+        unseal(b, released)
+
+
+def test_after_a_policy_pcr_changes_the_tpm_refuses_to_unseal(api, software_tpm, config):
+    agent = trusted_node(api, software_tpm, "web-1")
+    put_secret(api, config, "db", SECRET, "node:web-1")
+    released = api.post(f"/v1/nodes/{agent.node_id}/secrets/db").json()
+    assert unseal(agent, released) == SECRET
+    with Tpm(software_tpm.tcti) as tpm:
+        tpm.extend_pcr(7, b"unexpected runtime measurement")
+    with pytest.raises(SecretRefused, match="unseal"):
+        unseal(agent, released)
+
+
+def test_untrusted_or_revoked_nodes_get_no_secret(api, make_software_tpm, config, clock):
+    failed = trusted_node(api, make_software_tpm(), "failed-1")
+    stale = trusted_node(api, make_software_tpm(), "stale-1")
+    put_secret(api, config, "db", SECRET, "node:failed-1", "node:stale-1")
+    fail(failed, api)
+    refused = api.post(f"/v1/nodes/{failed.node_id}/secrets/db")
+    assert refused.status_code == 403 and refused.json()["error"] == "untrusted"
+    assert SECRET not in refused.content
+    clock.advance(121)
+    refused = api.post(f"/v1/nodes/{stale.node_id}/secrets/db")
+    assert refused.status_code == 403 and "stale" in refused.json()["detail"]
+
+
+def test_secret_revoke_stops_further_releases(api, software_tpm, config):
+    agent = trusted_node(api, software_tpm, "web-1")
+    put_secret(api, config, "db", SECRET, "node:web-1")
+    assert api.post(f"/v1/nodes/{agent.node_id}/secrets/db").status_code == 200
+    removed = api.delete(
+        "/v1/secrets/db/grants", params={"selector": "node:web-1"}, headers=operator(config)
+    )
+    assert removed.status_code == 200 and removed.json()["grants"] == []
+    assert api.post(f"/v1/nodes/{agent.node_id}/secrets/db").status_code == 403
+
+
+def test_restart_loses_no_secret_and_a_wrong_kek_changes_nothing(
+    make_client, config, software_tpm, tmp_path: Path
+):
+    api = make_client(config, policy=policy_document())
+    agent = trusted_node(api, software_tpm, "web-1")
+    put_secret(api, config, "db", SECRET, "node:web-1")
+    engine = create_engine(config.resolved_database_url)
+    with engine.connect() as connection:
+        before = connection.execute(select(Secret.name, Secret.kek_id, Secret.ciphertext)).all()
+    wrong = dataclasses.replace(config, key_ring=KeyRing(KeyEncryptionKey.generate()))
+    with pytest.raises(ConfigurationError, match="not given"):
+        create_app(wrong)
+    with pytest.raises(ConfigurationError, match="none"):
+        create_app(dataclasses.replace(config, key_ring=None))
+    with engine.connect() as connection:
+        after = connection.execute(select(Secret.name, Secret.kek_id, Secret.ciphertext)).all()
+    engine.dispose()
+    assert before == after
+    restarted = make_client(config)
+    released = restarted.post(f"/v1/nodes/{agent.node_id}/secrets/db")
+    assert released.status_code == 200 and unseal(agent, released.json()) == SECRET
+
+
+def test_kek_rotation_without_downtime(make_client, config, software_tpm, kek):
+    api = make_client(config, policy=policy_document())
+    agent = trusted_node(api, software_tpm, "web-1")
+    put_secret(api, config, "db", SECRET, "node:web-1")
+    new = KeyEncryptionKey.generate()
+    rotating = dataclasses.replace(config, key_ring=KeyRing(new, (kek,)))
+    api = make_client(rotating)
+    # Old rows still serve during the rotation...
+    assert unseal(agent, api.post(f"/v1/nodes/{agent.node_id}/secrets/db").json()) == SECRET
+    rekeyed = api.post("/v1/secrets/rekey", headers=operator(config))
+    assert rekeyed.json() == {"rekeyed": 1, "kek_id": new.kek_id}
+    # ...and afterwards the old KEK can go.
+    api = make_client(dataclasses.replace(config, key_ring=KeyRing(new)))
+    assert unseal(agent, api.post(f"/v1/nodes/{agent.node_id}/secrets/db").json()) == SECRET
+
+
+def test_without_a_kek_secrets_are_refused(make_client, verifier_config, software_tpm):
+    api = make_client(verifier_config, policy=policy_document())
+    token = operator(verifier_config)
+    answer = api.put("/v1/secrets/db", json={"value": b64(SECRET)}, headers=token)
+    assert answer.status_code == 503 and answer.json()["error"] == "kek"
+
+
+def test_the_attested_pcrs_are_recorded_only_for_verified_results(api, software_tpm, config):
+    agent = trusted_node(api, software_tpm, "web-1")
+    fail(agent, api)
+    engine = create_engine(config.resolved_database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Result.status, Result.pcrs).order_by(Result.created_at)
+        ).all()
+    engine.dispose()
+    (good_status, good_pcrs), (bad_status, bad_pcrs) = rows
+    assert good_status == "affirming" and bad_status == "contraindicated"
+    assert sorted(good_pcrs["sha256"], key=int) == PCRS.split(":")[1].split(",")
+    assert bad_pcrs is None  # a failed quote attests nothing to seal to
