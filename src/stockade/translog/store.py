@@ -1,0 +1,322 @@
+"""The transparency log in the verifier's database (SQLAlchemy 2 Core; SQLite or PostgreSQL).
+
+Three tables, in this module's own ``metadata`` (the Alembic migration 0004 creates the
+same ones):
+
+- ``translog_leaves``: ``leaf_index`` -> ``leaf_hash`` (RFC 9162 leaf hash), ``entry``
+  (the logged bytes), ``created_at`` (naive UTC);
+- ``translog_subtrees``: ``(level, node_index)`` -> ``hash`` of every complete
+  power-of-two-aligned subtree above the leaves, written when an append completes it
+  (level 0 is ``translog_leaves.leaf_hash``);
+- ``translog_state``: one row (``id`` 1) holding the log's ``size``.
+
+An append takes the ``translog_state`` row first (``UPDATE ... SET size = size + n
+RETURNING size``: a row lock on PostgreSQL, the write lock on SQLite), so appends from
+several processes sharing the database are serialized and each batch gets the next
+indices. It reads the O(log n) peaks of the current tree and writes the new leaves and
+the subtrees they complete, in one transaction. Roots and proofs are read from O(log n)
+stored hashes (``stockade.translog.merkle``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    CompoundSelect,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    and_,
+    bindparam,
+    false,
+    insert,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy import (
+    literal as sql_literal,
+)
+
+from stockade.translog import merkle
+from stockade.translog.checkpoint import Checkpoint
+from stockade.translog.errors import LogCorrupted, LogRangeError
+from stockade.translog.merkle import NodeId
+
+STATE_ROW = 1
+
+metadata = MetaData()
+
+leaves = Table(
+    "translog_leaves",
+    metadata,
+    # INTEGER PRIMARY KEY is SQLite's rowid: the leaves are the table's own b-tree.
+    Column(
+        "leaf_index",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("entry", LargeBinary(), nullable=False),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+)
+
+subtrees = Table(
+    "translog_subtrees",
+    metadata,
+    Column("level", SmallInteger(), primary_key=True, autoincrement=False),
+    Column("node_index", BigInteger(), primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    sqlite_with_rowid=False,
+)
+
+state = Table(
+    "translog_state",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=False),
+    Column("size", BigInteger(), nullable=False),
+)
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the log's tables (and its state row) where they are missing. The verifier
+    uses its Alembic migrations instead; this is for tools, tests and benchmarks."""
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        if connection.execute(select(state.c.id).where(state.c.id == STATE_ROW)).first() is None:
+            connection.execute(insert(state).values(id=STATE_ROW, size=0))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous; pass an aware UTC datetime")
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+_SIZE = select(state.c.size).where(state.c.id == STATE_ROW)
+_LEAF_HASHES = select(
+    sql_literal(0, SmallInteger()), leaves.c.leaf_index, leaves.c.leaf_hash
+).where(leaves.c.leaf_index.in_(bindparam("indices", expanding=True)))
+_lookup_queries: dict[int, CompoundSelect[*tuple[Any, ...]]] = {}
+
+
+def _lookup_query(count: int) -> CompoundSelect[*tuple[Any, ...]]:
+    """One statement for a set of stored hashes: the leaf hashes (level 0) by an expanding
+    ``IN``, ``UNION ALL`` the subtrees by ``(level = ? AND node_index = ?) OR ...`` for
+    ``count`` ids (each a primary key lookup on SQLite and PostgreSQL). Built once per
+    count, so a lookup builds no expressions and compiles nothing."""
+    query = _lookup_queries.get(count)
+    if query is None:
+        nodes = select(subtrees.c.level, subtrees.c.node_index, subtrees.c.hash).where(
+            or_(
+                false(),
+                *(
+                    and_(
+                        subtrees.c.level == bindparam(f"l{n}"),
+                        subtrees.c.node_index == bindparam(f"i{n}"),
+                    )
+                    for n in range(count)
+                ),
+            )
+        )
+        query = union_all(_LEAF_HASHES, nodes)
+        _lookup_queries[count] = query
+    return query
+
+
+def _read_subtrees(connection: Connection, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:
+    """The stored hashes of ``ids`` (level 0 from the leaves, the rest from the subtrees),
+    in one query."""
+    leaf_indices = [index for level, index in ids if level == 0]
+    upper = list(dict.fromkeys((level, index) for level, index in ids if level > 0))
+    parameters: dict[str, object] = {"indices": leaf_indices}
+    for n, (level, index) in enumerate(upper):
+        parameters[f"l{n}"] = level
+        parameters[f"i{n}"] = index
+    rows = connection.execute(_lookup_query(len(upper)), parameters)
+    return {(int(level), int(index)): bytes(hashed) for level, index, hashed in rows}
+
+
+class MerkleLog:
+    """An append-only RFC 9162 Merkle log stored in ``engine``'s database."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    # -- reading ----------------------------------------------------------------------
+
+    @staticmethod
+    def _size(connection: Connection) -> int:
+        size = connection.execute(_SIZE).scalar_one_or_none()
+        if size is None:
+            raise LogCorrupted(
+                "translog_state has no row: the log's tables were not created "
+                "(run the verifier's migrations or stockade.translog.store.create_tables)"
+            )
+        return int(size)
+
+    def size(self) -> int:
+        with self.engine.connect() as connection:
+            return self._size(connection)
+
+    def _reader(
+        self, connection: Connection
+    ) -> Callable[[Sequence[NodeId]], Mapping[NodeId, bytes]]:
+        return lambda ids: _read_subtrees(connection, ids)
+
+    def _resolve(self, connection: Connection, size: int | None, what: str) -> tuple[int, int]:
+        current = self._size(connection)
+        if size is None:
+            return current, current
+        if not 0 <= size <= current:
+            raise LogRangeError(f"{what}: tree size {size} is not in a log of {current} entries")
+        return size, current
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root hash of the first ``size`` entries (default: all of them)."""
+        with self.engine.connect() as connection:
+            size, _ = self._resolve(connection, size, "root")
+            return merkle.root_hash(size, self._reader(connection))
+
+    def head(self) -> tuple[int, bytes]:
+        """The current size and its root hash, read together."""
+        with self.engine.connect() as connection:
+            size = self._size(connection)
+            return size, merkle.root_hash(size, self._reader(connection))
+
+    def checkpoint(self, origin: str, extensions: Sequence[str] = ()) -> Checkpoint:
+        """The current tree head as a checkpoint body of log ``origin`` (sign it with
+        ``stockade.translog.checkpoint.sign_checkpoint``)."""
+        size, root = self.head()
+        return Checkpoint(origin, size, root, tuple(extensions))
+
+    def entry(self, index: int) -> bytes:
+        return self.entries(index, index + 1)[0]
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        """The entries with indices ``start <= i < end``, in order."""
+        with self.engine.connect() as connection:
+            size = self._size(connection)
+            if not 0 <= start <= end <= size:
+                raise LogRangeError(f"entries [{start}, {end}) are not in a log of {size} entries")
+            rows = connection.execute(
+                select(leaves.c.leaf_index, leaves.c.entry)
+                .where(leaves.c.leaf_index >= start, leaves.c.leaf_index < end)
+                .order_by(leaves.c.leaf_index)
+            ).all()
+        if len(rows) != end - start:
+            raise LogCorrupted(f"entries [{start}, {end}): only {len(rows)} stored")
+        return [bytes(entry) for _, entry in rows]
+
+    def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        """The RFC 9162 leaf hashes of entries ``start <= i < end``."""
+        with self.engine.connect() as connection:
+            size = self._size(connection)
+            if not 0 <= start <= end <= size:
+                raise LogRangeError(
+                    f"leaf hashes [{start}, {end}) are not in a log of {size} entries"
+                )
+            rows = connection.execute(
+                select(leaves.c.leaf_hash)
+                .where(leaves.c.leaf_index >= start, leaves.c.leaf_index < end)
+                .order_by(leaves.c.leaf_index)
+            ).all()
+        return [bytes(hashed) for (hashed,) in rows]
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """The audit path of entry ``index`` in the tree of ``size`` entries (default: the
+        current size); O(log n) stored hashes, at most three queries."""
+        with self.engine.connect() as connection:
+            size, _ = self._resolve(connection, size, "inclusion proof")
+            if not 0 <= index < size:
+                raise LogRangeError(
+                    f"inclusion proof: entry {index} is not in a tree of {size} entries"
+                )
+            return merkle.inclusion_proof(index, size, self._reader(connection))
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """The proof that the tree of ``new_size`` entries (default: current) extends the
+        tree of ``old_size`` entries."""
+        with self.engine.connect() as connection:
+            new_size, _ = self._resolve(connection, new_size, "consistency proof")
+            if not 0 <= old_size <= new_size:
+                raise LogRangeError(
+                    f"consistency proof: old size {old_size} is not between 0 and {new_size}"
+                )
+            return merkle.consistency_proof(old_size, new_size, self._reader(connection))
+
+    # -- appending --------------------------------------------------------------------
+
+    def append(self, entry: bytes, *, now: datetime | None = None) -> int:
+        """Append one entry; its index."""
+        return self.append_many([entry], now=now)[0]
+
+    def append_many(self, entries: Sequence[bytes], *, now: datetime | None = None) -> list[int]:
+        """Append ``entries`` in one transaction; their indices, consecutive and in order.
+        Concurrent appenders (threads or processes sharing the database) are serialized
+        on the state row."""
+        if not entries:
+            return []
+        hashes = [merkle.leaf_hash(entry) for entry in entries]
+        created = _naive_utc(now if now is not None else self.clock())
+        count = len(entries)
+        with self.engine.begin() as connection:
+            new_size = connection.execute(
+                update(state)
+                .where(state.c.id == STATE_ROW)
+                .values(size=state.c.size + count)
+                .returning(state.c.size)
+            ).scalar_one_or_none()
+            if new_size is None:
+                raise LogCorrupted(
+                    "translog_state has no row: the log's tables were not created "
+                    "(run the verifier's migrations or stockade.translog.store.create_tables)"
+                )
+            old_size = int(new_size) - count
+            peak_ids = merkle.subtree_ids(0, old_size)
+            found = _read_subtrees(connection, peak_ids)
+            missing = [node for node in peak_ids if node not in found]
+            if missing:
+                raise LogCorrupted(
+                    f"stored subtree hash missing at size {old_size}: level {missing[0][0]} "
+                    f"index {missing[0][1]}"
+                )
+            rows, _ = merkle.compact_append(old_size, [found[node] for node in peak_ids], hashes)
+            connection.execute(
+                insert(leaves),
+                [
+                    {
+                        "leaf_index": old_size + offset,
+                        "leaf_hash": hashed,
+                        "entry": entry,
+                        "created_at": created,
+                    }
+                    for offset, (entry, hashed) in enumerate(zip(entries, hashes, strict=True))
+                ],
+            )
+            if rows:
+                connection.execute(
+                    insert(subtrees),
+                    [
+                        {"level": level, "node_index": index, "hash": hashed}
+                        for level, index, hashed in rows
+                    ],
+                )
+        return list(range(old_size, old_size + count))
