@@ -12,7 +12,7 @@ import sys
 
 from bench.timing import Row
 
-MODULES = ["bench.tpm_quote", "bench.verity", "bench.eventlog", "bench.verifier"]
+MODULES = ["bench.tpm_quote", "bench.verity", "bench.eventlog", "bench.verifier", "bench.translog"]
 
 
 def main() -> None:
