@@ -278,7 +278,11 @@ class NoteVerifier:
         raw = _b64decode(encoded, f"verifier key {name!r}", MalformedKey)
         if len(raw) != 1 + ED25519_KEY_SIZE or raw[0] != ALG_ED25519:
             raise MalformedKey(f"verifier key {name!r} is not an Ed25519 key (0x01 and 32 bytes)")
-        verifier = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
+        try:
+            public_key = Ed25519PublicKey.from_public_bytes(raw[1:])
+        except ValueError as error:
+            raise MalformedKey(f"verifier key {name!r}: {error}") from None
+        verifier = cls(name, public_key)
         if verifier.key_id != int(hex_id, 16):
             raise MalformedKey(
                 f"verifier key {name!r}: key id {hex_id} does not match the key "
@@ -337,7 +341,11 @@ class NoteSigner:
         raw = _b64decode(encoded, f"signer key {name!r}", MalformedKey)
         if len(raw) != 1 + ED25519_KEY_SIZE or raw[0] != ALG_ED25519:
             raise MalformedKey(f"signer key {name!r} is not an Ed25519 key (0x01 and 32 bytes)")
-        signer = cls(name, Ed25519PrivateKey.from_private_bytes(raw[1:]))
+        try:
+            private_key = Ed25519PrivateKey.from_private_bytes(raw[1:])
+        except ValueError as error:
+            raise MalformedKey(f"signer key {name!r}: {error}") from None
+        signer = cls(name, private_key)
         if signer.key_id != int(hex_id, 16):
             raise MalformedKey(
                 f"signer key {name!r}: key id {hex_id} does not match the key ({signer.key_id:08x})"
