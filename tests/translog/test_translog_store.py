@@ -450,3 +450,14 @@ def test_verifier_migrations_create_the_log(tmp_path: Path):
             "0004"
         )
     engine.dispose()
+
+
+def test_migration_keeps_a_log_that_create_tables_made(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'early.db'}")
+    create_tables(engine)
+    MerkleLog(engine).append_many(ENTRIES[:5])
+    migrate(engine)
+    log = MerkleLog(engine)
+    assert log.size() == 5
+    assert log.root() == root_of(ENTRIES[:5])
+    engine.dispose()
