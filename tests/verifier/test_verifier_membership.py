@@ -376,3 +376,19 @@ def test_the_attested_pcrs_are_recorded_only_for_verified_results(api, software_
     assert good_status == "affirming" and bad_status == "contraindicated"
     assert sorted(good_pcrs["sha256"], key=int) == PCRS.split(":")[1].split(",")
     assert bad_pcrs is None  # a failed quote attests nothing to seal to
+
+
+def test_key_certified_after_a_reboot_is_refused_until_the_node_attests_again(
+    api, software_tpm
+):
+    """A node attests, then reboots into other software and asks for a certificate: the
+    certification's resetCount shows a boot nobody appraised."""
+    agent = trusted_node(api, software_tpm, "web-1")
+    software_tpm.power_cycle()
+    _, body = certificate_request(agent, api)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"] == "certify" and "another boot" in answer.json()["detail"]
+    assert agent.attest(api).json()["status"] == "affirming"
+    _, body = certificate_request(agent, api)
+    assert api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body).status_code == 201

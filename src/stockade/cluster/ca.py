@@ -41,6 +41,7 @@ from stockade.errors import StockadeError, VerificationFailed
 from stockade.evidence.certify import check_node_key
 from stockade.evidence.public import TpmPublic
 from stockade.home import locked, write_atomic
+from stockade.keyfiles import load_private_key, write_private_key
 
 STOCKADE_OID_ARC = "2.25.64001036570269566545444087952775894822"
 NODE_ID_OID = x509.ObjectIdentifier(f"{STOCKADE_OID_ARC}.1")
@@ -107,9 +108,6 @@ class ClusterCa:
     @classmethod
     def load_or_create(cls, directory: Path, name: str = "Stockade cluster CA") -> ClusterCa:
         """Load the CA in ``directory``, creating its key and certificate on first use."""
-        # Lazily: the verifier app imports this module, and these helpers live in it.
-        from stockade.verifier.tls import _load_private, _write_private
-
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path = directory / CA_KEY_FILE
         cert_path = directory / CA_CERT_FILE
@@ -117,8 +115,8 @@ class ClusterCa:
             if not key_path.exists():
                 if cert_path.exists():
                     raise ClusterCaError(f"{cert_path} exists but its key {key_path} is missing")
-                _write_private(key_path, ec.generate_private_key(ec.SECP256R1()))
-            key = _load_private(key_path)
+                write_private_key(key_path, ec.generate_private_key(ec.SECP256R1()))
+            key = load_private_key(key_path)
             if not cert_path.exists():
                 now = datetime.datetime.now(datetime.UTC)
                 certificate = _ca_certificate(key, name, now)

@@ -34,7 +34,7 @@ from stockade.evidence.public import (
     RsaParameters,
     TpmPublic,
 )
-from stockade.evidence.quote import ACCEPTED_SIGNATURE_HASHES, _key_scheme, check_ak
+from stockade.evidence.quote import ACCEPTED_SIGNATURE_HASHES, verify_ak_signature
 from stockade.evidence.signature import Signature
 
 
@@ -140,28 +140,16 @@ def check_node_key(public: TpmPublic) -> None:
 def _check_ak_signature(ak: TpmPublic, message: bytes, signature_bytes: bytes) -> None:
     """The AK is a restricted signing key and signed ``message``, with a scheme quotes accept."""
     try:
-        check_ak(ak)
-        scheme, scheme_hash = _key_scheme(ak)
-    except QuoteInvalid as error:
-        raise CertifyRejected("attestation-key", error.detail) from None
-    try:
         signature = Signature.unmarshal(signature_bytes)
     except EvidenceError as error:
         raise CertifyRejected("signature", f"not a usable TPMT_SIGNATURE: {error}") from None
-    if scheme != Alg.NULL and (scheme, scheme_hash) != (signature.scheme, signature.hash.alg):
-        raise CertifyRejected(
-            "signature",
-            f"signed with scheme 0x{signature.scheme:04x}/{signature.hash.name} but the AK "
-            f"is restricted to 0x{scheme:04x}/0x{scheme_hash or 0:04x}",
-        )
-    if signature.hash.alg not in ACCEPTED_SIGNATURE_HASHES:
-        raise CertifyRejected("signature", f"{signature.hash.name} signatures are not accepted")
     try:
-        key = ak.public_key()
+        verify_ak_signature(ak, message, signature)
+    except QuoteInvalid as error:
+        detail = error.detail.replace("the signature does not", "the certification does not")
+        raise CertifyRejected(error.check, detail) from None
     except EvidenceError as error:
         raise CertifyRejected("attestation-key", str(error)) from None
-    if not signature.verify(key, message):
-        raise CertifyRejected("signature", "the certification does not verify with the AK")
 
 
 def verify_certify(

@@ -79,6 +79,28 @@ def _key_scheme(ak: TpmPublic) -> tuple[int, int | None]:
     raise QuoteInvalid("attestation-key", "AK is neither an RSA nor an ECC key")
 
 
+def verify_ak_signature(ak: TpmPublic | PublicKey, message: bytes, signature: Signature) -> None:
+    """``signature`` is the AK's over ``message`` with a scheme and hash we accept, or
+    ``QuoteInvalid`` (check ``attestation-key`` or ``signature``). Shared by every TPM-signed
+    attestation: quotes and certifications."""
+    if isinstance(ak, TpmPublic):
+        check_ak(ak)
+        key = ak.public_key()
+        scheme, scheme_hash = _key_scheme(ak)
+        if scheme != Alg.NULL and (scheme, scheme_hash) != (signature.scheme, signature.hash.alg):
+            raise QuoteInvalid(
+                "signature",
+                f"signed with scheme 0x{signature.scheme:04x}/{signature.hash.name} but the AK "
+                f"is restricted to 0x{scheme:04x}/0x{scheme_hash or 0:04x}",
+            )
+    else:
+        key = ak
+    if signature.hash.alg not in ACCEPTED_SIGNATURE_HASHES:
+        raise QuoteInvalid("signature", f"{signature.hash.name} signatures are not accepted")
+    if not signature.verify(key, message):
+        raise QuoteInvalid("signature", "the signature does not verify with the AK")
+
+
 def verify_quote(
     ak: TpmPublic | PublicKey,
     message: bytes,
@@ -97,22 +119,7 @@ def verify_quote(
     """
     if not nonce:
         raise QuoteInvalid("nonce", "an empty nonce proves nothing about freshness")
-    if isinstance(ak, TpmPublic):
-        check_ak(ak)
-        key = ak.public_key()
-        scheme, scheme_hash = _key_scheme(ak)
-        if scheme != Alg.NULL and (scheme, scheme_hash) != (signature.scheme, signature.hash.alg):
-            raise QuoteInvalid(
-                "signature",
-                f"signed with scheme 0x{signature.scheme:04x}/{signature.hash.name} but the AK "
-                f"is restricted to 0x{scheme:04x}/0x{scheme_hash or 0:04x}",
-            )
-    else:
-        key = ak
-    if signature.hash.alg not in ACCEPTED_SIGNATURE_HASHES:
-        raise QuoteInvalid("signature", f"{signature.hash.name} signatures are not accepted")
-    if not signature.verify(key, message):
-        raise QuoteInvalid("signature", "the signature does not verify with the AK")
+    verify_ak_signature(ak, message, signature)
 
     # Only signed bytes are decoded: nothing below reads unauthenticated input.
     attest = Attest.unmarshal(message)

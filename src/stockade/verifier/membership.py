@@ -77,12 +77,22 @@ def issue_certificate(
     assert standing.result_id is not None and standing.not_after is not None
     try:
         ak = TpmPublic.unmarshal_tpm2b(standing.ak_public)
-        verify_certify(ak, key_public, certify_info, signature, nonce)
+        certified = verify_certify(ak, key_public, certify_info, signature, nonce)
     except (CertifyRejected, EvidenceError) as error:
         raise Forbidden(
             f"the key is not proven resident in node {standing.name}'s TPM: {error}",
             code="certify",
         ) from None
+    boot = (certified.clock.reset_count, certified.clock.restart_count)
+    if boot != standing.boot:
+        # The TPM restarted since the attested quote: whatever runs now was never appraised.
+        raise Forbidden(
+            f"node {standing.name} certified its key in another boot than the one it attested "
+            f"(resetCount/restartCount {boot[0]}/{boot[1]}, attested "
+            f"{'none' if standing.boot is None else '/'.join(map(str, standing.boot))}): "
+            "attest again",
+            code="certify",
+        )
     not_before = now - NOT_BEFORE_SKEW
     certificate = service.cluster_ca.issue_node_certificate(
         key_public,

@@ -32,6 +32,8 @@ class Standing:
     not_after: datetime | None = None
     reasons: list[str] = field(default_factory=list)
     pcrs: dict[str, dict[str, str]] | None = None
+    # The boot the latest verified quote came from (TPM resetCount, restartCount).
+    boot: tuple[int, int] | None = None
 
     def problem(self, now: datetime) -> str | None:
         """Why this node is not in good standing at ``now``; None when it is."""
@@ -73,6 +75,8 @@ def node_standing(connection: Connection, node_id: str, now: datetime) -> Standi
             Node.trusted_until,
             Node.revoked,
             Node.latest_result_id,
+            Node.last_reset_count,
+            Node.last_restart_count,
         ).where(Node.id == node_id)
     ).first()
     if node is None:
@@ -88,6 +92,9 @@ def node_standing(connection: Connection, node_id: str, now: datetime) -> Standi
         ak_public=node.ak_public,
         state=state,
         revoked=node.revoked,
+        boot=None
+        if node.last_reset_count is None or node.last_restart_count is None
+        else (node.last_reset_count, node.last_restart_count),
     )
     if node.latest_result_id is None:
         return standing

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from stockade.keyfiles import KeyFileError, load_private_key, write_private_key
 from stockade.verifier.errors import ConfigurationError
 
 CA_VALIDITY = datetime.timedelta(days=3650)
@@ -51,28 +51,14 @@ def spki_kid(public_key: ec.EllipticCurvePublicKey) -> str:
     return hashlib.sha256(spki).hexdigest()
 
 
-def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+_write_private = write_private_key
 
 
 def _load_private(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as error:
-        raise ConfigurationError(f"cannot load private key {path}: {error}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise ConfigurationError(f"{path} is not a P-256 private key")
-    if path.stat().st_mode & 0o077:
-        raise ConfigurationError(f"{path} is readable by group or others; chmod 600 it")
-    return key
+        return load_private_key(path)
+    except KeyFileError as error:
+        raise ConfigurationError(str(error)) from None
 
 
 def load_or_create_signing_key(data_dir: Path) -> SigningKey:
