@@ -24,6 +24,8 @@ from stockade.tpm.ekca import EkCa
 
 DATABASE_ENV = "STOCKADE_TEST_DATABASE_URL"
 TABLES = (
+    "translog_leaves", "translog_subtrees", "translog_state",
+    "secret_releases", "secret_grants", "secrets", "node_certificates",
     "webhook_cursors", "events", "results", "nonces", "enrollments", "policies", "nodes",
     "alembic_version",
 )  # fmt: skip

@@ -36,6 +36,9 @@ def _reset_external_database(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         for table in (
+            "translog_leaves",
+            "translog_subtrees",
+            "translog_state",
             "secret_releases",
             "secret_grants",
             "secrets",
