@@ -228,6 +228,7 @@ class AgentProcess:
     state_dir: Path
     interval: float = 1.0
     jitter: float = 0.2
+    extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -240,6 +241,7 @@ class AgentProcess:
             "--verifier", self.verifier.url, "--ca", str(self.verifier.ca),
             "--tpm", self.tpm_name, "--home", str(self.home), "--state-dir", str(self.state_dir),
             "--interval", str(self.interval), "--jitter", str(self.jitter), "--max-backoff", "1",
+            *self.extra,
         ]  # fmt: skip
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
