@@ -8,6 +8,7 @@ restarted agent attests again at once without enrolling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -24,6 +25,7 @@ from stockade.agent.client import (
     b64,
 )
 from stockade.agent.membership import Membership
+from stockade.agent.secret_socket import serving_secrets
 from stockade.agent.source import NodeSource
 from stockade.agent.state import AgentState, Enrolled
 from stockade.errors import StockadeError
@@ -54,6 +56,7 @@ class AgentConfig:
     pki_dir: Path | None = None
     secrets: tuple[str, ...] = ()
     secrets_dir: Path | None = None
+    secrets_socket: Path | None = None  # serve the secrets here, unsealed on every read
 
 
 def _print_line(line: str) -> None:
@@ -79,39 +82,52 @@ class Agent:
             f"boot log {config.source.event_log}, "
             f"verifier {config.verifier}, every {config.interval:g}s +/- {config.jitter:g}s"
         )
-        backoff = config.initial_backoff
-        with VerifierClient(config.verifier, config.ca) as client:
-            while not self.stop.is_set():
-                try:
-                    enrolled = self.state.enrolled() or self.enroll(client)
-                    answer = self.attest_once(client, enrolled)
-                    self._report(enrolled, answer)
-                    self._act_on(client, enrolled, answer)
-                except VerifierUnavailable as error:
-                    self.log(f"retry in {backoff:g}s: {error}")
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, config.max_backoff)
-                    continue
-                except VerifierRefused as error:
-                    if error.status in _REENROLL_STATUSES or error.code in _REENROLL_CODES:
-                        self.log(f"the verifier does not know this node ({error}); enrolling again")
-                        self.state.forget_enrollment()
-                    else:
-                        self.log(f"retry in {backoff:g}s: {error}")
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, config.max_backoff)
-                    continue
-                except StockadeError as error:  # TPM or boot log unreadable: may recover
-                    self.log(f"retry in {backoff:g}s: {error}")
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, config.max_backoff)
-                    continue
-                backoff = config.initial_backoff
-                self.attestations += 1
-                if max_attestations is not None and self.attestations >= max_attestations:
-                    break
-                self.stop.wait(self._next_delay())
+        with contextlib.ExitStack() as stack:
+            if config.secrets_socket is not None:
+                stack.enter_context(
+                    serving_secrets(
+                        config.secrets_socket, frozenset(config.secrets), self.membership.unseal
+                    )
+                )
+                self.log(f"secrets served on {config.secrets_socket} (unsealed per read)")
+            self._loop(
+                stack.enter_context(VerifierClient(config.verifier, config.ca)), max_attestations
+            )
         self.log(f"agent {config.name}: stopped after {self.attestations} attestations")
+
+    def _loop(self, client: VerifierClient, max_attestations: int | None) -> None:
+        config = self.config
+        backoff = config.initial_backoff
+        while not self.stop.is_set():
+            try:
+                enrolled = self.state.enrolled() or self.enroll(client)
+                answer = self.attest_once(client, enrolled)
+                self._report(enrolled, answer)
+                self._act_on(client, enrolled, answer)
+            except VerifierUnavailable as error:
+                self.log(f"retry in {backoff:g}s: {error}")
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, config.max_backoff)
+                continue
+            except VerifierRefused as error:
+                if error.status in _REENROLL_STATUSES or error.code in _REENROLL_CODES:
+                    self.log(f"the verifier does not know this node ({error}); enrolling again")
+                    self.state.forget_enrollment()
+                else:
+                    self.log(f"retry in {backoff:g}s: {error}")
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, config.max_backoff)
+                continue
+            except StockadeError as error:  # TPM or boot log unreadable: may recover
+                self.log(f"retry in {backoff:g}s: {error}")
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, config.max_backoff)
+                continue
+            backoff = config.initial_backoff
+            self.attestations += 1
+            if max_attestations is not None and self.attestations >= max_attestations:
+                break
+            self.stop.wait(self._next_delay())
 
     def _next_delay(self) -> float:
         jitter = self.config.jitter

@@ -169,7 +169,13 @@ class Membership:
         except OSError:
             raise StockadeError(f"no sealed copy of secret {name!r} on this node") from None
         with Tpm(self.tcti) as tpm:
-            return unseal_secret(tpm, _ek_kind(self.state_dir), sealed)
+            return unseal_secret(tpm, self.ek_kind(), sealed)
+
+    def ek_kind(self) -> Any:
+        """The kind of EK the node enrolled with (its AK's parent): secrets are sealed to it."""
+        from stockade.tpm.ak import AttestationKey
+
+        return AttestationKey.load(self.state_dir).ek_kind
 
     def deliver(self, name: str) -> Path | None:
         """Write the unsealed secret to ``<secrets_dir>/<name>`` (tmpfs only, 0600)."""
@@ -182,17 +188,19 @@ class Membership:
         return target
 
     def withdraw(self) -> list[str]:
-        """Remove delivered secret files (the node is no longer trusted); names removed."""
+        """The node is no longer affirmed: remove delivered secret files and the sealed copies
+        (the TPM refuses them once the PCRs moved, but a node can fail for other reasons, e.g.
+        a release the policy no longer accepts, with its PCRs unchanged). Names removed."""
         removed = []
-        if self.secrets_dir is not None:
-            for name in self.secret_names:
+        for name in self.secret_names:
+            paths = [self.sealed_path(name)]
+            if self.secrets_dir is not None:
+                paths.append(self.secrets_dir / name)
+            gone = False
+            for path in paths:
                 with contextlib.suppress(FileNotFoundError):
-                    (self.secrets_dir / name).unlink()
-                    removed.append(name)
+                    path.unlink()
+                    gone = True
+            if gone:
+                removed.append(name)
         return removed
-
-
-def _ek_kind(state_dir: Path) -> Any:
-    from stockade.tpm.ak import AttestationKey
-
-    return AttestationKey.load(state_dir).ek_kind

@@ -60,6 +60,13 @@ def run(
         Path | None,
         typer.Option("--secrets-dir", help="tmpfs directory to write unsealed secrets (0600)"),
     ] = None,
+    secrets_socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--secrets-socket",
+            help="Unix socket (0600) serving the secrets, unsealed by the TPM on every read",
+        ),
+    ] = None,
 ) -> None:
     """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM."""
     from stockade.agent import Agent, AgentConfig, resolve_source
@@ -80,6 +87,7 @@ def run(
             pki_dir=pki_dir,
             secrets=tuple(secret or ()),
             secrets_dir=secrets_dir,
+            secrets_socket=secrets_socket,
         )
     )
 

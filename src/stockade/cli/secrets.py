@@ -157,3 +157,23 @@ def rekey(
         emit_json(answer)
         return
     typer.echo(f"{answer['rekeyed']} secrets re-encrypted under KEK {answer['kek_id']}")
+
+
+@app.command("read")
+def read(
+    name: NameArgument,
+    socket_path: Annotated[Path, typer.Option("--socket", help="the agent's --secrets-socket")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write here (0600) instead of stdout")
+    ] = None,
+) -> None:
+    """On a node: read a secret from the local agent (unsealed by the TPM for this read)."""
+    from stockade.agent.secret_socket import read_secret
+    from stockade.home import write_atomic
+
+    value = read_secret(socket_path, name)
+    if out is not None:
+        write_atomic(out, value, mode=0o600)
+        return
+    sys.stdout.buffer.write(value)
+    sys.stdout.buffer.flush()
