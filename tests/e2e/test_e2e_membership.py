@@ -37,7 +37,7 @@ def test_the_compromised_node_loses_its_secret_and_its_certificate(story):
     assert "the agent withdrew" in text
     assert "its certificate is not renewed" in text
     assert "the verifier releases nothing: 403 untrusted" in text
-    assert "its own TPM refuses (unseal" in text
+    assert "its own TPM refuses to unseal it (unseal" in text
 
 
 def test_secret_bytes_appear_in_no_log_and_not_in_the_clear_at_rest(story):
