@@ -13,6 +13,7 @@ import sys
 from bench.timing import Row
 
 MODULES = ["bench.tpm_quote", "bench.verity", "bench.eventlog", "bench.verifier", "bench.translog"]
+MODULES.append("bench.membership")
 
 
 def main() -> None:
