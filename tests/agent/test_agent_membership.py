@@ -318,12 +318,6 @@ def test_contraindicated_result_withdraws_secrets_and_stops_renewal(
     assert_no_secret(lines + after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a revoked node keeps its delivered secrets: the verifier answers 403 "
-    "'revoked' (VerifierRefused), the loop only retries and _act_on (which withdraws) never "
-    "runs, so the plaintext stays on the tmpfs until reboot",
-)
 def test_revoked_node_withdraws_its_secrets(
     cluster: Cluster, booted, tmp_path: Path, shm_dir: Path
 ) -> None:
@@ -400,12 +394,6 @@ def test_filesystem_type_without_a_mount_is_unknown_and_refused(tmp_path: Path) 
             require_memory_filesystem(refused)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: filesystem_type decodes only \\040 in mountinfo mount points; the kernel "
-    "also escapes tab (\\011), newline (\\012) and backslash (\\134), so a disk mounted at "
-    "such a path inside a tmpfs is taken for the tmpfs (secrets written to disk)",
-)
 def test_filesystem_type_decodes_every_mountinfo_escape() -> None:
     mountinfo = "\n".join(
         [

@@ -520,12 +520,6 @@ def test_nodes_status_refuses_a_forged_statement(
     assert forged.stdout == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `stockade nodes status NODE` checks the statement against the node_id in the "
-    "answer, not the node asked for: a valid statement about another (trusted) node makes it "
-    "exit 0 for NODE",
-)
 def test_nodes_status_binds_the_statement_to_the_node_asked_for(
     cluster: Cluster, booted, tmp_path: Path, relay
 ) -> None:

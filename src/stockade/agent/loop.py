@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ class AgentConfig:
     secrets_socket: Path | None = None  # serve the secrets here, unsealed on every read
 
 
+def _timestamp(text: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _print_line(line: str) -> None:
     print(line, flush=True)
 
@@ -69,6 +77,9 @@ class Agent:
     stop: threading.Event = field(default_factory=threading.Event)
     log: Callable[[str], None] = _print_line
     attestations: int = 0
+    # The deadline (epoch seconds) of the last affirming result: delivered secrets are
+    # withdrawn once it passes without a new one, e.g. while the verifier is unreachable.
+    _affirmed_until: float | None = None
 
     @property
     def state(self) -> AgentState:
@@ -99,6 +110,8 @@ class Agent:
         config = self.config
         backoff = config.initial_backoff
         while not self.stop.is_set():
+            if self._affirmed_until is not None and time.time() >= self._affirmed_until:
+                self._withdraw("no affirming result since the last one expired")
             try:
                 enrolled = self.state.enrolled() or self.enroll(client)
                 answer = self.attest_once(client, enrolled)
@@ -115,6 +128,8 @@ class Agent:
                     self.state.forget_enrollment()
                 else:
                     self.log(f"retry in {backoff:g}s: {error}")
+                if error.status == 403:  # revoked: nothing it was given may stay usable
+                    self._withdraw(f"refused by the verifier ({error.code})")
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, config.max_backoff)
                 continue
@@ -213,9 +228,9 @@ class Agent:
         withdraw delivered secrets (the TPM will refuse to unseal them again anyway)."""
         membership = self.membership
         if answer.get("status") != "affirming":
-            for name in membership.withdraw():
-                self.log(f"secret {name}: withdrawn (node not affirmed)")
+            self._withdraw("node not affirmed")
             return
+        self._affirmed_until = _timestamp(answer.get("not_after"))
         if self.config.certificates:
             try:
                 issued = membership.renew_certificate(client, enrolled.node_id)
@@ -233,6 +248,12 @@ class Agent:
                 self.log(f"secret {name}: sealed to {sealed.selection}; {where}")
             except (VerifierRefused, StockadeError) as error:
                 self.log(f"secret {name}: not delivered: {error}")
+
+    def _withdraw(self, why: str) -> None:
+        """Remove every delivered secret and sealed copy (fail closed)."""
+        self._affirmed_until = None
+        for name in self.membership.withdraw():
+            self.log(f"secret {name}: withdrawn ({why})")
 
     def _report(self, enrolled: Enrolled, answer: dict[str, Any]) -> None:
         reasons = answer.get("reasons") or []

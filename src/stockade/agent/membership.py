@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +53,17 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
         fields = line.split()
         if " - " not in line or len(fields) < 5:
             continue
-        mount_point = fields[4].replace("\\040", " ")
+        mount_point = _unescape(fields[4])
         fs_type = line.split(" - ", 1)[1].split()[0]
         inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
             best, best_type = mount_point, fs_type
     return best_type
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as 3-digit octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def require_memory_filesystem(directory: Path) -> None:

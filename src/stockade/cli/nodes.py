@@ -187,11 +187,11 @@ def status(
     from stockade.errors import VerificationFailed
 
     with client(verifier, ca) as api:
-        answer = api.node_status(node)
+        asked = api.resolve(node)
+        answer = api.node_status(asked)
         keys = api.keys()
-    checked = verify_status(
-        str(answer["statement"]), keys, str(answer["node_id"]), datetime.now(UTC)
-    )
+    # Bound to the node asked for: a statement about any other node does not verify.
+    checked = verify_status(str(answer["statement"]), keys, asked, datetime.now(UTC))
     if output is OutputFormat.JSON:
         emit_json({**answer, "verified": True})
     else:
