@@ -249,6 +249,32 @@ def test_an_append_batch_is_a_constant_number_of_statements(make_log):
 # -- serialized appends ------------------------------------------------------------------------
 
 
+def test_append_on_a_connection_commits_and_rolls_back_with_the_caller(make_log):
+    """The verifier logs a result in the transaction that stores it: the append is the
+    caller's, and so is its fate. The head and proof it returns are the stored log's."""
+    log = make_log()
+    _grow(log, ENTRIES[:10])
+    with log.engine.begin() as connection:
+        appended = log.append_on(connection, [b"kept"])
+    assert (appended.start, appended.size, list(appended.indices)) == (10, 11, [10])
+    assert (appended.size, appended.root) == log.head()
+    assert list(appended.last_proof) == log.inclusion_proof(10, 11)
+    verify_inclusion(leaf_hash(b"kept"), 10, 11, appended.last_proof, appended.root)
+
+    with pytest.raises(RuntimeError), log.engine.begin() as connection:
+        log.append_on(connection, [b"lost", b"also lost"])
+        raise RuntimeError("the caller's transaction fails after the append")
+    assert log.size() == 11 and log.entries(10, 11) == [b"kept"]
+
+    for batch in ([ENTRIES[20]], ENTRIES[21:26], ENTRIES[26:58]):
+        with log.engine.begin() as connection:
+            appended = log.append_on(connection, batch)
+        assert (appended.size, appended.root) == log.head()
+        assert list(appended.last_proof) == log.inclusion_proof(appended.size - 1)
+    with pytest.raises(LogRangeError), log.engine.begin() as connection:
+        log.append_on(connection, [])
+
+
 def test_concurrent_appenders_get_distinct_consecutive_indices(make_log):
     log = make_log()
     results: dict[bytes, int] = {}

@@ -5,6 +5,7 @@ cosign (``../shared/DESIGN.md``, "Audit").
 - ``merkle``: hashing, proof generation from stored subtree hashes, proof verification;
 - ``checkpoint``: checkpoint bodies, signed notes, note keys, witness cosigning;
 - ``store``: ``MerkleLog`` over a SQLAlchemy engine;
+- ``entries``: the canonical JSON documents the verifier logs;
 - ``keys``: note key files.
 """
 
@@ -21,10 +22,17 @@ from stockade.translog.checkpoint import (
     sign_checkpoint,
     sign_note,
 )
+from stockade.translog.entries import (
+    ATTESTATION_RESULT,
+    attestation_result_entry,
+    canonical_json,
+    parse_entry,
+)
 from stockade.translog.errors import (
     BadSignature,
     LogCorrupted,
     LogRangeError,
+    MalformedEntry,
     MalformedKey,
     MalformedNote,
     NotEnoughSignatures,
@@ -40,14 +48,17 @@ from stockade.translog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from stockade.translog.store import MerkleLog, create_tables
+from stockade.translog.store import Appended, MerkleLog, create_tables
 
 __all__ = [
+    "ATTESTATION_RESULT",
     "EMPTY_ROOT",
+    "Appended",
     "BadSignature",
     "Checkpoint",
     "LogCorrupted",
     "LogRangeError",
+    "MalformedEntry",
     "MalformedKey",
     "MalformedNote",
     "MerkleLog",
@@ -58,12 +69,15 @@ __all__ = [
     "ProofError",
     "TranslogError",
     "add_signature",
+    "attestation_result_entry",
+    "canonical_json",
     "cosign_checkpoint",
     "create_tables",
     "leaf_hash",
     "node_hash",
     "open_checkpoint",
     "open_note",
+    "parse_entry",
     "root_of",
     "sign_checkpoint",
     "sign_note",

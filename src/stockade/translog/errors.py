@@ -55,6 +55,24 @@ class NotEnoughSignatures(NoteRejected):
     """Fewer verified signatures than required, or a required key did not sign."""
 
 
+class MalformedEntry(TranslogError, InputError):
+    """Bytes that are not a log entry: not canonical JSON, no type, a field missing."""
+
+    exit_code = 2
+
+
+class MalformedReceipt(TranslogError, InputError):
+    """A JSON inclusion receipt with a member missing or of the wrong kind."""
+
+    exit_code = 2
+
+
+class EntryMismatch(TranslogError, VerificationFailed):
+    """A logged entry that does not describe the record it is claimed to log."""
+
+    exit_code = 1
+
+
 class LogRangeError(TranslogError, InputError):
     """An index or tree size the log cannot answer for (beyond its size, or negative)."""
 

@@ -21,6 +21,7 @@ stored hashes (``stockade.translog.merkle``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -153,6 +154,22 @@ def _read_subtrees(connection: Connection, ids: Sequence[NodeId]) -> dict[NodeId
     return {(int(level), int(index)): bytes(hashed) for level, index, hashed in rows}
 
 
+@dataclass(frozen=True)
+class Appended:
+    """What one append did: entries ``start <= i < size`` were added, making the tree of
+    ``size`` entries with root ``root``; ``last_proof`` is the audit path of entry
+    ``size - 1`` in that tree (``merkle.verify_inclusion`` checks it against ``root``)."""
+
+    start: int
+    size: int
+    root: bytes
+    last_proof: tuple[bytes, ...]
+
+    @property
+    def indices(self) -> range:
+        return range(self.start, self.size)
+
+
 class MerkleLog:
     """An append-only RFC 9162 Merkle log stored in ``engine``'s database."""
 
@@ -274,49 +291,76 @@ class MerkleLog:
         on the state row."""
         if not entries:
             return []
+        with self.engine.begin() as connection:
+            appended = self.append_on(connection, entries, now=now)
+        return list(appended.indices)
+
+    def append_on(
+        self, connection: Connection, entries: Sequence[bytes], *, now: datetime | None = None
+    ) -> Appended:
+        """Append ``entries`` inside the caller's transaction on ``connection``, so they are
+        logged exactly when whatever else that transaction writes commits (and not at all if
+        it rolls back). The state row stays locked until the caller's transaction ends: append
+        last, and commit soon.
+
+        Returns the new head and the audit path of the last new entry in it, computed from
+        the O(log n) hashes the append reads anyway: signing a checkpoint for the entry and
+        proving its inclusion need no further query."""
+        if not entries:
+            raise LogRangeError("nothing to append: no entries given")
         hashes = [merkle.leaf_hash(entry) for entry in entries]
         created = _naive_utc(now if now is not None else self.clock())
         count = len(entries)
-        with self.engine.begin() as connection:
-            new_size = connection.execute(
-                update(state)
-                .where(state.c.id == STATE_ROW)
-                .values(size=state.c.size + count)
-                .returning(state.c.size)
-            ).scalar_one_or_none()
-            if new_size is None:
-                raise LogCorrupted(
-                    "translog_state has no row: the log's tables were not created "
-                    "(run the verifier's migrations or stockade.translog.store.create_tables)"
-                )
-            old_size = int(new_size) - count
-            peak_ids = merkle.subtree_ids(0, old_size)
-            found = _read_subtrees(connection, peak_ids)
-            missing = [node for node in peak_ids if node not in found]
-            if missing:
-                raise LogCorrupted(
-                    f"stored subtree hash missing at size {old_size}: level {missing[0][0]} "
-                    f"index {missing[0][1]}"
-                )
-            rows, _ = merkle.compact_append(old_size, [found[node] for node in peak_ids], hashes)
+        new_size = connection.execute(
+            update(state)
+            .where(state.c.id == STATE_ROW)
+            .values(size=state.c.size + count)
+            .returning(state.c.size)
+        ).scalar_one_or_none()
+        if new_size is None:
+            raise LogCorrupted(
+                "translog_state has no row: the log's tables were not created "
+                "(run the verifier's migrations or stockade.translog.store.create_tables)"
+            )
+        old_size = int(new_size) - count
+        peak_ids = merkle.subtree_ids(0, old_size)
+        found = _read_subtrees(connection, peak_ids)
+        missing = [node for node in peak_ids if node not in found]
+        if missing:
+            raise LogCorrupted(
+                f"stored subtree hash missing at size {old_size}: level {missing[0][0]} "
+                f"index {missing[0][1]}"
+            )
+        # The last entry's audit path in the new tree is the complete subtrees before it,
+        # smallest first (it is the rightmost leaf: every left sibling on its way up is one).
+        rows, before_last = merkle.compact_append(
+            old_size, [found[node] for node in peak_ids], hashes[:-1]
+        )
+        last_rows, peaks = merkle.compact_append(old_size + count - 1, before_last, hashes[-1:])
+        rows += last_rows
+        connection.execute(
+            insert(leaves),
+            [
+                {
+                    "leaf_index": old_size + offset,
+                    "leaf_hash": hashed,
+                    "entry": entry,
+                    "created_at": created,
+                }
+                for offset, (entry, hashed) in enumerate(zip(entries, hashes, strict=True))
+            ],
+        )
+        if rows:
             connection.execute(
-                insert(leaves),
+                insert(subtrees),
                 [
-                    {
-                        "leaf_index": old_size + offset,
-                        "leaf_hash": hashed,
-                        "entry": entry,
-                        "created_at": created,
-                    }
-                    for offset, (entry, hashed) in enumerate(zip(entries, hashes, strict=True))
+                    {"level": level, "node_index": index, "hash": hashed}
+                    for level, index, hashed in rows
                 ],
             )
-            if rows:
-                connection.execute(
-                    insert(subtrees),
-                    [
-                        {"level": level, "node_index": index, "hash": hashed}
-                        for level, index, hashed in rows
-                    ],
-                )
-        return list(range(old_size, old_size + count))
+        return Appended(
+            start=old_size,
+            size=old_size + count,
+            root=merkle.fold_right(peaks),
+            last_proof=tuple(reversed(before_last)),
+        )

@@ -1,0 +1,123 @@
+"""What the verifier logs: one canonical JSON document per entry.
+
+Every entry is a JSON object with a ``"type"``, encoded canonically (keys sorted, no
+whitespace, UTF-8, no NaN), so one record has exactly one byte string and hence one leaf
+hash: anyone holding the record can recompute it. Each type names its required fields;
+a later type (``"execution-record"``, from the container execution log) is another row
+in ``ENTRY_FIELDS``. Readers accept types they do not know (checking only that the
+document is canonical and typed), so an old monitor keeps verifying a newer log.
+
+Entries hold identifiers, verdicts and digests, never evidence or secrets: an attestation
+result is logged by its id, node, status, policy, validity and the SHA-256 of its EAR, so
+anyone holding the EAR can show it is the logged one.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from stockade.translog.errors import MalformedEntry
+
+ATTESTATION_RESULT = "attestation-result"
+
+# type -> the fields (besides "type") an entry of that type must carry, each a string.
+ENTRY_FIELDS: Mapping[str, tuple[str, ...]] = {
+    ATTESTATION_RESULT: (
+        "result_id",
+        "node_id",
+        "node_name",
+        "status",
+        "policy",
+        "not_after",
+        "issued_at",
+        "ear_sha256",
+    ),
+}
+
+MAX_ENTRY_SIZE = 64 * 1024
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """``document`` as canonical JSON bytes: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def ear_digest(ear: str) -> str:
+    """The ``ear_sha256`` of an EAR: SHA-256 of the JWT's bytes (compact form), hex."""
+    return hashlib.sha256(ear.encode("utf-8")).hexdigest()
+
+
+def attestation_result_entry(
+    *,
+    result_id: str,
+    node_id: str,
+    node_name: str,
+    status: str,
+    policy: str,
+    not_after: str,
+    issued_at: str,
+    ear: str,
+) -> bytes:
+    """The log entry of one stored attestation result (times as RFC 3339 strings)."""
+    return canonical_json(
+        {
+            "type": ATTESTATION_RESULT,
+            "result_id": result_id,
+            "node_id": node_id,
+            "node_name": node_name,
+            "status": status,
+            "policy": policy,
+            "not_after": not_after,
+            "issued_at": issued_at,
+            "ear_sha256": ear_digest(ear),
+        }
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise MalformedEntry(f"log entry contains {name}, which canonical JSON never does")
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise MalformedEntry(f"log entry has the key {key!r} twice")
+        document[key] = value
+    return document
+
+
+def parse_entry(data: bytes) -> dict[str, Any]:
+    """The document in entry bytes ``data``: a canonical JSON object with a string
+    ``"type"``; for a known type, every field of ``ENTRY_FIELDS`` present as a string.
+    ``MalformedEntry`` saying what is wrong."""
+    if len(data) > MAX_ENTRY_SIZE:
+        raise MalformedEntry(f"log entry is {len(data)} bytes, at most {MAX_ENTRY_SIZE}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MalformedEntry(f"log entry is not UTF-8 at byte offset {error.start}") from None
+    try:
+        document = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except ValueError as error:
+        raise MalformedEntry(f"log entry is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise MalformedEntry(f"log entry is a JSON {type(document).__name__}, not an object")
+    kind = document.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise MalformedEntry("log entry has no string 'type'")
+    if canonical_json(document) != data:
+        raise MalformedEntry("log entry is not canonical JSON (sorted keys, no whitespace, UTF-8)")
+    for name in ENTRY_FIELDS.get(kind, ()):
+        if not isinstance(document.get(name), str):
+            raise MalformedEntry(f"{kind} entry has no string {name!r}")
+    return document
