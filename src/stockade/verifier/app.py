@@ -19,6 +19,7 @@ from stockade.verifier import (
     attestation,
     enrollment,
     events,
+    log_api,
     membership,
     nodes,
     nonces,
@@ -35,6 +36,7 @@ from stockade.verifier.secrets import check_secrets_readable
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import run_sweeper
 from stockade.verifier.tls import load_or_create_signing_key
+from stockade.verifier.transparency import TransparencyLog
 from stockade.verifier.webhooks import WebhookWorker
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         appraiser=default_appraiser() if appraiser is _DEFAULT else appraiser,
         operator_token=config.operator_token or load_or_create_operator_token(config.data_dir),
         cluster_ca=ClusterCa.load_or_create(config.data_dir / "cluster-ca"),
+        translog=TransparencyLog.open(engine, config.data_dir, config.log_origin, config.clock),
     )
     check_secrets_readable(service)
 
@@ -186,6 +189,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     _install_error_handlers(app)
     for module in (enrollment, nonces, attestation, nodes, policies, events, membership, secrets):
         app.include_router(module.router)
+    app.include_router(log_api.router)
 
     @app.get("/v1/keys", tags=["results"])
     def keys(request: Request) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
+from stockade.translog.entries import attestation_result_entry
 from stockade.verifier.appraiser import Evidence, NodeView, Status
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
 from stockade.verifier.models import Event, Node, Result
@@ -48,6 +49,11 @@ class EvidenceResponse(BaseModel):
     not_after: str
     reasons: list[str]
     state: str
+    log_index: int = Field(description="the result's entry in the transparency log")
+    inclusion_proof: dict[str, Any] = Field(
+        description='{"log_index", "tree_size", "entry": b64, "proof": [b64], '
+        '"checkpoint": signed note} (docs/verifier-protocol.md, "Transparency log")'
+    )
 
 
 def _decode(body: EvidenceRequest) -> Evidence:
@@ -131,6 +137,7 @@ class _Prepared:
     policy_ref: str
     not_after: datetime
     pcrs: dict[str, dict[str, str]] | None  # the attested PCR values, when trusted
+    log_entry: bytes  # the result's transparency log entry (canonical JSON)
 
 
 class _StaleNode(Exception):
@@ -153,6 +160,8 @@ def _prepare(
     status, reasons, clock, claims = _appraise(
         service, active, view, evidence, result_id, now, not_after
     )
+    policy_ref = f"{active.policy_id}@{active.version}"
+    ear = sign_ear(service.signing_key, claims)
     attested = None
     selection = active.policy.pcrs
     if (
@@ -169,9 +178,19 @@ def _prepare(
         status=status,
         reasons=reasons,
         clock=clock,
-        ear=sign_ear(service.signing_key, claims),
-        policy_ref=f"{active.policy_id}@{active.version}",
+        ear=ear,
+        policy_ref=policy_ref,
         not_after=not_after,
+        log_entry=attestation_result_entry(
+            result_id=result_id,
+            node_id=node.id,
+            node_name=node.name,
+            status=str(status),
+            policy=policy_ref,
+            not_after=rfc3339(not_after),
+            issued_at=rfc3339(now),
+            ear=ear,
+        ),
     )
 
 
@@ -228,6 +247,10 @@ def _submit(
         elif prepared.inputs != locked.appraisal_inputs():
             raise _StaleNode  # rolls back: the nonce stays unused for the next attempt
         state = _store(connection, locked, prepared, now)
+        # Last, so the log's state row is held only until this commit: the result is logged
+        # if and only if it is stored.
+        appended = service.translog.append(connection, prepared.log_entry)
+    receipt = service.translog.receipt(appended, prepared.log_entry)
     return EvidenceResponse(
         result_id=prepared.result_id,
         status=prepared.status,
@@ -235,6 +258,8 @@ def _submit(
         not_after=rfc3339(prepared.not_after),
         reasons=prepared.reasons,
         state=state,
+        log_index=receipt.log_index,
+        inclusion_proof=receipt.to_json(),
     )
 
 

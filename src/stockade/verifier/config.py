@@ -16,6 +16,7 @@ from stockade.verifier.errors import ConfigurationError
 DEFAULT_PORT = 8443
 DEFAULT_HOST = "127.0.0.1"
 MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_LOG_ORIGIN = "stockade.local/verifier-log"
 
 
 def utc_now() -> datetime:
@@ -60,6 +61,9 @@ class VerifierConfig:
     operator_token: str | None = None
     # How long a signed node status statement (GET /v1/nodes/{id}/status) stays valid.
     status_validity_seconds: float = 60.0
+    # The transparency log's origin (first line of every checkpoint) and its key's name;
+    # the key in <data_dir>/keys/ is made for it on first start and refuses another.
+    log_origin: str = DEFAULT_LOG_ORIGIN
     verifier_build: str = field(default_factory=_version)
     clock: Callable[[], datetime] = utc_now
 

@@ -44,6 +44,7 @@ class Service:
     appraiser: Appraiser | None
     operator_token: str = ""
     cluster_ca: Any = None  # stockade.cluster.ca.ClusterCa
+    translog: Any = None  # stockade.verifier.transparency.TransparencyLog
     _references: dict[tuple[str, int], ActivePolicy] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _active: ActivePolicy | None = None

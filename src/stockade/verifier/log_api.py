@@ -1,0 +1,160 @@
+"""The transparency log's public API (docs/verifier-protocol.md, "Transparency log"):
+the signed checkpoint, the log's key, entries, inclusion and consistency proofs.
+
+Read-only and unauthenticated: anyone may check the log. Every answer is computed from
+O(log n) stored hashes, except entries, served at most ``MAX_ENTRIES`` at a time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import PlainTextResponse
+
+from stockade.translog.errors import LogCorrupted, LogRangeError
+from stockade.translog.receipt import Receipt
+from stockade.verifier.errors import BadRequest, Unavailable
+from stockade.verifier.service import service_of
+from stockade.verifier.transparency import SignedHead, TransparencyLog
+from stockade.verifier.wire import encode_b64
+
+router = APIRouter(tags=["transparency log"])
+
+MAX_ENTRIES = 1000
+NOTE_MEDIA_TYPE = "text/plain; charset=utf-8"
+
+
+class Format(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def _log(request: Request) -> TransparencyLog:
+    translog: TransparencyLog = service_of(request).translog
+    return translog
+
+
+def _head(translog: TransparencyLog) -> SignedHead:
+    try:
+        return translog.signed_head()
+    except LogCorrupted as error:
+        raise Unavailable(str(error), code="log-corrupted") from None
+
+
+def _head_json(translog: TransparencyLog, head: SignedHead) -> dict[str, Any]:
+    return {
+        "origin": translog.origin,
+        "size": head.size,
+        "root": encode_b64(head.root),
+        "checkpoint": head.note.decode(),
+    }
+
+
+@router.get("/v1/log/checkpoint", response_model=None)
+def checkpoint(
+    request: Request, format: Annotated[Format, Query()] = Format.TEXT
+) -> PlainTextResponse | dict[str, Any]:
+    """The log's current checkpoint: a C2SP signed note (``text/plain``), or with
+    ``?format=json`` ``{"origin", "size", "root": b64, "checkpoint": note}``."""
+    translog = _log(request)
+    head = _head(translog)
+    if format is Format.JSON:
+        return _head_json(translog, head)
+    return PlainTextResponse(head.note.decode(), media_type=NOTE_MEDIA_TYPE)
+
+
+@router.get("/v1/log/key", response_model=None)
+def key(
+    request: Request, format: Annotated[Format, Query()] = Format.TEXT
+) -> PlainTextResponse | dict[str, Any]:
+    """The verifier key string that checks the log's checkpoints (``<name>+<id>+<b64>``,
+    the name being the origin); ``?format=json``: ``{"origin", "key"}``. Pin it once."""
+    translog = _log(request)
+    if format is Format.JSON:
+        return {"origin": translog.origin, "key": translog.key_string}
+    return PlainTextResponse(translog.key_string + "\n", media_type=NOTE_MEDIA_TYPE)
+
+
+def _range(error: LogRangeError) -> BadRequest:
+    return BadRequest(str(error), code="range")
+
+
+@router.get("/v1/log/entries")
+def entries(
+    request: Request,
+    start: Annotated[int, Query(ge=0)],
+    end: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    """Entries ``start <= i < end`` (base64, with their RFC 9162 leaf hashes), at most
+    ``MAX_ENTRIES`` and never beyond the log's size: ``end`` in the answer says where they
+    stop. ``start`` beyond the size is 400 ``range``."""
+    store = _log(request).store
+    size = store.size()
+    if start > size:
+        raise BadRequest(f"start {start} is beyond the log's {size} entries", code="range")
+    stop = min(size, start + MAX_ENTRIES, size if end is None else end)
+    if stop < start:
+        raise BadRequest(f"end {end} is before start {start}", code="range")
+    try:
+        data = store.entries(start, stop)
+        hashes = store.leaf_hashes(start, stop)
+    except LogRangeError as error:
+        raise _range(error) from None
+    return {
+        "start": start,
+        "end": stop,
+        "size": size,
+        "entries": [
+            {"index": start + offset, "entry": encode_b64(entry), "leaf_hash": encode_b64(hashed)}
+            for offset, (entry, hashed) in enumerate(zip(data, hashes, strict=True))
+        ],
+    }
+
+
+@router.get("/v1/log/proof/inclusion")
+def inclusion_proof(
+    request: Request,
+    index: Annotated[int, Query(ge=0)],
+    size: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """The receipt of entry ``index`` in the tree of ``size`` entries: ``{"log_index",
+    "tree_size", "entry": b64, "proof": [b64]}``. Without ``size``, against the current
+    head, and with its signed ``checkpoint``."""
+    translog = _log(request)
+    note: bytes | None = None
+    if size is None:
+        head = _head(translog)
+        size, note = head.size, head.note
+    try:
+        proof = translog.store.inclusion_proof(index, size)
+        entry = translog.store.entry(index)
+    except LogRangeError as error:
+        raise _range(error) from None
+    return Receipt(index, size, entry, tuple(proof), note).to_json()
+
+
+@router.get("/v1/log/proof/consistency")
+def consistency_proof(
+    request: Request,
+    old: Annotated[int, Query(ge=0)],
+    new: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    """The RFC 9162 proof that the tree of ``new`` entries extends the tree of ``old``:
+    ``{"old_size", "new_size", "proof": [b64]}``. Without ``new``, to the current head,
+    with its signed ``checkpoint``."""
+    translog = _log(request)
+    answer: dict[str, Any] = {}
+    if new is None:
+        head = _head(translog)
+        new = head.size
+        answer["checkpoint"] = head.note.decode()
+    try:
+        proof = translog.store.consistency_proof(old, new)
+    except LogRangeError as error:
+        raise _range(error) from None
+    answer.update(
+        {"old_size": old, "new_size": new, "proof": [encode_b64(element) for element in proof]}
+    )
+    return answer
