@@ -43,6 +43,10 @@ def _register() -> None:
 
     app.add_typer(verifier.app, name="verifier")
 
+    from stockade.cli import log
+
+    app.add_typer(log.app, name="log")
+
 
 def main() -> None:
     """Console entry point: typed errors become one line on stderr and an exit code.

@@ -14,6 +14,7 @@ from stockade.errors import InputError
 from stockade.home import stockade_home
 from stockade.verifier.config import (
     DEFAULT_HOST,
+    DEFAULT_LOG_ORIGIN,
     DEFAULT_PORT,
     VerifierConfig,
     load_allowlist,
@@ -78,6 +79,13 @@ def serve(
         list[Path] | None,
         typer.Option("--previous-kek-file", help="older KEKs still readable during a rotation"),
     ] = None,
+    log_origin: Annotated[
+        str,
+        typer.Option(
+            "--log-origin",
+            help="the transparency log's origin (and its key's name; fixed on first start)",
+        ),
+    ] = DEFAULT_LOG_ORIGIN,
 ) -> None:
     """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
     signing key in the data directory."""
@@ -100,6 +108,7 @@ def serve(
         policy_id=document["id"] if document else None,
         webhook_urls=tuple(webhook or ()),
         key_ring=load_key_ring(kek_file, tuple(previous_kek_file or ())),
+        log_origin=log_origin,
     )
     prepared = prepare(config, host, port)
 
@@ -124,6 +133,7 @@ def serve(
         typer.echo(f"secrets:          KEK {config.key_ring.current.kek_id}")
     typer.echo(f"cluster CA:       {directory / 'cluster-ca'}")
     typer.echo(f"operator token:   {directory / 'operator-token'}")
+    typer.echo(f"log key:          {service.translog.key_string} ({directory / 'keys'})")
     for url in config.webhook_urls:
         typer.echo(f"webhook:          {url}")
     if not roots:

@@ -1,0 +1,331 @@
+"""``stockade log checkpoint|verify|monitor``: check the verifier's transparency log.
+
+``verify`` is offline: a receipt (an evidence response, or ``GET /v1/log/proof/inclusion``)
+against a signed checkpoint and the log's key. ``checkpoint`` and ``monitor`` talk to the
+verifier; ``monitor`` follows its checkpoints and exits 1 with an ``ALERT`` line on stderr
+at the first bad signature, rollback, fork or rewritten entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stockade.cli._input import emit_json, read_file
+from stockade.cli.nodes import CaOption, VerifierOption
+from stockade.cli.quote import OutputFormat
+from stockade.errors import InputError
+from stockade.translog.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
+from stockade.translog.errors import MalformedKey
+from stockade.translog.monitor import Alert, MonitorState, Observation, observe
+from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
+
+app = typer.Typer(
+    no_args_is_help=True, help="The verifier's transparency log: checkpoints, receipts, monitor."
+)
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format")]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key", help="the log's verifier key: a key string <name>+<id>+<base64>, or a file"
+    ),
+]
+PinOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pin",
+        help="file holding the log's key; when missing, the verifier's /v1/log/key is "
+        "written there on first use",
+    ),
+]
+
+
+def _b64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise InputError(f"{what} is not a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{what} is not base64") from None
+
+
+def parse_key(value: str) -> NoteVerifier:
+    """A key string, or a file holding one."""
+    path = Path(value)
+    if "+" not in value or path.is_file():
+        value = read_file(path, "log key").decode("utf-8", "replace")
+    try:
+        return NoteVerifier.from_key_string(value)
+    except MalformedKey as error:
+        raise InputError(f"log key: {error}") from None
+
+
+def _member(document: object, name: str, what: str) -> Any:
+    if not isinstance(document, dict) or name not in document:
+        raise InputError(f"the verifier's {what} has no {name!r}")
+    return document[name]
+
+
+class HttpLogSource:
+    """The transparency log API of a verifier (``stockade.translog.monitor.LogSource``)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def checkpoint(self) -> bytes:
+        document = self.api.request("GET", "/v1/log/checkpoint", format="json")
+        note = _member(document, "checkpoint", "checkpoint")
+        if not isinstance(note, str):
+            raise InputError("the verifier's checkpoint is not a string")
+        return note.encode()
+
+    def key(self) -> str:
+        return str(_member(self.api.request("GET", "/v1/log/key", format="json"), "key", "key"))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        document = self.api.request("GET", "/v1/log/proof/consistency", old=old_size, new=new_size)
+        proof = _member(document, "proof", "consistency proof")
+        if not isinstance(proof, list):
+            raise InputError("the verifier's consistency proof is not a list")
+        return [_b64(element, "consistency proof element") for element in proof]
+
+    def entries(self, start: int, end: int) -> list[tuple[bytes, bytes]]:
+        document = self.api.request("GET", "/v1/log/entries", start=start, end=end)
+        rows = _member(document, "entries", "entries")
+        if not isinstance(rows, list):
+            raise InputError("the verifier's entries are not a list")
+        return [
+            (
+                _b64(_member(row, "entry", "entry"), "entry"),
+                _b64(_member(row, "leaf_hash", "entry"), "leaf hash"),
+            )
+            for row in rows
+        ]
+
+
+def _client(verifier: str | None, ca: Path | None) -> Any:
+    from stockade.agent.client import VerifierClient
+
+    return VerifierClient.from_options(verifier, ca)
+
+
+def _trusted_key(key: str | None, pin: Path | None, source: HttpLogSource) -> NoteVerifier:
+    if key is not None:
+        return parse_key(key)
+    if pin is None:
+        raise InputError("no log key: pass --key (a key string or file) or --pin FILE")
+    if pin.exists():
+        return parse_key(str(pin))
+    fetched = NoteVerifier.from_key_string(source.key())
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.write_text(fetched.key_string() + "\n")
+    print(
+        f"stockade: pinned the log key {fetched.key_string()} in {pin} (first use: check it "
+        "against the verifier's data directory)",
+        file=sys.stderr,
+    )
+    return fetched
+
+
+def _head_json(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "origin": checkpoint.origin,
+        "size": checkpoint.size,
+        "root": base64.b64encode(checkpoint.root).decode(),
+    }
+
+
+@app.command("checkpoint")
+def checkpoint_command(
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    key: KeyOption = None,
+    pin: PinOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write the signed checkpoint note here")
+    ] = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Fetch the log's current checkpoint and verify its signature. Exit 1 when it does
+    not verify."""
+    with _client(verifier, ca) as api:
+        source = HttpLogSource(api)
+        trusted = _trusted_key(key, pin, source)
+        note = source.checkpoint()
+    head, _ = open_checkpoint(note, [trusted], required=[trusted.name], origin=trusted.name)
+    if out is not None:
+        out.write_bytes(note)
+    if output is OutputFormat.JSON:
+        emit_json({**_head_json(head), "checkpoint": note.decode(), "verified": True})
+        return
+    sys.stdout.write(note.decode())
+    typer.echo(f"verified: {head.origin} size {head.size}, signed by {trusted.name}", err=True)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(read_file(path, what))
+    except ValueError as error:
+        raise InputError(f"{what} '{path}' is not JSON: {error}") from None
+
+
+@app.command("verify")
+def verify_command(
+    receipt_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RECEIPT",
+            help="JSON: an evidence response (its inclusion_proof) or a receipt from "
+            "/v1/log/proof/inclusion",
+        ),
+    ],
+    key: KeyOption = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="signed checkpoint note [default: the receipt's own]"),
+    ] = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Offline: check that the log signed by KEY holds the receipt's entry (and, for an
+    evidence response, that the entry is that result's). Exit 0 verified, 1 not, 2
+    unreadable input."""
+    if key is None:
+        raise InputError("no log key: pass --key (a key string or a file)")
+    trusted = parse_key(key)
+    document = _read_json(receipt_file, "receipt")
+    result = document if isinstance(document, dict) and "inclusion_proof" in document else None
+    receipt = Receipt.from_json(result["inclusion_proof"] if result is not None else document)
+    note = read_file(checkpoint, "checkpoint") if checkpoint is not None else None
+    verified = verify_receipt(
+        receipt, [trusted], checkpoint=note, required=[trusted.name], origin=trusted.name
+    )
+    if result is not None:
+        check_result_entry(verified.entry, result)
+    if output is OutputFormat.JSON:
+        emit_json(
+            {
+                **_head_json(verified.checkpoint),
+                "log_index": verified.log_index,
+                "entry": verified.entry,
+                "result_matches": result is not None,
+                "verified": True,
+            }
+        )
+        return
+    entry = verified.entry
+    what = entry.get("type", "entry")
+    if "result_id" in entry:
+        what += f" {entry['result_id']} ({entry.get('node_name', '')}, {entry.get('status', '')})"
+    typer.echo(
+        f"verified: {what} is entry {verified.log_index} of {verified.checkpoint.origin} "
+        f"at size {verified.checkpoint.size}, signed by {trusted.name}"
+    )
+
+
+def _load_state(path: Path | None, key: NoteVerifier) -> MonitorState | None:
+    if path is None or not path.exists():
+        return None
+    return MonitorState.from_json(_read_json(path, "monitor state"), key, key.name)
+
+
+def _save_state(path: Path, state: MonitorState) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _report(observation: Observation, output: OutputFormat) -> None:
+    head = observation.state.checkpoint
+    previous = observation.previous
+    if output is OutputFormat.JSON:
+        print(
+            json.dumps(
+                {
+                    **_head_json(head),
+                    "previous_size": previous.size if previous else None,
+                    "new": observation.grew,
+                    "entries_checked": observation.entries_checked,
+                },
+                sort_keys=True,
+            ),
+            flush=True,
+        )
+        return
+    root = base64.b64encode(head.root).decode()
+    if previous is None:
+        how = "first checkpoint seen"
+    elif observation.grew:
+        how = f"+{head.size - previous.size} entries, consistent with size {previous.size}"
+    else:
+        how = "unchanged"
+    checked = (
+        f", {observation.entries_checked} entries checked" if observation.entries_checked else ""
+    )
+    print(f"{head.origin} size {head.size} root {root} ({how}{checked})", flush=True)
+
+
+@app.command("monitor")
+def monitor_command(
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    key: KeyOption = None,
+    pin: PinOption = None,
+    state_file: Annotated[
+        Path | None,
+        typer.Option("--state", help="the last verified checkpoint, kept across runs"),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="seconds between checks", min=0.1)] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="check once and exit")] = False,
+    entries: Annotated[
+        bool,
+        typer.Option(
+            "--entries/--no-entries",
+            help="also fetch the new entries and check them against the signed root",
+        ),
+    ] = True,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Follow the log's checkpoints: each must be signed by the log's key and extend the
+    last verified one (a consistency proof). One line per new checkpoint; on a bad
+    signature, a rollback, a fork or a rewritten entry, an ALERT line on stderr and exit 1
+    (the state file keeps the last good checkpoint)."""
+    from stockade.agent.client import VerifierRefused, VerifierUnavailable
+
+    with _client(verifier, ca) as api:
+        source = HttpLogSource(api)
+        trusted = _trusted_key(key, pin, source)
+        state = _load_state(state_file, trusted)
+        while True:
+            try:
+                observation = observe(source, trusted, state, check_entries=entries)
+            except Alert as alert:
+                print(
+                    f"ALERT: transparency log {trusted.name} at {api.url}: {alert.kind.upper()}: "
+                    f"{alert.detail}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise typer.Exit(1) from None
+            except (VerifierUnavailable, VerifierRefused, InputError) as error:
+                if once:
+                    raise
+                print(f"stockade: {error}; retrying in {interval:g} s", file=sys.stderr)
+            else:
+                if observation.grew or once:
+                    _report(observation, output)
+                if state_file is not None and observation.state != state:
+                    _save_state(state_file, observation.state)
+                state = observation.state
+            if once:
+                return
+            time.sleep(interval)
