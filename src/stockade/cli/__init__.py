@@ -43,9 +43,10 @@ def _register() -> None:
 
     app.add_typer(verifier.app, name="verifier")
 
-    from stockade.cli import log
+    from stockade.cli import image, log
 
     app.add_typer(log.app, name="log")
+    app.add_typer(image.app, name="image")
 
 
 def main() -> None:
