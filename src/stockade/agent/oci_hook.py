@@ -1,0 +1,597 @@
+"""``stockade-oci-hook``: the OCI runtime hook that admits a container, provably, or refuses it.
+
+The runtime (runc, or containerd/CRI-O through ``hooks.d``) runs the hook as a ``createRuntime``
+hook: after the container's namespaces and mounts exist, before ``pivot_root`` and long before
+the user's program is executed. The container's state arrives as JSON on stdin (``id``,
+``bundle``, ``annotations``); the hook reads the bundle's ``config.json`` for what is about to
+run. A non-zero exit makes the runtime tear the container down without starting it.
+
+Admission, in this order, under one lock so that record numbers follow extend order:
+
+1. verify the image (signature, trust policy, every blob's digest) named by the annotations
+   ``dev.stockade.image.layout``, ``dev.stockade.image.tag``, ``dev.stockade.image.reference``;
+2. if the trust policy's digest differs from the last ``TrustPolicyLoaded`` in the execution
+   log, extend PCR 13 with a new ``TrustPolicyLoaded`` record and append it;
+3. extend PCR 13 with the canonical ``ContainerStart`` record (CEL content bytes);
+4. append that record to the execution log (fsync'd);
+5. exit 0.
+
+It fails closed: unreadable input, a missing annotation, a refused image, an unreachable TPM
+or any unexpected exception prints one line on stderr and exits 1 before the container runs.
+
+Configuration comes from the hook's ``args`` in config.json (or ``hooks.d``), with environment
+fallbacks: ``--tcti`` (``STOCKADE_TCTI``), ``--log`` (``STOCKADE_EXECUTION_LOG``), ``--policy``
+(``STOCKADE_TRUST_POLICY``), ``--org-key`` repeated (``STOCKADE_ORG_KEYS``, ``:``-separated),
+``--layout-cache`` (``STOCKADE_LAYOUT_CACHE``) and ``--agent-socket`` (``STOCKADE_HOOK_SOCKET``).
+
+With ``--agent-socket`` the hook is only a small client: it forwards the state to a process
+running :func:`serving_hook_requests` (``stockade-oci-hook serve``) and exits 0 only on its
+``OK``; the server does the same admission with the same lock. This module imports only the
+standard library at the top, so the client starts in the time of a bare Python interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ANNOTATION_LAYOUT = "dev.stockade.image.layout"
+ANNOTATION_TAG = "dev.stockade.image.tag"
+ANNOTATION_REFERENCE = "dev.stockade.image.reference"
+# What containerd's CRI plugin and CRI-O put in the annotations of every container they create.
+CRI_IMAGE_NAME_ANNOTATIONS = ("io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName")
+
+DEFAULT_TCTI = "device:/dev/tpmrm0"
+# /run is a tmpfs: the log starts empty on every boot, as PCR 13 does.
+DEFAULT_LOG = Path("/run/stockade/execution.log")
+DEFAULT_POLICY = Path("/etc/stockade/trust-policy.json")
+DEFAULT_ORG_KEY = Path("/etc/stockade/org.pub")
+
+MAX_STATE_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 16 << 20
+SOCKET_TIMEOUT = 60.0
+PROG = "stockade-oci-hook"
+
+
+class HookRefused(Exception):
+    """The container must not start; the message is the one line the runtime will show."""
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """Where the hook finds its TPM, log, trust policy and keys."""
+
+    tcti: str = DEFAULT_TCTI
+    log_path: Path = DEFAULT_LOG
+    policy_path: Path = DEFAULT_POLICY
+    org_keys: tuple[Path, ...] = (DEFAULT_ORG_KEY,)
+    layout_cache: Path | None = None
+    agent_socket: Path | None = None
+
+    def to_args(self) -> list[str]:
+        """The hook arguments (after argv[0]) that reproduce these settings."""
+        args = ["--tcti", self.tcti, "--log", str(self.log_path), "--policy", str(self.policy_path)]
+        for key in self.org_keys:
+            args += ["--org-key", str(key)]
+        if self.layout_cache is not None:
+            args += ["--layout-cache", str(self.layout_cache)]
+        if self.agent_socket is not None:
+            args += ["--agent-socket", str(self.agent_socket)]
+        return args
+
+
+_FLAGS = {
+    "--tcti",
+    "--log",
+    "--policy",
+    "--org-key",
+    "--layout-cache",
+    "--agent-socket",
+    "--socket",
+}
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> HookSettings:
+    """Settings from ``--flag value`` pairs, falling back to the environment, then defaults."""
+    values: dict[str, list[str]] = {}
+    items = list(argv)
+    while items:
+        flag = items.pop(0)
+        name, eq, inline = flag.partition("=")
+        if name not in _FLAGS:
+            raise HookRefused(f"unknown hook argument {flag!r}")
+        if eq:
+            value = inline
+        elif items:
+            value = items.pop(0)
+        else:
+            raise HookRefused(f"hook argument {flag} needs a value")
+        key = "agent-socket" if name == "--socket" else name.removeprefix("--")
+        values.setdefault(key, []).append(value)
+
+    def one(name: str, env: str) -> str | None:
+        given = values.get(name)
+        return given[-1] if given else (environ.get(env) or None)
+
+    keys = values.get("org-key") or [
+        k for k in environ.get("STOCKADE_ORG_KEYS", "").split(":") if k
+    ]
+    cache = one("layout-cache", "STOCKADE_LAYOUT_CACHE")
+    agent = one("agent-socket", "STOCKADE_HOOK_SOCKET")
+    return HookSettings(
+        tcti=one("tcti", "STOCKADE_TCTI") or DEFAULT_TCTI,
+        log_path=Path(one("log", "STOCKADE_EXECUTION_LOG") or DEFAULT_LOG),
+        policy_path=Path(one("policy", "STOCKADE_TRUST_POLICY") or DEFAULT_POLICY),
+        org_keys=tuple(Path(k) for k in keys) or (DEFAULT_ORG_KEY,),
+        layout_cache=Path(cache) if cache else None,
+        agent_socket=Path(agent) if agent else None,
+    )
+
+
+# -- what is starting ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """One container about to start: the OCI state plus what its config.json says it runs."""
+
+    container_id: str
+    bundle: Path
+    annotations: Mapping[str, str]
+    args: tuple[str, ...]
+    env_names: tuple[str, ...]
+    mounts: tuple[tuple[str, str, str, tuple[str, ...]], ...] = field(default=())
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HookRefused(f"{what} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise HookRefused(f"{what} is not a JSON object")
+    return value
+
+
+def _strings(value: object, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise HookRefused(f"{what} is not a list of strings")
+    return tuple(value)
+
+
+def read_request(state_bytes: bytes) -> ContainerRequest:
+    """The OCI state from stdin, completed from ``<bundle>/config.json``."""
+    state = _json_object(state_bytes, "the container state on stdin")
+    container_id = state.get("id")
+    bundle = state.get("bundle")
+    if not isinstance(container_id, str) or not container_id:
+        raise HookRefused("the container state on stdin has no id")
+    if not isinstance(bundle, str) or not os.path.isabs(bundle):
+        raise HookRefused(f"container {container_id}: the state has no absolute bundle path")
+    config_path = Path(bundle) / "config.json"
+    try:
+        with open(config_path, "rb") as handle:
+            config_bytes = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise HookRefused(f"cannot read {config_path}: {error.strerror or error}") from None
+    if len(config_bytes) > MAX_CONFIG_BYTES:
+        raise HookRefused(f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes")
+    config = _json_object(config_bytes, str(config_path))
+    annotations: dict[str, str] = {}
+    for source in (config.get("annotations"), state.get("annotations")):
+        if source is None:
+            continue
+        if not isinstance(source, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in source.items()
+        ):
+            raise HookRefused(f"container {container_id}: annotations are not strings")
+        for key, value in source.items():
+            if annotations.setdefault(key, value) != value:
+                raise HookRefused(
+                    f"container {container_id}: annotation {key} differs between the state "
+                    "and config.json"
+                )
+    process = config.get("process") or {}
+    if not isinstance(process, dict):
+        raise HookRefused(f"{config_path}: process is not an object")
+    args = _strings(process.get("args"), "process.args")
+    env_names = tuple(entry.partition("=")[0] for entry in _strings(process.get("env"), "env"))
+    mounts = []
+    raw_mounts = config.get("mounts") or []
+    if not isinstance(raw_mounts, list):
+        raise HookRefused(f"{config_path}: mounts is not a list")
+    for mount in raw_mounts:
+        if not isinstance(mount, dict) or not isinstance(mount.get("destination"), str):
+            raise HookRefused(f"{config_path}: a mount has no destination")
+        source_value = mount.get("source", "")
+        type_value = mount.get("type", "")
+        if not isinstance(source_value, str) or not isinstance(type_value, str):
+            raise HookRefused(f"{config_path}: mount {mount['destination']} is malformed")
+        options = _strings(mount.get("options"), f"mount {mount['destination']} options")
+        mounts.append((mount["destination"], source_value, type_value, options))
+    return ContainerRequest(
+        container_id=container_id,
+        bundle=Path(bundle),
+        annotations=annotations,
+        args=args,
+        env_names=env_names,
+        mounts=tuple(mounts),
+    )
+
+
+@dataclass(frozen=True)
+class ImageIdentity:
+    layout: Path
+    tag: str
+    reference: str
+
+
+def image_identity(request: ContainerRequest, settings: HookSettings) -> ImageIdentity:
+    """Which image the container claims to be, from its annotations.
+
+    ``stockade run`` sets the three ``dev.stockade.image.*`` annotations. Under containerd or
+    CRI-O, whose annotations carry only the image name, a configured layout cache (an OCI
+    layout whose tags are full image references) supplies the layout and tag.
+    """
+    notes = request.annotations
+    reference = notes.get(ANNOTATION_REFERENCE)
+    layout = notes.get(ANNOTATION_LAYOUT)
+    tag = notes.get(ANNOTATION_TAG)
+    if reference is None and settings.layout_cache is not None:
+        reference = next((notes[k] for k in CRI_IMAGE_NAME_ANNOTATIONS if k in notes), None)
+        if reference is not None and layout is None and tag is None:
+            layout, tag = str(settings.layout_cache), reference
+    missing = [
+        name
+        for name, value in (
+            (ANNOTATION_LAYOUT, layout),
+            (ANNOTATION_TAG, tag),
+            (ANNOTATION_REFERENCE, reference),
+        )
+        if not value
+    ]
+    if missing:
+        raise HookRefused(
+            f"container {request.container_id}: missing annotation {', '.join(missing)}; "
+            "the image cannot be identified"
+        )
+    assert layout and tag and reference
+    if not os.path.isabs(layout):
+        raise HookRefused(f"container {request.container_id}: {ANNOTATION_LAYOUT} is not absolute")
+    return ImageIdentity(Path(layout), tag, reference)
+
+
+# -- admission ----------------------------------------------------------------------------------
+
+
+def _load_policy(settings: HookSettings) -> Any:
+    from stockade.images import load_trust_policy
+    from stockade.release.keys import load_verifying_key
+
+    try:
+        envelope = settings.policy_path.read_bytes()
+    except OSError as error:
+        raise HookRefused(
+            f"cannot read the trust policy {settings.policy_path}: {error.strerror or error}"
+        ) from None
+    keys = []
+    for path in settings.org_keys:
+        try:
+            pem = path.read_bytes()
+        except OSError as error:
+            raise HookRefused(
+                f"cannot read the org public key {path}: {error.strerror or error}"
+            ) from None
+        keys.append(load_verifying_key(pem, f"org public key {path}"))
+    return load_trust_policy(envelope, keys)
+
+
+def admit(
+    request: ContainerRequest, settings: HookSettings, now: datetime.datetime | None = None
+) -> int:
+    """Verify, measure and log one container start; return its record number in the log.
+
+    Raises ``HookRefused`` or a ``StockadeError`` (and nothing is extended or appended) when
+    the image is refused or the TPM cannot be reached.
+    """
+    identity = image_identity(request, settings)
+
+    from stockade.evidence.execution import (
+        EXECUTION_PCR,
+        ContainerStart,
+        Mount,
+        TrustPolicyLoaded,
+        encode_record,
+    )
+    from stockade.images import ImageLayout, verify_image
+
+    policy = _load_policy(settings)
+    layout = ImageLayout.open(identity.layout)
+    image = verify_image(layout, identity.tag, identity.reference, policy)
+    _check_unpacked_from(request, image.manifest_digest)
+    moment = now or datetime.datetime.now(datetime.UTC)
+    when = moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    start = ContainerStart(
+        container_id=request.container_id,
+        image_reference=image.reference,
+        manifest_digest=image.manifest_digest,
+        config_digest=image.config_digest,
+        args=request.args,
+        env_names=request.env_names,
+        mounts=tuple(Mount(d, s, t, o) for d, s, t, o in request.mounts),
+        time=when,
+        trust_policy_digest=policy.digest,
+    )
+    from stockade.agent.execution_log import ExecutionLog
+    from stockade.tpm.device import Tpm
+
+    settings.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = ExecutionLog(settings.log_path)
+    # The log's lock is held across extend and append, so record numbers follow extend
+    # order across concurrent hooks, and the agent's quote never sees them disagree.
+    with log.locked(), Tpm(settings.tcti) as tpm:
+        banks = tpm.active_banks()
+        records = []
+        if _last_policy_digest(log) != policy.digest:
+            records.append(encode_record(TrustPolicyLoaded(digest=policy.digest, time=when)))
+        records.append(encode_record(start))
+        recnum = -1
+        for content in records:
+            digests = _digests(content, banks)
+            tpm.extend_pcr(EXECUTION_PCR, content, banks)
+            recnum = log.append(content, digests)
+    return recnum
+
+
+def _check_unpacked_from(request: ContainerRequest, manifest_digest: str) -> None:
+    """A bundle umoci unpacked records the manifest it came from (``umoci.json``); it must be
+    the manifest just verified, or the rootfs is not the signed image's."""
+    path = request.bundle / "umoci.json"
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        return  # not unpacked by umoci (containerd, CRI-O): see docs/oci-hook.md
+    except OSError as error:
+        raise HookRefused(f"cannot read {path}: {error.strerror or error}") from None
+    document = _json_object(raw, str(path))
+    walk = (document.get("from_descriptor_path") or {}).get("descriptor_walk")
+    digests = [d.get("digest") for d in walk or [] if isinstance(d, dict)]
+    if not digests or not isinstance(digests[-1], str):
+        raise HookRefused(f"{path} names no manifest the bundle was unpacked from")
+    if digests[-1] != manifest_digest:
+        raise HookRefused(
+            f"container {request.container_id}: the bundle was unpacked from manifest "
+            f"{digests[-1]}, not the verified {manifest_digest}"
+        )
+
+
+def _digests(content: bytes, banks: Any) -> dict[int, bytes]:
+    from stockade.evidence.algorithms import hash_algorithm
+
+    return {b.hash_alg: hash_algorithm(b.hash_alg).digest(content) for b in banks.banks}
+
+
+def _last_policy_digest(log: Any) -> str | None:
+    """The digest in the last ``TrustPolicyLoaded`` record of this boot's log."""
+    from stockade.evidence.cel import iter_cel
+    from stockade.evidence.execution import TrustPolicyLoaded, decode_record
+
+    last = None
+    for record in iter_cel(log.read_from(0)):
+        event = decode_record(record.content)
+        if isinstance(event, TrustPolicyLoaded):
+            last = event.digest
+    return last
+
+
+def refusal(error: BaseException, request: ContainerRequest | None) -> str:
+    """The one line printed on stderr (and answered over the socket) for a refusal."""
+    from stockade.errors import TpmUnavailable
+
+    who = f"container {request.container_id}" if request else "container"
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, HookRefused):
+        return f"refused {who}: {text}" if not text.startswith("container ") else f"refused {text}"
+    if isinstance(error, TpmUnavailable):
+        return f"refused {who}: the TPM cannot be reached ({text})"
+    check = getattr(error, "check", None)
+    if check:
+        return f"refused {who}: image {check} check failed: {text}"
+    from stockade.errors import StockadeError
+
+    if isinstance(error, StockadeError):
+        return f"refused {who}: {text}"
+    return f"refused {who}: unexpected {type(error).__name__}: {text}"
+
+
+def admit_state(state_bytes: bytes, settings: HookSettings) -> tuple[int | None, str]:
+    """Admission for raw state bytes: ``(recnum, "")`` or ``(None, one-line reason)``."""
+    request = None
+    try:
+        request = read_request(state_bytes)
+        return admit(request, settings), ""
+    except Exception as error:
+        return None, refusal(error, request)
+
+
+# -- the agent socket (fast path) ---------------------------------------------------------------
+
+# The fast hook: run as ``python3 -I -S -c CLIENT_SOURCE SOCKET`` it imports nothing but the
+# built-in ``_socket`` and ``posix`` (no site, no package), so it costs about one bare
+# interpreter start. It forwards the state and exits 0 only on ``OK``; anything else,
+# including an unreachable or silent server, exits 1 with one line on stderr.
+CLIENT_SOURCE = """\
+import _socket,posix,sys
+p=sys.argv[1];d=sys.stdin.buffer.read(1<<20)
+try:
+ s=_socket.socket(_socket.AF_UNIX,_socket.SOCK_STREAM);s.settimeout(60);s.connect(p)
+ s.sendall(d);s.shutdown(1);r=b''
+ while c:=s.recv(65536):r+=c
+except OSError as e:r=b'ERR refused container: the hook agent at %s cannot be reached (%s)'%(\
+p.encode(),str(e).encode())
+r=r.decode(errors='replace').strip()
+if r[:3]=='OK ' and r[3:].isdigit():posix._exit(0)
+sys.stderr.write('stockade-oci-hook: '+(r[4:] if r[:4]=='ERR ' else 'refused container: the \
+hook agent answered '+repr(r[:200]))+'\\n');sys.stderr.flush();posix._exit(1)
+"""
+
+
+def oci_hook_entry(
+    settings: HookSettings, executable: Path, python: Path, timeout: int = 60
+) -> dict[str, Any]:
+    """The OCI ``hooks`` entry (path, args, env, timeout) for these settings.
+
+    With an agent socket it is the tiny client above run by ``python``; otherwise the full
+    ``stockade-oci-hook`` console script ``executable``, which admits in its own process.
+    """
+    env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    if settings.agent_socket is not None:
+        return {
+            "path": str(python),
+            "args": [str(python), "-I", "-S", "-c", CLIENT_SOURCE, str(settings.agent_socket)],
+            "env": env,
+            "timeout": timeout,
+        }
+    return {
+        "path": str(executable),
+        "args": [PROG, *settings.to_args()],
+        "env": env,
+        "timeout": timeout,
+    }
+
+
+def _ask_agent(path: Path, state_bytes: bytes) -> tuple[bool, str]:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(SOCKET_TIMEOUT)
+            conn.connect(str(path))
+            conn.sendall(state_bytes)
+            conn.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    except OSError as error:
+        return False, f"refused container: the hook agent at {path} cannot be reached ({error})"
+    answer = b"".join(chunks).decode("utf-8", "replace").strip()
+    verb, _, rest = answer.partition(" ")
+    if verb == "OK" and rest.isdigit():
+        return True, rest
+    if verb == "ERR" and rest:
+        return False, rest
+    return False, f"refused container: the hook agent answered {answer[:200]!r}"
+
+
+@contextlib.contextmanager
+def serving_hook_requests(path: Path, settings: HookSettings) -> Iterator[Path]:
+    """Admit containers for hook clients on a 0600 Unix socket while the block runs.
+
+    A request is the OCI state JSON followed by end-of-stream; the answer is ``OK <recnum>``
+    or ``ERR <one-line reason>``. Each request is admitted exactly as the in-process hook would.
+    """
+    import socketserver
+    import threading
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            conn: socket.socket = self.request
+            conn.settimeout(SOCKET_TIMEOUT)
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_STATE_BYTES:
+                        conn.sendall(b"ERR refused container: the state is too large\n")
+                        return
+                recnum, reason = admit_state(b"".join(chunks), settings)
+                answer = f"OK {recnum}" if recnum is not None else f"ERR {reason}"
+                conn.sendall(answer.encode() + b"\n")
+            except OSError:
+                return
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    previous = os.umask(0o177)
+    try:
+        server = Server(str(path), Handler)
+    finally:
+        os.umask(previous)
+    thread = threading.Thread(target=server.serve_forever, name="oci-hook-socket", daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        server.shutdown()
+        server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _serve(argv: Sequence[str]) -> int:
+    """``stockade-oci-hook serve --socket PATH [settings...]``: run the admission server."""
+    import signal
+    import threading
+
+    settings = parse_settings(argv, os.environ)
+    if settings.agent_socket is None:
+        print(f"{PROG}: serve needs --socket PATH", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with serving_hook_requests(settings.agent_socket, settings):
+        print(f"{PROG}: serving on {settings.agent_socket}", file=sys.stderr, flush=True)
+        stop.wait()
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def run_hook(argv: Sequence[str], stdin: Any, environ: Mapping[str, str]) -> tuple[int, str]:
+    """The hook's whole behaviour: ``(exit code, stderr line)``; never raises."""
+    request = None
+    try:
+        settings = parse_settings(argv, environ)
+        state_bytes = stdin.read(MAX_STATE_BYTES + 1)
+        if len(state_bytes) > MAX_STATE_BYTES:
+            raise HookRefused("the container state on stdin is too large")
+        if settings.agent_socket is not None:
+            admitted, detail = _ask_agent(settings.agent_socket, state_bytes)
+            return (0, "") if admitted else (1, detail)
+        request = read_request(state_bytes)
+        admit(request, settings)
+        return 0, ""
+    except BaseException as error:
+        return 1, refusal(error, request)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["serve"]:
+        sys.exit(_serve(argv[1:]))
+    code, line = run_hook(argv, sys.stdin.buffer, os.environ)
+    if line:
+        print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
