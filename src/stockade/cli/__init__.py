@@ -43,10 +43,11 @@ def _register() -> None:
 
     app.add_typer(verifier.app, name="verifier")
 
-    from stockade.cli import image, log
+    from stockade.cli import image, log, run
 
     app.add_typer(log.app, name="log")
     app.add_typer(image.app, name="image")
+    app.command("run")(run.run)
 
 
 def main() -> None:
