@@ -275,6 +275,27 @@ def test_append_on_a_connection_commits_and_rolls_back_with_the_caller(make_log)
         log.append_on(connection, [])
 
 
+def test_append_on_reuses_the_peaks_of_a_committed_append_of_the_same_size(make_log):
+    log = make_log()
+    _grow(log, ENTRIES[:13])
+    with log.engine.begin() as connection:
+        first = log.append_on(connection, [ENTRIES[13]])
+    statements = _count_statements(log.engine)
+    with log.engine.begin() as connection:
+        second = log.append_on(connection, [ENTRIES[14]], known=first)
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert (second.size, second.root) == log.head() == (15, root_of(ENTRIES[:15]))
+    # Known peaks of another size are not used: the log grew meanwhile.
+    log.append_many(ENTRIES[15:20])
+    with log.engine.begin() as connection:
+        third = log.append_on(connection, [ENTRIES[20]], known=second)
+    assert (third.size, third.root) == (21, root_of(ENTRIES[:21]))
+    with log.engine.begin() as connection:
+        fourth = log.append_on(connection, [ENTRIES[21]], known=third)
+    assert (fourth.size, fourth.root) == log.head() == (22, root_of(ENTRIES[:22]))
+    assert log.consistency_proof(13, 22) and log.inclusion_proof(21) == list(fourth.last_proof)
+
+
 def test_concurrent_appenders_get_distinct_consecutive_indices(make_log):
     log = make_log()
     results: dict[bytes, int] = {}

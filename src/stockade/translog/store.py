@@ -111,6 +111,15 @@ def _naive_utc(moment: datetime) -> datetime:
 
 
 _SIZE = select(state.c.size).where(state.c.id == STATE_ROW)
+# Built once: an append executes them without building or compiling any expression.
+_GROW = (
+    update(state)
+    .where(state.c.id == STATE_ROW)
+    .values(size=state.c.size + bindparam("count", type_=BigInteger()))
+    .returning(state.c.size)
+)
+_INSERT_LEAF = insert(leaves)
+_INSERT_SUBTREE = insert(subtrees)
 _LEAF_HASHES = select(
     sql_literal(0, SmallInteger()), leaves.c.leaf_index, leaves.c.leaf_hash
 ).where(leaves.c.leaf_index.in_(bindparam("indices", expanding=True)))
@@ -164,10 +173,24 @@ class Appended:
     size: int
     root: bytes
     last_proof: tuple[bytes, ...]
+    peaks: tuple[bytes, ...] = ()  # the new tree's complete subtrees, largest first
 
     @property
     def indices(self) -> range:
         return range(self.start, self.size)
+
+
+def _read_peaks(connection: Connection, size: int) -> list[bytes]:
+    """The hashes of the complete subtrees of the tree of ``size`` leaves, largest first."""
+    peak_ids = merkle.subtree_ids(0, size)
+    found = _read_subtrees(connection, peak_ids)
+    missing = [node for node in peak_ids if node not in found]
+    if missing:
+        raise LogCorrupted(
+            f"stored subtree hash missing at size {size}: level {missing[0][0]} "
+            f"index {missing[0][1]}"
+        )
+    return [found[node] for node in peak_ids]
 
 
 class MerkleLog:
@@ -296,7 +319,12 @@ class MerkleLog:
         return list(appended.indices)
 
     def append_on(
-        self, connection: Connection, entries: Sequence[bytes], *, now: datetime | None = None
+        self,
+        connection: Connection,
+        entries: Sequence[bytes],
+        *,
+        now: datetime | None = None,
+        known: Appended | None = None,
     ) -> Appended:
         """Append ``entries`` inside the caller's transaction on ``connection``, so they are
         logged exactly when whatever else that transaction writes commits (and not at all if
@@ -305,41 +333,35 @@ class MerkleLog:
 
         Returns the new head and the audit path of the last new entry in it, computed from
         the O(log n) hashes the append reads anyway: signing a checkpoint for the entry and
-        proving its inclusion need no further query."""
+        proving its inclusion need no further query.
+
+        ``known`` is an earlier append to this log that has committed: when the log's size
+        before this append is ``known.size``, its peaks are used instead of being read (a
+        committed tree never changes; any other size is read, so several appenders sharing
+        the database stay correct). Pass it only after its transaction committed."""
         if not entries:
             raise LogRangeError("nothing to append: no entries given")
         hashes = [merkle.leaf_hash(entry) for entry in entries]
         created = _naive_utc(now if now is not None else self.clock())
         count = len(entries)
-        new_size = connection.execute(
-            update(state)
-            .where(state.c.id == STATE_ROW)
-            .values(size=state.c.size + count)
-            .returning(state.c.size)
-        ).scalar_one_or_none()
+        new_size = connection.execute(_GROW, {"count": count}).scalar_one_or_none()
         if new_size is None:
             raise LogCorrupted(
                 "translog_state has no row: the log's tables were not created "
                 "(run the verifier's migrations or stockade.translog.store.create_tables)"
             )
         old_size = int(new_size) - count
-        peak_ids = merkle.subtree_ids(0, old_size)
-        found = _read_subtrees(connection, peak_ids)
-        missing = [node for node in peak_ids if node not in found]
-        if missing:
-            raise LogCorrupted(
-                f"stored subtree hash missing at size {old_size}: level {missing[0][0]} "
-                f"index {missing[0][1]}"
-            )
+        if known is not None and known.size == old_size:
+            old_peaks = list(known.peaks)
+        else:
+            old_peaks = _read_peaks(connection, old_size)
         # The last entry's audit path in the new tree is the complete subtrees before it,
         # smallest first (it is the rightmost leaf: every left sibling on its way up is one).
-        rows, before_last = merkle.compact_append(
-            old_size, [found[node] for node in peak_ids], hashes[:-1]
-        )
+        rows, before_last = merkle.compact_append(old_size, old_peaks, hashes[:-1])
         last_rows, peaks = merkle.compact_append(old_size + count - 1, before_last, hashes[-1:])
         rows += last_rows
         connection.execute(
-            insert(leaves),
+            _INSERT_LEAF,
             [
                 {
                     "leaf_index": old_size + offset,
@@ -352,7 +374,7 @@ class MerkleLog:
         )
         if rows:
             connection.execute(
-                insert(subtrees),
+                _INSERT_SUBTREE,
                 [
                     {"level": level, "node_index": index, "hash": hashed}
                     for level, index, hashed in rows
@@ -363,4 +385,5 @@ class MerkleLog:
             size=old_size + count,
             root=merkle.fold_right(peaks),
             last_proof=tuple(reversed(before_last)),
+            peaks=tuple(peaks),
         )

@@ -52,6 +52,7 @@ class TransparencyLog:
         self.origin = signer.name
         self._lock = threading.Lock()
         self._latest: SignedHead | None = None
+        self._tip: Appended | None = None  # the newest committed append: its peaks
 
     @classmethod
     def open(
@@ -72,11 +73,18 @@ class TransparencyLog:
         return self.signer.verifier.key_string()
 
     def append(self, connection: Connection, entry: bytes) -> Appended:
-        """Append ``entry`` in the caller's transaction; call last, just before commit."""
-        return self.store.append_on(connection, [entry])
+        """Append ``entry`` in the caller's transaction; call last, just before commit.
+        When no other append came between, the tree's peaks come from the previous
+        committed append, not the database."""
+        with self._lock:
+            tip = self._tip
+        return self.store.append_on(connection, [entry], known=tip)
 
     def receipt(self, appended: Appended, entry: bytes) -> Receipt:
         """After the append committed: its receipt, against a checkpoint of its head."""
+        with self._lock:
+            if self._tip is None or appended.size > self._tip.size:
+                self._tip = appended
         note = self._sign(appended.size, appended.root)
         return Receipt(appended.size - 1, appended.size, entry, appended.last_proof, note)
 
