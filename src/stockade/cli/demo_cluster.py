@@ -266,6 +266,48 @@ class AgentProcess:
         return []
 
 
+@dataclass
+class LogMonitorProcess:
+    """``stockade log monitor`` following a verifier's transparency log, as an auditor would."""
+
+    verifier: VerifierProcess
+    state: Path
+    interval: float = 1.0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.state.with_suffix(".log")
+
+    def start(self) -> None:
+        key = self.verifier.data_dir / "keys" / "log-key.pub"
+        command = [
+            stockade_executable(), "log", "monitor", "--verifier", self.verifier.url,
+            "--ca", str(self.verifier.ca), "--key", str(key), "--state", str(self.state),
+            "--interval", str(self.interval),
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def lines(self) -> list[str]:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace").splitlines()
+        return []
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -434,11 +476,15 @@ def cluster_story(console: Console, home: Path) -> None:
     tpms: list[SoftwareTpm] = []
     agents: dict[str, AgentProcess] = {}
     narrator: _Narrator | None = None
+    monitor = LogMonitorProcess(verifier, work / "log-monitor.state")
     try:
         verifier.start()
+        monitor.start()
         console.print(
             f"2. verifier at [cyan]{verifier.url}[/] (TLS, SQLite in {verifier.data_dir.name}/), "
-            f"policy 'cluster': results valid {STORY_VALIDITY} s; following GET /v1/events:"
+            f"policy 'cluster': results valid {STORY_VALIDITY} s; every result goes into its "
+            "transparency log, which an auditor follows with `stockade log monitor`; "
+            "following GET /v1/events:"
         )
         narrator = _Narrator(console, verifier, started)
         narrator.start()
@@ -515,9 +561,24 @@ def cluster_story(console: Console, home: Path) -> None:
             if states != {"node-a": "trusted", "node-b": "untrusted", "node-c": "failed"}:
                 raise ClusterStoryFailed(f"unexpected final states: {states}")
             console.print(_node_table(client))
+        monitor_exit = monitor.stop()
+        report = monitor.lines()
+        alerts = [line for line in report if "ALERT" in line]
+        if alerts or monitor_exit not in (0, -15, 143, None):
+            raise ClusterStoryFailed(f"the log monitor alerted: {alerts or report[-3:]}")
+        checkpoints = [line for line in report if line.strip()]
+        if not checkpoints:
+            raise ClusterStoryFailed("the log monitor saw no checkpoint")
+        console.print(
+            f"  `stockade log monitor` verified {len(checkpoints)} signed checkpoints, each "
+            f"consistent with the one before (RFC 9162 proofs); last: {checkpoints[-1].strip()}",
+            overflow="ellipsis",
+            no_wrap=True,
+        )
     except (ClusterError, OSError) as error:
         raise ClusterStoryFailed(f"the development cluster failed: {error}") from error
     finally:
+        monitor.stop()
         if narrator is not None:
             narrator.stop()
         for agent in agents.values():
