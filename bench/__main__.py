@@ -14,6 +14,7 @@ from bench.timing import Row
 
 MODULES = ["bench.tpm_quote", "bench.verity", "bench.eventlog", "bench.verifier", "bench.translog"]
 MODULES.append("bench.membership")
+MODULES.append("bench.executions")
 MODULES.append("bench.oci_hook")
 
 
