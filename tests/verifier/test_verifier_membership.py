@@ -378,9 +378,7 @@ def test_the_attested_pcrs_are_recorded_only_for_verified_results(api, software_
     assert bad_pcrs is None  # a failed quote attests nothing to seal to
 
 
-def test_key_certified_after_a_reboot_is_refused_until_the_node_attests_again(
-    api, software_tpm
-):
+def test_key_certified_after_a_reboot_is_refused_until_the_node_attests_again(api, software_tpm):
     """A node attests, then reboots into other software and asks for a certificate: the
     certification's resetCount shows a boot nobody appraised."""
     agent = trusted_node(api, software_tpm, "web-1")
