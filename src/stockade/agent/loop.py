@@ -190,7 +190,13 @@ class Agent:
     # -- attestation ---------------------------------------------------------
 
     def attest_once(self, client: VerifierClient, enrolled: Enrolled) -> dict[str, Any]:
-        """nonce -> quote of the PCRs the verifier names -> evidence -> its answer."""
+        """nonce -> quote of the PCRs the verifier names -> evidence -> its answer.
+
+        When the execution PCR is quoted, the quote and the read of the execution log happen
+        under the log's lock, so no container start slips between them (the hook extends and
+        appends under the same lock); only records the verifier has not yet appraised are sent.
+        """
+        from stockade.evidence.execution import EXECUTION_PCR
         from stockade.tpm.ak import AttestationKey
         from stockade.tpm.device import Tpm
         from stockade.tpm.quote import quote
@@ -199,9 +205,13 @@ class Agent:
         ak = AttestationKey.load(self.config.state_dir)
         selection = PcrSelection.parse(challenge.pcr_selection)
         event_log = self.config.source.read_event_log()
-        with Tpm(self.config.source.tcti) as tpm:
-            evidence = quote(tpm, ak, selection, challenge.nonce)
-        return client.evidence(
+        body: dict[str, Any] = {}
+        with contextlib.ExitStack() as stack:
+            if any(EXECUTION_PCR in bank.pcrs for bank in selection.banks):
+                body.update(self._execution_log_part(stack))
+            with Tpm(self.config.source.tcti) as tpm:
+                evidence = quote(tpm, ak, selection, challenge.nonce)
+        answer = client.evidence(
             enrolled.node_id,
             {
                 "nonce": b64(challenge.nonce),
@@ -209,8 +219,29 @@ class Agent:
                 "signature": b64(evidence.signature),
                 "pcrs": evidence.pcr_values.restricted_to(evidence.selection).to_json(),
                 "event_log": b64(event_log),
+                **body,
             },
         )
+        acknowledged = answer.get("execution_log_next")
+        if isinstance(acknowledged, int) and acknowledged >= 0:
+            self.state.save_execution_log_next(acknowledged)
+        return answer
+
+    def _execution_log_part(self, stack: contextlib.ExitStack) -> dict[str, Any]:
+        """Lock the execution log (held until the quote is taken) and read what the verifier
+        has not acknowledged; from record 0 when the log restarted (a new boot)."""
+        from stockade.agent.execution_log import ExecutionLog, RecordsNotInLog
+
+        path = self.config.source.execution_log
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = ExecutionLog(path)
+        stack.enter_context(log.locked())
+        start = self.state.execution_log_next()
+        try:
+            records = log.read_from(start)
+        except RecordsNotInLog:
+            start, records = 0, log.read_from(0)
+        return {"execution_log": b64(records), "execution_log_from": start}
 
     @property
     def membership(self) -> Membership:

@@ -17,6 +17,10 @@ HARDWARE_DEVICE = Path("/dev/tpmrm0")
 HARDWARE_TCTI = "device:/dev/tpmrm0"
 HARDWARE_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 EVENT_LOG_NAME = "binary_bios_measurements"
+# The execution log (PCR 13, docs/execution-log.md) lives on a tmpfs, so it starts empty with
+# every boot, as PCR 13 does; a development node's lives beside its TPM and its boot log.
+HARDWARE_EXECUTION_LOG = Path("/run/stockade/execution.log")
+EXECUTION_LOG_NAME = "execution.log"
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class NodeSource:
     tcti: str
     event_log: Path
     description: str
+    execution_log: Path = HARDWARE_EXECUTION_LOG
 
     def read_event_log(self) -> bytes:
         try:
@@ -71,4 +76,9 @@ def _development_source(name: str | None, event_log: Path | None, home: Path | N
         )
     tpm = chosen[0]
     log = event_log or tpm.instance_dir / EVENT_LOG_NAME
-    return NodeSource(tpm.tcti, log, f"development TPM {tpm.name!r} ({tpm.tcti})")
+    return NodeSource(
+        tpm.tcti,
+        log,
+        f"development TPM {tpm.name!r} ({tpm.tcti})",
+        tpm.instance_dir / EXECUTION_LOG_NAME,
+    )

@@ -12,6 +12,7 @@ from stockade.errors import InputError
 from stockade.home import write_atomic
 
 NODE_FILE = "node.json"
+EXECUTIONS_FILE = "execution-log.json"
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,18 @@ class AgentState:
 
     def forget_enrollment(self) -> None:
         self.node_file.unlink(missing_ok=True)
+        (self.directory / EXECUTIONS_FILE).unlink(missing_ok=True)
+
+    def execution_log_next(self) -> int:
+        """The first execution-log record the verifier has not acknowledged (0 if unknown)."""
+        try:
+            value = json.loads((self.directory / EXECUTIONS_FILE).read_text())["next"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    def save_execution_log_next(self, recnum: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            self.directory / EXECUTIONS_FILE, json.dumps({"next": recnum}) + "\n", mode=0o600
+        )

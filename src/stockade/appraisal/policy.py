@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stockade.appraisal.executions import Forbidden
 from stockade.appraisal.measured_boot import RELEASE_PCR, PlatformReference
 from stockade.appraisal.reference import platform_from_json
 from stockade.errors import InputError, StockadeError
 from stockade.evidence.algorithms import Alg
 from stockade.evidence.errors import EvidenceError
+from stockade.evidence.execution import EXECUTION_PCR
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.release.dsse import Envelope
 from stockade.release.keys import VerifyingKey, load_verifying_key
@@ -33,8 +35,10 @@ PREDICTED_PCRS = frozenset((*range(10), RELEASE_PCR))
 ENFORCE_CHECKS = ("release", "secure_boot", "firmware", "clock")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _FIELDS = {
     "id", "pcrs", "result_validity_seconds", "releases", "platforms", "secure_boot", "enforce",
+    "executions",
 }  # fmt: skip
 
 
@@ -76,6 +80,14 @@ class Policy:
     platforms: tuple[PlatformReference, ...]
     secure_boot: SecureBootPolicy
     enforce: Mapping[str, Enforcement]
+    # Images a node must never have run (a node that ran one is contraindicated).
+    forbidden: Forbidden = field(default_factory=Forbidden)
+
+    @property
+    def executions_quoted(self) -> bool:
+        """Whether the execution PCR is quoted: then every attestation appraises the
+        execution log against it."""
+        return any(EXECUTION_PCR in bank.pcrs for bank in self.pcrs.banks)
 
     @property
     def ref(self) -> str:
@@ -84,7 +96,11 @@ class Policy:
 
     @property
     def pcr_indices(self) -> tuple[int, ...]:
-        return tuple(index for bank in self.pcrs.banks for index in bank.pcrs)
+        """The boot PCRs: every quoted PCR but the execution PCR, which the execution log
+        (not the boot log or a reference value) accounts for."""
+        return tuple(
+            index for bank in self.pcrs.banks for index in bank.pcrs if index != EXECUTION_PCR
+        )
 
 
 def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
@@ -121,7 +137,28 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
         platforms=_platforms(_required(document, "platforms")),
         secure_boot=_secure_boot(document.get("secure_boot", {})),
         enforce=_enforce(document.get("enforce", {})),
+        forbidden=_forbidden(document.get("executions", {})),
     )
+
+
+def _forbidden(value: Any) -> Forbidden:
+    """``executions: {forbid: {digests: [sha256:...], references: [repo or repo:tag]}}``."""
+    section = _mapping(value, "executions")
+    _no_unknown(section, "executions", {"forbid"})
+    forbid = _mapping(section.get("forbid", {}), "executions.forbid")
+    _no_unknown(forbid, "executions.forbid", {"digests", "references"})
+    lists: dict[str, frozenset[str]] = {}
+    for key in ("digests", "references"):
+        items = forbid.get(key, [])
+        field = f"executions.forbid.{key}"
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise PolicyInvalid(field, "must be a list of non-empty strings")
+        if key == "digests":
+            bad = [i for i in items if not _IMAGE_DIGEST.fullmatch(i)]
+            if bad:
+                raise PolicyInvalid(field, f"{bad[0]!r} is not sha256:<64 hex>")
+        lists[key] = frozenset(items)
+    return Forbidden(lists["digests"], lists["references"])
 
 
 def _required(document: Mapping[str, Any], key: str, parent: str = "") -> Any:
@@ -178,7 +215,7 @@ def _pcrs(value: Any) -> PcrSelection:
             f"{value!r}: only the sha256 bank can be appraised (release manifests carry "
             "sha256 digests, so reference values exist for sha256 only)",
         )
-    unpredicted = sorted(set(banks[0].pcrs) - PREDICTED_PCRS)
+    unpredicted = sorted(set(banks[0].pcrs) - PREDICTED_PCRS - {EXECUTION_PCR})
     if unpredicted:
         raise PolicyInvalid(
             "pcrs",

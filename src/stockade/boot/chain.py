@@ -123,6 +123,10 @@ def boot_node(
     node_log = event_log_path(tpm)
     tpm.power_cycle(startup_locality=platform.startup_locality)
     node_log.unlink(missing_ok=True)  # the previous boot's log no longer describes the PCRs
+    # Likewise the execution log (PCR 13): a new boot starts it empty, as a tmpfs would.
+    from stockade.agent.source import EXECUTION_LOG_NAME
+
+    (tpm.instance_dir / EXECUTION_LOG_NAME).unlink(missing_ok=True)
     extender = _TpmExtender(tpm.tcti)
     try:
         banks = extender.banks()

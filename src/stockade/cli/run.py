@@ -68,7 +68,10 @@ def run(
     if tcti is None and tpm is not None:
         from stockade.agent.source import resolve_source
 
-        tcti = resolve_source(tpm_name=tpm).tcti
+        source = resolve_source(tpm_name=tpm)
+        tcti = source.tcti
+        if log == DEFAULT_LOG:  # a development node keeps its log beside its TPM
+            log = source.execution_log
     settings = HookSettings(
         tcti=tcti or DEFAULT_TCTI,
         log_path=log.absolute(),

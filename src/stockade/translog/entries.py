@@ -24,6 +24,7 @@ from typing import Any
 from stockade.translog.errors import MalformedEntry
 
 ATTESTATION_RESULT = "attestation-result"
+EXECUTION_RECORD = "execution-record"
 
 # type -> the fields (besides "type") an entry of that type must carry, each a string.
 ENTRY_FIELDS: Mapping[str, tuple[str, ...]] = {
@@ -36,6 +37,15 @@ ENTRY_FIELDS: Mapping[str, tuple[str, ...]] = {
         "not_after",
         "issued_at",
         "ear_sha256",
+    ),
+    EXECUTION_RECORD: (
+        "node_id",
+        "node_name",
+        "boot",
+        "recnum",
+        "kind",
+        "record_sha256",
+        "result_id",
     ),
 }
 
@@ -77,6 +87,34 @@ def attestation_result_entry(
             "not_after": not_after,
             "issued_at": issued_at,
             "ear_sha256": ear_digest(ear),
+        }
+    )
+
+
+def execution_record_entry(
+    *,
+    node_id: str,
+    node_name: str,
+    reset_count: int,
+    restart_count: int,
+    recnum: int,
+    kind: str,
+    cel_record: bytes,
+    result_id: str,
+) -> bytes:
+    """The log entry of one appraised execution-log record: which node, boot and record
+    number, what kind, the SHA-256 of the record's CEL bytes (anyone holding the node's log
+    can show it is this one), and the result whose quote proved it."""
+    return canonical_json(
+        {
+            "type": EXECUTION_RECORD,
+            "node_id": node_id,
+            "node_name": node_name,
+            "boot": f"{reset_count}/{restart_count}",
+            "recnum": str(recnum),
+            "kind": kind,
+            "record_sha256": hashlib.sha256(cel_record).hexdigest(),
+            "result_id": result_id,
         }
     )
 

@@ -19,6 +19,7 @@ from stockade.verifier import (
     attestation,
     enrollment,
     events,
+    executions,
     log_api,
     membership,
     nodes,
@@ -187,7 +188,17 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     app.state.service = service
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     _install_error_handlers(app)
-    for module in (enrollment, nonces, attestation, nodes, policies, events, membership, secrets):
+    for module in (
+        enrollment,
+        nonces,
+        attestation,
+        nodes,
+        policies,
+        events,
+        membership,
+        secrets,
+        executions,
+    ):
         app.include_router(module.router)
     app.include_router(log_api.router)
 

@@ -12,6 +12,8 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, insert, select, update
 
+from stockade.appraisal.executions import ExecutionState
+from stockade.appraisal.executions import Forbidden as ForbiddenImages
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_selection import PcrSelection
@@ -20,6 +22,12 @@ from stockade.evidence.public import TpmPublic
 from stockade.translog.entries import attestation_result_entry
 from stockade.verifier.appraiser import Evidence, NodeView, Status
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
+from stockade.verifier.executions import (
+    ExecutionOutcome,
+    appraise_node_executions,
+    load_state,
+    store_executions,
+)
 from stockade.verifier.models import Event, Node, Result
 from stockade.verifier.nonces import consume_nonce, nonce_usable
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
@@ -39,7 +47,12 @@ class EvidenceRequest(BaseModel):
     signature: str = Field(description="base64 TPMT_SIGNATURE")
     pcrs: dict[str, dict[str, str]] = Field(description='{"sha256": {"0": hex, ...}}')
     event_log: str = Field(description="base64 binary_bios_measurements")
-    execution_log: str | None = Field(default=None, description="base64 CEL (not yet appraised)")
+    execution_log: str | None = Field(
+        default=None, description="base64 CEL: the execution log from execution_log_from on"
+    )
+    execution_log_from: int | None = Field(
+        default=None, ge=0, description="the record number execution_log starts at"
+    )
 
 
 class EvidenceResponse(BaseModel):
@@ -49,6 +62,9 @@ class EvidenceResponse(BaseModel):
     not_after: str
     reasons: list[str]
     state: str
+    execution_log_next: int | None = Field(
+        default=None, description="the execution-log record to send from next time"
+    )
     log_index: int = Field(description="the result's entry in the transparency log")
     inclusion_proof: dict[str, Any] = Field(
         description='{"log_index", "tree_size", "entry": b64, "proof": [b64], '
@@ -138,6 +154,30 @@ class _Prepared:
     not_after: datetime
     pcrs: dict[str, dict[str, str]] | None  # the attested PCR values, when trusted
     log_entry: bytes  # the result's transparency log entry (canonical JSON)
+    executions: ExecutionOutcome | None = None  # when the policy quotes PCR 13
+
+
+@dataclass(frozen=True)
+class _ExecutionInput:
+    """The submitted execution log and the state it is appraised from."""
+
+    log: bytes
+    log_from: int
+    previous: ExecutionState | None
+
+    @property
+    def fingerprint(self) -> object:
+        return None if self.previous is None else self.previous.to_json()
+
+
+def _contraindicate_executables(claims: dict[str, Any], reasons: list[str]) -> None:
+    """The EAR says what the execution log showed: executables contraindicated."""
+    for submod in claims.get("submods", {}).values():
+        submod["ear.status"] = str(Status.CONTRAINDICATED)
+        submod.setdefault("ear.trustworthiness-vector", {})["executables"] = AR4SI[
+            "contraindicated"
+        ]
+        submod["stockade.reasons"] = list(reasons)
 
 
 class _StaleNode(Exception):
@@ -150,7 +190,12 @@ _OPTIMISTIC_ATTEMPTS = 3
 
 
 def _prepare(
-    service: Service, active: ActivePolicy, node: _NodeRow, evidence: Evidence, now: datetime
+    service: Service,
+    active: ActivePolicy,
+    node: _NodeRow,
+    evidence: Evidence,
+    now: datetime,
+    executions: _ExecutionInput,
 ) -> _Prepared:
     view = NodeView(
         node.id, node.name, TpmPublic.unmarshal_tpm2b(node.ak_public), _last_clock(node)
@@ -160,6 +205,21 @@ def _prepare(
     status, reasons, clock, claims = _appraise(
         service, active, view, evidence, result_id, now, not_after
     )
+    outcome = None
+    if getattr(active.policy, "executions_quoted", False) and clock is not None:
+        outcome = appraise_node_executions(
+            executions.previous,
+            clock.reset_count,
+            clock.restart_count,
+            evidence.pcrs,
+            executions.log,
+            executions.log_from,
+            getattr(active.policy, "forbidden", ForbiddenImages()),
+        )
+        if not outcome.ok:
+            status = Status.CONTRAINDICATED
+            reasons = [*reasons, *outcome.reasons]
+            _contraindicate_executables(claims, reasons)
     policy_ref = f"{active.policy_id}@{active.version}"
     ear = sign_ear(service.signing_key, claims)
     attested = None
@@ -172,8 +232,9 @@ def _prepare(
         # The quote verified over exactly the policy's selection: these values are attested.
         attested = evidence.pcrs.restricted_to(selection).to_json()
     return _Prepared(
+        executions=outcome,
         pcrs=attested,
-        inputs=node.appraisal_inputs(),
+        inputs=(*node.appraisal_inputs(), executions.fingerprint),
         result_id=result_id,
         status=status,
         reasons=reasons,
@@ -206,16 +267,29 @@ def submit_evidence(
     """
     service = service_of(request)
     evidence = _decode(body)
+    log = decode_b64(body.execution_log, "execution_log") if body.execution_log else b""
+    log_from = body.execution_log_from or 0
     for attempt in range(_OPTIMISTIC_ATTEMPTS + 1):
         try:
-            return _submit(service, node_id, evidence, optimistic=attempt < _OPTIMISTIC_ATTEMPTS)
+            return _submit(
+                service,
+                node_id,
+                evidence,
+                (log, log_from),
+                optimistic=attempt < _OPTIMISTIC_ATTEMPTS,
+            )
         except _StaleNode:
             continue
     raise AssertionError("unreachable: the last attempt appraises under the write lock")
 
 
 def _submit(
-    service: Service, node_id: str, evidence: Evidence, *, optimistic: bool
+    service: Service,
+    node_id: str,
+    evidence: Evidence,
+    execution_log: tuple[bytes, int],
+    *,
+    optimistic: bool,
 ) -> EvidenceResponse:
     now = service.now()
     prepared: _Prepared | None = None
@@ -230,10 +304,11 @@ def _submit(
             # still decides).
             if not nonce_usable(connection, node_id, evidence.nonce, now):
                 raise Conflict("the nonce is unknown, expired or already used", code="nonce")
+            inputs = _ExecutionInput(*execution_log, load_state(connection, node_id))
     # Before the write: the lookup may need its own connection, and none is held here.
     active = service.active_policy()
     if optimistic:
-        prepared = _prepare(service, active, node, evidence, now)
+        prepared = _prepare(service, active, node, evidence, now, inputs)
     with service.engine.begin() as connection:
         # The nonce goes first: it takes the write lock and is spent even if appraisal fails.
         consume_nonce(connection, node_id, evidence.nonce, now)
@@ -242,14 +317,28 @@ def _submit(
             raise NotFound(f"no node {node_id}", code="node")
         if locked.revoked:
             raise Forbidden(f"node {node_id} is revoked", code="revoked")
+        current = _ExecutionInput(*execution_log, load_state(connection, node_id))
         if prepared is None:
-            prepared = _prepare(service, active, locked, evidence, now)
-        elif prepared.inputs != locked.appraisal_inputs():
+            prepared = _prepare(service, active, locked, evidence, now, current)
+        elif prepared.inputs != (*locked.appraisal_inputs(), current.fingerprint):
             raise _StaleNode  # rolls back: the nonce stays unused for the next attempt
         state = _store(connection, locked, prepared, now)
-        # Last, so the log's state row is held only until this commit: the result is logged
-        # if and only if it is stored.
-        appended = service.translog.append(connection, prepared.log_entry)
+        if prepared.executions is not None and prepared.executions.records:
+            connection.execute(
+                update(Result)
+                .where(Result.id == prepared.result_id)
+                .values(quote=evidence.quote, quote_signature=evidence.signature)
+            )
+        entries = (
+            store_executions(
+                connection, locked.id, locked.name, prepared.executions, prepared.result_id, now
+            )
+            if prepared.executions is not None
+            else []
+        )
+        # Last, so the log's state row is held only until this commit: the result (and the
+        # executions it proved) are logged if and only if they are stored.
+        appended = service.translog.append(connection, *entries, prepared.log_entry)
     receipt = service.translog.receipt(appended, prepared.log_entry)
     return EvidenceResponse(
         result_id=prepared.result_id,
@@ -258,6 +347,9 @@ def _submit(
         not_after=rfc3339(prepared.not_after),
         reasons=prepared.reasons,
         state=state,
+        execution_log_next=(
+            prepared.executions.next_recnum if prepared.executions is not None else None
+        ),
         log_index=receipt.log_index,
         inclusion_proof=receipt.to_json(),
     )

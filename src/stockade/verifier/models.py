@@ -107,6 +107,8 @@ class Result(Base):
     # The quoted PCR values when the quote verified ({"sha256": {"0": hex}}): secrets released
     # under this result are sealed to exactly these.
     pcrs: Mapped[dict[str, dict[str, str]] | None] = mapped_column(JSON, nullable=True)
+    quote: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    quote_signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
     __table_args__ = (Index("ix_results_node_created", "node_id", "created_at"),)
 
@@ -188,3 +190,45 @@ class SecretRelease(Base):
     time: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (Index("ix_secret_releases_node", "node_id", "time"),)
+
+
+class ExecutionStateRow(Base):
+    """The verifier's running view of a node's execution log (appraisal.executions state)."""
+
+    __tablename__ = "execution_states"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Execution(Base):
+    """One appraised execution-log record, with the result whose quote proved it."""
+
+    __tablename__ = "executions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    reset_count: Mapped[int] = mapped_column(BigInteger)
+    restart_count: Mapped[int] = mapped_column(BigInteger)
+    recnum: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    container_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    image_reference: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    manifest_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cel: Mapped[bytes] = mapped_column(LargeBinary)
+    result_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index(
+            "ix_executions_node_boot_recnum",
+            "node_id",
+            "reset_count",
+            "restart_count",
+            "recnum",
+            unique=True,
+        ),
+        Index("ix_executions_created", "created_at"),
+    )

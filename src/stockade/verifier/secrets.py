@@ -22,6 +22,7 @@ from stockade.cluster.secret_store import KeyRing, SecretStoreError
 from stockade.errors import InputError
 from stockade.evidence.duplication import seal_secret
 from stockade.evidence.errors import EvidenceError
+from stockade.evidence.execution import EXECUTION_PCR
 from stockade.evidence.pcr_selection import BankSelection, PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
@@ -290,10 +291,18 @@ def set_labels(node_id: NodeId, body: LabelsBody, request: Request) -> dict[str,
 # -- nodes: release ------------------------------------------------------------------------
 
 
-def _selection_of(values: PcrValues) -> PcrSelection:
-    return PcrSelection(
-        tuple(BankSelection(alg, tuple(sorted(bank))) for alg, bank in values.banks.items())
+def _sealable(values: PcrValues) -> tuple[PcrSelection, PcrValues]:
+    """The attested PCRs a secret is sealed to: all but the execution PCR, which every
+    container start extends (a secret sealed to it would stop unsealing at the next one)."""
+    banks = {
+        alg: {index: value for index, value in bank.items() if index != EXECUTION_PCR}
+        for alg, bank in values.banks.items()
+    }
+    banks = {alg: bank for alg, bank in banks.items() if bank}
+    selection = PcrSelection(
+        tuple(BankSelection(alg, tuple(sorted(bank))) for alg, bank in banks.items())
     )
+    return selection, PcrValues(banks)
 
 
 @router.post("/v1/nodes/{node_id}/secrets/{name}")
@@ -326,9 +335,9 @@ def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[
     except SecretStoreError as error:
         raise Unavailable(str(error), code="kek") from None
     try:
-        pcrs = PcrValues.from_json(standing.pcrs)
+        selection, pcrs = _sealable(PcrValues.from_json(standing.pcrs))
         sealed = seal_secret(
-            TpmPublic.unmarshal_tpm2b(standing.ek_public), payload, _selection_of(pcrs), pcrs
+            TpmPublic.unmarshal_tpm2b(standing.ek_public), payload, selection, pcrs
         )
     except EvidenceError as error:
         log.error("sealing secret %r for node %s failed: %s", name, node_id, error)

@@ -72,13 +72,13 @@ class TransparencyLog:
         """The verifier key string (``<name>+<id>+<base64>``) that checks its checkpoints."""
         return self.signer.verifier.key_string()
 
-    def append(self, connection: Connection, entry: bytes) -> Appended:
-        """Append ``entry`` in the caller's transaction; call last, just before commit.
-        When no other append came between, the tree's peaks come from the previous
-        committed append, not the database."""
+    def append(self, connection: Connection, *entries: bytes) -> Appended:
+        """Append ``entries`` in the caller's transaction; call last, just before commit.
+        The returned head and proof are the last entry's. When no other append came between,
+        the tree's peaks come from the previous committed append, not the database."""
         with self._lock:
             tip = self._tip
-        return self.store.append_on(connection, [entry], known=tip)
+        return self.store.append_on(connection, list(entries), known=tip)
 
     def receipt(self, appended: Appended, entry: bytes) -> Receipt:
         """After the append committed: its receipt, against a checkpoint of its head."""

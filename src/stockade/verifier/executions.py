@@ -1,0 +1,252 @@
+"""Container executions at the verifier: the new part of a node's execution log, appraised
+with each attestation against the quoted PCR 13 (``stockade.appraisal.executions``), stored
+with the result whose quote proved it, logged in the transparency log, and audited.
+
+The agent sends the log from the first record the verifier has not acknowledged
+(``execution_log_from``); the answer says where to continue (``execution_log_next``). Records
+the verifier already holds are skipped; a gap is a finding.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import Connection, insert, select, update
+
+from stockade.appraisal.executions import ExecutionState, Forbidden, appraise_executions
+from stockade.evidence.cel import parse_cel
+from stockade.evidence.errors import EvidenceError
+from stockade.evidence.execution import EXECUTION_PCR, ContainerStart, ExecutionRecord
+from stockade.evidence.pcr_values import PcrValues
+from stockade.translog.entries import execution_record_entry
+from stockade.verifier.errors import BadRequest
+from stockade.verifier.models import Execution, ExecutionStateRow, Node, Result
+from stockade.verifier.service import service_of
+from stockade.verifier.wire import rfc3339
+
+router = APIRouter(tags=["executions"])
+
+
+@dataclass(frozen=True)
+class ExecutionOutcome:
+    """What one attestation's execution log showed."""
+
+    reasons: tuple[str, ...]  # empty when the log replays to the quote and nothing is forbidden
+    state: ExecutionState | None  # the state to keep (None: keep the previous one)
+    records: tuple[tuple[int, ExecutionRecord, bytes], ...]  # recnum, record, its CEL bytes
+    next_recnum: int  # where the agent continues next time
+    boot: tuple[int, int]  # (resetCount, restartCount) of the quote
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+
+def load_state(connection: Connection, node_id: str) -> ExecutionState | None:
+    row = connection.execute(
+        select(ExecutionStateRow.state).where(ExecutionStateRow.node_id == node_id)
+    ).first()
+    if row is None:
+        return None
+    try:
+        return ExecutionState.from_json(row.state)
+    except EvidenceError:
+        return None  # unreadable: appraise from the start of the boot again (fail closed)
+
+
+def appraise_node_executions(
+    previous: ExecutionState | None,
+    reset_count: int,
+    restart_count: int,
+    quoted: PcrValues,
+    log: bytes,
+    log_from: int,
+    forbidden: Forbidden,
+) -> ExecutionOutcome:
+    """Appraise ``log`` (records from ``log_from`` on) against the quoted PCR 13."""
+    boot = (reset_count, restart_count)
+    same_boot = previous is not None and (previous.reset_count, previous.restart_count) == boot
+    expected = previous.next_recnum if same_boot and previous is not None else 0
+    pcr13 = {alg: values[EXECUTION_PCR] for alg, values in quoted.banks.items()
+             if EXECUTION_PCR in values}  # fmt: skip
+
+    def refused(reason: str) -> ExecutionOutcome:
+        return ExecutionOutcome((f"execution log: {reason}",), None, (), expected, boot)
+
+    if log_from > expected:
+        return refused(f"records {expected} to {log_from - 1} were not sent")
+    try:
+        records = [r for r in parse_cel(log) if r.recnum >= expected]
+    except EvidenceError as error:
+        return refused(str(error))
+    new_log = b"".join(record.marshal() for record in records)
+    appraisal = appraise_executions(
+        previous if same_boot else None, reset_count, restart_count, new_log, pcr13, forbidden
+    )
+    if not appraisal.ok:
+        return ExecutionOutcome(
+            tuple(f"execution log: {reason}" for reason in appraisal.reasons),
+            None,
+            (),
+            expected,
+            boot,
+        )
+    raw = {record.recnum: record.marshal() for record in records}
+    decoded = tuple((recnum, record, raw[recnum]) for recnum, record in appraisal.records)
+    return ExecutionOutcome((), appraisal.state, decoded, appraisal.state.next_recnum, boot)
+
+
+def store_executions(
+    connection: Connection,
+    node_id: str,
+    node_name: str,
+    outcome: ExecutionOutcome,
+    result_id: str,
+    now: datetime,
+) -> list[bytes]:
+    """Keep the new state and records; the transparency log entries to append."""
+    if outcome.state is None:
+        return []
+    document = outcome.state.to_json()
+    changed = connection.execute(
+        update(ExecutionStateRow)
+        .where(ExecutionStateRow.node_id == node_id)
+        .values(state=document, updated_at=now)
+    ).rowcount
+    if changed != 1:
+        connection.execute(
+            insert(ExecutionStateRow).values(node_id=node_id, state=document, updated_at=now)
+        )
+    entries = []
+    reset_count, restart_count = outcome.boot
+    for recnum, record, cel in outcome.records:
+        start = record if isinstance(record, ContainerStart) else None
+        kind = "container-start" if start is not None else "trust-policy-loaded"
+        connection.execute(
+            insert(Execution).values(
+                node_id=node_id,
+                reset_count=reset_count,
+                restart_count=restart_count,
+                recnum=recnum,
+                kind=kind,
+                container_id=start.container_id if start else None,
+                image_reference=start.image_reference if start else None,
+                manifest_digest=start.manifest_digest if start else None,
+                record=record.to_json(),
+                cel=cel,
+                result_id=result_id,
+                created_at=now,
+            )
+        )
+        entries.append(
+            execution_record_entry(
+                node_id=node_id,
+                node_name=node_name,
+                reset_count=reset_count,
+                restart_count=restart_count,
+                recnum=recnum,
+                kind=kind,
+                cel_record=cel,
+                result_id=result_id,
+            )
+        )
+    return entries
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+@router.get("/v1/executions")
+def list_executions(
+    request: Request,
+    node: Annotated[str | None, Query(max_length=255, description="node id or name")] = None,
+    since: Annotated[str | None, Query(description="RFC 3339: recorded at or after")] = None,
+    image: Annotated[
+        str | None, Query(max_length=512, description="image reference or manifest digest")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> dict[str, Any]:
+    """What ran where: each execution with the quote that proved it (the result's TPMS_ATTEST,
+    signature and PCR values, and the node's AK), and the boot's records up to it, so an
+    auditor can check the signature and replay PCR 13 without trusting this service."""
+    service = service_of(request)
+    query = (
+        select(Execution, Node.name, Node.ak_public, Result.quote, Result.quote_signature,
+               Result.pcrs, Result.created_at)
+        .join(Node, Node.id == Execution.node_id)
+        .join(Result, Result.id == Execution.result_id)
+        .order_by(Execution.created_at, Execution.node_id, Execution.recnum)
+        .limit(limit)
+    )  # fmt: skip
+    if node:
+        query = query.where((Node.id == node) | (Node.name == node))
+    if since:
+        try:
+            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"since: {since!r} is not an RFC 3339 time", code="since") from None
+        if moment.tzinfo is None:
+            raise BadRequest("since: give a time zone (e.g. Z)", code="since")
+        query = query.where(Execution.created_at >= moment)
+    if image:
+        query = query.where(
+            (Execution.image_reference == image)
+            | (Execution.manifest_digest == image)
+            | Execution.image_reference.startswith(image.rstrip("/") + ":")
+        )
+    with service.engine.connect() as connection:
+        rows = connection.execute(query).all()
+        boots: dict[tuple[str, int, int], list[tuple[int, bytes, str]]] = {}
+        for row in rows:
+            key = (row.Execution.node_id, row.Execution.reset_count, row.Execution.restart_count)
+            if key not in boots:
+                boots[key] = [
+                    (recnum, cel, result_id)
+                    for recnum, cel, result_id in connection.execute(
+                        select(Execution.recnum, Execution.cel, Execution.result_id)
+                        .where(
+                            Execution.node_id == key[0],
+                            Execution.reset_count == key[1],
+                            Execution.restart_count == key[2],
+                        )
+                        .order_by(Execution.recnum)
+                    )
+                ]
+    executions = []
+    for row in rows:
+        execution: Execution = row.Execution
+        key = (execution.node_id, execution.reset_count, execution.restart_count)
+        # The proving quote covers the boot's records up to the last one its result stored.
+        proved_through = max(
+            recnum for recnum, _, result_id in boots[key] if result_id == execution.result_id
+        )
+        log = b"".join(cel for recnum, cel, _ in boots[key] if recnum <= proved_through)
+        executions.append(
+            {
+                "node_id": execution.node_id,
+                "node_name": row.name,
+                "boot": {
+                    "reset_count": execution.reset_count,
+                    "restart_count": execution.restart_count,
+                },
+                "recnum": execution.recnum,
+                "kind": execution.kind,
+                "record": execution.record,
+                "recorded_at": rfc3339(execution.created_at),
+                "proof": {
+                    "result_id": execution.result_id,
+                    "quoted_at": rfc3339(row.created_at),
+                    "quote": _b64(row.quote),
+                    "signature": _b64(row.quote_signature),
+                    "pcrs": row.pcrs,
+                    "ak_public": _b64(row.ak_public),
+                    "execution_log": _b64(log),
+                },
+            }
+        )
+    return {"executions": executions}
