@@ -288,6 +288,12 @@ class VerifierClient:
         answer: dict[str, Any] = self.request("GET", f"/v1/policies/{policy_id}")
         return answer
 
+    def executions(
+        self, node: str | None = None, since: str | None = None, image: str | None = None
+    ) -> list[dict[str, Any]]:
+        answer = self.request("GET", "/v1/executions", node=node, since=since, image=image)
+        return list(answer["executions"])
+
     def keys(self) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("GET", "/v1/keys")
         return answer

@@ -43,8 +43,9 @@ def _register() -> None:
 
     app.add_typer(verifier.app, name="verifier")
 
-    from stockade.cli import image, log, run
+    from stockade.cli import audit, image, log, run
 
+    app.add_typer(audit.app, name="audit")
     app.add_typer(log.app, name="log")
     app.add_typer(image.app, name="image")
     app.command("run")(run.run)

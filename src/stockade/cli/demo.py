@@ -188,6 +188,9 @@ def run() -> None:
         from stockade.cli.demo_membership import membership_story
 
         membership_story(console, home)
+        from stockade.cli.demo_containers import containers_story
+
+        containers_story(console, home)
         console.rule("[bold green]demo passed")
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -199,7 +199,7 @@ def list_executions(
             | (Execution.manifest_digest == image)
             | Execution.image_reference.startswith(image.rstrip("/") + ":")
         )
-    with service.engine.connect() as connection:
+    with service.sessions() as connection:
         rows = connection.execute(query).all()
         boots: dict[tuple[str, int, int], list[tuple[int, bytes, str]]] = {}
         for row in rows:
