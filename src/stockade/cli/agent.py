@@ -10,26 +10,35 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="The node agent: enrollment and attestation.")
 
+# The options every command acting as a node shares (agent run, join).
+NodeNameOption = Annotated[str, typer.Option("--name", help="the node's name at the verifier")]
+NodeVerifierOption = Annotated[
+    str, typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier base URL")
+]
+NodeCaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", envvar="STOCKADE_CA", help="CA certificate of the verifier's TLS"),
+]
+TctiOption = Annotated[str | None, typer.Option("--tcti", help="TPM TCTI (needs --event-log)")]
+DevTpmOption = Annotated[
+    str | None, typer.Option("--tpm", help="a running development TPM by name")
+]
+EventLogOption = Annotated[Path | None, typer.Option("--event-log", help="boot event log")]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="AK and node id [default: <home>/agents/<name>]"),
+]
+
 
 @app.command("run")
 def run(
-    name: Annotated[str, typer.Option("--name", help="the node's name at the verifier")],
-    verifier: Annotated[
-        str, typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier base URL")
-    ],
-    ca: Annotated[
-        Path | None,
-        typer.Option("--ca", envvar="STOCKADE_CA", help="CA certificate of the verifier's TLS"),
-    ] = None,
-    tcti: Annotated[str | None, typer.Option("--tcti", help="TPM TCTI (needs --event-log)")] = None,
-    tpm: Annotated[
-        str | None, typer.Option("--tpm", help="a running development TPM by name")
-    ] = None,
-    event_log: Annotated[Path | None, typer.Option("--event-log", help="boot event log")] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option("--state-dir", help="AK and node id [default: <home>/agents/<name>]"),
-    ] = None,
+    name: NodeNameOption,
+    verifier: NodeVerifierOption,
+    ca: NodeCaOption = None,
+    tcti: TctiOption = None,
+    tpm: DevTpmOption = None,
+    event_log: EventLogOption = None,
+    state_dir: StateDirOption = None,
     interval: Annotated[float, typer.Option("--interval", help="seconds between attestations")] = (
         30.0
     ),

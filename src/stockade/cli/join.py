@@ -8,28 +8,27 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import emit_json
+from stockade.cli.agent import (
+    DevTpmOption,
+    EventLogOption,
+    NodeCaOption,
+    NodeNameOption,
+    NodeVerifierOption,
+    StateDirOption,
+    TctiOption,
+)
 from stockade.cli.quote import OutputFormat
 from stockade.errors import VerificationFailed
 
 
 def join(
-    name: Annotated[str, typer.Option("--name", help="the node's name at the verifier")],
-    verifier: Annotated[
-        str, typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier base URL")
-    ],
-    ca: Annotated[
-        Path | None,
-        typer.Option("--ca", envvar="STOCKADE_CA", help="CA certificate of the verifier's TLS"),
-    ] = None,
-    tcti: Annotated[str | None, typer.Option("--tcti", help="TPM TCTI (needs --event-log)")] = None,
-    tpm: Annotated[
-        str | None, typer.Option("--tpm", help="a running development TPM by name")
-    ] = None,
-    event_log: Annotated[Path | None, typer.Option("--event-log", help="boot event log")] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option("--state-dir", help="AK and node id [default: <home>/agents/<name>]"),
-    ] = None,
+    name: NodeNameOption,
+    verifier: NodeVerifierOption,
+    ca: NodeCaOption = None,
+    tcti: TctiOption = None,
+    tpm: DevTpmOption = None,
+    event_log: EventLogOption = None,
+    state_dir: StateDirOption = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(
