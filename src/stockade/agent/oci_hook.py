@@ -500,7 +500,6 @@ def serving_hook_requests(path: Path, settings: HookSettings) -> Iterator[Path]:
     or ``ERR <one-line reason>``. Each request is admitted exactly as the in-process hook would.
     """
     import socketserver
-    import threading
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -521,26 +520,10 @@ def serving_hook_requests(path: Path, settings: HookSettings) -> Iterator[Path]:
             except OSError:
                 return
 
-    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-        daemon_threads = True
+    from stockade.agent.unix_socket import serving_unix_socket
 
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    previous = os.umask(0o177)
-    try:
-        server = Server(str(path), Handler)
-    finally:
-        os.umask(previous)
-    thread = threading.Thread(target=server.serve_forever, name="oci-hook-socket", daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        server.shutdown()
-        server.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    with serving_unix_socket(path, Handler, name="oci-hook-socket") as served:
+        yield served
 
 
 def _serve(argv: Sequence[str]) -> int:

@@ -9,14 +9,13 @@ copy in the TPM, so the moment the node's PCRs leave the attested values, reads 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import socketserver
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from stockade.errors import InputError, StockadeError
+from stockade.agent.unix_socket import ThreadingUnixServer, serving_unix_socket
+from stockade.errors import StockadeError
 
 MAX_REQUEST = 512
 
@@ -47,8 +46,7 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(b"ERR " + message.replace("\n", " ").encode() + b"\n")
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _Server(ThreadingUnixServer):
     names: frozenset[str]
     unseal: Callable[[str], bytes]
 
@@ -58,27 +56,13 @@ def serving_secrets(
     path: Path, names: frozenset[str], unseal: Callable[[str], bytes]
 ) -> Iterator[Path]:
     """Serve ``names`` on ``path`` while the block runs; the socket is removed afterwards."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    previous = os.umask(0o177)
-    try:
-        server = _Server(str(path), _Handler)
-    except OSError as error:
-        raise InputError(f"cannot listen on {path}: {error.strerror or error}") from None
-    finally:
-        os.umask(previous)
-    server.names = names
-    server.unseal = unseal
-    thread = threading.Thread(target=server.serve_forever, name="secret-socket", daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        server.shutdown()
-        server.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    server_class = type(
+        "SecretServer", (_Server,), {"names": names, "unseal": staticmethod(unseal)}
+    )
+    with serving_unix_socket(
+        path, _Handler, name="secret-socket", server_class=server_class
+    ) as served:
+        yield served
 
 
 def read_secret(path: Path, name: str, timeout: float = 30.0) -> bytes:
