@@ -1,0 +1,91 @@
+"""``stockade kube serve``: the validating admission webhook and the scheduler extender
+over HTTPS (docs/kubernetes.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stockade.cli._input import read_file
+from stockade.errors import InputError
+
+app = typer.Typer(no_args_is_help=True, help="Kubernetes: admission webhook, scheduler extender.")
+
+
+@app.command("serve")
+def serve(
+    verifier: Annotated[
+        str, typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier URL")
+    ],
+    tls_cert: Annotated[Path, typer.Option("--tls-cert", help="server certificate (PEM)")],
+    tls_key: Annotated[Path, typer.Option("--tls-key", help="server private key (PEM)")],
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca", envvar="STOCKADE_CA", help="CA certificate the verifier's TLS is pinned to"
+        ),
+    ] = None,
+    image_store: Annotated[
+        Path | None,
+        typer.Option("--image-store", help="directory of OCI layouts holding signed images"),
+    ] = None,
+    trust_policy: Annotated[
+        Path | None, typer.Option("--trust-policy", help="org-signed image trust policy")
+    ] = None,
+    org_pub: Annotated[
+        list[Path] | None,
+        typer.Option("--org-pub", help="org public key the trust policy is signed by; repeatable"),
+    ] = None,
+    exempt_namespace: Annotated[
+        list[str] | None,
+        typer.Option("--exempt-namespace", help="namespace allowed unjudged; repeatable"),
+    ] = None,
+    exempt_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exempt-user",
+            help="user allowed unjudged (system:serviceaccount:NS:NAME); repeatable",
+        ),
+    ] = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option("--client-ca", help="require client certificates issued by this CA"),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8443,
+    cache_seconds: Annotated[
+        float, typer.Option("--cache-seconds", help="how long one verifier node list is used")
+    ] = 1.0,
+) -> None:
+    """Serve POST /validate (AdmissionReview v1), POST /filter (extender) and GET /healthz."""
+    from stockade.images.policy import load_trust_policy
+    from stockade.kube.admission import AdmissionPolicy, Exemptions, SignedImageStore
+    from stockade.kube.server import ServerTls, create_app, serve_app
+    from stockade.kube.trust import verifier_trust_source
+    from stockade.release.keys import load_verifying_key
+
+    for path, what in ((tls_cert, "--tls-cert"), (tls_key, "--tls-key")):
+        if not path.is_file():
+            raise InputError(f"{what} '{path}' is not a file")
+    images = None
+    image_options = (image_store, trust_policy, org_pub)
+    if any(option for option in image_options):
+        if image_store is None or trust_policy is None or not org_pub:
+            raise InputError("--image-store, --trust-policy and --org-pub go together")
+        if not image_store.is_dir():
+            raise InputError(f"--image-store '{image_store}' is not a directory")
+        keys = [load_verifying_key(read_file(p, "org public key"), f"key '{p}'") for p in org_pub]
+        policy_document = load_trust_policy(read_file(trust_policy, "trust policy"), keys)
+        images = SignedImageStore(image_store, policy_document)
+    policy = AdmissionPolicy(
+        trust=verifier_trust_source(verifier, ca, ttl=cache_seconds),
+        images=images,
+        exemptions=Exemptions(frozenset(exempt_namespace or ()), frozenset(exempt_user or ())),
+    )
+    shown = f"[{host}]" if ":" in host else host
+    print(f"kube webhook:   https://{shown}:{port}/validate", flush=True)
+    print(f"kube extender:  https://{shown}:{port}/filter", flush=True)
+    print(f"image rule:     {'on, ' + str(image_store) if images else 'off'}", flush=True)
+    serve_app(create_app(policy), host, port, ServerTls(tls_cert, tls_key, client_ca))

@@ -1,0 +1,321 @@
+"""The validating admission webhook's decisions, over parsed AdmissionReview v1 documents.
+
+``review(document, policy)`` takes the JSON the API server POSTs (an ``AdmissionReview``
+of ``admission.k8s.io/v1`` with a ``request``) and returns the ``AdmissionReview`` to send
+back: ``response.uid`` echoes ``request.uid``, ``allowed`` and ``status {code, message}``.
+It never raises, and everything it cannot read is a refusal (fail closed):
+
+- ``pods`` ``CREATE``: a pod whose ``spec.nodeName`` is preset (bypassing the scheduler)
+  must name a node the verifier trusts now (:func:`stockade.kube.trust.decide`); every
+  image (containers, init containers, ephemeral containers) must be pinned by digest and
+  signed under the trust policy (:class:`SignedImageStore`);
+- ``pods/binding`` ``CREATE`` (the scheduler, or anyone, binding a pod to a node): the
+  Binding's ``target`` must be a trusted Node;
+- ``pods`` and ``pods/ephemeralcontainers`` ``UPDATE``: images the update introduces (not
+  in ``oldObject``) must pass the image rule (a pod's images are mutable in place);
+- anything else (DELETE, other resources and subresources) is allowed;
+- requests from an exempt namespace or user (the Stockade components themselves, which
+  must run before any node is trusted) are allowed with a message saying so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from stockade.images.errors import ImageError, ImageRejected
+from stockade.images.layout import MANIFEST_TYPES, REF_NAME, ImageLayout
+from stockade.images.policy import TrustPolicy
+from stockade.images.reference import parse_reference
+from stockade.images.verify import verify_image
+from stockade.kube.trust import TrustSource, decide
+
+API_VERSION: Final = "admission.k8s.io/v1"
+KIND: Final = "AdmissionReview"
+CONTAINER_FIELDS: Final = ("initContainers", "containers", "ephemeralContainers")
+
+
+class Malformed(Exception):
+    """The review (or the object in it) is not what the API server sends: 400, refused."""
+
+
+class ImageChecker(Protocol):
+    def check(self, image: str) -> tuple[bool, str]:
+        """(signed, reason) for one pod image string; never raises."""
+        ...
+
+
+@dataclass(frozen=True)
+class Exemptions:
+    """Requests allowed without judgement: by the request's namespace, or by the
+    requesting user's name (a service account is ``system:serviceaccount:NS:NAME``)."""
+
+    namespaces: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+
+    def reason(self, namespace: str, username: str) -> str | None:
+        if namespace and namespace in self.namespaces:
+            return f"namespace {namespace} is exempt (Stockade components)"
+        if username and username in self.users:
+            return f"user {username} is exempt (Stockade components)"
+        return None
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """What the webhook asks: the verifier's view of nodes, the signed-image store
+    (``None``: the image rule is off), exemptions and the clock."""
+
+    trust: TrustSource
+    images: ImageChecker | None = None
+    exemptions: Exemptions = field(default_factory=Exemptions)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+def response(uid: str, allowed: bool, code: int, message: str) -> dict[str, Any]:
+    """An ``AdmissionReview`` v1 response."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "response": {
+            "uid": uid,
+            "allowed": allowed,
+            "status": {"code": code, "message": message},
+        },
+    }
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Malformed(f"{where} is not a JSON object")
+    return value
+
+
+def _string(value: Any, where: str, *, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise Malformed(f"{where} is missing or not a string")
+    return value
+
+
+def pod_images(pod: Mapping[str, Any], where: str = "pod") -> list[str]:
+    """Every image a pod spec names, in spec order; ``Malformed`` when the spec is not
+    a pod spec."""
+    spec = _object(pod.get("spec"), f"{where}.spec")
+    images: list[str] = []
+    for name in CONTAINER_FIELDS:
+        containers = spec.get(name)
+        if containers is None:
+            continue
+        if not isinstance(containers, list):
+            raise Malformed(f"{where}.spec.{name} is not a list")
+        for index, container in enumerate(containers):
+            entry = _object(container, f"{where}.spec.{name}[{index}]")
+            images.append(_string(entry.get("image"), f"{where}.spec.{name}[{index}].image"))
+    return images
+
+
+def _judge_images(images: Iterable[str], checker: ImageChecker | None) -> str | None:
+    """None when every image passes, else the refusal's message."""
+    if checker is None:
+        return None
+    refusals = []
+    for image in dict.fromkeys(images):
+        signed, reason = checker.check(image)
+        if not signed:
+            refusals.append(reason)
+    return "; ".join(refusals) if refusals else None
+
+
+def _judge_node(policy: AdmissionPolicy, node: str, what: str) -> str | None:
+    trusted, reason = decide(policy.trust, node, policy.clock())
+    return None if trusted else f"{what} names node {node}, which Stockade refuses: {reason}"
+
+
+def _judge(request: Mapping[str, Any], policy: AdmissionPolicy) -> tuple[bool, int, str]:
+    operation = _string(request.get("operation"), "request.operation")
+    resource = _object(request.get("resource"), "request.resource")
+    group = _string(resource.get("group"), "request.resource.group", required=False)
+    plural = _string(resource.get("resource"), "request.resource.resource")
+    sub = _string(request.get("subResource"), "request.subResource", required=False)
+    namespace = _string(request.get("namespace"), "request.namespace", required=False)
+    user_info = request.get("userInfo")
+    username = ""
+    if isinstance(user_info, dict):
+        username = _string(user_info.get("username"), "userInfo.username", required=False)
+
+    judged_create = operation == "CREATE" and sub in ("", "binding")
+    judged_update = operation == "UPDATE" and sub in ("", "ephemeralcontainers")
+    if group != "" or plural != "pods" or not (judged_create or judged_update):
+        return True, 200, f"Stockade does not judge {operation} {plural}{'/' + sub if sub else ''}"
+    exempt = policy.exemptions.reason(namespace, username)
+    if exempt is not None:
+        return True, 200, exempt
+    obj = _object(request.get("object"), "request.object")
+
+    if sub == "binding":
+        kind = obj.get("kind")
+        if kind not in (None, "Binding"):
+            raise Malformed(f"request.object is a {kind!r}, not a Binding")
+        target = _object(obj.get("target"), "Binding.target")
+        if target.get("kind") not in (None, "", "Node"):
+            raise Malformed(f"Binding.target is a {target.get('kind')!r}, not a Node")
+        node = _string(target.get("name"), "Binding.target.name")
+        metadata = _object(obj.get("metadata", {}), "Binding.metadata")
+        pod = _string(metadata.get("name"), "Binding.metadata.name", required=False)
+        pod = pod or _string(request.get("name"), "request.name", required=False)
+        refusal = _judge_node(policy, node, f"binding of pod {namespace}/{pod}")
+        if refusal is not None:
+            return False, 403, refusal
+        return True, 200, f"binding to node {node} allowed: it is trusted"
+
+    if obj.get("kind") not in (None, "Pod"):
+        raise Malformed(f"request.object is a {obj.get('kind')!r}, not a Pod")
+    images = pod_images(obj, "request.object")
+    if operation == "UPDATE":
+        old = request.get("oldObject")
+        before = set(pod_images(_object(old, "request.oldObject"), "request.oldObject"))
+        new = [image for image in images if image not in before]
+        refusal = _judge_images(new, policy.images)
+        if refusal is not None:
+            return False, 403, f"pod update refused: {refusal}"
+        return True, 200, "pod update allowed: it adds no unsigned image"
+
+    refusals = []
+    spec = _object(obj.get("spec"), "request.object.spec")
+    node_name = _string(spec.get("nodeName"), "spec.nodeName", required=False)
+    if node_name:
+        refusal = _judge_node(policy, node_name, "spec.nodeName")
+        if refusal is not None:
+            refusals.append(refusal)
+    image_refusal = _judge_images(images, policy.images)
+    if image_refusal is not None:
+        refusals.append(image_refusal)
+    if refusals:
+        return False, 403, "pod refused: " + "; ".join(refusals)
+    where = f" on trusted node {node_name}" if node_name else ""
+    checked = "images signed" if policy.images is not None else "image rule off"
+    return True, 200, f"pod allowed{where} ({checked})"
+
+
+def review(document: Any, policy: AdmissionPolicy) -> dict[str, Any]:
+    """The ``AdmissionReview`` response for ``document``; never raises, fails closed."""
+    uid = ""
+    try:
+        review_object = _object(document, "AdmissionReview")
+        request = _object(review_object.get("request"), "AdmissionReview.request")
+        uid = _string(request.get("uid"), "request.uid")
+        if review_object.get("apiVersion") != API_VERSION or review_object.get("kind") != KIND:
+            raise Malformed(
+                f"expected apiVersion {API_VERSION} kind {KIND}, got "
+                f"{review_object.get('apiVersion')!r} {review_object.get('kind')!r}"
+            )
+        allowed, code, message = _judge(request, policy)
+    except Malformed as error:
+        return response(uid, False, 400, f"Stockade refuses a malformed AdmissionReview: {error}")
+    except Exception as error:  # fail closed on anything unforeseen
+        return response(uid, False, 500, f"Stockade could not decide: {type(error).__name__}")
+    return response(uid, allowed, code, message)
+
+
+class SignedImageStore:
+    """Images the webhook admits: a directory of OCI layouts holding signed images
+    (``stockade image sign`` / ``cosign``-style ``sha256-<hex>.sig`` tags).
+
+    ``check(image)``: the image must be pinned by digest (``repo@sha256:...``; a tag alone
+    is refused: tags are mutable), some layout must hold that manifest under a tag, and
+    :func:`verify_image` must accept it with the expected reference ``repo@digest`` (so a
+    signature for another repository does not do). Accepted verdicts are cached for
+    ``cache_seconds``; a digest not found rescans the directory (at most every
+    ``rescan_seconds``)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        policy: TrustPolicy,
+        cache_seconds: float = 30.0,
+        rescan_seconds: float = 1.0,
+    ) -> None:
+        self.directory = directory
+        self.policy = policy
+        self._cache_seconds = cache_seconds
+        self._rescan_seconds = rescan_seconds
+        self._lock = threading.Lock()
+        self._index: dict[str, list[tuple[Path, str]]] = {}
+        self._scanned = float("-inf")
+        self._accepted: dict[str, tuple[float, str]] = {}
+        self._scan()
+
+    def _scan(self) -> None:
+        index: dict[str, list[tuple[Path, str]]] = {}
+        try:
+            entries = sorted(self.directory.iterdir())
+        except OSError:
+            entries = []
+        for path in entries:
+            try:
+                layout = ImageLayout.open(path)
+                descriptors = layout.descriptors()
+            except (ImageError, OSError):
+                continue
+            for descriptor in descriptors:
+                tag = descriptor.annotations.get(REF_NAME)
+                if tag and descriptor.media_type in MANIFEST_TYPES:
+                    index.setdefault(descriptor.digest, []).append((path, tag))
+        with self._lock:
+            self._index = index
+            self._scanned = time.monotonic()
+
+    def _locations(self, digest: str) -> list[tuple[Path, str]]:
+        with self._lock:
+            found = self._index.get(digest)
+            due = time.monotonic() - self._scanned >= self._rescan_seconds
+        if found is None and due:
+            self._scan()
+            with self._lock:
+                found = self._index.get(digest)
+        return list(found or [])
+
+    def check(self, image: str) -> tuple[bool, str]:
+        try:
+            reference = parse_reference(image)
+        except ImageError as error:
+            return False, f"image '{image}' is not an image reference: {error}"
+        if reference.digest is None:
+            return False, (
+                f"image '{image}' is not pinned by digest: reference it as "
+                f"{reference.repository}@sha256:<manifest digest> (tags are mutable)"
+            )
+        expected = f"{reference.repository}@{reference.digest}"
+        now = time.monotonic()
+        with self._lock:
+            cached = self._accepted.get(expected)
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return True, cached[1]
+        locations = self._locations(reference.digest)
+        if not locations:
+            return False, (
+                f"image '{image}': manifest {reference.digest} is not in the signed-image "
+                "store (unsigned)"
+            )
+        failures = []
+        for path, tag in locations:
+            try:
+                verified = verify_image(ImageLayout.open(path), tag, expected, self.policy)
+            except ImageRejected as rejected:
+                failures.append(f"{rejected.check}: {rejected.detail}")
+                continue
+            except (ImageError, OSError) as error:
+                failures.append(str(error))
+                continue
+            reason = f"image {expected} signed by '{verified.signer}'"
+            with self._lock:
+                self._accepted[expected] = (now, reason)
+            return True, reason
+        return False, f"image '{image}' is not signed under the trust policy ({failures[0]})"
