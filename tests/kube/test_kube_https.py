@@ -1,0 +1,100 @@
+"""The webhook and the extender over real HTTPS (self-signed certificate, keep-alive
+client), with real AdmissionReview v1 and extender JSON documents."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from kube_support import ThreadedServer, admission_review, binding, extender_args, pod, self_signed
+
+from stockade.kube.server import ServerTls, create_app, uvicorn_config
+
+
+@pytest.fixture
+def https(policy, tmp_path: Path) -> Iterator[httpx.Client]:
+    cert, key = self_signed(tmp_path)
+    server = ThreadedServer(
+        uvicorn_config(create_app(policy), "127.0.0.1", 0, ServerTls(cert, key))
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{server.port}", verify=context, timeout=10
+        ) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def test_webhook_over_https(https, images, trust):
+    cases = [
+        (pod(images=(images.signed,), node_name="node-good"), None, True, "node-good"),
+        (pod(images=(images.signed,), node_name="node-bad"), None, False, "node-bad"),
+        (pod(images=(images.signed,), node_name="rogue-1"), None, False, "not enrolled"),
+        (pod(images=("registry.example/org/app:v1",)), None, False, "pinned by digest"),
+        (pod(images=(images.unsigned,)), None, False, "unsigned"),
+        (binding("web-0", "node-bad"), "binding", False, "node-bad"),
+        (binding("web-0", "node-good"), "binding", True, "trusted"),
+        (pod(namespace="stockade-system", images=("x",), node_name="x"), None, True, "exempt"),
+    ]
+    for obj, sub, allowed, phrase in cases:
+        document = admission_review(obj, sub_resource=sub)
+        reply = https.post("/validate", json=document)
+        assert reply.status_code == 200
+        assert reply.headers["content-type"] == "application/json"
+        body = reply.json()
+        assert body["apiVersion"] == "admission.k8s.io/v1"
+        assert body["kind"] == "AdmissionReview"
+        assert body["response"]["uid"] == document["request"]["uid"]
+        assert body["response"]["allowed"] is allowed, body
+        assert phrase in body["response"]["status"]["message"]
+
+    trust.down = "verifier unreachable"
+    document = admission_review(pod(images=(images.signed,), node_name="node-good"))
+    body = https.post("/validate", json=document).json()
+    assert body["response"]["allowed"] is False
+
+
+def test_webhook_refuses_a_body_that_is_not_json(https):
+    reply = https.post(
+        "/validate", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 200
+    assert reply.json()["response"]["allowed"] is False
+    assert reply.json()["response"]["status"]["code"] == 400
+
+
+@pytest.mark.parametrize("mode", ["names", "nodes"])
+def test_extender_over_https(https, trust, mode):
+    nodes = ["node-good", "node-bad", "rogue-1"]
+    body = https.post("/filter", json=extender_args(nodes, mode)).json()
+    passed = (
+        body["NodeNames"]
+        if mode == "names"
+        else [n["metadata"]["name"] for n in body["Nodes"]["items"]]
+    )
+    assert passed == ["node-good"]
+    assert set(body["FailedNodes"]) == {"node-bad", "rogue-1"}
+    assert body["Error"] == ""
+    trust.down = "verifier unreachable"
+    body = https.post("/filter", json=extender_args(nodes, mode)).json()
+    assert body["Error"]
+    assert not (body["NodeNames"] or (body["Nodes"] or {}).get("items"))
+
+
+def test_healthz(https, trust):
+    reply = https.get("/healthz")
+    assert reply.status_code == 200
+    assert reply.json() == {"ok": True, "nodes": 3, "images": True}
+    trust.down = "verifier unreachable"
+    assert https.get("/healthz").status_code == 503
+
+
+def test_plain_http_is_not_served(https):
+    url = str(https.base_url).replace("https://", "http://")
+    with httpx.Client(timeout=5) as plain, pytest.raises(httpx.HTTPError):
+        plain.get(f"{url}/healthz").raise_for_status()
