@@ -16,6 +16,7 @@ MODULES = ["bench.tpm_quote", "bench.verity", "bench.eventlog", "bench.verifier"
 MODULES.append("bench.membership")
 MODULES.append("bench.executions")
 MODULES.append("bench.oci_hook")
+MODULES.append("bench.kube")
 
 
 def main() -> None:
