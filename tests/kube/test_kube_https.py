@@ -98,3 +98,50 @@ def test_plain_http_is_not_served(https):
     url = str(https.base_url).replace("https://", "http://")
     with httpx.Client(timeout=5) as plain, pytest.raises(httpx.HTTPError):
         plain.get(f"{url}/healthz").raise_for_status()
+
+
+def test_kube_serve_command_fails_closed_without_a_verifier(tmp_path: Path, images):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    cert, key = self_signed(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port, dead = sock.getsockname()[1], None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]  # nothing listens here: the verifier is down
+    command = [
+        sys.executable, "-c", "from stockade.cli.kube import app; app()", "serve",
+        "--verifier", f"https://127.0.0.1:{dead}", "--tls-cert", str(cert), "--tls-key", str(key),
+        "--image-store", str(images.directory), "--trust-policy", str(images.policy_path),
+        "--org-pub", str(images.org_pub), "--exempt-namespace", "stockade-system",
+        "--port", str(port),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context, timeout=5) as c:
+            deadline = time.monotonic() + 20
+            while True:
+                assert process.poll() is None, process.communicate()
+                try:
+                    health = c.get("/healthz")
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            assert health.status_code == 503
+            document = admission_review(pod(images=(images.signed,), node_name="node-good"))
+            answer = c.post("/validate", json=document).json()["response"]
+            assert answer["allowed"] is False
+            assert "unreachable" in answer["status"]["message"]
+            exempt = admission_review(pod(namespace="stockade-system", images=("x",)))
+            assert c.post("/validate", json=exempt).json()["response"]["allowed"] is True
+            body = c.post("/filter", json=extender_args(["node-good"])).json()
+            assert body["NodeNames"] == [] and "unreachable" in body["Error"]
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -14,6 +14,11 @@ from stockade.errors import InputError
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: admission webhook, scheduler extender.")
 
 
+@app.callback()
+def kube() -> None:
+    """Kubernetes: no workload lands on a node the verifier does not trust now."""
+
+
 @app.command("serve")
 def serve(
     verifier: Annotated[
