@@ -1,0 +1,397 @@
+"""The kubelet CSR approver with the official ``kubernetes`` client against the in-process API
+emulator (list CSRs, PUT .../approval): a kubelet certificate only for a trusted node and only
+for the key the cluster CA certified in that node's TPM; every attack denied with its reason;
+other signers' CSRs untouched; idempotent; the verifier down leaves CSRs pending."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from kube_support import T0, FakeClock, StaticTrust, node_trust
+from kubernetes import client
+
+from stockade.cluster.ca import ClusterCa
+from stockade.evidence.algorithms import Alg, EccCurve
+from stockade.evidence.public import (
+    EccParameters,
+    EccPoint,
+    ObjectAttributes,
+    Scheme,
+    SymmetricDefinition,
+    TpmPublic,
+)
+from stockade.kube.csr import (
+    CLIENT_SIGNER,
+    NODE_CERTIFICATE_ANNOTATION,
+    SERVING_SIGNER,
+    CsrApprover,
+    CsrRequest,
+    decide_csr,
+)
+from stockade.kube.emulator import KubeEmulator
+
+CLIENT_USAGES = ["digital signature", "client auth"]
+SERVING_USAGES = ["digital signature", "key encipherment", "server auth"]
+NODE_KEY_ATTRIBUTES = (
+    ObjectAttributes.FIXED_TPM
+    | ObjectAttributes.FIXED_PARENT
+    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
+    | ObjectAttributes.USER_WITH_AUTH
+    | ObjectAttributes.NO_DA
+    | ObjectAttributes.SIGN_ENCRYPT
+)
+
+
+def tpm_public(key: ec.EllipticCurvePrivateKey) -> TpmPublic:
+    """The public area of a TPM-resident node key (the CA sees only this)."""
+    template = TpmPublic(
+        type=Alg.ECC,
+        name_alg=Alg.SHA256,
+        attributes=int(NODE_KEY_ATTRIBUTES),
+        auth_policy=b"",
+        parameters=EccParameters(
+            SymmetricDefinition(), Scheme(Alg.NULL), EccCurve.NIST_P256, Scheme(Alg.NULL)
+        ),
+        unique=EccPoint(b"", b""),
+    )
+    return template.with_public_key(key.public_key())
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory) -> ClusterCa:
+    return ClusterCa.load_or_create(tmp_path_factory.mktemp("cluster-ca"))
+
+
+@pytest.fixture(scope="module")
+def foreign_ca(tmp_path_factory) -> ClusterCa:
+    return ClusterCa.load_or_create(tmp_path_factory.mktemp("foreign-ca"), "Stockade cluster CA")
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, ec.EllipticCurvePrivateKey]:
+    return {name: ec.generate_private_key(ec.SECP256R1()) for name in ("good", "bad", "other")}
+
+
+def certificate_pem(ca: ClusterCa, key, name: str, node_id: str | None = None, **times) -> str:
+    certificate = ca.issue_node_certificate(
+        tpm_public(key),
+        node_id=node_id or f"id-{name}",
+        node_name=name,
+        result_id=f"result-{name}",
+        not_before=times.get("not_before", T0 - timedelta(minutes=1)),
+        not_after=times.get("not_after", T0 + timedelta(minutes=10)),
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def request_pem(key, common_name: str, organization: str = "system:nodes", sans=None) -> bytes:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture
+def trust() -> StaticTrust:
+    return StaticTrust(
+        {
+            "good": node_trust("good", valid_for=600),
+            "bad": node_trust("bad", state="failed"),
+            "other": node_trust("other", valid_for=600),
+        }
+    )
+
+
+@pytest.fixture
+def api():
+    with KubeEmulator() as emulator:
+        emulator.add_node(
+            "good",
+            addresses=[
+                {"type": "Hostname", "address": "good"},
+                {"type": "InternalIP", "address": "10.0.0.7"},
+            ],
+        )
+        yield emulator
+
+
+@pytest.fixture
+def approver(api, trust, ca):
+    configuration = client.Configuration()
+    configuration.host = api.url
+    with client.ApiClient(configuration) as api_client:
+        yield CsrApprover(
+            client.CertificatesV1Api(api_client),
+            client.CoreV1Api(api_client),
+            trust,
+            ca.certificate,
+            clock=FakeClock(),
+        )
+
+
+def submit(api, name: str, key, node: str = "good", signer: str = CLIENT_SIGNER, **extra):
+    certificate = extra.pop("certificate", None)
+    annotations = {} if certificate is None else {NODE_CERTIFICATE_ANNOTATION: certificate}
+    api.add_csr(
+        name,
+        request_pem=extra.pop("request", None) or request_pem(key, f"system:node:{node}"),
+        signer_name=signer,
+        usages=extra.pop("usages", CLIENT_USAGES if signer == CLIENT_SIGNER else SERVING_USAGES),
+        username=extra.pop("username", f"system:node:{node}"),
+        annotations=annotations,
+    )
+
+
+def verdict(api, name: str) -> tuple[str, str, str] | None:
+    conditions = api.csr(name)["status"].get("conditions") or []
+    if not conditions:
+        return None
+    assert len(conditions) == 1
+    (condition,) = conditions
+    return condition["type"], condition.get("reason", ""), condition.get("message", "")
+
+
+def test_trusted_node_with_its_tpm_key_is_approved(api, approver, ca, keys):
+    submit(api, "client-pem", keys["good"], certificate=certificate_pem(ca, keys["good"], "good"))
+    encoded = base64.b64encode(certificate_pem(ca, keys["good"], "good").encode()).decode()
+    submit(api, "client-b64", keys["good"], certificate=encoded)
+    made = approver.sync()
+    assert sorted((name, d.action) for name, d in made) == [
+        ("client-b64", "approve"),
+        ("client-pem", "approve"),
+    ]
+    for name in ("client-pem", "client-b64"):
+        kind, reason, message = verdict(api, name)
+        assert (kind, reason) == ("Approved", "StockadeAttested")
+        assert "TPM-resident" in message
+    puts = [path for method, path, _ in api.requests if method == "PUT"]
+    assert "/apis/certificates.k8s.io/v1/certificatesigningrequests/client-pem/approval" in puts
+
+
+def test_serving_certificate_for_the_nodes_own_addresses_is_approved(api, approver, ca, keys):
+    sans = [x509.DNSName("good"), x509.IPAddress(ipaddress.ip_address("10.0.0.7"))]
+    submit(
+        api,
+        "serving",
+        keys["good"],
+        signer=SERVING_SIGNER,
+        request=request_pem(keys["good"], "system:node:good", sans=sans),
+        certificate=certificate_pem(ca, keys["good"], "good"),
+    )
+    approver.sync()
+    assert verdict(api, "serving")[0] == "Approved"
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("untrusted", "node bad is failed"),
+        ("not-enrolled", "not enrolled"),
+        ("other-key", "not the TPM-resident key the cluster CA certified for good"),
+        ("other-nodes-certificate", "the node certificate is for system:node:other"),
+        ("expired", "expired at"),
+        ("not-yet-valid", "not valid before"),
+        ("foreign-ca", "does not verify with the cluster CA's key"),
+        ("re-enrolled", "enrolled as id-good"),
+        ("no-certificate", "no stockade.dev/node-certificate annotation"),
+        ("garbage-certificate", "is not a certificate"),
+        ("masters", "subject organization must be exactly system:nodes"),
+        ("not-a-node", "subject common name must be system:node:<node name>"),
+        ("client-sans", "may not have subject alternative names"),
+        ("serving-foreign-name", "not among node good's addresses: kubernetes.default.svc"),
+        ("serving-by-someone-else", "must be requested by that node"),
+        ("usages", "are not a kubelet's"),
+    ],
+)
+def test_attacks_are_denied_with_reasons(api, approver, ca, foreign_ca, keys, case, expected):
+    good, other = keys["good"], keys["other"]
+    good_cert = certificate_pem(ca, good, "good")
+    arguments = {
+        "untrusted": {
+            "key": keys["bad"],
+            "node": "bad",
+            "certificate": certificate_pem(ca, keys["bad"], "bad"),
+        },
+        "not-enrolled": {
+            "key": other,
+            "node": "ghost",
+            "certificate": certificate_pem(ca, other, "ghost"),
+        },
+        # A key of the attacker's choosing, with the node's real certificate attached.
+        "other-key": {"key": other, "certificate": good_cert},
+        # A trusted node's own certificate and key, used to ask for another node's name.
+        "other-nodes-certificate": {
+            "key": other,
+            "certificate": certificate_pem(ca, other, "other"),
+        },
+        "expired": {
+            "key": good,
+            "certificate": certificate_pem(
+                ca,
+                good,
+                "good",
+                not_before=T0 - timedelta(hours=2),
+                not_after=T0 - timedelta(hours=1),
+            ),
+        },
+        "not-yet-valid": {
+            "key": good,
+            "certificate": certificate_pem(
+                ca,
+                good,
+                "good",
+                not_before=T0 + timedelta(hours=1),
+                not_after=T0 + timedelta(hours=2),
+            ),
+        },
+        "foreign-ca": {"key": good, "certificate": certificate_pem(foreign_ca, good, "good")},
+        "re-enrolled": {"key": good, "certificate": certificate_pem(ca, good, "good", "id-old")},
+        "no-certificate": {"key": good},
+        "garbage-certificate": {"key": good, "certificate": "not a certificate"},
+        "masters": {
+            "key": good,
+            "certificate": good_cert,
+            "request": request_pem(good, "system:node:good", "system:masters"),
+        },
+        "not-a-node": {
+            "key": good,
+            "certificate": good_cert,
+            "request": request_pem(good, "admin"),
+        },
+        "client-sans": {
+            "key": good,
+            "certificate": good_cert,
+            "request": request_pem(good, "system:node:good", sans=[x509.DNSName("good")]),
+        },
+        "serving-foreign-name": {
+            "key": good,
+            "certificate": good_cert,
+            "signer": SERVING_SIGNER,
+            "request": request_pem(
+                good,
+                "system:node:good",
+                sans=[x509.DNSName("good"), x509.DNSName("kubernetes.default.svc")],
+            ),
+        },
+        "serving-by-someone-else": {
+            "key": good,
+            "certificate": good_cert,
+            "signer": SERVING_SIGNER,
+            "username": "system:serviceaccount:default:x",
+        },
+        "usages": {
+            "key": good,
+            "certificate": good_cert,
+            "usages": ["digital signature", "client auth", "server auth"],
+        },
+    }[case]
+    key = arguments.pop("key")
+    submit(api, case, key, **arguments)
+    made = approver.sync()
+    assert [(name, d.action) for name, d in made] == [(case, "deny")]
+    kind, reason, message = verdict(api, case)
+    assert (kind, reason) == ("Denied", "StockadeNotAttested")
+    assert expected in message, message
+
+
+def test_every_failed_check_is_named(api, approver, ca, keys):
+    submit(
+        api,
+        "many",
+        keys["other"],
+        node="bad",
+        certificate=certificate_pem(ca, keys["good"], "good"),
+    )
+    approver.sync()
+    message = verdict(api, "many")[2]
+    assert "node bad is failed" in message
+    assert "the node certificate is for system:node:good, not node bad" in message
+    assert "not the TPM-resident key" in message
+
+
+def test_other_signers_are_left_alone(api, approver, ca, keys):
+    submit(
+        api,
+        "admin-client",
+        keys["good"],
+        signer="kubernetes.io/kube-apiserver-client",
+        certificate=certificate_pem(ca, keys["good"], "good"),
+    )
+    submit(api, "custom", keys["good"], signer="example.com/anything")
+    assert approver.sync() == []
+    assert verdict(api, "admin-client") is None
+    assert verdict(api, "custom") is None
+    assert not [r for r in api.requests if r[0] == "PUT"]
+
+
+def test_idempotent_and_never_overrides_a_decision(api, approver, ca, keys):
+    submit(api, "once", keys["good"], certificate=certificate_pem(ca, keys["good"], "good"))
+    approver.sync()
+    puts = len([r for r in api.requests if r[0] == "PUT"])
+    assert approver.sync() == []
+    assert len([r for r in api.requests if r[0] == "PUT"]) == puts
+    # An administrator denied this one by hand: the approver does not second-guess it.
+    submit(api, "by-hand", keys["good"], certificate=certificate_pem(ca, keys["good"], "good"))
+    csr = api.csr("by-hand")
+    csr["status"]["conditions"] = [{"type": "Denied", "status": "True", "reason": "Admin"}]
+    configuration = client.Configuration()
+    configuration.host = api.url
+    with client.ApiClient(configuration) as api_client:
+        certificates = client.CertificatesV1Api(api_client)
+        certificates.replace_certificate_signing_request_approval("by-hand", csr)
+        assert approver.sync() == []
+        assert verdict(api, "by-hand")[:2] == ("Denied", "Admin")
+        # The API server refuses to flip a decision.
+        flipped = api.csr("by-hand")
+        flipped["status"]["conditions"] = [{"type": "Approved", "status": "True"}]
+        with pytest.raises(client.ApiException) as refused:
+            certificates.replace_certificate_signing_request_approval("by-hand", flipped)
+        assert refused.value.status == 422
+
+
+def test_verifier_down_leaves_csrs_pending_until_it_answers(api, approver, trust, ca, keys):
+    submit(api, "patient", keys["good"], certificate=certificate_pem(ca, keys["good"], "good"))
+    trust.down = "verifier unreachable: connection refused"
+    made = approver.sync()
+    assert [(name, d.action) for name, d in made] == [("patient", "wait")]
+    assert "connection refused" in made[0][1].message
+    assert verdict(api, "patient") is None
+    trust.down = None
+    approver.sync()
+    assert verdict(api, "patient")[0] == "Approved"
+
+
+def test_verifier_down_still_denies_what_is_wrong_anyway(trust, ca, keys):
+    trust.down = "connection refused"
+    csr = CsrRequest(
+        "x",
+        CLIENT_SIGNER,
+        request_pem(keys["good"], "system:node:good", "system:masters"),
+        tuple(CLIENT_USAGES),
+        "system:node:good",
+        {},
+        (),
+    )
+    decision = decide_csr(csr, trust, ca.certificate, T0)
+    assert decision.action == "deny"
+    assert "system:nodes" in decision.message
+
+
+def test_malformed_request_is_denied(trust, ca):
+    csr = CsrRequest("x", CLIENT_SIGNER, b"junk", tuple(CLIENT_USAGES), "", {}, ())
+    decision = decide_csr(csr, trust, ca.certificate, T0)
+    assert decision.action == "deny" and "PKCS#10" in decision.message
