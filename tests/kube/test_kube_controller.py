@@ -353,3 +353,35 @@ def test_emulator_json_patch_and_validation(api, core):
     with pytest.raises(client.ApiException) as missing:
         core.read_node("nope")
     assert missing.value.status == 404
+
+
+def test_cli_once_with_a_kubeconfig_and_the_verifier_down(api, tmp_path):
+    from typer.testing import CliRunner
+
+    from stockade.cli.kube_controller import app
+
+    add(api, "good")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
+        f"clusters: [{{name: emulator, cluster: {{server: '{api.url}'}}}}]\n"
+        "users: [{name: nobody, user: {}}]\n"
+        "contexts: [{name: emulator, context: {cluster: emulator, user: nobody}}]\n"
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "controller",
+            "--once",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--verifier",
+            "https://127.0.0.1:9",  # nothing listens: fail closed
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "good:" in result.output
+    node = api.node("good")
+    assert node["metadata"]["labels"][TRUSTED_LABEL] == "false"
+    assert effects(node) == {"NoSchedule"}
+    others_intact(node)
