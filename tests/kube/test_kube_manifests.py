@@ -1,0 +1,234 @@
+"""deploy/kubernetes: every manifest validates offline against the Kubernetes 1.37 OpenAPI
+schema (kubernetes-validate, strict: unknown fields are errors), and the security-relevant
+choices hold: the webhook fails closed, RBAC names every verb and resource (no wildcards)
+and grants each component only what it uses, the agent gets the TPM device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+KUBERNETES_VERSION = "1.37"
+
+
+def documents() -> list[tuple[str, dict]]:
+    found = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document is not None:
+                found.append(
+                    (f"{path.name}:{document['kind']}/{document['metadata']['name']}", document)
+                )
+    return found
+
+
+ALL = documents()
+
+
+def of_kind(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for _, doc in ALL if doc["kind"] == kind}
+
+
+def test_the_manifests_are_there():
+    kinds = {doc["kind"] for _, doc in ALL}
+    assert {
+        "Namespace",
+        "Deployment",
+        "DaemonSet",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingWebhookConfiguration",
+    } <= kinds
+
+
+@pytest.mark.parametrize(("where", "document"), ALL, ids=[where for where, _ in ALL])
+def test_validates_against_the_kubernetes_schema(where, document):
+    kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_check_catches_mistakes():
+    deployment = next(doc for _, doc in ALL if doc["kind"] == "Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_webhook_fails_closed_on_pod_creation_and_binding():
+    (configuration,) = of_kind("ValidatingWebhookConfiguration").values()
+    for webhook in configuration["webhooks"]:
+        assert webhook["failurePolicy"] == "Fail"
+        assert webhook["sideEffects"] == "None"
+        assert webhook["admissionReviewVersions"] == ["v1"]
+        assert webhook["clientConfig"]["service"]["path"] == "/validate"
+        (rule,) = webhook["rules"]
+        assert rule["operations"] == ["CREATE"]
+        assert set(rule["resources"]) == {"pods", "pods/binding"}
+        (exempt,) = webhook["namespaceSelector"]["matchExpressions"]
+        assert exempt == {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["stockade"],
+        }
+
+
+def test_rbac_has_no_wildcards_and_least_privilege():
+    roles = of_kind("ClusterRole") | of_kind("Role")
+    for role in roles.values():
+        for rule in role["rules"]:
+            for field in ("verbs", "resources", "apiGroups", "resourceNames"):
+                assert "*" not in rule.get(field, []), (role["metadata"]["name"], field)
+            assert "nonResourceURLs" not in rule
+    grants = {
+        name: {
+            (group, resource, verb, tuple(rule.get("resourceNames", ())))
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        for name, role in roles.items()
+    }
+    assert grants["stockade-node-controller"] == {
+        ("", "nodes", verb, ()) for verb in ("get", "list", "watch", "patch")
+    }
+    signers = ("kubernetes.io/kube-apiserver-client-kubelet", "kubernetes.io/kubelet-serving")
+    assert grants["stockade-csr-approver"] == {
+        ("certificates.k8s.io", "certificatesigningrequests", "get", ()),
+        ("certificates.k8s.io", "certificatesigningrequests", "list", ()),
+        ("certificates.k8s.io", "certificatesigningrequests", "watch", ()),
+        ("certificates.k8s.io", "certificatesigningrequests/approval", "update", ()),
+        ("certificates.k8s.io", "signers", "approve", signers),
+        ("", "nodes", "get", ()),
+    }
+    # Every binding binds one of these roles to the service account that uses it.
+    for binding in of_kind("ClusterRoleBinding").values():
+        (subject,) = binding["subjects"]
+        assert subject["kind"] == "ServiceAccount"
+        assert subject["name"] == binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert binding["roleRef"]["name"] in roles
+
+
+def test_components_without_api_access_get_no_token():
+    for name in ("stockade-verifier", "stockade-agent", "stockade-webhook"):
+        account = of_kind("ServiceAccount")[name]
+        assert account["automountServiceAccountToken"] is False
+
+
+def _pod_spec(kind: str, name: str) -> dict:
+    return of_kind(kind)[name]["spec"]["template"]["spec"]
+
+
+def test_agent_daemonset_mounts_the_tpm_and_event_log():
+    spec = _pod_spec("DaemonSet", "stockade-agent")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (container,) = spec["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert volumes[mounts["/dev/tpmrm0"]["name"]]["hostPath"] == {
+        "path": "/dev/tpmrm0",
+        "type": "CharDevice",
+    }
+    securityfs = mounts["/sys/kernel/security"]
+    assert securityfs["readOnly"] is True
+    assert volumes[securityfs["name"]]["hostPath"]["path"] == "/sys/kernel/security"
+    assert volumes[mounts["/run/stockade"]["name"]]["hostPath"]["path"] == "/run/stockade"
+    assert "--tcti=device:/dev/tpmrm0" in container["args"]
+    # No more host than the mounts: no host network, PID or IPC namespace.
+    assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The agent must keep attesting on an untrusted node, or the node never recovers.
+    assert {"key": "stockade.dev/untrusted", "operator": "Exists"} in spec["tolerations"]
+
+
+def test_verifier_deployment_is_replicated_over_postgresql():
+    deployment = of_kind("Deployment")["stockade-verifier"]
+    assert deployment["spec"]["replicas"] == 3
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    (database,) = [e for e in container["env"] if e["name"] == "STOCKADE_DATABASE_URL"]
+    assert database["valueFrom"]["secretKeyRef"]["name"] == "stockade-verifier-db"
+    assert "--database=$(STOCKADE_DATABASE_URL)" in container["args"]
+    assert any(a.startswith("--kek-file=") for a in container["args"])
+    kek = {v["name"]: v for v in spec["volumes"]}["kek"]
+    assert kek["secret"]["secretName"] == "stockade-verifier-kek"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/health"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_non_agent_containers_are_unprivileged():
+    for kind, name in (
+        ("Deployment", "stockade-verifier"),
+        ("Deployment", "stockade-node-controller"),
+        ("Deployment", "stockade-csr-approver"),
+        ("Deployment", "stockade-webhook"),
+    ):
+        spec = _pod_spec(kind, name)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            assert not context.get("privileged")
+
+
+def test_controller_commands_match_the_cli():
+    from typer.main import get_command
+
+    from stockade.cli.kube_controller import app
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    for name, command in (
+        ("stockade-node-controller", "controller"),
+        ("stockade-csr-approver", "approve-csrs"),
+    ):
+        (container,) = _pod_spec("Deployment", name)["containers"]
+        assert container["args"][:2] == ["kube", command]
+        options = {o for p in commands[command].params for o in p.opts}
+        for argument in container["args"][2:]:
+            assert argument.split("=")[0] in options, argument
+
+
+def test_scheduler_extender_configuration():
+    config = yaml.safe_load((DEPLOY / "scheduler" / "kube-scheduler-config.yaml").read_text())
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    (extender,) = config["extenders"]
+    assert extender["filterVerb"] == "filter"
+    assert extender["enableHTTPS"] is True
+    assert extender["ignorable"] is False  # an unreachable extender stops scheduling
+    assert extender["nodeCacheCapable"] is True
+    allowed = {
+        "urlPrefix",
+        "filterVerb",
+        "preemptVerb",
+        "prioritizeVerb",
+        "weight",
+        "bindVerb",
+        "enableHTTPS",
+        "tlsConfig",
+        "httpTimeout",
+        "nodeCacheCapable",
+        "managedResources",
+        "ignorable",
+    }
+    assert set(extender) <= allowed
+    assert set(extender["tlsConfig"]) <= {
+        "insecure",
+        "serverName",
+        "certFile",
+        "keyFile",
+        "caFile",
+        "certData",
+        "keyData",
+        "caData",
+    }
