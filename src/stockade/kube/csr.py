@@ -341,21 +341,23 @@ class CsrApprover:
         """One round over every CSR; returns the decisions made (approve/deny/wait)."""
         made: list[tuple[str, CsrDecision]] = []
         for item in self._certificates.list_certificate_signing_request().items:
-            obj = self._json(item)
-            decision = self.decide(CsrRequest.from_api(obj))
-            if decision.action == "ignore":
-                continue
-            if decision.action in ("approve", "deny") and not self._record(obj, decision):
-                continue
-            log.info(
-                "CSR %s (%s): %s: %s",
-                obj["metadata"]["name"],
-                decision.node,
-                decision.action,
-                decision.message,
-            )
-            made.append((str(obj["metadata"]["name"]), decision))
+            name, decision = self.process(item)
+            if decision is not None:
+                made.append((name, decision))
         return made
+
+    def process(self, item: Any) -> tuple[str, CsrDecision | None]:
+        """Decide one CSR (a client model or its JSON) and record the decision; None when it
+        was left alone (another signer, already decided, or decided by someone else first)."""
+        obj = self._json(item)
+        name = str(obj["metadata"]["name"])
+        decision = self.decide(CsrRequest.from_api(obj))
+        if decision.action == "ignore":
+            return name, None
+        if decision.action in ("approve", "deny") and not self._record(obj, decision):
+            return name, None
+        log.info("CSR %s (%s): %s: %s", name, decision.node, decision.action, decision.message)
+        return name, decision
 
     def decide(self, csr: CsrRequest) -> CsrDecision:
         return decide_csr(csr, self._trust, self._ca, self._clock(), self.node_addresses)

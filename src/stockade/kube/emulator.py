@@ -11,9 +11,10 @@ Served (JSON only; no authentication; ``resourceVersion`` is one counter for all
   no merge key), ``application/merge-patch+json`` (RFC 7386) or ``application/json-patch+json``
   (RFC 6902: add, remove, replace, test). A ``metadata.resourceVersion`` in a patch that is not
   the current one is 409 Conflict, as on a real API server.
+  ``?dryRun=All`` validates and answers without storing.
 - ``GET|POST /apis/certificates.k8s.io/v1/certificatesigningrequests`` (``fieldSelector``
   ``spec.signerName=...`` honoured; ``?watch=true`` as for nodes),
-  ``GET .../certificatesigningrequests/{name}`` and ``PUT .../{name}/approval``: only
+  ``GET|DELETE .../certificatesigningrequests/{name}`` and ``PUT .../{name}/approval``: only
   ``status.conditions`` is taken from the body; Approved and Denied cannot both be set, and
   neither can be removed or changed once set (422), a stale ``resourceVersion`` is 409.
 
@@ -318,6 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._serve("PATCH")
 
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
     def _serve(self, method: str) -> None:
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
@@ -357,9 +361,12 @@ class _Handler(BaseHTTPRequestHandler):
                     if method == "GET":
                         return 200, self._get(collection, name)
                     if method == "PATCH":
-                        return 200, self._patch_node(name, content_type, body)
+                        dry_run = query.get("dryRun") == "All"
+                        return 200, self._patch_node(name, content_type, body, dry_run)
                 if collection == CSRS and not sub and method == "GET":
                     return 200, self._get(collection, name)
+                if collection == CSRS and not sub and method == "DELETE":
+                    return 200, self._delete(collection, name)
                 if collection == CSRS and sub == "approval" and method == "PUT":
                     return 200, self._approve(name, body)
                 raise ApiError(405, "MethodNotAllowed", f"{method} {path}")
@@ -425,7 +432,19 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(409, "AlreadyExists", f'"{meta["name"]}" already exists')
             return self.store.bump(collection, "ADDED", obj)
 
-    def _patch_node(self, name: str, content_type: str, body: Any) -> dict[str, Any]:
+    def _delete(self, collection: str, name: str) -> dict[str, Any]:
+        with self.store.lock:
+            obj = self.store.objects[collection].pop(name, None)
+            if obj is None:
+                raise ApiError(404, "NotFound", f'"{name}" not found')
+            self.store.version += 1
+            self.store.events.append((self.store.version, collection, "DELETED", obj))
+            self.store.lock.notify_all()
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+
+    def _patch_node(
+        self, name: str, content_type: str, body: Any, dry_run: bool = False
+    ) -> dict[str, Any]:
         with self.store.lock:
             current = self.store.objects[NODES].get(name)
             if current is None:
@@ -453,6 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
             if patched["metadata"].get("name") != name:
                 raise ApiError(422, "Invalid", "metadata.name cannot be changed")
             _validate_node(patched)
+            if dry_run:  # admitted and validated, not stored
+                return copy.deepcopy(patched)
             return self.store.bump(NODES, "MODIFIED", patched)
 
     def _approve(self, name: str, body: Any) -> dict[str, Any]:
