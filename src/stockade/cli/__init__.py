@@ -43,7 +43,11 @@ def _register() -> None:
 
     app.add_typer(verifier.app, name="verifier")
 
-    from stockade.cli import audit, image, log, run
+    from stockade.cli import audit, image, kube, kube_controller, log, run
+
+    kube.app.command("controller")(kube_controller.controller)
+    kube.app.command("approve-csrs")(kube_controller.approve_csrs)
+    app.add_typer(kube.app, name="kube")
 
     app.add_typer(audit.app, name="audit")
     app.add_typer(log.app, name="log")
