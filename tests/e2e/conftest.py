@@ -23,12 +23,6 @@ from stockade.cli.demo_cluster import (
 from stockade.tpm.ekca import EkCa
 
 DATABASE_ENV = "STOCKADE_TEST_DATABASE_URL"
-TABLES = (
-    "translog_leaves", "translog_subtrees", "translog_state",
-    "secret_releases", "secret_grants", "secrets", "node_certificates",
-    "webhook_cursors", "events", "results", "nonces", "enrollments", "policies", "nodes",
-    "alembic_version",
-)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +51,9 @@ def database_url() -> str | None:
     if url:
         engine = create_engine(url)
         with engine.begin() as connection:
-            for table in TABLES:
-                connection.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+            # Every table the verifier ever made (a list of names would miss the next one).
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
         engine.dispose()
     return url or None
 
