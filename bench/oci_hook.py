@@ -32,6 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.timing import Row, median_seconds
+from stockade.agent.hook_client import compiled_client
 
 PROBE_SOURCE = "int main(void) { return 0; }\n"
 REFERENCE = "registry.example/bench/true:1.0"
@@ -172,7 +173,8 @@ def run(rounds: int) -> list[Row]:
         hook_alone = _time_process(
             [str(hook_executable()), *settings.to_args()], state.encode(), rounds
         )
-        client_alone = _time_process(
+        client_alone = _time_process([str(compiled_client()), str(sock)], state.encode(), rounds)
+        python_client_alone = _time_process(
             [sys.executable, "-I", "-S", "-c", CLIENT_SOURCE, str(sock)], state.encode(), rounds
         )
         interpreter = _time_process([sys.executable, "-I", "-S", "-c", "pass"], b"", rounds)
@@ -196,7 +198,8 @@ def run(rounds: int) -> list[Row]:
         ("oci_hook start overhead, stockade-oci-hook", (with_direct - base) * ms, "ms"),
         ("oci_hook start overhead, fast hook (target 15)", (with_fast - base) * ms, "ms"),
         ("oci_hook stockade-oci-hook process alone", hook_alone * ms, "ms"),
-        ("oci_hook fast client process alone", client_alone * ms, "ms"),
+        ("oci_hook fast client process alone (C)", client_alone * ms, "ms"),
+        ("oci_hook fast client process alone (python -I -S)", python_client_alone * ms, "ms"),
         ("oci_hook python3 -I -S -c pass", interpreter * ms, "ms"),
         ("oci_hook admission in the agent (verify+extend+fsync)", admit_alone * ms, "ms"),
     ]
