@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
-from verifier_support import QuoteOnlyAppraiser, policy_document
+from verifier_support import QuoteOnlyAppraiser, operator_headers, policy_document
 
 from stockade.tpm.ekca import EkCa
 from stockade.verifier import VerifierConfig, create_app
@@ -79,7 +79,11 @@ def make_client(verifier_config: VerifierConfig) -> Iterator[Callable[..., TestC
         client.__enter__()
         clients.append(client)
         if policy is not None:
-            response = client.put(f"/v1/policies/{policy['id']}", json=policy)
+            response = client.put(
+                f"/v1/policies/{policy['id']}",
+                json=policy,
+                headers=operator_headers((config or verifier_config).data_dir),
+            )
             assert response.status_code == 200, response.text
         return client
 

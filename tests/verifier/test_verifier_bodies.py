@@ -96,17 +96,23 @@ def test_malformed_evidence_fields(client, software_tpm):
     assert agent.attest(client).json()["status"] == "affirming"
 
 
-def test_policy_documents(client):
-    _assert_error(client.put("/v1/policies/other", json={"id": "mismatch"}), 422, "policy")
-    _assert_error(client.put("/v1/policies/bad", content=b": : :"), 422, "policy")
+def test_policy_documents(client, verifier_config):
+    from verifier_support import operator_headers
+
+    operator = operator_headers(verifier_config.data_dir)
+    yaml_headers = {**operator, "content-type": "application/yaml"}
+    mismatch = client.put("/v1/policies/other", json={"id": "mismatch"}, headers=operator)
+    _assert_error(mismatch, 422, "policy")
+    _assert_error(client.put("/v1/policies/bad", content=b": : :", headers=operator), 422, "policy")
     yaml_doc = b"id: second\npcrs: sha256:0,7\nresult_validity_seconds: 60\n"
-    stored = client.put(
+    # Without the operator token nobody may replace what nodes are appraised against.
+    anonymous = client.put(
         "/v1/policies/second", content=yaml_doc, headers={"content-type": "application/yaml"}
     )
+    _assert_error(anonymous, 401, "operator-token")
+    stored = client.put("/v1/policies/second", content=yaml_doc, headers=yaml_headers)
     assert stored.json()["version"] == 1
-    again = client.put(
-        "/v1/policies/second", content=yaml_doc, headers={"content-type": "application/yaml"}
-    )
+    again = client.put("/v1/policies/second", content=yaml_doc, headers=yaml_headers)
     assert again.json()["version"] == 1
     ids = [p["id"] for p in client.get("/v1/policies").json()["policies"]]
     assert ids == ["second", "test"]

@@ -90,18 +90,28 @@ def test_reenrollment_keeps_node_and_replaces_ak(client, software_tpm):
     assert reinstalled.attest(client, node_id).json()["status"] == "affirming"
 
 
-def test_revoked_node_cannot_enroll_or_attest_until_allowed(client, software_tpm):
+def test_revoked_node_cannot_enroll_or_attest_until_allowed(client, software_tpm, verifier_config):
+    from verifier_support import operator_headers
+
+    operator = operator_headers(verifier_config.data_dir)
     agent = DevAgent.create(software_tpm)
     node_id = agent.enroll(client, "node-v")
-    revoked = client.post(f"/v1/nodes/{node_id}/revoke", json={"reason": "stolen"})
+    revoked = client.post(
+        f"/v1/nodes/{node_id}/revoke", json={"reason": "stolen"}, headers=operator
+    )
     assert revoked.json()["state"] == "revoked"
     assert client.post(f"/v1/nodes/{node_id}/nonces").status_code == 403
     refused = client.post("/v1/enrollments", json=agent.enrollment_request("node-v"))
     assert refused.status_code == 403 and refused.json()["error"] == "revoked"
-    assert client.post(f"/v1/nodes/{node_id}/allow").json()["state"] == "enrolled"
+    # Allowing it back is the operator's call, not anyone's who can reach the verifier.
+    anonymous = client.post(f"/v1/nodes/{node_id}/allow")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "operator-token"
+    allowed = client.post(f"/v1/nodes/{node_id}/allow", headers=operator)
+    assert allowed.json()["state"] == "enrolled"
     assert agent.attest(client).json()["state"] == "trusted"
     events = client.get("/v1/events", params={"follow": "false"}).text
     assert '"reason": "stolen"' in events
+    assert client.post(f"/v1/nodes/{node_id}/revoke").status_code == 401
 
 
 def test_allowlist(make_client, verifier_config, software_tpm):

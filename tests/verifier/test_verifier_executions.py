@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from verifier_support import DevAgent, QuoteOnlyAppraiser, QuotePolicy, b64
+from verifier_support import DevAgent, QuoteOnlyAppraiser, QuotePolicy, b64, operator_headers
 
 from stockade.agent.execution_log import ExecutionLog
 from stockade.appraisal.execution_proof import ExecutionProofInvalid, verify_execution_proof
@@ -70,7 +70,12 @@ def api(verifier_config):
         client.__enter__()
         clients.append(client)
         document = document or policy()
-        assert client.put(f"/v1/policies/{document['id']}", json=document).status_code == 200
+        stored = client.put(
+            f"/v1/policies/{document['id']}",
+            json=document,
+            headers=operator_headers(verifier_config.data_dir),
+        )
+        assert stored.status_code == 200
         return client
 
     yield make

@@ -174,3 +174,9 @@ class DevAgent:
         assert issued.status_code == 201, issued.text
         nonce = base64.b64decode(issued.json()["nonce"])
         return client.post(f"/v1/nodes/{target}/evidence", json=self.evidence(nonce))
+
+
+def operator_headers(data_dir) -> dict[str, str]:
+    """The operator's bearer token (the verifier writes it on first start)."""
+    token = (data_dir / "operator-token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}

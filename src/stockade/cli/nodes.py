@@ -34,10 +34,16 @@ STATE_STYLES = {
 }
 
 
-def client(verifier: str | None, ca: Path | None) -> Any:
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option("--token-file", help="operator token file [default: $STOCKADE_OPERATOR_TOKEN]"),
+]
+
+
+def client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
     from stockade.agent.client import VerifierClient
 
-    return VerifierClient.from_options(verifier, ca)
+    return VerifierClient.from_options(verifier, ca, token_file)
 
 
 def node_id(node: dict[str, Any]) -> str:
@@ -123,10 +129,12 @@ def revoke(
     node: NodeArgument,
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: TokenFileOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Revoke a node: it can neither attest nor enroll again until allowed."""
-    with client(verifier, ca) as api:
+    """Revoke a node: it can neither attest nor enroll again until allowed. Needs the
+    operator token."""
+    with client(verifier, ca, token_file) as api:
         document = api.revoke(node)
     _report_state(document, node, output)
 
@@ -136,10 +144,11 @@ def allow(
     node: NodeArgument,
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: TokenFileOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Lift a revocation: the node may enroll and attest again."""
-    with client(verifier, ca) as api:
+    """Lift a revocation: the node may enroll and attest again. Needs the operator token."""
+    with client(verifier, ca, token_file) as api:
         document = api.allow(node)
     _report_state(document, node, output)
 

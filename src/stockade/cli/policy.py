@@ -12,7 +12,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.nodes import CaOption, FormatOption, VerifierOption, client
+from stockade.cli.nodes import CaOption, FormatOption, TokenFileOption, VerifierOption, client
 from stockade.cli.quote import OutputFormat
 from stockade.errors import InputError
 
@@ -36,11 +36,12 @@ def apply(
     file: Annotated[Path, typer.Argument(help="policy document (YAML or JSON)")],
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: TokenFileOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Store the document as a new version of its policy."""
+    """Store the document as a new version of its policy. Needs the operator token."""
     document = read_policy(file)
-    with client(verifier, ca) as api:
+    with client(verifier, ca, token_file) as api:
         stored = api.apply_policy(document["id"], document)
     if output is OutputFormat.JSON:
         emit_json(stored)

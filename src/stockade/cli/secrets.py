@@ -16,16 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 from stockade.cli._input import emit_json
-from stockade.cli.nodes import CaOption, FormatOption, VerifierOption
+from stockade.cli.nodes import CaOption, FormatOption, TokenFileOption, VerifierOption
 from stockade.cli.quote import OutputFormat
 from stockade.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="Secrets released only to attested nodes.")
 
-TokenOption = Annotated[
-    Path | None,
-    typer.Option("--token-file", help="operator token file [default: $STOCKADE_OPERATOR_TOKEN]"),
-]
+TokenOption = TokenFileOption
 NameArgument = Annotated[str, typer.Argument(help="secret name")]
 
 

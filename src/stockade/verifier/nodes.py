@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from stockade.verifier.errors import NotFound
 from stockade.verifier.models import Node, Result
+from stockade.verifier.operator_auth import require_operator
 from stockade.verifier.results import decode_ear
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import NodeState, effective_state, transition
@@ -99,7 +100,7 @@ def node_results(
         return {"results": [result_json(row, service) for row in rows]}
 
 
-@router.post("/v1/nodes/{node_id}/revoke")
+@router.post("/v1/nodes/{node_id}/revoke", dependencies=[Depends(require_operator)])
 def revoke(node_id: NodeId, request: Request, body: OperatorAction | None = None) -> dict[str, Any]:
     """The node loses trust now and can neither attest nor re-enroll until allowed."""
     service = service_of(request)
@@ -115,7 +116,7 @@ def revoke(node_id: NodeId, request: Request, body: OperatorAction | None = None
         return node_json(node, service)
 
 
-@router.post("/v1/nodes/{node_id}/allow")
+@router.post("/v1/nodes/{node_id}/allow", dependencies=[Depends(require_operator)])
 def allow(node_id: NodeId, request: Request, body: OperatorAction | None = None) -> dict[str, Any]:
     """Lift a revocation; the node is ``enrolled`` until its next good result."""
     service = service_of(request)

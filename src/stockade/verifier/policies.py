@@ -7,12 +7,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from stockade.verifier.errors import NotFound, Unprocessable
 from stockade.verifier.models import Policy
+from stockade.verifier.operator_auth import require_operator
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.wire import rfc3339
 
@@ -79,7 +80,7 @@ def policy_json(row: Policy, *, document: bool) -> dict[str, Any]:
     return body
 
 
-@router.put("/v1/policies/{policy_id}")
+@router.put("/v1/policies/{policy_id}", dependencies=[Depends(require_operator)])
 async def put_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
     """Body: the policy document, JSON or YAML (``Content-Type: application/yaml``)."""
     import anyio.to_thread
