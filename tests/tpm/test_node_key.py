@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -33,12 +32,14 @@ from stockade.tpm.ak import create_ak
 from stockade.tpm.device import Tpm, TpmCommandFailed
 from stockade.tpm.node_key import (
     OPENSSL_TPM2_CONF,
+    OPENSSL_TPM2_FLAGS,
     NodeKey,
     certify_node_key,
     create_node_key,
     load_node_key,
     openssl_tpm_env,
     save_node_key,
+    tpm2_provider_module,
 )
 
 pytestmark = pytest.mark.swtpm
@@ -47,27 +48,8 @@ NONCE = b"n" * 32
 NODE_ID = "node-0123456789abcdef"
 RESULT_ID = "result-42"
 REQUEST = b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-# Client-side flags for tpm2-openssl on OpenSSL 3.0 (see docs/tpm-tls-client.md): the
-# default provider first, tpm2 preferred for operations on keys, digests in software.
-S_CLIENT_PROVIDERS = [
-    "-provider",
-    "default",
-    "-provider",
-    "tpm2",
-    "-propquery",
-    "?provider=tpm2,tpm2.digest!=yes",
-]
-
-
-def _tpm2_provider() -> Path | None:
-    if shutil.which("openssl") is None:
-        return None
-    out = subprocess.run(
-        ["openssl", "version", "-m"], capture_output=True, text=True, check=False
-    ).stdout
-    match = re.search(r'MODULESDIR: "([^"]+)"', out)
-    module = Path(match.group(1)) / "tpm2.so" if match else None
-    return module if module is not None and module.exists() else None
+S_CLIENT_PROVIDERS = list(OPENSSL_TPM2_FLAGS)
+_tpm2_provider = tpm2_provider_module
 
 
 needs_tpm2_openssl = pytest.mark.skipif(

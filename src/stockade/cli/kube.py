@@ -94,3 +94,32 @@ def serve(
     print(f"kube extender:  https://{shown}:{port}/filter", flush=True)
     print(f"image rule:     {'on, ' + str(image_store) if images else 'off'}", flush=True)
     serve_app(create_app(policy), host, port, ServerTls(tls_cert, tls_key, client_ca))
+
+
+@app.command("node-csr")
+def node_csr(
+    name: Annotated[str, typer.Option("--name", help="this node's name (Kubernetes = Stockade)")],
+    pki_dir: Annotated[
+        Path, typer.Option("--pki-dir", help="node-key.pem and node.pem (stockade join)")
+    ],
+    tcti: Annotated[str | None, typer.Option("--tcti", help="TPM TCTI")] = None,
+    tpm: Annotated[str | None, typer.Option("--tpm", help="a running development TPM")] = None,
+    signer: Annotated[str, typer.Option("--signer", help="client or serving")] = "client",
+    address: Annotated[
+        list[str] | None,
+        typer.Option("--address", help="serving: a DNS name or IP of this node (repeatable)"),
+    ] = None,
+) -> None:
+    """Print a kubelet CertificateSigningRequest (YAML, for `kubectl create -f -`) whose key
+    is this node's TPM-resident key, signed in the TPM, with its Stockade node certificate
+    attached for `stockade kube approve-csrs`."""
+    import yaml
+
+    from stockade.agent.source import HARDWARE_TCTI, resolve_source
+    from stockade.kube.node_csr import csr_manifest, tpm_signed_request
+
+    if tcti is None:
+        tcti = resolve_source(tpm_name=tpm).tcti if tpm else HARDWARE_TCTI
+    certificate = read_file(pki_dir / "node.pem", "the node certificate")
+    request = tpm_signed_request(pki_dir / "node-key.pem", tcti, name, tuple(address or ()))
+    typer.echo(yaml.safe_dump(csr_manifest(request, certificate, name, signer), sort_keys=False))

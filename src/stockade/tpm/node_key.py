@@ -148,3 +148,31 @@ def openssl_tpm_env(tcti: str) -> dict[str, str]:
     """
     parse_tcti(tcti)
     return {TPM2OPENSSL_TCTI: tcti}
+
+
+# tpm2-openssl on OpenSSL 3.0 (docs/tpm-tls-client.md): the default provider first, tpm2
+# preferred for operations on keys, digests in software.
+OPENSSL_TPM2_FLAGS = (
+    "-provider",
+    "default",
+    "-provider",
+    "tpm2",
+    "-propquery",
+    "?provider=tpm2,tpm2.digest!=yes",
+)
+
+
+def tpm2_provider_module() -> Path | None:
+    """The tpm2-openssl provider module OpenSSL would load, or None where it is missing."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        return None
+    out = subprocess.run(
+        ["openssl", "version", "-m"], capture_output=True, text=True, check=False
+    ).stdout
+    match = re.search(r'MODULESDIR: "([^"]+)"', out)
+    module = Path(match.group(1)) / "tpm2.so" if match else None
+    return module if module is not None and module.exists() else None
