@@ -217,8 +217,34 @@ class VerifierProcess:
         return VerifierClient(self.url, self.ca)
 
 
+class _ChildProcess:
+    """A child process whose output goes to ``log_path``: stopped with SIGTERM (then killed),
+    its log read back line by line."""
+
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def lines(self) -> list[str]:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace").splitlines()
+        return []
+
+
 @dataclass
-class AgentProcess:
+class AgentProcess(_ChildProcess):
     """``stockade agent run`` for one development TPM."""
 
     name: str
@@ -250,24 +276,9 @@ class AgentProcess:
         )
         log.close()
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def lines(self) -> list[str]:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace").splitlines()
-        return []
-
 
 @dataclass
-class LogMonitorProcess:
+class LogMonitorProcess(_ChildProcess):
     """``stockade log monitor`` following a verifier's transparency log, as an auditor would."""
 
     verifier: VerifierProcess
@@ -291,21 +302,6 @@ class LogMonitorProcess:
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def lines(self) -> list[str]:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace").splitlines()
-        return []
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
