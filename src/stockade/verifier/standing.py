@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select
 from stockade.verifier.appraiser import Status
 from stockade.verifier.errors import Forbidden, NotFound
 from stockade.verifier.models import Node, Result
-from stockade.verifier.states import NodeState
+from stockade.verifier.states import NodeState, effective_state
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,7 @@ def node_standing(connection: Connection, node_id: str, now: datetime) -> Standi
     ).first()
     if node is None:
         raise NotFound(f"no node {node_id}", code="node")
-    state = node.state
-    if state == NodeState.TRUSTED and (node.trusted_until is None or node.trusted_until <= now):
-        state = NodeState.UNTRUSTED
+    state = effective_state(node, now)
     standing = Standing(
         node_id=node.id,
         name=node.name,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 import anyio.to_thread
 from sqlalchemy import delete, select, update
@@ -26,7 +27,17 @@ class NodeState(StrEnum):
     REVOKED = "revoked"
 
 
-def effective_state(node: Node, now: datetime) -> str:
+class _Trusting(Protocol):
+    """A node as an ORM object or a selected row: its stored state and trust deadline."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def trusted_until(self) -> datetime | None: ...
+
+
+def effective_state(node: _Trusting, now: datetime) -> str:
     """The state as of ``now``: trust whose deadline passed reads as untrusted even before
     the sweeper writes it (fail closed)."""
     if node.state == NodeState.TRUSTED and (
