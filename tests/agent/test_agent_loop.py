@@ -66,10 +66,28 @@ def failing_verifier() -> Iterator[tuple[str, list[str]]]:
     server.server_close()
 
 
+class _SoftwareChannelAgent(Agent):
+    """These tests are about retries, not the TPM: the channel key is a software key."""
+
+    def sign_as_node(self, client, enrolled) -> None:  # type: ignore[no-untyped-def]
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+        key = ec.generate_private_key(ec.SECP256R1())
+
+        def sign(digest: bytes) -> bytes:
+            der = key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+            r, s = utils.decode_dss_signature(der)
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+        client.as_node(enrolled.node_id, sign)
+
+
 def _agent(tmp_path: Path, verifier: str, **overrides: float) -> tuple[Agent, list[str]]:
     lines: list[str] = []
     state = tmp_path / "state"
     AgentState(state).save_enrolled(Enrolled("node-1", "n1", verifier))
+    AgentState(state).channel_key_path.write_bytes(b"")
     config = AgentConfig(
         verifier=verifier,
         ca=None,
@@ -78,7 +96,7 @@ def _agent(tmp_path: Path, verifier: str, **overrides: float) -> tuple[Agent, li
         state_dir=state,
         **{"initial_backoff": 0.05, "max_backoff": 0.2, **overrides},  # type: ignore[arg-type]
     )
-    return Agent(config, log=lines.append), lines
+    return _SoftwareChannelAgent(config, log=lines.append), lines
 
 
 def _run_for(agent: Agent, seconds: float) -> None:

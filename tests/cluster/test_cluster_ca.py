@@ -7,15 +7,19 @@ public area. tests/tpm/test_node_key.py uses the same CA with a real TPM key ove
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 import stat
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from stockade.cluster.ca import (
     NODE_ID_OID,
@@ -23,11 +27,11 @@ from stockade.cluster.ca import (
     ClusterCa,
     ClusterCaError,
     NodeCertificateRejected,
-    is_dns_name,
     node_identity,
     verify_node_certificate,
 )
-from stockade.errors import StockadeError
+from stockade.cluster.names import InvalidNodeName
+from stockade.errors import InputError, StockadeError
 from stockade.evidence.algorithms import Alg, EccCurve
 from stockade.evidence.certify import CertifyRejected
 from stockade.evidence.public import (
@@ -150,17 +154,20 @@ def test_node_certificate_fields(ca, node_key):
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == (
         "system:nodes"
     )
+    assert len(cert.subject) == 2  # O and CN, nothing else
     assert cert.issuer == ca.certificate.subject
     assert cert.public_key() == node_key.public_key()
 
+    # The node id URI is the only subject alternative name: no DNS name, no IP address.
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.UniformResourceIdentifier) == [
-        f"spiffe://stockade/node/{NODE_ID}"
-    ]
-    assert names.get_values_for_type(x509.DNSName) == ["worker-1.example.net"]
+    assert list(names) == [x509.UniformResourceIdentifier(f"spiffe://stockade/node/{NODE_ID}")]
+    assert names.get_values_for_type(x509.DNSName) == []
+    assert names.get_values_for_type(x509.IPAddress) == []
 
+    # A TLS client certificate only.
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert set(eku) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert ExtendedKeyUsageOID.SERVER_AUTH not in eku
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
     assert usage.critical and usage.value.digital_signature
     assert not (usage.value.key_cert_sign or usage.value.key_encipherment)
@@ -200,32 +207,144 @@ def test_identity_extensions_use_a_uuid_oid_arc_and_are_non_critical(ca, node_ke
     assert node_identity(cert) == (NODE_ID, RESULT_ID)
 
 
-def test_node_name_that_is_not_a_dns_name_gets_no_dns_san(ca, node_key):
-    cert = issue(ca, node_key, node_name="Worker_1")
-    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == []
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
-        "system:node:Worker_1"
-    )
+def test_a_name_of_52_characters_fills_the_common_name_exactly(ca, node_key):
+    name = "n" * 52
+    cert = issue(ca, node_key, node_name=name)
+    common_name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert common_name == "system:node:" + name and len(common_name) == 64
+    assert verify_node_certificate(cert, ca.certificate, NOW) == (NODE_ID, RESULT_ID)
 
 
 @pytest.mark.parametrize(
-    ("name", "valid"),
+    ("name", "reason"),
     [
-        ("worker-1", True),
-        ("a.b.example", True),
-        ("x" * 63, True),
-        ("x" * 64, False),
-        ("-lead", False),
-        ("trail-", False),
-        ("under_score", False),
-        ("10.0.0.1", False),
-        ("", False),
-        ("a..b", False),
+        ("n" * 53, "at most 52"),  # used to be a 500 from inside the certificate builder
+        ("n" * 60, "at most 52"),
+        ("", "empty"),
+        ("Worker_1", "uppercase"),
+        ("worker_1", "RFC 1123"),
+        (NODE_ID, "UUID"),  # an id as a name, to capture node:<id> grants
+        ("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "UUID"),
+        ("10.0.0.1", "IP address"),
+        ("w\u043erker-1", "Unicode"),  # Cyrillic o
+        ("x/o=system:masters", "RFC 1123"),  # an RDN for openssl -subj
     ],
 )
-def test_dns_names(name, valid):
-    assert is_dns_name(name) is valid
+def test_names_that_cannot_be_certified_are_refused_with_invalid_node_name(
+    ca, node_key, name, reason
+):
+    with pytest.raises(InvalidNodeName) as caught:
+        issue(ca, node_key, node_name=name)
+    assert reason in caught.value.reason
+    assert isinstance(caught.value, InputError)  # the caller's mistake, not an internal error
+
+
+def _tls_handshake(
+    server_cert: x509.Certificate,
+    server_key: ec.EllipticCurvePrivateKey,
+    ca_pem: bytes,
+    hostname: str,
+    directory: Path,
+) -> None:
+    """A TLS handshake in memory: an ordinary Python (OpenSSL) client that trusts ``ca_pem``
+    and checks ``hostname``, against a server presenting ``server_cert``. Raises ssl.SSLError
+    when the client refuses."""
+    cert_file, key_file = directory / "server.pem", directory / "server-key.pem"
+    cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_file, key_file)
+    client_context = ssl.create_default_context(cadata=ca_pem.decode())
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_context.wrap_bio(client_in, client_out, server_hostname=hostname)
+    server = server_context.wrap_bio(server_in, server_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for side, tls, outgoing, peer_in in (
+            ("client", client, client_out, server_in),
+            ("server", server, server_out, client_in),
+        ):
+            if not done[side]:
+                try:
+                    tls.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+            peer_in.write(outgoing.read())
+        if all(done.values()):
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+def _as_server_certificate(
+    ca: ClusterCa, cert: x509.Certificate, dns_name: str
+) -> x509.Certificate:
+    """``cert`` as node certificates used to be: DNS:<name> and serverAuth added."""
+    replaced = {x509.SubjectAlternativeName.oid, x509.ExtendedKeyUsage.oid}
+    builder = x509.CertificateBuilder(
+        issuer_name=cert.issuer,
+        subject_name=cert.subject,
+        public_key=cert.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=cert.not_valid_before_utc,
+        not_valid_after=cert.not_valid_after_utc,
+        extensions=[e for e in cert.extensions if e.oid not in replaced],
+    )
+    names = [x509.UniformResourceIdentifier(f"spiffe://stockade/node/{NODE_ID}")]
+    eku = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    return (
+        builder.add_extension(
+            x509.SubjectAlternativeName([*names, x509.DNSName(dns_name)]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def test_a_node_named_like_a_service_cannot_serve_tls_as_it(ca, node_key, tmp_path):
+    """Attack: enroll a node as ``kubernetes.default.svc`` and present its cluster-CA
+    certificate as that service's server certificate to a client that trusts the cluster CA
+    (kube-apiserver's --client-ca-file bundle, the agent's ``ca_bundle``)."""
+    service = "kubernetes.default.svc"
+    now = datetime.now(UTC)
+    cert = issue(
+        ca,
+        node_key,
+        node_name=service,  # a valid node name: the certificate is what must not serve it
+        not_before=now - timedelta(minutes=1),
+        not_after=now + timedelta(minutes=5),
+    )
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "system:node:" + service
+    )
+
+    # The harness is not refusing everything: the certificate shaped as before this change
+    # (DNS:<name>, serverAuth) from the same CA and key passes the same handshake.
+    _tls_handshake(
+        _as_server_certificate(ca, cert, service), node_key, ca.bundle_pem(), service, tmp_path
+    )
+
+    # The certificate Stockade issues is refused by OpenSSL in a real handshake ...
+    with pytest.raises(ssl.SSLCertVerificationError) as refused:
+        _tls_handshake(cert, node_key, ca.bundle_pem(), service, tmp_path)
+    # X509_V_ERR_INVALID_PURPOSE: no serverAuth (the name is checked too, and matches nothing).
+    assert refused.value.verify_code == 26, refused.value
+    assert "certificate purpose" in str(refused.value)
+    # ... and by RFC 5280 path validation as a server, under the name and under any IP.
+    for name in (x509.DNSName(service), x509.IPAddress(ipaddress.ip_address("10.96.0.1"))):
+        verifier = (
+            PolicyBuilder().store(Store([ca.certificate])).time(now).build_server_verifier(name)
+        )
+        with pytest.raises(VerificationError):
+            verifier.verify(cert, [])
+    # It is still what it is for: the node's client certificate.
+    assert verify_node_certificate(cert, ca.certificate, now) == (NODE_ID, RESULT_ID)
 
 
 def test_the_ca_refuses_keys_that_are_not_node_keys(ca, node_key):
@@ -252,7 +371,6 @@ def test_the_ca_refuses_keys_that_are_not_node_keys(ca, node_key):
         ({"not_before": datetime(2031, 3, 4)}, "timezone-aware"),
         ({"node_id": "a/b"}, "URI-safe"),
         ({"result_id": ""}, "result id"),
-        ({"node_name": "n" * 53}, "characters for CN"),
     ],
 )
 def test_bad_issuance_arguments_are_refused(ca, node_key, overrides, message):

@@ -38,15 +38,21 @@ from stockade.evidence.duplication import (
     open_payload,
     seal_secret,
 )
+from stockade.evidence.marshal import tpm2b
 from stockade.evidence.pcr_selection import BankSelection
 from stockade.evidence.policy_digest import (
     TPM_CC_UNSEAL,
+    UNSEAL_POLICY_REF,
     policy_command_code,
+    policy_pcr,
     unseal_policy,
 )
 from stockade.evidence.public import ObjectAttributes, SymmetricDefinition
 
 SELECTION = PcrSelection.parse("sha256:0,1,2,3,7,12")
+# The Name of the node's channel key (nameAlg SHA-256 || digest of its TPMT_PUBLIC).
+NAME = struct.pack(">H", Alg.SHA256) + hashlib.sha256(b"the channel key's public area").digest()
+OTHER_NAME = struct.pack(">H", Alg.SHA256) + hashlib.sha256(b"another key").digest()
 FUZZ_TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_sealed_secret.py"
 
 
@@ -126,13 +132,19 @@ def ek(request, ek_templates, rsa_ek_key, ecc_ek_key):
 @pytest.fixture(scope="module")
 def sealed_rsa(ek_templates, rsa_ek_key, pcr_values) -> SealedSecret:
     ek = ek_templates.rsa.with_public_key(rsa_ek_key.public_key())
-    return seal_secret(ek, b"database password", SELECTION, pcr_values)
+    return seal_secret(ek, b"database password", SELECTION, pcr_values, authorizer_name=NAME)
 
 
 @pytest.fixture(scope="module")
 def sealed_ecc(ek_templates, ecc_ek_key, pcr_values) -> SealedSecret:
     ek = ek_templates.ecc.with_public_key(ecc_ek_key.public_key())
-    return seal_secret(ek, bytes(range(256)) * 3, PcrSelection.parse("sha1:0+sha256:7"), pcr_values)
+    return seal_secret(
+        ek,
+        bytes(range(256)) * 3,
+        PcrSelection.parse("sha1:0+sha256:7"),
+        pcr_values,
+        authorizer_name=NAME,
+    )
 
 
 # -- the blob opens exactly as the specification says -------------------------------------
@@ -142,7 +154,7 @@ def sealed_ecc(ek_templates, ecc_ek_key, pcr_values) -> SealedSecret:
 def test_reference_import_recovers_the_payload(spec, ek, pcr_values, size):
     private, public = ek
     payload = random.Random(size).randbytes(size)
-    sealed = seal_secret(public, payload, SELECTION, pcr_values)
+    sealed = seal_secret(public, payload, SELECTION, pcr_values, authorizer_name=NAME)
     key = reference_import(spec, private, public, sealed)
     assert len(key) == 32
     assert open_payload(sealed, key) == payload
@@ -150,7 +162,7 @@ def test_reference_import_recovers_the_payload(spec, ek, pcr_values, size):
 
 def test_sealed_object_is_importable_and_unseal_only(ek, pcr_values):
     _, public = ek
-    sealed = seal_secret(public, b"x", SELECTION, pcr_values)
+    sealed = seal_secret(public, b"x", SELECTION, pcr_values, authorizer_name=NAME)
     obj = sealed.public
     assert obj.type == Alg.KEYEDHASH and obj.name_alg == Alg.SHA256
     for attribute in (ObjectAttributes.ADMIN_WITH_POLICY, ObjectAttributes.NO_DA):
@@ -164,8 +176,9 @@ def test_sealed_object_is_importable_and_unseal_only(ek, pcr_values):
         ObjectAttributes.RESTRICTED,
     ):
         assert not obj.has(attribute)
-    assert obj.auth_policy == unseal_policy(SELECTION, pcr_values)
+    assert obj.auth_policy == unseal_policy(SELECTION, pcr_values, NAME)
     assert sealed.selection == SELECTION
+    assert sealed.policy_ref == UNSEAL_POLICY_REF
     # outer HMAC of the EK's nameAlg (SHA-256), then the 74-byte encrypted TPM2B_SENSITIVE
     assert struct.unpack_from(">HH", sealed.duplicate) == (2 + 32 + 74, 32)
     assert len(sealed.encrypted_seed) == 2 + (256 if public.type == Alg.RSA else 4 + 64)
@@ -174,8 +187,8 @@ def test_sealed_object_is_importable_and_unseal_only(ek, pcr_values):
 
 def test_every_seal_is_fresh(ek, pcr_values):
     _, public = ek
-    first = seal_secret(public, b"same", SELECTION, pcr_values)
-    second = seal_secret(public, b"same", SELECTION, pcr_values)
+    first = seal_secret(public, b"same", SELECTION, pcr_values, authorizer_name=NAME)
+    second = seal_secret(public, b"same", SELECTION, pcr_values, authorizer_name=NAME)
     assert first.encrypted_seed != second.encrypted_seed
     assert first.duplicate != second.duplicate
     assert first.object_public != second.object_public  # fresh seedValue in unique
@@ -192,17 +205,46 @@ def test_another_ek_cannot_import(spec, ek, ek_templates, pcr_values):
     )
     template = ek_templates.rsa if public.type == Alg.RSA else ek_templates.ecc
     other_public = template.with_public_key(other_private.public_key())
-    sealed = seal_secret(public, b"for one TPM only", SELECTION, pcr_values)
+    sealed = seal_secret(public, b"for one TPM only", SELECTION, pcr_values, authorizer_name=NAME)
     with pytest.raises(ImportRefused):
         reference_import(spec, other_private, other_public, sealed)
 
 
-def test_a_swapped_policy_breaks_the_outer_hmac(spec, ek, pcr_values):
-    """The attack: rewrite authPolicy to one the attacker's PCRs satisfy (here: no PCRs)."""
+def test_the_policy_names_the_authorizing_channel_key(ek, pcr_values):
+    """Sealed to another node's channel key, the same secret has another authPolicy; the
+    authorizer is neither in the clear in the blob nor needed to parse it."""
+    _, public = ek
+    mine = seal_secret(public, b"x", SELECTION, pcr_values, authorizer_name=NAME)
+    theirs = seal_secret(public, b"x", SELECTION, pcr_values, authorizer_name=OTHER_NAME)
+    assert mine.public.auth_policy == unseal_policy(SELECTION, pcr_values, NAME)
+    assert theirs.public.auth_policy == unseal_policy(SELECTION, pcr_values, OTHER_NAME)
+    assert mine.public.auth_policy != theirs.public.auth_policy
+    assert NAME not in mine.marshal()
+
+
+@pytest.mark.parametrize(
+    "name", [b"", NAME[:-1], bytes.fromhex("40000001"), bytes.fromhex("0099") + bytes(32)]
+)
+def test_the_authorizer_must_be_a_key_name(ek, pcr_values, name):
+    _, public = ek
+    with pytest.raises(SealingError, match="unseal policy"):
+        seal_secret(public, b"x", SELECTION, pcr_values, authorizer_name=name)
+
+
+@pytest.mark.parametrize("weaker", ["no-pcrs", "no-channel-key"])
+def test_a_swapped_policy_breaks_the_outer_hmac(spec, ek, pcr_values, weaker):
+    """The attack: rewrite authPolicy to one the attacker satisfies: no PCRs, or (a second
+    user of the node's TPM) PCRs but no PolicySigned by the channel key."""
     private, public = ek
-    sealed = seal_secret(public, b"secret", SELECTION, pcr_values)
-    weaker = replace(sealed.public, auth_policy=policy_command_code(TPM_CC_UNSEAL, bytes(32)))
-    forged = replace(sealed, object_public=weaker.marshal_tpm2b())
+    sealed = seal_secret(public, b"secret", SELECTION, pcr_values, authorizer_name=NAME)
+    policy = (
+        policy_command_code(TPM_CC_UNSEAL, bytes(32))
+        if weaker == "no-pcrs"
+        else policy_command_code(TPM_CC_UNSEAL, policy_pcr(SELECTION, pcr_values))
+    )
+    forged = replace(
+        sealed, object_public=replace(sealed.public, auth_policy=policy).marshal_tpm2b()
+    )
     with pytest.raises(ImportRefused, match="outer HMAC"):
         reference_import(spec, private, public, forged)
 
@@ -210,7 +252,7 @@ def test_a_swapped_policy_breaks_the_outer_hmac(spec, ek, pcr_values):
 @pytest.mark.parametrize("field", ["duplicate", "encrypted_seed", "object_public"])
 def test_flipped_blob_bytes_never_import(spec, ek, pcr_values, field):
     private, public = ek
-    sealed = seal_secret(public, b"secret", SELECTION, pcr_values)
+    sealed = seal_secret(public, b"secret", SELECTION, pcr_values, authorizer_name=NAME)
     original = getattr(sealed, field)
     for position in range(2, len(original)):
         flipped = bytearray(original)
@@ -235,7 +277,7 @@ def test_open_payload_rejects_a_wrong_key(sealed_rsa):
 
 def test_every_ciphertext_bit_flip_is_rejected(spec, rsa_ek_key, ek_templates, pcr_values):
     public = ek_templates.rsa.with_public_key(rsa_ek_key.public_key())
-    sealed = seal_secret(public, b"sixteen byte pay", SELECTION, pcr_values)
+    sealed = seal_secret(public, b"sixteen byte pay", SELECTION, pcr_values, authorizer_name=NAME)
     key = reference_import(spec, rsa_ek_key, public, sealed)
     for position in range(len(sealed.ciphertext)):
         for bit in (0, 7):
@@ -249,7 +291,7 @@ def test_ciphertext_is_bound_to_its_sealed_object(spec, rsa_ek_key, ek_templates
     """The attack: graft a ciphertext onto another sealed object under the same key; the
     AES-GCM associated data (the object's Name) no longer matches."""
     public = ek_templates.rsa.with_public_key(rsa_ek_key.public_key())
-    sealed = seal_secret(public, b"payload", SELECTION, pcr_values)
+    sealed = seal_secret(public, b"payload", SELECTION, pcr_values, authorizer_name=NAME)
     key = reference_import(spec, rsa_ek_key, public, sealed)
     renamed = replace(sealed.public, auth_policy=hashlib.sha256(b"other").digest())
     grafted = replace(sealed, object_public=renamed.marshal_tpm2b())
@@ -264,13 +306,13 @@ def test_ciphertext_is_bound_to_its_sealed_object(spec, rsa_ek_key, ek_templates
 def test_payload_size_limits(ek, pcr_values, size):
     _, public = ek
     with pytest.raises(SealingError, match=r"1\.\.65536 bytes"):
-        seal_secret(public, bytes(size), SELECTION, pcr_values)
+        seal_secret(public, bytes(size), SELECTION, pcr_values, authorizer_name=NAME)
 
 
 def test_payload_must_be_bytes(ek, pcr_values):
     _, public = ek
     with pytest.raises(SealingError):
-        seal_secret(public, "text", SELECTION, pcr_values)  # type: ignore[arg-type]
+        seal_secret(public, "text", SELECTION, pcr_values, authorizer_name=NAME)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -288,14 +330,18 @@ def test_payload_must_be_bytes(ek, pcr_values):
 def test_non_canonical_selections_are_refused(ek, pcr_values, selection):
     _, public = ek
     with pytest.raises(SealingError):
-        seal_secret(public, b"x", selection, pcr_values)
+        seal_secret(public, b"x", selection, pcr_values, authorizer_name=NAME)
 
 
 def test_missing_pcr_values_are_refused(ek):
     _, public = ek
     with pytest.raises(SealingError, match="sha256:12"):
         seal_secret(
-            public, b"x", SELECTION, PcrValues({Alg.SHA256: {i: bytes(32) for i in range(8)}})
+            public,
+            b"x",
+            SELECTION,
+            PcrValues({Alg.SHA256: {i: bytes(32) for i in range(8)}}),
+            authorizer_name=NAME,
         )
 
 
@@ -303,15 +349,15 @@ def test_the_ek_must_be_a_storage_key(ek, pcr_values):
     _, public = ek
     not_restricted = replace(public, attributes=public.attributes & ~ObjectAttributes.RESTRICTED)
     with pytest.raises(SealingError, match="restricted decryption"):
-        seal_secret(not_restricted, b"x", SELECTION, pcr_values)
+        seal_secret(not_restricted, b"x", SELECTION, pcr_values, authorizer_name=NAME)
     no_aes = replace(public, parameters=replace(public.parameters, symmetric=SymmetricDefinition()))
     with pytest.raises(SealingError, match="AES-CFB"):
-        seal_secret(no_aes, b"x", SELECTION, pcr_values)
+        seal_secret(no_aes, b"x", SELECTION, pcr_values, authorizer_name=NAME)
 
 
 def test_a_keyed_hash_ek_is_refused(pcr_values, sealed_rsa):
     with pytest.raises(SealingError):
-        seal_secret(sealed_rsa.public, b"x", SELECTION, pcr_values)
+        seal_secret(sealed_rsa.public, b"x", SELECTION, pcr_values, authorizer_name=NAME)
 
 
 # -- binary and JSON forms -----------------------------------------------------------------
@@ -320,7 +366,7 @@ def test_a_keyed_hash_ek_is_refused(pcr_values, sealed_rsa):
 def test_binary_round_trip(sealed_rsa, sealed_ecc):
     for sealed in (sealed_rsa, sealed_ecc):
         data = sealed.marshal()
-        assert data.startswith(b"STKSEAL\x01")
+        assert data.startswith(b"STKSEAL\x02")
         assert SealedSecret.unmarshal(data) == sealed
         assert SealedSecret.unmarshal(data).marshal() == data
 
@@ -335,9 +381,11 @@ def test_json_round_trip(sealed_rsa, sealed_ecc):
             "duplicate",
             "encrypted_seed",
             "selection",
+            "policy_ref",
             "ciphertext",
         }
         assert base64.b64decode(document["duplicate"]) == sealed.duplicate
+        assert base64.b64decode(document["policy_ref"]) == b"stockade-unseal"
         assert SealedSecret.from_json(document) == sealed
 
 
@@ -355,6 +403,9 @@ def test_json_round_trip(sealed_rsa, sealed_ecc):
         {"selection": "md5:0"},
         {"ciphertext": ""},
         {"object_public": base64.b64encode(b"\x00\x00").decode()},
+        {"policy_ref": ""},
+        {"policy_ref": base64.b64encode(b"stockade-unseal-other").decode()},
+        {"policy_ref": 5},
     ],
 )
 def test_malformed_json_is_a_sealing_error(sealed_rsa, change):
@@ -366,6 +417,43 @@ def test_malformed_json_is_a_sealing_error(sealed_rsa, change):
             document[key] = value
     with pytest.raises(SealingError):
         SealedSecret.from_json(document)
+
+
+def unbound_v1(sealed: SealedSecret) -> bytes:
+    """The binary form of a secret sealed before channel-key binding (version 1: no
+    policyRef field; its object's policy was PolicyPCR + PolicyCommandCode only)."""
+    return (
+        b"STKSEAL\x01"
+        + sealed.object_public
+        + sealed.duplicate
+        + sealed.encrypted_seed
+        + tpm2b(sealed.selection.marshal())
+        + struct.pack(">I", len(sealed.ciphertext))
+        + sealed.ciphertext
+    )
+
+
+def test_secrets_sealed_before_channel_binding_are_refused_cleanly(sealed_rsa):
+    """An old blob (binary version 1) or an old answer (JSON without policy_ref) is a typed
+    SealingError that says to fetch it again, never a crash or a silent attempt."""
+    with pytest.raises(SealingError, match=r"version 1.*channel-key.*again"):
+        SealedSecret.unmarshal(unbound_v1(sealed_rsa))
+    old_json = {k: v for k, v in sealed_rsa.to_json().items() if k != "policy_ref"}
+    with pytest.raises(SealingError, match=r"without policy_ref.*again"):
+        SealedSecret.from_json(old_json)
+
+
+def test_the_policy_ref_is_fixed(sealed_rsa):
+    """The node signs unseal authorizations for "stockade-unseal" only: a blob asking it to
+    sign for another policyRef is refused before the TPM is touched."""
+    for other in (b"", b"stockade-unseal\x00", b"login"):
+        with pytest.raises(SealingError, match="policyRef"):
+            replace(sealed_rsa, policy_ref=other)
+    data = sealed_rsa.marshal()
+    ref_field = tpm2b(UNSEAL_POLICY_REF)
+    assert data.count(ref_field) == 1
+    with pytest.raises(SealingError, match="policyRef"):
+        SealedSecret.unmarshal(data.replace(ref_field, tpm2b(b"stockade-unsea1")))
 
 
 def test_json_that_is_not_an_object_is_a_sealing_error():
@@ -401,8 +489,8 @@ def test_header_errors(sealed_rsa):
     data = sealed_rsa.marshal()
     with pytest.raises(SealingError, match="magic"):
         SealedSecret.unmarshal(b"STKSEAM" + data[7:])
-    with pytest.raises(SealingError, match="version 2"):
-        SealedSecret.unmarshal(data[:7] + b"\x02" + data[8:])
+    with pytest.raises(SealingError, match="version 3"):
+        SealedSecret.unmarshal(data[:7] + b"\x03" + data[8:])
     with pytest.raises(SealingError, match="trailing"):
         SealedSecret.unmarshal(data + b"\x00")
     with pytest.raises(SealingError, match="too large"):
@@ -458,6 +546,7 @@ def test_hypothesis_mutations_are_typed_errors(sealed_rsa, sealed_ecc, data):
 @settings(max_examples=300, deadline=None)
 @given(body=st.binary(max_size=600))
 def test_arbitrary_bytes_after_the_header_are_typed_errors(body):
+    only_typed_errors(b"STKSEAL\x02" + body)
     only_typed_errors(b"STKSEAL\x01" + body)
     only_typed_errors(body)
 
@@ -480,4 +569,4 @@ def test_fuzz_target_accepts_real_blobs_and_their_mutations(sealed_rsa, sealed_e
             mutated_[rng.randrange(len(mutated_))] ^= 1 << rng.randrange(8)
             target.test_one_input(bytes(mutated_))
     for _ in range(500):
-        target.test_one_input(b"STKSEAL\x01" + rng.randbytes(rng.randrange(200)))
+        target.test_one_input(b"STKSEAL\x02" + rng.randbytes(rng.randrange(200)))

@@ -74,7 +74,13 @@ def seeds(rsa_ak, ecc_ak, pcr_values, ek_templates, rsa_ek_key, pki):
         ],
         "fuzz_certificate": [pki.rsa_ek_cert.public_bytes(serialization.Encoding.DER)],
         "fuzz_sealed_secret": [
-            seal_secret(rsa_ek, b"secret", PcrSelection.parse("sha256:0-3"), pcr_values).marshal()
+            seal_secret(
+                rsa_ek,
+                b"secret",
+                PcrSelection.parse("sha256:0-3"),
+                pcr_values,
+                authorizer_name=vectors.AK_NAME,  # any key's Name: the channel key's here
+            ).marshal()
         ],
     }
 

@@ -11,13 +11,14 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kube_support import T0, FakeClock, StaticTrust, node_trust
 from kubernetes import client
 
-from stockade.cluster.ca import ClusterCa
+from stockade.cluster.ca import NODE_ID_OID, ClusterCa
 from stockade.evidence.algorithms import Alg, EccCurve
 from stockade.evidence.public import (
     EccParameters,
@@ -395,3 +396,122 @@ def test_malformed_request_is_denied(trust, ca):
     csr = CsrRequest("x", CLIENT_SIGNER, b"junk", tuple(CLIENT_USAGES), "", {}, ())
     decision = decide_csr(csr, trust, ca.certificate, T0)
     assert decision.action == "deny" and "PKCS#10" in decision.message
+
+
+# -- names: the approver names exactly the node the Stockade certificate names --------------
+
+
+def legacy_certificate_pem(ca: ClusterCa, key, subject: x509.Name, node_id: str) -> str:
+    """A certificate signed by the cluster CA's key for a subject the CA no longer issues (an
+    old certificate, or one the CA was tricked into): the approver must not rely on the CA."""
+    good = x509.load_pem_x509_certificate(certificate_pem(ca, key, "good").encode())
+    builder = x509.CertificateBuilder(
+        issuer_name=good.issuer,
+        subject_name=subject,
+        public_key=good.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=good.not_valid_before_utc,
+        not_valid_after=good.not_valid_after_utc,
+        extensions=[e for e in good.extensions if e.oid != NODE_ID_OID],
+    ).add_extension(
+        x509.UnrecognizedExtension(NODE_ID_OID, asn1.encode_der(node_id)), critical=False
+    )
+    certificate = builder.sign(ca.key, hashes.SHA256())
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def node_subject(common_name: str, *extra: x509.NameAttribute) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+            *extra,
+            # Built without cryptography's 64-character check: an attacker's encoder has none.
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name, _validate=False),
+        ]
+    )
+
+
+def request_for(key, subject: x509.Name) -> bytes:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(subject)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Attribute's length")
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        # A node named with an id (here: another node's) to be that node to the API server.
+        ("6f0d4c1e-2b7a-4e59-9a63-0c8e1d2f3a4b", "it is a UUID"),
+        ("6f0d4c1e2b7a4e599a630c8e1d2f3a4b", "it is a UUID"),
+        ("Good", "uppercase"),  # not the Node "good"
+        ("g\u043eod", "Unicode"),  # Cyrillic o: reads as "good"
+        ("10.0.0.7", "IP address"),
+        ("n" * 53, "at most 52"),
+    ],
+)
+def test_a_subject_naming_no_possible_node_is_denied_even_if_the_verifier_trusts_it(
+    api, approver, trust, ca, keys, name, reason
+):
+    """Even with a trusted entry under that name in the verifier and a certificate for it
+    signed by the cluster CA's key (both from before names were checked), the CSR is denied:
+    the name fails the rule enrollment and the CA apply."""
+    good = keys["good"]
+    trust.nodes[name] = node_trust(name, valid_for=600)
+    subject = node_subject(f"system:node:{name}")
+    submit(
+        api,
+        "named",
+        good,
+        node=name,
+        request=request_for(good, subject),
+        certificate=legacy_certificate_pem(ca, good, subject, f"id-{name}"),
+    )
+    made = approver.sync()
+    assert [(csr, d.action) for csr, d in made] == [("named", "deny")]
+    kind, _, message = verdict(api, "named")
+    assert kind == "Denied"
+    assert "subject names no node" in message and reason in message, message
+
+
+def test_a_valid_name_with_the_same_setup_is_approved(api, approver, trust, ca, keys):
+    """The control for the test above: the legacy certificate helper and a trusted entry do
+    get a CSR approved when the name is a node name, so the denials above are the name's."""
+    good = keys["good"]
+    subject = node_subject("system:node:good")
+    submit(
+        api,
+        "control",
+        good,
+        request=request_for(good, subject),
+        certificate=legacy_certificate_pem(ca, good, subject, "id-good"),
+    )
+    approver.sync()
+    assert verdict(api, "control")[0] == "Approved"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # Two organizations: system:masters rides along with system:nodes.
+        (x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"), "organization"),
+        # A second common name for another node.
+        (x509.NameAttribute(NameOID.COMMON_NAME, "system:node:other"), "common name"),
+        (x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x"), "other than O and CN"),
+    ],
+)
+def test_a_node_certificate_whose_subject_is_not_exactly_the_node_is_denied(
+    api, approver, ca, keys, extra, expected
+):
+    good = keys["good"]
+    certificate = legacy_certificate_pem(
+        ca, good, node_subject("system:node:good", extra), "id-good"
+    )
+    submit(api, "subject", good, certificate=certificate)
+    approver.sync()
+    kind, _, message = verdict(api, "subject")
+    assert kind == "Denied"
+    assert "the node certificate's subject" in message and expected in message, message

@@ -15,7 +15,10 @@ from kube_support import StaticTrust
 
 from stockade.cli.demo_cluster import stockade_executable
 from stockade.cluster.ca import ClusterCa
+from stockade.cluster.names import InvalidNodeName
+from stockade.errors import InputError
 from stockade.kube.csr import CsrRequest, decide_csr
+from stockade.kube.node_csr import csr_manifest, tpm_signed_request
 from stockade.kube.trust import NodeTrust
 from stockade.tpm.device import Tpm
 from stockade.tpm.node_key import create_node_key, save_node_key, tpm2_provider_module
@@ -108,3 +111,47 @@ def test_an_untrusted_node_is_denied_even_with_a_good_request(pki, software_tpm)
     failed = StaticTrust({"node-a": NodeTrust("node-a", "id-node-a", "failed", None, "r")})
     decision = decide_csr(as_submitted(manifest), failed, ca.certificate, datetime.now(UTC))
     assert decision.action == "deny" and any("failed" in r for r in decision.reasons)
+
+
+# -- what goes into openssl's -subj and -addext is a node name and host names only ---------
+
+INJECTIONS = [
+    "x/o=system:masters",  # -subj: an extra RDN, O=system:masters
+    "node-a/CN=admin",
+    "node-a+O=system:masters",  # a multi-valued RDN
+    "Node-A",
+    "6f0d4c1e-2b7a-4e59-9a63-0c8e1d2f3a4b",  # an id, not a name
+    "10.0.0.5",
+    "n" * 53,
+]
+
+
+@pytest.mark.parametrize("name", INJECTIONS)
+def test_a_name_that_is_not_a_node_name_makes_no_request(tmp_path, name):
+    """Refused before openssl (or the TPM) is reached: there is no key file here at all."""
+    with pytest.raises(InvalidNodeName):
+        tpm_signed_request(tmp_path / "no-such-key.pem", "swtpm:port=1", name)
+    with pytest.raises(InvalidNodeName):
+        csr_manifest(b"request", b"certificate", name, "client")
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["node-a,DNS:kubernetes.default.svc", "node-a,IP:10.96.0.1", "email:a@b", "a b", "-x", ""],
+)
+def test_an_address_that_is_not_a_host_name_or_ip_makes_no_request(tmp_path, address):
+    """A ',' would add subject alternative names of the caller's choosing to -addext."""
+    with pytest.raises(InputError, match="neither an IP address nor an RFC 1123 host name"):
+        tpm_signed_request(tmp_path / "no-such-key.pem", "swtpm:port=1", "node-a", [address])
+
+
+def test_the_cli_refuses_a_name_that_is_not_a_node_name(tmp_path):
+    (tmp_path / "node.pem").write_text("not read further\n")
+    done = subprocess.run(
+        [stockade_executable(), "kube", "node-csr", "--name", "x/o=system:masters",
+         "--pki-dir", str(tmp_path), "--tcti", "swtpm:port=1"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "node name 'x/o=system:masters' is not valid" in done.stderr
+    assert "BEGIN" not in done.stdout

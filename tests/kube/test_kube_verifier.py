@@ -16,6 +16,7 @@ from stockade.kube.admission import AdmissionPolicy, review
 from stockade.kube.extender import filter_nodes
 from stockade.kube.server import ServerTls, uvicorn_config
 from stockade.kube.trust import verifier_trust_source
+from stockade.verifier.config import EnrollmentMode
 from stockade.verifier import VerifierConfig, create_app
 from stockade.verifier.tls import load_or_create_tls
 
@@ -31,6 +32,7 @@ def test_real_verifier_one_node_trusted_one_not(tmp_path, ek_ca, make_software_t
         ek_roots=ek_ca.trusted_roots(),
         ek_intermediates=ek_ca.intermediates(),
         sweep_interval_seconds=0.05,
+        enrollment_mode=EnrollmentMode.OPEN,
     )
     app = create_app(config, appraiser=QuoteOnlyAppraiser())
     tls = load_or_create_tls(data_dir, "127.0.0.1")

@@ -1,6 +1,9 @@
-"""Secrets sealed in pure Python to a node's EK and PCRs, imported and unsealed by a real
-TPM (swtpm): round trips, the refusals a node must see, and cross-checks against code
-that is not ours (the TPM's own policy sessions, tpm2-tools, tpm2_pytss.utils.unwrap).
+"""Secrets sealed in pure Python to a node's EK, PCRs and channel key, imported and unsealed
+by a real TPM (swtpm): round trips, the refusals a node must see, and cross-checks against
+code that is not ours (the TPM's own policy sessions, tpm2-tools, tpm2_pytss.utils.unwrap).
+
+The channel key (the PolicySigned authorizer) is a P-256 key made in the TPM, as the agent
+makes it; tests/agent/test_secret_binding.py shows a second TPM user refused.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_CC, TPM2_HT, TPM2_SE
 from tpm2_pytss.types import (
     TPM2B_ENCRYPTED_SECRET,
@@ -35,15 +38,18 @@ from stockade.evidence.duplication import SealedSecret, SealingError, open_paylo
 from stockade.evidence.policy_digest import (
     TPM_CC_DUPLICATE,
     TPM_CC_UNSEAL,
+    UNSEAL_POLICY_REF,
     policy_command_code,
     policy_pcr,
+    policy_signed_digest,
     unseal_policy,
 )
 from stockade.evidence.public import TpmPublic
 from stockade.evidence.templates import KeyKind
 from stockade.tpm.device import Tpm
 from stockade.tpm.ek import loaded_ek, read_endorsement
-from stockade.tpm.sealed import SecretRefused, unseal_secret
+from stockade.tpm.node_key import NodeKey, create_node_key
+from stockade.tpm.sealed import SecretRefused, authorize_policy_signed, unseal_secret
 
 pytestmark = pytest.mark.swtpm
 
@@ -57,8 +63,17 @@ def ek_public(tpm: Tpm, kind: KeyKind) -> TpmPublic:
     return read_endorsement(tpm, kind).public
 
 
-def seal_to_current(tpm: Tpm, kind: KeyKind, payload: bytes, selection=SELECTION):
-    return seal_secret(ek_public(tpm, kind), payload, selection, tpm.read_pcrs(selection))
+def seal_to_current(
+    tpm: Tpm, kind: KeyKind, payload: bytes, channel: NodeKey, selection=SELECTION
+) -> SealedSecret:
+    """Sealed to this TPM's EK, its current PCRs and ``channel`` (the authorizing key)."""
+    return seal_secret(
+        ek_public(tpm, kind),
+        payload,
+        selection,
+        tpm.read_pcrs(selection),
+        authorizer_name=channel.public.name(),
+    )
 
 
 def loaded_sessions(tpm: Tpm) -> int:
@@ -77,31 +92,37 @@ def tpm(shared_software_tpm):
         yield opened
 
 
+@pytest.fixture(scope="module")
+def channel(tpm) -> NodeKey:
+    """The node's channel key, made in the shared TPM."""
+    return create_node_key(tpm)
+
+
 # -- round trips ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
 @pytest.mark.parametrize("size", [1, 127, 128, 129, 4096])
-def test_round_trip(tpm, kind, size):
+def test_round_trip(tpm, channel, kind, size):
     payload = os.urandom(size)
-    sealed = seal_to_current(tpm, kind, payload)
+    sealed = seal_to_current(tpm, kind, payload, channel)
     # as it travels: binary, then JSON
     travelled = SealedSecret.from_json(SealedSecret.unmarshal(sealed.marshal()).to_json())
-    assert unseal_secret(tpm, kind, travelled) == payload
+    assert unseal_secret(tpm, kind, travelled, channel) == payload
     assert_nothing_left(tpm)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_fifty_unseals_leave_no_objects_or_sessions(tpm, kind):
-    sealed = seal_to_current(tpm, kind, b"fifty times")
+def test_fifty_unseals_leave_no_objects_or_sessions(tpm, channel, kind):
+    sealed = seal_to_current(tpm, kind, b"fifty times", channel)
     for _ in range(50):
-        assert unseal_secret(tpm, kind, sealed) == b"fifty times"
+        assert unseal_secret(tpm, kind, sealed, channel) == b"fifty times"
     assert_nothing_left(tpm)
     # refusals clean up too
     tpm.extend_pcr(12, b"refusal")
     for _ in range(5):
         with pytest.raises(SecretRefused):
-            unseal_secret(tpm, kind, sealed)
+            unseal_secret(tpm, kind, sealed, channel)
     assert_nothing_left(tpm)
 
 
@@ -113,26 +134,27 @@ def test_a_blob_for_tpm_a_does_not_import_on_tpm_b(make_software_tpm, kind):
     """The attack: a stolen blob taken to another machine (another TPM, another EK)."""
     tpm_a, tpm_b = make_software_tpm(), make_software_tpm()
     with Tpm(tpm_a.tcti) as a, Tpm(tpm_b.tcti) as b:
+        channel_a, channel_b = create_node_key(a), create_node_key(b)
         assert ek_public(a, kind) != ek_public(b, kind)
-        sealed = seal_to_current(a, kind, b"only for A")
+        sealed = seal_to_current(a, kind, b"only for A", channel_a)
         assert b.read_pcrs(SELECTION) == a.read_pcrs(SELECTION)  # same PCRs, other EK
         with pytest.raises(SecretRefused, match="refused to import") as refused:
-            unseal_secret(b, kind, sealed)
+            unseal_secret(b, kind, sealed, channel_b)  # B's own channel key authorizes
         assert refused.value.step == "import"
         assert refused.value.response_code != 0
         assert "only for A" not in str(refused.value)
         assert_nothing_left(b)
-        assert unseal_secret(a, kind, sealed) == b"only for A"
+        assert unseal_secret(a, kind, sealed, channel_a) == b"only for A"
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_extending_any_selected_pcr_refuses_unseal(tpm, kind):
+def test_extending_any_selected_pcr_refuses_unseal(tpm, channel, kind):
     for index in SELECTION.banks[0].pcrs:
-        sealed = seal_to_current(tpm, kind, b"boot state bound")
-        assert unseal_secret(tpm, kind, sealed) == b"boot state bound"
+        sealed = seal_to_current(tpm, kind, b"boot state bound", channel)
+        assert unseal_secret(tpm, kind, sealed, channel) == b"boot state bound"
         tpm.extend_pcr(index, b"something else booted")
         with pytest.raises(SecretRefused, match="refused to unseal") as refused:
-            unseal_secret(tpm, kind, sealed)
+            unseal_secret(tpm, kind, sealed, channel)
         assert refused.value.step == "unseal"
         assert refused.value.response_code == POLICY_FAIL
         assert "policy" in str(refused.value)
@@ -140,42 +162,48 @@ def test_extending_any_selected_pcr_refuses_unseal(tpm, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_pcrs_outside_the_selection_do_not_matter(tpm, kind):
-    sealed = seal_to_current(tpm, kind, b"unaffected")
+def test_pcrs_outside_the_selection_do_not_matter(tpm, channel, kind):
+    sealed = seal_to_current(tpm, kind, b"unaffected", channel)
     for index in (4, 8, 16, 23):
         tpm.extend_pcr(index, b"unrelated measurement")
-        assert unseal_secret(tpm, kind, sealed) == b"unaffected"
+        assert unseal_secret(tpm, kind, sealed, channel) == b"unaffected"
     # the sha1 bank of a selected PCR is not part of a sha256-only selection either
     tpm.extend_pcr(7, b"sha1 only", PcrSelection.parse("sha1:7"))
-    assert unseal_secret(tpm, kind, sealed) == b"unaffected"
+    assert unseal_secret(tpm, kind, sealed, channel) == b"unaffected"
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_sealing_to_wrong_predicted_values_refuses_unseal(tpm, kind):
+def test_sealing_to_wrong_predicted_values_refuses_unseal(tpm, channel, kind):
     current = tpm.read_pcrs(SELECTION)
     banks = {alg: dict(values) for alg, values in current.banks.items()}
     banks[Alg.SHA256][7] = hashlib.sha256(b"a predicted but different PCR 7").digest()
-    sealed = seal_secret(ek_public(tpm, kind), b"never", SELECTION, PcrValues(banks))
+    sealed = seal_secret(
+        ek_public(tpm, kind),
+        b"never",
+        SELECTION,
+        PcrValues(banks),
+        authorizer_name=channel.public.name(),
+    )
     with pytest.raises(SecretRefused, match="refused to unseal"):
-        unseal_secret(tpm, kind, sealed)
+        unseal_secret(tpm, kind, sealed, channel)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_a_multi_bank_selection(tpm, kind):
+def test_a_multi_bank_selection(tpm, channel, kind):
     selection = PcrSelection.parse("sha1:0,7+sha256:0,1,2,3,7,12")
-    sealed = seal_to_current(tpm, kind, b"two banks", selection)
-    assert unseal_secret(tpm, kind, sealed) == b"two banks"
+    sealed = seal_to_current(tpm, kind, b"two banks", channel, selection)
+    assert unseal_secret(tpm, kind, sealed, channel) == b"two banks"
     tpm.extend_pcr(0, b"sha1 only", PcrSelection.parse("sha1:0"))
     with pytest.raises(SecretRefused, match="refused to unseal"):
-        unseal_secret(tpm, kind, sealed)
+        unseal_secret(tpm, kind, sealed, channel)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_tampering_is_refused_never_wrong_data(tpm, kind):
+def test_tampering_is_refused_never_wrong_data(tpm, channel, kind):
     """Flip bytes across every field: the TPM refuses the import (outer HMAC, seed) or the
     envelope refuses the payload (AES-GCM); nothing ever returns other bytes."""
     payload = b"the real secret"
-    sealed = seal_to_current(tpm, kind, payload)
+    sealed = seal_to_current(tpm, kind, payload, channel)
     outcomes: dict[str, set[str]] = {}
     for field in ("duplicate", "encrypted_seed", "object_public", "ciphertext"):
         original = getattr(sealed, field)
@@ -185,7 +213,7 @@ def test_tampering_is_refused_never_wrong_data(tpm, kind):
             flipped[position] ^= 0x04
             try:
                 tampered = replace(sealed, **{field: bytes(flipped)})
-                result = unseal_secret(tpm, kind, tampered)
+                result = unseal_secret(tpm, kind, tampered, channel)
             except SecretRefused as refused:
                 outcomes.setdefault(field, set()).add(refused.step)
                 continue
@@ -199,26 +227,27 @@ def test_tampering_is_refused_never_wrong_data(tpm, kind):
         assert outcomes[field] <= {"import", "parse"}
     assert outcomes["ciphertext"] == {"gcm"}
     assert_nothing_left(tpm)
-    assert unseal_secret(tpm, kind, sealed) == payload
+    assert unseal_secret(tpm, kind, sealed, channel) == payload
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_a_rewritten_policy_is_refused_at_import(tpm, kind):
+def test_a_rewritten_policy_is_refused_at_import(tpm, channel, kind):
     """The attack: replace authPolicy with one that needs no PCRs (PolicyCommandCode only)."""
-    sealed = seal_to_current(tpm, kind, b"guarded")
+    sealed = seal_to_current(tpm, kind, b"guarded", channel)
     weaker = replace(sealed.public, auth_policy=policy_command_code(TPM_CC_UNSEAL, bytes(32)))
     forged = replace(sealed, object_public=weaker.marshal_tpm2b())
     with pytest.raises(SecretRefused, match="refused to import") as refused:
-        unseal_secret(tpm, kind, forged)
+        unseal_secret(tpm, kind, forged, channel)
     # TPM_RC_INTEGRITY, a format-one code (parameter number in bits 6 and 8-11)
     assert refused.value.response_code & 0x0BF == 0x09F
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_the_imported_object_cannot_be_duplicated_again(tpm, kind):
+def test_the_imported_object_cannot_be_duplicated_again(tpm, channel, kind):
     """The attack: import the blob, then TPM2_Duplicate the object out to a parent the
-    attacker controls. The DUP role needs PolicyCommandCode(Duplicate): refused."""
-    sealed = seal_to_current(tpm, kind, b"stays here")
+    attacker controls. The DUP role needs PolicyCommandCode(Duplicate): refused, even in a
+    session the channel key authorized with the PCRs holding."""
+    sealed = seal_to_current(tpm, kind, b"stays here", channel)
     esys = tpm.esys
     public, _ = TPM2B_PUBLIC.unmarshal(sealed.object_public)
     duplicate, _ = TPM2B_PRIVATE.unmarshal(sealed.duplicate)
@@ -231,38 +260,39 @@ def test_the_imported_object_cannot_be_duplicated_again(tpm, kind):
             )  # fmt: skip
         with tpm.endorsement_policy_session() as session:
             handle = esys.load(ek, private, public, session1=session)
-        with tpm.transient(handle):
-            for with_pcrs in (False, True):
-                policy = esys.start_auth_session(
-                    ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
-                    TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256,
-                )  # fmt: skip
-                with tpm.transient(policy):
-                    if with_pcrs:
-                        pcrs, _ = TPML_PCR_SELECTION.unmarshal(SELECTION.marshal())
-                        esys.policy_pcr(policy, b"", pcrs)
-                    esys.policy_command_code(policy, TPM2_CC(TPM_CC_DUPLICATE))
-                    with pytest.raises(Exception, match="policy check failed"):
-                        no_inner = TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
-                        esys.duplicate(handle, ESYS_TR.NULL, None, no_inner, session1=policy)
+    with tpm.transient(handle):
+        for authorized in (False, True):
+            policy = esys.start_auth_session(
+                ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
+                TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256,
+            )  # fmt: skip
+            with tpm.transient(policy):
+                if authorized:
+                    authorize_policy_signed(tpm, policy, channel, UNSEAL_POLICY_REF)
+                    pcrs, _ = TPML_PCR_SELECTION.unmarshal(SELECTION.marshal())
+                    esys.policy_pcr(policy, b"", pcrs)
+                esys.policy_command_code(policy, TPM2_CC(TPM_CC_DUPLICATE))
+                with pytest.raises(Exception, match="policy check failed"):
+                    no_inner = TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
+                    esys.duplicate(handle, ESYS_TR.NULL, None, no_inner, session1=policy)
     assert_nothing_left(tpm)
 
 
-def test_a_blob_for_the_rsa_ek_does_not_import_under_the_ecc_ek(tpm):
-    sealed = seal_to_current(tpm, KeyKind.RSA, b"x")
+def test_a_blob_for_the_rsa_ek_does_not_import_under_the_ecc_ek(tpm, channel):
+    sealed = seal_to_current(tpm, KeyKind.RSA, b"x", channel)
     with pytest.raises(SecretRefused, match="refused to import"):
-        unseal_secret(tpm, KeyKind.ECC, sealed)
+        unseal_secret(tpm, KeyKind.ECC, sealed, channel)
     assert_nothing_left(tpm)
 
 
-def test_the_secret_stays_out_of_logs_and_errors(tpm, caplog):
+def test_the_secret_stays_out_of_logs_and_errors(tpm, channel, caplog):
     payload = b"needle-" + os.urandom(8).hex().encode()
-    sealed = seal_to_current(tpm, KeyKind.ECC, payload)
+    sealed = seal_to_current(tpm, KeyKind.ECC, payload, channel)
     with caplog.at_level(logging.DEBUG):
-        assert unseal_secret(tpm, KeyKind.ECC, sealed) == payload
+        assert unseal_secret(tpm, KeyKind.ECC, sealed, channel) == payload
         tpm.extend_pcr(3, b"change")
         with pytest.raises(SecretRefused) as refused:
-            unseal_secret(tpm, KeyKind.ECC, sealed)
+            unseal_secret(tpm, KeyKind.ECC, sealed, channel)
     assert payload.decode() not in caplog.text
     assert payload.decode() not in str(refused.value)
     assert refused.value.__cause__ is None
@@ -287,7 +317,7 @@ def trial_digest(tpm: Tpm, selection: PcrSelection, pcr_digest: bytes, command_c
 @pytest.mark.parametrize(
     "text", [SELECTION_TEXT, "sha256:16", "sha1:0,7+sha256:4,23", "sha256:4,23+sha1:0,7"]
 )
-def test_policy_digests_equal_the_tpms_trial_session(tpm, text):
+def test_policy_digests_equal_the_tpms_trial_session(tpm, channel, text):
     selection = PcrSelection.parse(text)
     tpm.extend_pcr(16, b"make PCR 16 non-zero")
     values = tpm.read_pcrs(selection)
@@ -333,7 +363,7 @@ tpm2_flushcontext -t; tpm2_flushcontext -s
 
 @needs_tools
 @pytest.mark.crosscheck
-def test_tpm2_tools_policy_equals_ours(tpm, shared_software_tpm, tmp_path):
+def test_tpm2_tools_policy_equals_ours(tpm, channel, shared_software_tpm, tmp_path):
     values = tpm.read_pcrs(SELECTION)
     result = run_script(
         shared_software_tpm.tcti,
@@ -359,7 +389,7 @@ def test_tpm2_tools_import_and_unseal_our_blob(software_tpm, tmp_path, kind):
     tpm2_policycommandcode session: tpm2-tools recovers the sealed key, which opens the
     payload. Then a PCR extend: tpm2_unseal fails too."""
     with Tpm(software_tpm.tcti) as tpm:
-        sealed = seal_to_current(tpm, kind, b"opened by tpm2-tools")
+        sealed = seal_to_current(tpm, kind, b"opened by tpm2-tools", channel)
     (tmp_path / "obj.pub").write_bytes(sealed.object_public)
     (tmp_path / "obj.dup").write_bytes(sealed.duplicate)
     (tmp_path / "obj.seed").write_bytes(sealed.encrypted_seed)
@@ -405,7 +435,7 @@ def software_parent(kind: KeyKind, template: TpmPublic):
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_tpm2_pytss_unwrap_recovers_our_duplicate(tpm, kind):
+def test_tpm2_pytss_unwrap_recovers_our_duplicate(tpm, channel, kind):
     """tpm2_pytss.utils.unwrap (the inverse of its own wrap(), written by others) opens our
     blob given the parent's private key: the same TPMT_SENSITIVE the TPM would import."""
     private, parent = software_parent(kind, ek_public(tpm, kind))

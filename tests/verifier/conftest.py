@@ -15,6 +15,7 @@ from verifier_support import QuoteOnlyAppraiser, operator_headers, policy_docume
 
 from stockade.tpm.ekca import EkCa
 from stockade.verifier import VerifierConfig, create_app
+from stockade.verifier.config import EnrollmentMode
 
 DATABASE_ENV = "STOCKADE_TEST_DATABASE_URL"
 
@@ -65,6 +66,7 @@ def verifier_config(
         ek_intermediates=ek_ca.intermediates(),
         sweep_interval_seconds=0.05,
         clock=clock,
+        enrollment_mode=EnrollmentMode.OPEN,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from verifier_support import read
 
 
 def _assert_error(response, status: int, code: str | None = None) -> dict:
@@ -70,11 +71,12 @@ def test_oversized_body_is_413(client):
 
 
 def test_unknown_node_and_route(client):
-    _assert_error(client.post("/v1/nodes/nope/nonces"), 404, "node")
-    _assert_error(client.get("/v1/nodes/nope"), 404, "node")
+    # A node the verifier does not know holds no channel key: nothing it sends is authentic.
+    _assert_error(client.post("/v1/nodes/nope/nonces"), 401, "channel-unknown")
+    _assert_error(read(client, "/v1/nodes/nope"), 404, "node")
     _assert_error(client.get("/v1/nowhere"), 404, "not-found")
     evidence = {"nonce": "AA==", "quote": "AA==", "signature": "AA==", "pcrs": {}, "event_log": ""}
-    _assert_error(client.post("/v1/nodes/nope/evidence", json=evidence), 404)
+    _assert_error(client.post("/v1/nodes/nope/evidence", json=evidence), 401, "channel-unknown")
 
 
 def test_malformed_evidence_fields(client, software_tpm):
@@ -84,15 +86,17 @@ def test_malformed_evidence_fields(client, software_tpm):
     node_id = agent.enroll(client, "node-m")
     good = {"nonce": "AA==", "quote": "AA==", "signature": "AA==", "pcrs": {}, "event_log": ""}
     url = f"/v1/nodes/{node_id}/evidence"
-    _assert_error(client.post(url, json={**good, "quote": "%%"}), 400, "base64")
-    _assert_error(client.post(url, json={**good, "pcrs": {"sha999": {"0": "zz"}}}), 400)
-    _assert_error(client.post(url, json={**good, "pcrs": "x"}), 422)
-    _assert_error(client.post(url, json={**good, "surprise": 1}), 422)
-    # Garbage TPM structures under a valid nonce: a finding, not a crash.
-    nonce = client.post(f"/v1/nodes/{node_id}/nonces").json()["nonce"]
-    response = client.post(url, json={**good, "nonce": nonce, "quote": "AAAA", "signature": "AA=="})
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "contraindicated"
+    auth = agent.auth
+    _assert_error(client.post(url, json={**good, "quote": "%%"}, auth=auth), 400, "base64")
+    _assert_error(client.post(url, json={**good, "pcrs": {"sha999": {"0": "zz"}}}, auth=auth), 400)
+    _assert_error(client.post(url, json={**good, "pcrs": "x"}, auth=auth), 422)
+    _assert_error(client.post(url, json={**good, "surprise": 1}, auth=auth), 422)
+    # Garbage TPM structures under a valid nonce and the node's own channel: refused, not a
+    # crash, and not a result either (it proves nothing about the node).
+    nonce = client.post(f"/v1/nodes/{node_id}/nonces", auth=auth).json()["nonce"]
+    garbage = {**good, "nonce": nonce, "quote": "AAAA", "signature": "AA=="}
+    _assert_error(client.post(url, json=garbage, auth=auth), 403, "evidence")
+    assert read(client, f"/v1/nodes/{node_id}/results").json()["results"] == []
     assert agent.attest(client).json()["status"] == "affirming"
 
 
@@ -114,7 +118,7 @@ def test_policy_documents(client, verifier_config):
     assert stored.json()["version"] == 1
     again = client.put("/v1/policies/second", content=yaml_doc, headers=yaml_headers)
     assert again.json()["version"] == 1
-    ids = [p["id"] for p in client.get("/v1/policies").json()["policies"]]
+    ids = [p["id"] for p in read(client, "/v1/policies").json()["policies"]]
     assert ids == ["second", "test"]
-    assert client.get("/v1/policies/second").json()["document"]["pcrs"] == "sha256:0,7"
-    assert "/v1/enrollments" in client.get("/openapi.json").json()["paths"]
+    assert read(client, "/v1/policies/second").json()["document"]["pcrs"] == "sha256:0,7"
+    assert "/v1/enrollments" in read(client, "/v1/openapi.json").json()["paths"]

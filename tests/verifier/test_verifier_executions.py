@@ -11,7 +11,14 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from verifier_support import DevAgent, QuoteOnlyAppraiser, QuotePolicy, b64, operator_headers
+from verifier_support import (
+    DevAgent,
+    QuoteOnlyAppraiser,
+    QuotePolicy,
+    b64,
+    operator_headers,
+    read,
+)
 
 from stockade.agent.execution_log import ExecutionLog
 from stockade.appraisal.execution_proof import ExecutionProofInvalid, verify_execution_proof
@@ -113,11 +120,13 @@ class Node:
             self.log.append(content, digests)
 
     def attest(self, api, log: bytes | None = None, start_at: int = 0):
-        issued = api.post(f"/v1/nodes/{self.agent.node_id}/nonces").json()
+        issued = api.post(f"/v1/nodes/{self.agent.node_id}/nonces", auth=self.agent.auth).json()
         evidence = self.agent.evidence(base64.b64decode(issued["nonce"]), SELECTION)
         evidence["execution_log"] = b64(self.log.read_from(start_at) if log is None else log)
         evidence["execution_log_from"] = start_at
-        answer = api.post(f"/v1/nodes/{self.agent.node_id}/evidence", json=evidence)
+        answer = api.post(
+            f"/v1/nodes/{self.agent.node_id}/evidence", json=evidence, auth=self.agent.auth
+        )
         assert answer.status_code == 200, answer.text
         return answer.json()
 
@@ -144,7 +153,7 @@ def test_100_starts_replay_to_the_quote_are_stored_logged_and_proven(api, node):
     answer = member.attest(client)
     assert answer["status"] == "affirming", answer["reasons"]
     assert answer["execution_log_next"] == 100
-    audit = client.get("/v1/executions", params={"node": "node-x"}).json()["executions"]
+    audit = read(client, "/v1/executions", params={"node": "node-x"}).json()["executions"]
     assert [entry["recnum"] for entry in audit] == list(range(100))
     assert audit[42]["record"]["container_id"] == "c42"
     assert "TOKEN" in audit[42]["record"]["env_names"]
@@ -173,7 +182,7 @@ def test_100_starts_replay_to_the_quote_are_stored_logged_and_proven(api, node):
             record=forged,
         )
     # Every record is in the transparency log, before the result that proved them.
-    entries = client.get("/v1/log/entries", params={"start": 0, "end": 101}).json()["entries"]
+    entries = read(client, "/v1/log/entries", params={"start": 0, "end": 101}).json()["entries"]
     kinds = [base64.b64decode(e["entry"]) for e in entries]
     assert sum(b'"type":"execution-record"' in k for k in kinds) == 100
     assert b'"type":"attestation-result"' in kinds[100]
@@ -190,7 +199,7 @@ def test_incremental_submissions_continue_where_the_verifier_left_off(api, node)
     # Resending old records is harmless: they are skipped.
     answer = member.attest(client, start_at=1)
     assert answer["status"] == "affirming" and answer["execution_log_next"] == 5
-    audit = client.get("/v1/executions").json()["executions"]
+    audit = read(client, "/v1/executions").json()["executions"]
     assert [entry["recnum"] for entry in audit] == [0, 1, 2, 3, 4]
 
 
@@ -230,7 +239,7 @@ def test_a_rewritten_log_is_caught_and_named(api, node, attack, needle):
     assert answer["status"] == "contraindicated"
     text = " ".join(answer["reasons"])
     assert "execution log" in text and needle in text, text
-    assert client.get("/v1/executions").json()["executions"] == []  # nothing stored
+    assert read(client, "/v1/executions").json()["executions"] == []  # nothing stored
 
 
 def test_a_gap_in_what_is_sent_is_a_finding_and_the_agent_is_told_where_to_resume(api, node):
@@ -253,7 +262,7 @@ def test_a_forbidden_image_contraindicates_the_node(api, node):
     answer = member.attest(client)
     assert answer["status"] == "contraindicated"
     assert "record 1 runs forbidden image" in " ".join(answer["reasons"])
-    results = client.get(f"/v1/nodes/{member.agent.node_id}/results").json()["results"]
+    results = read(client, f"/v1/nodes/{member.agent.node_id}/results").json()["results"]
     submod = results[0]["claims"]["submods"]["node-x"]
     assert submod["ear.status"] == "contraindicated"
     assert submod["ear.trustworthiness-vector"]["executables"] == 96

@@ -131,7 +131,7 @@ def test_trusted_node_gets_a_certificate_for_its_tpm_key_that_ends_with_its_resu
     node_id, result_id = verify_node_certificate(cert, ca, datetime.now(UTC))
     assert (node_id, result_id) == (agent.node_id, issued["result_id"])
     assert node_identity(cert) == (agent.node_id, issued["result_id"])
-    node = api.get(f"/v1/nodes/{agent.node_id}").json()
+    node = api.get(f"/v1/nodes/{agent.node_id}", headers=operator(config)).json()
     assert issued["result_id"] == node["latest_result_id"]
     assert cert.not_valid_after_utc == datetime.fromisoformat(
         node["trusted_until"].replace("Z", "+00:00")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from verifier_support import DevAgent
+from verifier_support import DevAgent, reader_headers
 
 
 def _free_port() -> int:
@@ -74,6 +74,7 @@ def test_serve_over_tls_enroll_and_stream_events(tmp_path: Path, ek_ca, software
         assert (data_dir / "tls" / "server-key.pem").stat().st_mode & 0o777 == 0o600
 
         context = ssl.create_default_context(cafile=str(ca_cert))
+        reader = reader_headers(data_dir)
         with httpx.Client(base_url=url, verify=context, timeout=10) as client:
             for _ in range(200):
                 try:
@@ -86,9 +87,9 @@ def test_serve_over_tls_enroll_and_stream_events(tmp_path: Path, ek_ca, software
 
             agent = DevAgent.create(software_tpm)
             node_id = agent.enroll(client, "node-tls")
-            assert client.get(f"/v1/nodes/{node_id}").json()["state"] == "enrolled"
+            assert client.get(f"/v1/nodes/{node_id}", headers=reader).json()["state"] == "enrolled"
 
-            with client.stream("GET", "/v1/events", timeout=10) as stream:
+            with client.stream("GET", "/v1/events", headers=reader, timeout=10) as stream:
                 for line in stream.iter_lines():
                     if line.startswith("data: "):
                         event = json.loads(line[6:])
@@ -126,7 +127,7 @@ def test_serve_over_tls_enroll_and_stream_events(tmp_path: Path, ek_ca, software
                 except httpx.TransportError:
                     time.sleep(0.05)
             assert client.get("/v1/keys").json()["keys"] == keys
-            assert client.get(f"/v1/nodes/{node_id}").json()["name"] == "node-tls"
+            assert client.get(f"/v1/nodes/{node_id}", headers=reader).json()["name"] == "node-tls"
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, delete, select, update
-from verifier_support import DevAgent, policy_document
+from verifier_support import DevAgent, policy_document, read, reader_headers
 
 from stockade.translog import (
     BadSignature,
@@ -54,7 +54,7 @@ class ClientSource:
         self.client = client
 
     def _get(self, path: str, **params: Any) -> Any:
-        response = self.client.get(path, params=params)
+        response = self.client.get(path, params=params, headers=reader_headers(self.client))
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -121,7 +121,7 @@ def test_results_are_logged_with_receipts_that_verify(client, attested, verifier
             check_result_entry(entry, {**body, "ear": other["ear"]})
 
     # The evidence is not in the log: no nonce, quote or PCR values.
-    logged = client.get("/v1/log/entries", params={"start": 0}).json()["entries"]
+    logged = read(client, "/v1/log/entries", params={"start": 0}).json()["entries"]
     for row in logged:
         assert not {"nonce", "quote", "pcrs", "signature"} & set(row) - {"entry"}
         text = _b64(row["entry"]).decode()
@@ -146,18 +146,18 @@ def test_checkpoint_api_text_and_json(client, attested):
 
 def test_entries_api(client, attested):
     _, bodies = attested
-    document = client.get("/v1/log/entries", params={"start": 1, "end": 500}).json()
+    document = read(client, "/v1/log/entries", params={"start": 1, "end": 500}).json()
     assert (document["start"], document["end"], document["size"]) == (1, 3, 3)
     assert [row["index"] for row in document["entries"]] == [1, 2]
     for row, body in zip(document["entries"], bodies[1:], strict=True):
         entry = _b64(row["entry"])
         assert leaf_hash(entry) == _b64(row["leaf_hash"])
         assert entry == _b64(body["inclusion_proof"]["entry"])
-    assert client.get("/v1/log/entries", params={"start": 3}).json()["entries"] == []
+    assert read(client, "/v1/log/entries", params={"start": 3}).json()["entries"] == []
     for params in ({"start": 4}, {"start": 2, "end": 1}):
-        refused = client.get("/v1/log/entries", params=params)
+        refused = read(client, "/v1/log/entries", params=params)
         assert refused.status_code == 400 and refused.json()["error"] == "range"
-    assert client.get("/v1/log/entries", params={"start": -1}).status_code == 422
+    assert read(client, "/v1/log/entries", params={"start": -1}).status_code == 422
 
 
 def test_inclusion_proof_api(client, attested):
@@ -330,7 +330,7 @@ def test_a_result_and_its_log_entry_commit_together(make_client, software_tpm, v
     assert agent.attest(client).status_code == 500
     service.translog.append = original
     assert client.get("/v1/log/checkpoint", params={"format": "json"}).json()["size"] == 0
-    assert client.get(f"/v1/nodes/{node_id}/results").json()["results"] == []
+    assert read(client, f"/v1/nodes/{node_id}/results").json()["results"] == []
     response = agent.attest(client)
     assert response.status_code == 200 and response.json()["log_index"] == 0
 

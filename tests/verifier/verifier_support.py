@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from stockade.agent.client import ChannelAuth
+from stockade.channel import channel_certify_nonce
 from stockade.evidence import PcrSelection, QuoteInvalid, Signature, verify_quote
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.clock import is_new_boot
@@ -16,6 +19,7 @@ from stockade.evidence.templates import KeyKind
 from stockade.tpm.ak import AttestationKey, create_ak
 from stockade.tpm.credential import activate_credential
 from stockade.tpm.device import Tpm
+from stockade.tpm.node_key import NodeKey, certify_node_key, create_node_key, sign_digest
 from stockade.tpm.ek import read_endorsement
 from stockade.tpm.quote import quote
 from stockade.tpm.swtpm import SoftwareTpm
@@ -23,6 +27,7 @@ from stockade.verifier.appraiser import NodeView, Status
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims
 
 PCRS = "sha256:0,1,2,3,4,5,6,7"
+_TPM_LOCKS: dict[str, threading.Lock] = {}
 
 
 def b64(data: bytes) -> str:
@@ -113,13 +118,33 @@ def policy_document(policy_id: str = "test", validity: float = 120) -> dict[str,
 
 @dataclass
 class DevAgent:
-    """The agent side: a swtpm, its EK and an AK made under it."""
+    """The agent side: a swtpm, its EK, an AK made under it and, once enrolled, the channel
+    key (in the same TPM) that signs its calls; ``auth`` signs an httpx request with it."""
 
     tpm: SoftwareTpm
     ak: AttestationKey
     ek_public: bytes
     ek_certificate: bytes
     node_id: str | None = None
+    channel_key: NodeKey | None = None
+
+    @property
+    def auth(self) -> ChannelAuth:
+        """httpx auth signing as this node (pass ``auth=agent.auth`` to node calls)."""
+        assert self.node_id is not None and self.channel_key is not None, "enroll first"
+        return self.auth_as(self.node_id)
+
+    def auth_as(self, node_id: str, key: NodeKey | None = None) -> ChannelAuth:
+        """Sign with this TPM's channel key (or ``key``) but claim to be ``node_id``."""
+        signing_key = key or self.channel_key
+        assert signing_key is not None
+
+        def sign(digest: bytes) -> bytes:
+            # One signature at a time: a swtpm has no resource manager for parallel clients.
+            with _TPM_LOCKS.setdefault(self.tpm.tcti, threading.Lock()), Tpm(self.tpm.tcti) as device:
+                return sign_digest(device, signing_key, digest)
+
+        return ChannelAuth(node_id, sign)
 
     @classmethod
     def create(cls, tpm: SoftwareTpm) -> DevAgent:
@@ -145,15 +170,33 @@ class DevAgent:
         with Tpm((activator or self.tpm).tcti) as device:
             return activate_credential(device, self.ak, blob)
 
-    def enroll(self, client, name: str) -> str:
+    def activation_request(self, enrollment_id: str, secret: bytes) -> dict[str, str]:
+        """The secret, and a new channel key certified by the AK over this enrollment."""
+        with Tpm(self.tpm.tcti) as device:
+            key = create_node_key(device)
+            certify_info, signature = certify_node_key(
+                device, key, self.ak, channel_certify_nonce(enrollment_id, secret)
+            )
+        self.channel_key = key
+        return {
+            "secret": b64(secret),
+            "channel_key_public": b64(key.public.marshal_tpm2b()),
+            "channel_certify_info": b64(certify_info),
+            "channel_signature": b64(signature),
+        }
+
+    def enroll(self, client, name: str, *, expect_state: str | None = None) -> str:
         challenge = client.post("/v1/enrollments", json=self.enrollment_request(name))
         assert challenge.status_code == 201, challenge.text
         body = challenge.json()
         secret = self.activate(body)
         activation = client.post(
-            f"/v1/enrollments/{body['enrollment_id']}/activation", json={"secret": b64(secret)}
+            f"/v1/enrollments/{body['enrollment_id']}/activation",
+            json=self.activation_request(body["enrollment_id"], secret),
         )
         assert activation.status_code == 200, activation.text
+        if expect_state is not None:
+            assert activation.json()["state"] == expect_state, activation.text
         self.node_id = activation.json()["node_id"]
         return self.node_id
 
@@ -168,15 +211,33 @@ class DevAgent:
             "event_log": "",
         }
 
-    def attest(self, client, node_id: str | None = None) -> Any:
-        target = node_id or self.node_id
-        issued = client.post(f"/v1/nodes/{target}/nonces")
+    def nonce(self, client) -> bytes:
+        issued = client.post(f"/v1/nodes/{self.node_id}/nonces", auth=self.auth)
         assert issued.status_code == 201, issued.text
-        nonce = base64.b64decode(issued.json()["nonce"])
-        return client.post(f"/v1/nodes/{target}/evidence", json=self.evidence(nonce))
+        return base64.b64decode(issued.json()["nonce"])
+
+    def attest(self, client) -> Any:
+        nonce = self.nonce(client)
+        return client.post(
+            f"/v1/nodes/{self.node_id}/evidence", json=self.evidence(nonce), auth=self.auth
+        )
 
 
 def operator_headers(data_dir) -> dict[str, str]:
     """The operator's bearer token (the verifier writes it on first start)."""
     token = (data_dir / "operator-token").read_text().strip()
     return {"Authorization": f"Bearer {token}"}
+
+
+def reader_headers(where) -> dict[str, str]:
+    """The reader's bearer token (made beside the operator's on first start): reads only.
+    ``where`` is the data directory, or a TestClient of the verifier app."""
+    data_dir = where.app.state.service.config.data_dir if hasattr(where, "app") else where
+    token = (data_dir / "reader-token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def read(client, path: str, **options):
+    """``client.get(path)`` with the reader's token (reads of trust state need a credential)."""
+    headers = {**reader_headers(client), **options.pop("headers", {})}
+    return client.get(path, headers=headers, **options)

@@ -11,7 +11,8 @@ import base64
 import json
 import os
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -64,6 +65,36 @@ def tls_context(ca: Path | None) -> ssl.SSLContext:
         raise InputError(f"cannot read the verifier CA '{ca}': {error}") from None
 
 
+class ChannelAuth(httpx.Auth):
+    """Signs each request with the node's channel key (RFC 9421; ``stockade.channel``).
+
+    ``sign_digest`` signs a SHA-256 digest and returns ``r || s``: on a node, inside the TPM.
+    """
+
+    requires_request_body = True
+
+    def __init__(self, node_id: str, sign_digest: Callable[[bytes], bytes]) -> None:
+        self.node_id = node_id
+        self.sign_digest = sign_digest
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        from stockade.channel import sign_request
+
+        path, _, query = request.url.raw_path.decode("ascii").partition("?")
+        request.headers.update(
+            sign_request(
+                request.method,
+                path,
+                query,
+                request.content,
+                keyid=self.node_id,
+                created=int(time.time()),
+                sign_digest=self.sign_digest,
+            )
+        )
+        yield request
+
+
 @dataclass(frozen=True)
 class Enrollment:
     enrollment_id: str
@@ -90,6 +121,7 @@ class VerifierClient:
         operator_token: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._node_auth: ChannelAuth | None = None
         headers = {"Authorization": f"Bearer {operator_token}"} if operator_token else None
         self._http = httpx.Client(
             base_url=self.url,
@@ -132,11 +164,28 @@ class VerifierClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    def as_node(self, node_id: str, sign_digest: Callable[[bytes], bytes]) -> None:
+        """Sign the node calls (nonce, evidence, certificate, secrets) as ``node_id`` from now
+        on, with its channel key."""
+        self._node_auth = ChannelAuth(node_id, sign_digest)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        auth: httpx.Auth | None = None,
+        **params: Any,
+    ) -> Any:
         """Send one request; return the decoded JSON body of a 2xx answer."""
         try:
             response = self._http.request(
-                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
+                method,
+                path,
+                json=body,
+                params={k: v for k, v in params.items() if v is not None},
+                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as error:
             reason = str(error) or type(error).__name__
@@ -176,14 +225,32 @@ class VerifierClient:
             unb64(answer["encrypted_secret"], "encrypted_secret"),
         )
 
-    def activate(self, enrollment_id: str, secret: bytes) -> dict[str, Any]:
+    def activate(
+        self,
+        enrollment_id: str,
+        secret: bytes,
+        channel_key_public: bytes,
+        certify_info: bytes,
+        signature: bytes,
+    ) -> dict[str, Any]:
+        """Prove the AK (the secret) and pin the channel key the AK certified."""
         answer: dict[str, Any] = self.request(
-            "POST", f"/v1/enrollments/{enrollment_id}/activation", {"secret": b64(secret)}
+            "POST",
+            f"/v1/enrollments/{enrollment_id}/activation",
+            {
+                "secret": b64(secret),
+                "channel_key_public": b64(channel_key_public),
+                "channel_certify_info": b64(certify_info),
+                "channel_signature": b64(signature),
+            },
         )
         return answer
 
+    def _node_call(self, method: str, path: str, body: Any = None) -> Any:
+        return self.request(method, path, body, auth=self._node_auth)
+
     def nonce(self, node_id: str) -> Nonce:
-        answer = self.request("POST", f"/v1/nodes/{node_id}/nonces")
+        answer = self._node_call("POST", f"/v1/nodes/{node_id}/nonces")
         return Nonce(
             unb64(answer["nonce"], "nonce"),
             str(answer["pcr_selection"]),
@@ -191,15 +258,17 @@ class VerifierClient:
         )
 
     def evidence(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{node_id}/evidence", body)
+        answer: dict[str, Any] = self._node_call("POST", f"/v1/nodes/{node_id}/evidence", body)
         return answer
 
     def certificate(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{node_id}/certificates", body)
+        answer: dict[str, Any] = self._node_call(
+            "POST", f"/v1/nodes/{node_id}/certificates", body
+        )
         return answer
 
     def release_secret(self, node_id: str, name: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{node_id}/secrets/{name}")
+        answer: dict[str, Any] = self._node_call("POST", f"/v1/nodes/{node_id}/secrets/{name}")
         return answer
 
     def node_status(self, node: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from stockade.evidence.templates import KeyKind
 
 # Answers that mean the verifier no longer knows this node (or its AK): enroll again.
 _REENROLL_STATUSES = frozenset({404})
-_REENROLL_CODES = frozenset({"unknown_node", "not_found", "unknown_ak", "ak"})
+_REENROLL_CODES = frozenset({"unknown_node", "not_found", "unknown_ak", "ak", "channel-unknown"})
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Agent:
             if self._affirmed_until is not None and time.time() >= self._affirmed_until:
                 self._withdraw("no affirming result since the last one expired")
             try:
-                enrolled = self.state.enrolled() or self.enroll(client)
+                enrolled = self.enrolled_or_enroll(client)
                 answer = self.attest_once(client, enrolled)
                 self._report(enrolled, answer)
                 self._act_on(client, enrolled, answer)
@@ -161,11 +161,30 @@ class Agent:
         ak.save(self.config.state_dir)
         return ak
 
+    def enrolled_or_enroll(self, client: VerifierClient) -> Enrolled:
+        """The saved enrollment (with its channel key) or a new one; either way ``client``
+        signs the node's calls with the channel key from here on."""
+        enrolled = self.state.enrolled()
+        if enrolled is None or not self.state.channel_key_path.exists():
+            enrolled = self.enroll(client)
+        self.sign_as_node(client, enrolled)
+        return enrolled
+
+    def sign_as_node(self, client: VerifierClient, enrolled: Enrolled) -> None:
+        from stockade.agent.channel_key import ChannelSigner
+
+        client.as_node(
+            enrolled.node_id, ChannelSigner(self.config.source.tcti, self.state.channel_key_path)
+        )
+
     def enroll(self, client: VerifierClient) -> Enrolled:
-        """EK certificate + AK public -> MakeCredential challenge -> activated secret."""
+        """EK certificate + AK public -> MakeCredential challenge -> activated secret, and the
+        channel key the AK certifies over it."""
+        from stockade.agent.channel_key import create_channel_key
         from stockade.tpm.credential import activate_credential
         from stockade.tpm.device import Tpm
         from stockade.tpm.ek import read_endorsement
+        from stockade.tpm.node_key import save_node_key
 
         ak = self.load_or_create_ak()
         with Tpm(self.config.source.tcti) as tpm:
@@ -181,10 +200,20 @@ class Agent:
         blob = CredentialBlob(challenge.credential_blob, challenge.encrypted_secret)
         with Tpm(self.config.source.tcti) as tpm:
             secret = activate_credential(tpm, ak, blob)
-        answer = client.activate(challenge.enrollment_id, secret)
+        channel = create_channel_key(self.config.source.tcti, ak, challenge.enrollment_id, secret)
+        answer = client.activate(
+            challenge.enrollment_id,
+            secret,
+            channel.key.public.marshal_tpm2b(),
+            channel.certify_info,
+            channel.signature,
+        )
+        save_node_key(channel.key, self.state.channel_key_path)
         enrolled = Enrolled(str(answer["node_id"]), self.config.name, self.config.verifier)
         self.state.save_enrolled(enrolled)
-        self.log(f"enrolled {self.config.name} as node {enrolled.node_id}")
+        state = answer.get("state")
+        self.log(f"enrolled {self.config.name} as node {enrolled.node_id} ({state})")
+        self.sign_as_node(client, enrolled)
         return enrolled
 
     # -- attestation ---------------------------------------------------------

@@ -3,9 +3,12 @@
 - The certificate's key is made once in the TPM (``node-key.pem``, a TSS2 PRIVATE KEY that only
   this TPM can load) and certified by the AK over a fresh nonce; the verifier answers with a
   certificate that expires with the current result, so it is renewed after every affirming one.
-- A secret arrives as a TPM2_Import blob sealed to this TPM and to the PCR values just attested.
-  The blob (useless elsewhere) is kept under the state directory; the plaintext exists only in
-  memory, in a 0600 file on a tmpfs, or on a 0600 Unix socket, as the operator chooses.
+- A secret arrives as a TPM2_Import blob sealed to this TPM, to the PCR values just attested and
+  to the node's channel key (``channel.key`` in the state directory, 0600): the TPM unseals it
+  only in a session that key authorized (TPM2_PolicySigned), so another process using the same
+  TPM gets nothing from the blob. The blob (useless elsewhere) is kept under the state
+  directory; the plaintext exists only in memory, in a 0600 file on a tmpfs, or on a 0600 Unix
+  socket, as the operator chooses.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.agent.client import VerifierClient, b64
+from stockade.agent.state import AgentState
 from stockade.errors import InputError, StockadeError
 from stockade.evidence.duplication import SealedSecret
 from stockade.home import write_atomic
+
+if TYPE_CHECKING:
+    from stockade.tpm.node_key import NodeKey
 
 NODE_KEY_FILE = "node-key.pem"
 NODE_CERT_FILE = "node.pem"
@@ -32,6 +39,10 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 
 class NotOnTmpfs(InputError):
     """Refused to write a secret to a directory that is not on a memory filesystem."""
+
+
+class NoChannelKey(StockadeError):
+    """The node has no channel key file: its secrets, sealed to that key, cannot be unsealed."""
 
 
 @dataclass(frozen=True)
@@ -174,8 +185,21 @@ class Membership:
             sealed = SealedSecret.unmarshal(self.sealed_path(name).read_bytes())
         except OSError:
             raise StockadeError(f"no sealed copy of secret {name!r} on this node") from None
+        channel_key = self.channel_key()
         with Tpm(self.tcti) as tpm:
-            return unseal_secret(tpm, self.ek_kind(), sealed)
+            return unseal_secret(tpm, self.ek_kind(), sealed, channel_key)
+
+    def channel_key(self) -> NodeKey:
+        """The node's channel key (``NodeKey``), which authorizes every unseal in the TPM."""
+        from stockade.tpm.node_key import load_node_key
+
+        path = AgentState(self.state_dir).channel_key_path
+        if not path.exists():
+            raise NoChannelKey(
+                f"no channel key at {path}: secrets are sealed to the key this node made at "
+                "enrollment; enroll the node again to make one"
+            )
+        return load_node_key(path)
 
     def ek_kind(self) -> Any:
         """The kind of EK the node enrolled with (its AK's parent): secrets are sealed to it."""

@@ -13,6 +13,9 @@ from stockade.home import write_atomic
 
 NODE_FILE = "node.json"
 EXECUTIONS_FILE = "execution-log.json"
+# The node channel key: a P-256 signing key in the TPM (TSS2 PRIVATE KEY PEM, 0600), certified
+# by the AK at enrollment; it signs every request to the verifier and authorises unsealing.
+CHANNEL_KEY_FILE = "channel.key"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class AgentState:
     @property
     def node_file(self) -> Path:
         return self.directory / NODE_FILE
+
+    @property
+    def channel_key_path(self) -> Path:
+        return self.directory / CHANNEL_KEY_FILE
 
     def has_ak(self) -> bool:
         return (self.directory / "ak.pub").exists() and (self.directory / "ak.priv").exists()

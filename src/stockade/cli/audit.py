@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stockade.cli._input import emit_json
-from stockade.cli.nodes import CaOption, FormatOption, VerifierOption, client
+from stockade.cli.nodes import CaOption, FormatOption, ReadTokenOption, VerifierOption, client
 from stockade.cli.quote import OutputFormat
 from stockade.errors import VerificationFailed
 
@@ -50,12 +50,13 @@ def executions(
     ] = None,
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: ReadTokenOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Every recorded execution with the quote that proved it. Each proof is checked here
     (the AK's signature over the quoted PCRs, PCR 13 replayed from the boot's execution log,
-    the record in that log): exit 1 if any does not hold."""
-    with client(verifier, ca) as api:
+    the record in that log): exit 1 if any does not hold. Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
         entries = api.executions(node=node, since=since, image=image)
     failures = {index: _check(entry) for index, entry in enumerate(entries)}
     failed = {index: why for index, why in failures.items() if why}

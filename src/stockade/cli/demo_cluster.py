@@ -148,6 +148,8 @@ class VerifierProcess:
     policy: Path
     database: str | None = None
     port: int = field(default_factory=free_port)
+    # The demo and most tests admit every genuine TPM; approval is shown where it is the story.
+    enrollment_mode: str = "open"
     extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
@@ -160,6 +162,16 @@ class VerifierProcess:
         return self.data_dir / "tls" / "ca.pem"
 
     @property
+    def reader_token_file(self) -> Path:
+        """Reads of trust state need a credential; the demo's monitors use the reader's."""
+        return self.data_dir / "reader-token"
+
+    def operator_token(self) -> str | None:
+        with contextlib.suppress(OSError):
+            return (self.data_dir / "operator-token").read_text().strip()
+        return None
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
@@ -167,9 +179,10 @@ class VerifierProcess:
         command = [
             stockade_executable(), "verifier", "serve", "--data-dir", str(self.data_dir),
             "--port", str(self.port), "--ek-ca", str(self.ek_ca), "--policy", str(self.policy),
+            "--enrollment-mode", self.enrollment_mode,
             *(("--database", self.database) if self.database else ()), *self.extra,
         ]  # fmt: skip
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner-only, or refused
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -188,7 +201,7 @@ class VerifierProcess:
             if self.ca.exists():
                 try:
                     with VerifierClient(self.url, self.ca, timeout=2.0) as client:
-                        client.nodes()
+                        client.request("GET", "/v1/health")
                     return
                 except VerifierUnavailable:
                     pass
@@ -212,9 +225,10 @@ class VerifierProcess:
         return ""
 
     def client(self) -> Any:
+        """A client holding the operator token: the demo reads nodes and results."""
         from stockade.agent.client import VerifierClient
 
-        return VerifierClient(self.url, self.ca)
+        return VerifierClient(self.url, self.ca, operator_token=self.operator_token())
 
 
 class _ChildProcess:
@@ -295,7 +309,7 @@ class LogMonitorProcess(_ChildProcess):
         command = [
             stockade_executable(), "log", "monitor", "--verifier", self.verifier.url,
             "--ca", str(self.verifier.ca), "--key", str(key), "--state", str(self.state),
-            "--interval", str(self.interval),
+            "--interval", str(self.interval), "--token-file", str(self.verifier.reader_token_file),
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -379,10 +393,8 @@ class _Narrator:
         self._thread.join(5.0)
 
     def _run(self) -> None:
-        from stockade.agent.client import VerifierClient
-
         try:
-            with VerifierClient(self.verifier.url, self.verifier.ca) as client:
+            with self.verifier.client() as client:
                 self._client = client
                 for event in client.stream_events(follow=True):
                     self._narrate(client, event)

@@ -221,7 +221,8 @@ def containers_story(
             raise ClusterStoryFailed(f"an execution is not proven by its quote: {audit}")
         table = subprocess.run(
             [stockade_executable(), "audit", "executions", "--node", "node-a",
-             "--verifier", verifier.url, "--ca", str(verifier.ca)],
+             "--verifier", verifier.url, "--ca", str(verifier.ca),
+             "--token-file", str(verifier.reader_token_file)],
             capture_output=True, text=True, check=False, env={**_environment(home)},
         )  # fmt: skip
         console.print(
@@ -271,7 +272,8 @@ def _environment(home: Path) -> dict[str, str]:
 def _audit(home: Path, verifier: VerifierProcess, node: str) -> dict[str, Any]:
     done = subprocess.run(
         [stockade_executable(), "audit", "executions", "--node", node, "--verifier",
-         verifier.url, "--ca", str(verifier.ca), "--format", "json"],
+         verifier.url, "--ca", str(verifier.ca), "--token-file", str(verifier.reader_token_file),
+         "--format", "json"],
         capture_output=True, text=True, check=False, env=_environment(home),
     )  # fmt: skip
     if done.returncode not in (0, 1) or not done.stdout.strip():

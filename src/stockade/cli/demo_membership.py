@@ -120,12 +120,10 @@ def membership_story(
         token = (verifier.data_dir / "operator-token").read_text().strip()
         with VerifierClient(verifier.url, verifier.ca, operator_token=token) as operator:
             stored = operator.put_secret(SECRET_NAME, secret)
-            operator.grant(SECRET_NAME, "node:node-a")
-            operator.grant(SECRET_NAME, "node:node-c")
         console.print(
             f"1. verifier at [cyan]{verifier.url}[/]; the operator stores secret "
             f"[bold]{SECRET_NAME}[/] (version {stored['version']}, AES-256-GCM under KEK "
-            f"{stored['kek_id']}) and grants it to node-a and node-c"
+            f"{stored['kek_id']})"
         )
         platform = DevelopmentPlatform.load(org.platform_dir)
         tpm_a = start_swtpm("member-node-a", home=home, ek_ca=ek_ca)
@@ -187,6 +185,15 @@ def membership_story(
             no_wrap=True,
         )
         node_c = json.loads(refused.stdout)["node_id"]
+        with VerifierClient(verifier.url, verifier.ca, operator_token=token) as operator:
+            grants = [
+                operator.grant(SECRET_NAME, f"node:{name}")["grants"]
+                for name in ("node-a", "node-c")
+            ][-1]
+        console.print(
+            f"   the operator grants {SECRET_NAME} to node-a and node-c, bound to their node ids "
+            f"({', '.join(grants)}): a node taking either name later gets nothing"
+        )
         with verifier.client() as client:
             try:
                 client.release_secret(node_c, SECRET_NAME)
@@ -212,8 +219,9 @@ def membership_story(
             raise ClusterStoryFailed(f"the delivered secret is wrong (mode {mode:o}, same {same})")
         console.print(
             f"5. {at()} node-a's agent (`--certificates --secret {SECRET_NAME}`): the verifier "
-            "sealed the secret to node-a's EK and the PCR values it just attested (TPM2_Import "
-            "blob, PolicyPCR + PolicyCommandCode(Unseal)); the TPM unsealed it into "
+            "sealed the secret to node-a's EK, its channel key and the PCR values it just "
+            "attested (TPM2_Import blob, PolicySigned + PolicyPCR + PolicyCommandCode(Unseal)); "
+            "the TPM unsealed it into "
             f"{delivered} (tmpfs, mode 0600, sha256 equal to the stored secret)"
         )
         with verifier.client() as client:
@@ -265,7 +273,7 @@ def membership_story(
                 raise ClusterStoryFailed("the compromised node-a received the secret again")
         try:
             with Tpm(tpm_a.tcti) as tpm:
-                unseal_secret(tpm, membership.ek_kind(), kept)
+                unseal_secret(tpm, membership.ek_kind(), kept, membership.channel_key())
         except SecretRefused as error:
             console.print(
                 f"   and a sealed copy kept on node-a: [red]its own TPM refuses[/] to unseal it "
@@ -294,8 +302,8 @@ def membership_story(
         if agent is not None:
             agent.stop()
         verifier.stop()
-        for tpm in tpms:
+        for software_tpm in tpms:
             with contextlib.suppress(Exception):
-                tpm.stop()
+                software_tpm.stop()
         shutil.rmtree(secrets_dir.parent, ignore_errors=True)
     return outcome

@@ -62,7 +62,7 @@ def join(
         log=lambda line: None,
     )
     with VerifierClient(verifier, ca) as client:
-        enrolled = agent.state.enrolled() or agent.enroll(client)
+        enrolled = agent.enrolled_or_enroll(client)
         answer = agent.attest_once(client, enrolled)
         if answer.get("status") != "affirming":
             reasons = answer.get("reasons") or []

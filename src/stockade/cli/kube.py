@@ -63,8 +63,16 @@ def serve(
     cache_seconds: Annotated[
         float, typer.Option("--cache-seconds", help="how long one verifier node list is used")
     ] = 1.0,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="the verifier's reader token file [default: $STOCKADE_OPERATOR_TOKEN]",
+        ),
+    ] = None,
 ) -> None:
-    """Serve POST /validate (AdmissionReview v1), POST /filter (extender) and GET /healthz."""
+    """Serve POST /validate (AdmissionReview v1), POST /filter (extender) and GET /healthz.
+    Reading the verifier's node list needs a reader token."""
     from stockade.images.policy import load_trust_policy
     from stockade.kube.admission import AdmissionPolicy, Exemptions, SignedImageStore
     from stockade.kube.server import ServerTls, create_app, serve_app
@@ -85,7 +93,7 @@ def serve(
         policy_document = load_trust_policy(read_file(trust_policy, "trust policy"), keys)
         images = SignedImageStore(image_store, policy_document)
     policy = AdmissionPolicy(
-        trust=verifier_trust_source(verifier, ca, ttl=cache_seconds),
+        trust=verifier_trust_source(verifier, ca, ttl=cache_seconds, token_file=token_file),
         images=images,
         exemptions=Exemptions(frozenset(exempt_namespace or ()), frozenset(exempt_user or ())),
     )

@@ -34,6 +34,13 @@ KubeconfigOption = Annotated[
     ),
 ]
 OnceOption = Annotated[bool, typer.Option("--once", help="one round, then exit")]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="the verifier's reader token file [default: $STOCKADE_OPERATOR_TOKEN]",
+    ),
+]
 
 
 def _kube_client(kubeconfig: Path | None) -> Any:
@@ -72,6 +79,7 @@ def _logging() -> None:
 def controller(
     verifier: VerifierOption,
     ca: CaOption = None,
+    token_file: TokenFileOption = None,
     kubeconfig: KubeconfigOption = None,
     grace: Annotated[
         float,
@@ -88,7 +96,8 @@ def controller(
     ] = True,
     once: OnceOption = False,
 ) -> None:
-    """Label, taint and annotate every Node from the verifier's view (fail closed)."""
+    """Label, taint and annotate every Node from the verifier's view (fail closed). Reading
+    the view needs a reader token."""
     from kubernetes import client
 
     from stockade.agent.client import VerifierClient
@@ -97,7 +106,7 @@ def controller(
     if grace < 0 or interval <= 0:
         raise InputError("--grace must be >= 0 and --interval > 0")
     _logging()
-    verifier_client = VerifierClient(verifier, ca)
+    verifier_client = VerifierClient.from_options(verifier, ca, token_file)
     nodes = NodeController(
         client.CoreV1Api(_kube_client(kubeconfig)),
         VerifierTrustView(verifier_client.request),
@@ -120,6 +129,7 @@ def approve_csrs(
         ),
     ],
     ca: CaOption = None,
+    token_file: TokenFileOption = None,
     kubeconfig: KubeconfigOption = None,
     interval: Annotated[float, typer.Option("--interval", help="seconds between rounds")] = 5.0,
     cache_seconds: Annotated[
@@ -127,7 +137,8 @@ def approve_csrs(
     ] = 1.0,
     once: OnceOption = False,
 ) -> None:
-    """Approve kubelet CSRs of trusted nodes for their TPM-resident keys; deny the rest."""
+    """Approve kubelet CSRs of trusted nodes for their TPM-resident keys; deny the rest.
+    Reading the verifier's node list needs a reader token."""
     from cryptography import x509
     from kubernetes import client
 
@@ -145,7 +156,7 @@ def approve_csrs(
     approver = CsrApprover(
         client.CertificatesV1Api(api_client),
         client.CoreV1Api(api_client),
-        verifier_trust_source(verifier, ca, ttl=cache_seconds),
+        verifier_trust_source(verifier, ca, ttl=cache_seconds, token_file=token_file),
         ca_certificate,
     )
     if once:

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.nodes import CaOption, VerifierOption
+from stockade.cli.nodes import CaOption, ReadTokenOption, VerifierOption
 from stockade.cli.quote import OutputFormat
 from stockade.errors import InputError
 from stockade.translog.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
@@ -112,10 +112,10 @@ class HttpLogSource:
         ]
 
 
-def _client(verifier: str | None, ca: Path | None) -> Any:
+def _client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
     from stockade.agent.client import VerifierClient
 
-    return VerifierClient.from_options(verifier, ca)
+    return VerifierClient.from_options(verifier, ca, token_file)
 
 
 def _trusted_key(key: str | None, pin: Path | None, source: HttpLogSource) -> NoteVerifier:
@@ -284,6 +284,7 @@ def monitor_command(
         Path | None,
         typer.Option("--state", help="the last verified checkpoint, kept across runs"),
     ] = None,
+    token_file: ReadTokenOption = None,
     interval: Annotated[float, typer.Option(help="seconds between checks", min=0.1)] = 10.0,
     once: Annotated[bool, typer.Option("--once", help="check once and exit")] = False,
     entries: Annotated[
@@ -298,10 +299,11 @@ def monitor_command(
     """Follow the log's checkpoints: each must be signed by the log's key and extend the
     last verified one (a consistency proof). One line per new checkpoint; on a bad
     signature, a rollback, a fork or a rewritten entry, an ALERT line on stderr and exit 1
-    (the state file keeps the last good checkpoint)."""
+    (the state file keeps the last good checkpoint). Checkpoints and proofs are public;
+    fetching the entries (``--entries``, the default) needs a reader token."""
     from stockade.agent.client import VerifierRefused, VerifierUnavailable
 
-    with _client(verifier, ca) as api:
+    with _client(verifier, ca, token_file) as api:
         source = HttpLogSource(api)
         trusted = _trusted_key(key, pin, source)
         state = _load_state(state_file, trusted)

@@ -38,6 +38,15 @@ TokenFileOption = Annotated[
     Path | None,
     typer.Option("--token-file", help="operator token file [default: $STOCKADE_OPERATOR_TOKEN]"),
 ]
+# Reads of trust state need a reader or operator credential (<data dir>/reader-token, or a
+# named credential); the variable keeps its name for both.
+ReadTokenOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="reader or operator token file [default: $STOCKADE_OPERATOR_TOKEN]",
+    ),
+]
 
 
 def client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
@@ -74,10 +83,13 @@ def _node_table(nodes: list[dict[str, Any]]) -> Table:
 
 @app.command("list")
 def list_nodes(
-    verifier: VerifierOption = None, ca: CaOption = None, output: FormatOption = OutputFormat.TEXT
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: ReadTokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Every node the verifier knows, with its state and deadline."""
-    with client(verifier, ca) as api:
+    """Every node the verifier knows, with its state and deadline. Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
         nodes = api.nodes()
     if output is OutputFormat.JSON:
         emit_json({"nodes": nodes})
@@ -105,10 +117,12 @@ def show(
     node: NodeArgument,
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: ReadTokenOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """One node: identity (EK fingerprint), state, deadline, latest result."""
-    with client(verifier, ca) as api:
+    """One node: identity (EK fingerprint), state, deadline, latest result. Needs a reader
+    token."""
+    with client(verifier, ca, token_file) as api:
         document = api.node(node)
     if output is OutputFormat.JSON:
         emit_json(document)
@@ -186,16 +200,18 @@ def status(
     node: NodeArgument,
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: ReadTokenOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """The verifier's signed, short-lived statement of a node's standing, checked against
-    its published keys. Exit 1 when the node is not trusted."""
+    its published keys. Exit 1 when the node is not trusted. Finding the node by name or id
+    reads the node list: a reader token."""
     from datetime import UTC, datetime
 
     from stockade.cluster.status import verify_status
     from stockade.errors import VerificationFailed
 
-    with client(verifier, ca) as api:
+    with client(verifier, ca, token_file) as api:
         asked = api.resolve(node)
         answer = api.node_status(asked)
         keys = api.keys()

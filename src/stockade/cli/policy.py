@@ -12,7 +12,14 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.nodes import CaOption, FormatOption, TokenFileOption, VerifierOption, client
+from stockade.cli.nodes import (
+    CaOption,
+    FormatOption,
+    ReadTokenOption,
+    TokenFileOption,
+    VerifierOption,
+    client,
+)
 from stockade.cli.quote import OutputFormat
 from stockade.errors import InputError
 
@@ -54,10 +61,11 @@ def show(
     policy_id: Annotated[str, typer.Argument(help="policy id")],
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: ReadTokenOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """The latest version of a policy."""
-    with client(verifier, ca) as api:
+    """The latest version of a policy. Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
         stored = api.policy(policy_id)
     if output is OutputFormat.JSON:
         emit_json(stored)
@@ -68,10 +76,13 @@ def show(
 
 @app.command("list")
 def list_policies(
-    verifier: VerifierOption = None, ca: CaOption = None, output: FormatOption = OutputFormat.TEXT
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: ReadTokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Every policy with its latest version."""
-    with client(verifier, ca) as api:
+    """Every policy with its latest version. Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
         policies = api.policies()
     if output is OutputFormat.JSON:
         emit_json({"policies": policies})

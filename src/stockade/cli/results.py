@@ -12,7 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from stockade.cli._input import emit_json
-from stockade.cli.nodes import CaOption, FormatOption, NodeArgument, VerifierOption, client
+from stockade.cli.nodes import (
+    CaOption,
+    FormatOption,
+    NodeArgument,
+    ReadTokenOption,
+    VerifierOption,
+    client,
+)
 from stockade.cli.quote import OutputFormat
 
 app = typer.Typer(no_args_is_help=True, help="Attestation results (EAR) of nodes.")
@@ -53,10 +60,12 @@ def show(
     limit: Annotated[int, typer.Option("--limit", min=1, help="how many, newest first")] = 1,
     verifier: VerifierOption = None,
     ca: CaOption = None,
+    token_file: ReadTokenOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """The node's latest results: status, trust vector, policy, deadline and every reason."""
-    with client(verifier, ca) as api:
+    """The node's latest results: status, trust vector, policy, deadline and every reason.
+    Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
         results = api.results(node, limit)
         keys = api.keys()
     checked = []

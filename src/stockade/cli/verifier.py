@@ -17,6 +17,7 @@ from stockade.verifier.config import (
     DEFAULT_LOG_ORIGIN,
     DEFAULT_PORT,
     VerifierConfig,
+    EnrollmentMode,
     load_allowlist,
     load_ca_files,
 )
@@ -58,8 +59,20 @@ def serve(
         typer.Option(help="trusted TPM vendor CA certificates (PEM/DER; roots+intermediates)"),
     ] = None,
     ek_allowlist: Annotated[
-        Path | None, typer.Option(help="file of allowed EK fingerprints (sha256 hex)")
+        Path | None,
+        typer.Option(
+            help="file of allowed EKs: sha256 hex of the EK certificate or of the EK's "
+            "SubjectPublicKeyInfo, or serial:<hex>, one per line"
+        ),
     ] = None,
+    enrollment_mode: Annotated[
+        EnrollmentMode,
+        typer.Option(
+            "--enrollment-mode",
+            help="who admits a new TPM: approve (it waits as pending for `stockade nodes "
+            "approve`), allowlist (--ek-allowlist), open (development only)",
+        ),
+    ] = EnrollmentMode.APPROVE,
     policy: Annotated[
         Path | None, typer.Option(help="policy document (YAML/JSON) to apply and make active")
     ] = None,
@@ -78,6 +91,14 @@ def serve(
     previous_kek_file: Annotated[
         list[Path] | None,
         typer.Option("--previous-kek-file", help="older KEKs still readable during a rotation"),
+    ] = None,
+    credentials_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--credentials-file",
+            help="named credentials, one per line: <name> <operator|reader> sha256:<hex of "
+            "the token> (events record who acted)",
+        ),
     ] = None,
     log_origin: Annotated[
         str,
@@ -105,11 +126,15 @@ def serve(
         ek_roots=roots,
         ek_intermediates=intermediates,
         ek_allowlist=load_allowlist(ek_allowlist) if ek_allowlist else None,
+        enrollment_mode=enrollment_mode,
         policy_id=document["id"] if document else None,
         webhook_urls=tuple(webhook or ()),
         key_ring=load_key_ring(kek_file, tuple(previous_kek_file or ())),
         log_origin=log_origin,
+        credentials_file=credentials_file,
     )
+    if enrollment_mode is EnrollmentMode.ALLOWLIST and config.ek_allowlist is None:
+        raise InputError("--enrollment-mode allowlist needs --ek-allowlist FILE")
     prepared = prepare(config, host, port)
 
     from stockade.verifier.app import create_app
@@ -133,6 +158,10 @@ def serve(
         typer.echo(f"secrets:          KEK {config.key_ring.current.kek_id}")
     typer.echo(f"cluster CA:       {directory / 'cluster-ca'}")
     typer.echo(f"operator token:   {directory / 'operator-token'}")
+    typer.echo(f"reader token:     {directory / 'reader-token'}")
+    if credentials_file is not None:
+        typer.echo(f"credentials:      {credentials_file}")
+    typer.echo(f"enrollment:       {enrollment_mode.value}")
     typer.echo(f"log key:          {service.translog.key_string} ({directory / 'keys'})")
     for url in config.webhook_urls:
         typer.echo(f"webhook:          {url}")

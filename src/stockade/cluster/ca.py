@@ -9,13 +9,16 @@ Files in the CA directory: ``ca-key.pem`` (ECDSA P-256, PKCS#8, mode 0600;
 refused if group or others can read it) and ``ca.pem`` (self-signed, CA:TRUE,
 pathlen 0, keyCertSign + cRLSign, ten years).
 
-A node certificate is directly usable as a kubelet client certificate:
-subject ``O=system:nodes, CN=system:node:<node name>``, EKU clientAuth and
-serverAuth, SAN ``URI:spiffe://stockade/node/<node id>`` (and ``DNS:<node
-name>`` when the name is a DNS name). Two non-critical private extensions carry
-Stockade's identifiers, each an ASN.1 UTF8String, under an OID arc derived from a
-UUID (ITU-T X.667 / RFC 4122 section 8: ``2.25.<the UUID as one integer>``),
-UUID ``302626ba-4d70-4e35-801a-50df30e0d726``:
+A node certificate names only its node, and only as a TLS client (the shape of a
+kubelet client certificate): subject ``O=system:nodes, CN=system:node:<node
+name>``, EKU clientAuth only, SAN ``URI:spiffe://stockade/node/<node id>`` only.
+It has no serverAuth and no DNS or IP name: it can never serve TLS for a host name,
+whatever the node is called (kubelet serving certificates go through the Kubernetes
+CSR approver, ``stockade.kube.csr``). The name must pass
+``stockade.cluster.names.validate_node_name`` (``InvalidNodeName`` otherwise). Two
+non-critical private extensions carry Stockade's identifiers, each an ASN.1
+UTF8String, under an OID arc derived from a UUID (ITU-T X.667 / RFC 4122 section 8:
+``2.25.<the UUID as one integer>``), UUID ``302626ba-4d70-4e35-801a-50df30e0d726``:
 
 - ``2.25.64001036570269566545444087952775894822.1`` — the node id;
 - ``2.25.64001036570269566545444087952775894822.2`` — the attestation result id
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from stockade.cluster.names import KUBE_NODE_PREFIX, validate_node_name
 from stockade.errors import StockadeError, VerificationFailed
 from stockade.evidence.certify import check_node_key
 from stockade.evidence.public import TpmPublic
@@ -48,7 +52,6 @@ NODE_ID_OID = x509.ObjectIdentifier(f"{STOCKADE_OID_ARC}.1")
 RESULT_ID_OID = x509.ObjectIdentifier(f"{STOCKADE_OID_ARC}.2")
 
 SPIFFE_PREFIX = "spiffe://stockade/node/"
-KUBE_NODE_PREFIX = "system:node:"
 KUBE_NODES_GROUP = "system:nodes"
 
 CA_KEY_FILE = "ca-key.pem"
@@ -57,10 +60,8 @@ CA_VALIDITY = datetime.timedelta(days=3650)
 # A CA made this instant still covers node certificates backdated for clock skew.
 CA_BACKDATE = datetime.timedelta(hours=1)
 
-MAX_COMMON_NAME = 64  # RFC 5280 ub-common-name
 MAX_ID_LENGTH = 128
 _NODE_ID = re.compile(r"[A-Za-z0-9._~-]+")
-_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class ClusterCaError(StockadeError):
@@ -74,16 +75,6 @@ class NodeCertificateRejected(VerificationFailed):
         super().__init__(f"{check}: {detail}")
         self.check = check
         self.detail = detail
-
-
-def is_dns_name(name: str) -> bool:
-    """True for an RFC 1123 host name (not an IPv4 address): labels of letters, digits, '-'."""
-    if not name or len(name) > 253:
-        return False
-    labels = name.split(".")
-    if labels[-1].isdigit():
-        return False
-    return all(_DNS_LABEL.fullmatch(label) for label in labels)
 
 
 def _utf8_extension(oid: x509.ObjectIdentifier, value: str) -> x509.Extension[x509.ExtensionType]:
@@ -147,7 +138,12 @@ class ClusterCa:
 
         The caller has verified the key's TPM2_Certify; the key's attributes are
         checked again here (``check_node_key``) so no other key gets a certificate.
+        The certificate names only this node, as a TLS client: ``CN=system:node:<name>,
+        O=system:nodes``, SAN ``spiffe://stockade/node/<id>`` only, EKU clientAuth only.
+        Raises ``InvalidNodeName`` for a name that cannot be certified
+        (``validate_node_name``), ``ClusterCaError`` for other bad arguments.
         """
+        validate_node_name(node_name)
         check_node_key(key_public)
         start, end = _utc(not_before, "not_before"), _utc(not_after, "not_after")
         if start >= end:
@@ -157,15 +153,9 @@ class ClusterCa:
         if not result_id or len(result_id) > MAX_ID_LENGTH:
             raise ClusterCaError(f"result id must be 1 to {MAX_ID_LENGTH} characters")
         common_name = KUBE_NODE_PREFIX + node_name
-        if not node_name or len(common_name) > MAX_COMMON_NAME:
-            raise ClusterCaError(
-                f"node name {node_name!r} must be 1 to "
-                f"{MAX_COMMON_NAME - len(KUBE_NODE_PREFIX)} characters for CN {common_name!r}"
-            )
         public_key = key_public.public_key()
+        # The node id URI and nothing else: no DNS or IP name a TLS client could match.
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(SPIFFE_PREFIX + node_id)]
-        if is_dns_name(node_name):
-            names.append(x509.DNSName(node_name))
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         builder = (
             x509.CertificateBuilder()
@@ -185,9 +175,7 @@ class ClusterCa:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(digital_signature=True), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-                ),
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
             .add_extension(x509.SubjectAlternativeName(names), critical=False)

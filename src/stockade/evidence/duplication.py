@@ -3,7 +3,10 @@
 The verifier (no TPM, no libtss2) builds what TPM2_Duplicate would have produced for an
 object whose new parent is the node's Endorsement Key. The node's TPM imports it under
 its EK (TPM2_Import, Part 3, 13.3), loads it, and releases the sealed data with
-TPM2_Unseal only in a policy session whose PCRs match the ones the verifier attested.
+TPM2_Unseal only in a policy session that the node's channel key authorized
+(TPM2_PolicySigned, Part 3, 23.3) and whose PCRs match the ones the verifier attested.
+The channel key is a signing key in the same TPM that only the agent can load (its 0600
+key file): another process with full access to the TPM, holding the blob, gets nothing.
 
 Envelope: a TPM sealed data object holds at most 128 bytes, so the sealed data is a
 fresh AES-256 key and the payload travels beside it, AES-256-GCM encrypted under that
@@ -15,7 +18,8 @@ The sealed object (TPM 2.0 Part 2, 12.2.4 TPMT_PUBLIC; 12.3.2.4 TPMT_SENSITIVE):
 - attributes adminWithPolicy | noDA; userWithAuth CLEAR (the USER role needs the
   policy, never the empty authValue); fixedTPM and fixedParent CLEAR, as TPM2_Import
   requires;
-- authPolicy = PolicyPCR(selection, attested values) then PolicyCommandCode(Unseal);
+- authPolicy = PolicySigned(channel key Name, policyRef "stockade-unseal"), then
+  PolicyPCR(selection, attested values), then PolicyCommandCode(Unseal);
 - unique = SHA-256(seedValue || data), the binding TPM2_Load checks.
 
 The duplication blob has the outer wrapper only (no inner wrapper: symmetricAlg NULL at
@@ -46,7 +50,7 @@ from stockade.evidence.errors import CredentialError, EvidenceError
 from stockade.evidence.marshal import Reader, Writer, tpm2b
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
-from stockade.evidence.policy_digest import unseal_policy
+from stockade.evidence.policy_digest import UNSEAL_POLICY_REF, unseal_policy
 from stockade.evidence.public import (
     KeyedHashParameters,
     ObjectAttributes,
@@ -56,7 +60,8 @@ from stockade.evidence.public import (
 
 DUPLICATE = b"DUPLICATE"
 MAGIC = b"STKSEAL"
-VERSION = 1
+VERSION = 2  # 2: the unseal policy starts with PolicySigned by the node's channel key
+UNBOUND_VERSION = 1  # sealed to EK and PCRs only: any process using the TPM could unseal it
 
 SEALED_KEY_BYTES = 32  # the AES-256 key the TPM seals
 NONCE_BYTES = 12
@@ -70,7 +75,18 @@ SEALED_OBJECT_ATTRIBUTES = int(ObjectAttributes.ADMIN_WITH_POLICY | ObjectAttrib
 _SENSITIVE_BYTES = 2 + 2 + 2 + (2 + SEALED_NAME_HASH.digest_size) + (2 + SEALED_KEY_BYTES)
 _MAX_SEED_BYTES = 512  # RSA-4096 OAEP ciphertext; a P-521 point is 136 bytes
 _PCR_SELECT_BYTES = 3  # the 24 PCRs of a PC Client TPM
-_JSON_FIELDS = ("object_public", "duplicate", "encrypted_seed", "selection", "ciphertext")
+_JSON_FIELDS = (
+    "object_public",
+    "duplicate",
+    "encrypted_seed",
+    "selection",
+    "policy_ref",
+    "ciphertext",
+)
+_UNBOUND = (
+    "it was sealed without the node's channel-key authorization (a verifier before "
+    "PolicySigned binding) and is no longer accepted: ask the verifier for it again"
+)
 
 
 class SealingError(EvidenceError):
@@ -84,7 +100,10 @@ class SealedSecret:
     ``object_public`` is the TPM2B_PUBLIC of the sealed data object, ``duplicate`` its
     TPM2B_PRIVATE duplication blob, ``encrypted_seed`` the TPM2B_ENCRYPTED_SECRET for
     the EK (each with its size prefix, ready for TPM2_Import); ``selection`` the PCRs
-    the unseal policy covers; ``ciphertext`` the payload as nonce || AES-GCM ct || tag.
+    the unseal policy covers; ``policy_ref`` the policyRef the node's channel key signs
+    for TPM2_PolicySigned (always ``UNSEAL_POLICY_REF``: the node signs for nothing else);
+    ``ciphertext`` the payload as nonce || AES-GCM ct || tag. The authorizing key is
+    implicit: the channel key of the node the secret was released to.
 
     Construction checks the shape of every field and raises ``SealingError``, so a
     ``SealedSecret`` in hand is always well formed (not necessarily authentic: the TPM
@@ -93,11 +112,12 @@ class SealedSecret:
     Binary form (``marshal``), all integers big-endian::
 
         magic        7 bytes  b"STKSEAL"
-        version      UINT8    1
+        version      UINT8    2  (version 1, without PolicySigned, is refused)
         object_public         TPM2B_PUBLIC
         duplicate             TPM2B_PRIVATE
         encrypted_seed        TPM2B_ENCRYPTED_SECRET
         selection    UINT16 size, then a TPML_PCR_SELECTION of that size
+        policy_ref            TPM2B_NONCE (UINT16 size, then the policyRef)
         ciphertext   UINT32 size, then nonce || ct || tag
     """
 
@@ -106,11 +126,17 @@ class SealedSecret:
     encrypted_seed: bytes
     selection: PcrSelection
     ciphertext: bytes
+    policy_ref: bytes = UNSEAL_POLICY_REF
 
     def __post_init__(self) -> None:
-        for field in ("object_public", "duplicate", "encrypted_seed", "ciphertext"):
+        for field in ("object_public", "duplicate", "encrypted_seed", "ciphertext", "policy_ref"):
             if not isinstance(getattr(self, field), bytes):
                 raise SealingError(f"sealed secret {field} must be bytes")
+        if self.policy_ref != UNSEAL_POLICY_REF:
+            raise SealingError(
+                f"sealed secret policyRef {self.policy_ref!r} is not {UNSEAL_POLICY_REF!r}: "
+                "the node's channel key signs unseal authorizations for nothing else"
+            )
         _check_selection(self.selection)
         _check_sealed_public(self.public)
         _check_tpm2b(self.duplicate, "TPM2B_PRIVATE")
@@ -161,6 +187,7 @@ class SealedSecret:
             .raw(self.duplicate)
             .raw(self.encrypted_seed)
             .tpm2b(self.selection.marshal())
+            .tpm2b(self.policy_ref)
             .u32(len(self.ciphertext))
             .raw(self.ciphertext)
             .bytes()
@@ -174,12 +201,15 @@ class SealedSecret:
             if reader.take(len(MAGIC), "magic") != MAGIC:
                 raise SealingError("not a sealed secret (bad magic)")
             version = reader.u8("version")
+            if version == UNBOUND_VERSION:
+                raise SealingError(f"sealed secret version {version}: {_UNBOUND}")
             if version != VERSION:
                 raise SealingError(f"sealed secret version {version} is not {VERSION}")
             object_public = tpm2b(reader.tpm2b("TPM2B_PUBLIC"))
             duplicate = tpm2b(reader.tpm2b("TPM2B_PRIVATE"))
             encrypted_seed = tpm2b(reader.tpm2b("TPM2B_ENCRYPTED_SECRET"))
             selection = PcrSelection.unmarshal(reader.tpm2b("TPML_PCR_SELECTION"))
+            policy_ref = reader.tpm2b("policyRef")
             size = reader.u32("ciphertext size")
             if size > NONCE_BYTES + MAX_PAYLOAD_BYTES + TAG_BYTES:
                 raise SealingError(f"sealed secret ciphertext of {size} bytes is too large")
@@ -189,7 +219,7 @@ class SealedSecret:
             raise
         except EvidenceError as error:
             raise SealingError(str(error)) from None
-        return cls(object_public, duplicate, encrypted_seed, selection, ciphertext)
+        return cls(object_public, duplicate, encrypted_seed, selection, ciphertext, policy_ref)
 
     # -- JSON form (HTTP API) ----------------------------------------------------
 
@@ -200,6 +230,7 @@ class SealedSecret:
             "duplicate": base64.b64encode(self.duplicate).decode(),
             "encrypted_seed": base64.b64encode(self.encrypted_seed).decode(),
             "selection": str(self.selection),
+            "policy_ref": base64.b64encode(self.policy_ref).decode(),
             "ciphertext": base64.b64encode(self.ciphertext).decode(),
         }
 
@@ -209,6 +240,8 @@ class SealedSecret:
         if not isinstance(document, Mapping):
             raise SealingError("sealed secret JSON must be an object")
         keys = set(document)
+        if keys == set(_JSON_FIELDS) - {"policy_ref"}:
+            raise SealingError(f"sealed secret JSON without policy_ref: {_UNBOUND}")
         if keys != set(_JSON_FIELDS):
             missing = sorted(set(_JSON_FIELDS) - keys)
             unknown = sorted(str(key) for key in keys - set(_JSON_FIELDS))
@@ -236,6 +269,7 @@ class SealedSecret:
             decoded("encrypted_seed"),
             selection,
             decoded("ciphertext"),
+            decoded("policy_ref"),
         )
 
 
@@ -293,10 +327,17 @@ def _parent_key_bits(ek: TpmPublic) -> int:
 
 
 def seal_secret(
-    ek: TpmPublic, payload: bytes, selection: PcrSelection, pcrs: PcrValues
+    ek: TpmPublic,
+    payload: bytes,
+    selection: PcrSelection,
+    pcrs: PcrValues,
+    *,
+    authorizer_name: bytes,
 ) -> SealedSecret:
-    """Seal ``payload`` to the TPM holding ``ek``, released only while the PCRs in
-    ``selection`` hold the values ``pcrs`` gives them."""
+    """Seal ``payload`` to the TPM holding ``ek``, released only to a policy session that
+    the key named ``authorizer_name`` authorized (TPM2_PolicySigned over the session's
+    nonceTPM; the node's channel key, ``TpmPublic.name()`` of its TPM2B_PUBLIC) and only
+    while the PCRs in ``selection`` hold the values ``pcrs`` gives them."""
     if not isinstance(payload, bytes) or not 0 < len(payload) <= MAX_PAYLOAD_BYTES:
         size = len(payload) if isinstance(payload, bytes) else "non-bytes"
         raise SealingError(f"a sealed payload must be 1..{MAX_PAYLOAD_BYTES} bytes, got {size}")
@@ -304,7 +345,7 @@ def seal_secret(
     name_hash = ek.name_hash
     key_bits = _parent_key_bits(ek)
     try:
-        policy = unseal_policy(selection, pcrs)
+        policy = unseal_policy(selection, pcrs, authorizer_name)
     except EvidenceError as error:
         raise SealingError(f"cannot compute the unseal policy: {error}") from None
 
@@ -337,7 +378,12 @@ def seal_secret(
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = nonce + AESGCM(data_key).encrypt(nonce, payload, name)
     return SealedSecret(
-        public.marshal_tpm2b(), duplicate, tpm2b(encrypted_seed), selection, ciphertext
+        public.marshal_tpm2b(),
+        duplicate,
+        tpm2b(encrypted_seed),
+        selection,
+        ciphertext,
+        UNSEAL_POLICY_REF,
     )
 
 

@@ -6,17 +6,20 @@ and ``kubernetes.io/kubelet-serving``) are approved only when all of these hold,
 with every reason that failed otherwise:
 
 1. the PKCS#10 request is well formed and self-signed (its requester holds the key), its
-   subject is exactly ``O=system:nodes, CN=system:node:<name>`` and its usages are those
-   Kubernetes allows for that signer (client: no subjectAltName at all; serving: DNS and IP
-   names only, each one of the Node's own addresses, requested by ``system:node:<name>``);
+   subject is exactly ``O=system:nodes, CN=system:node:<name>`` with ``<name>`` a node name
+   (:func:`stockade.cluster.names.validate_node_name`: never a UUID, an address, uppercase
+   or longer than a certificate can hold) and its usages are those Kubernetes allows for
+   that signer (client: no subjectAltName at all; serving: DNS and IP names only, each one
+   of the Node's own addresses, requested by ``system:node:<name>``);
 2. Stockade node ``<name>`` is trusted (:func:`stockade.kube.trust.decide`: latest result
    affirming and fresh);
 3. the request's public key is the TPM-resident key the cluster CA certified for that node:
    the CSR carries the node's current Stockade node certificate in the annotation
    ``stockade.dev/node-certificate`` (PEM, or base64 of the PEM), which must chain to the
-   cluster CA and be valid now (:func:`stockade.cluster.ca.verify_node_certificate`), name
-   ``system:node:<name>`` and the node id the verifier knows under that name, and certify
-   exactly the request's public key.
+   cluster CA and be valid now (:func:`stockade.cluster.ca.verify_node_certificate`), have
+   the subject exactly ``O=system:nodes, CN=system:node:<name>`` for the same ``<name>`` and
+   the node id the verifier knows under that name, and certify exactly the request's public
+   key.
 
 A CSR already Approved or Denied, or for another signer, is left alone. While the verifier
 cannot be reached a CSR that is otherwise acceptable stays pending (neither approved nor
@@ -39,12 +42,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from stockade.cluster.ca import (
-    KUBE_NODE_PREFIX,
-    KUBE_NODES_GROUP,
-    NodeCertificateRejected,
-    verify_node_certificate,
-)
+from stockade.cluster.ca import KUBE_NODES_GROUP, NodeCertificateRejected, verify_node_certificate
+from stockade.cluster.names import KUBE_NODE_PREFIX, InvalidNodeName, validate_node_name
 from stockade.kube.trust import TrustSource, TrustUnavailable
 
 log = logging.getLogger(__name__)
@@ -143,10 +142,14 @@ def _node_name(subject: x509.Name) -> tuple[str | None, list[str]]:
     name: str | None = None
     if len(common_names) != 1 or not str(common_names[0]).startswith(KUBE_NODE_PREFIX):
         problems.append(f"subject common name must be {KUBE_NODE_PREFIX}<node name>")
-    else:
-        name = str(common_names[0])[len(KUBE_NODE_PREFIX) :] or None
-        if name is None:
-            problems.append("subject names no node")
+        return None, problems
+    candidate = str(common_names[0])[len(KUBE_NODE_PREFIX) :]
+    try:
+        # The same rule enrollment and the cluster CA apply: a name that could not be a
+        # Stockade node's (a UUID, an address, uppercase, too long) names no node.
+        name = validate_node_name(candidate)
+    except InvalidNodeName as error:
+        problems.append(f"subject names no node: {error}")
     return name, problems
 
 
@@ -275,10 +278,17 @@ def _certificate_problems(
     except NodeCertificateRejected as error:
         return [f"the node certificate is not the cluster CA's for now ({error})"]
     problems: list[str] = []
-    subject_cns = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cert_name = str(subject_cns[0].value) if subject_cns else ""
-    if cert_name != KUBE_NODE_PREFIX + name:
-        problems.append(f"the node certificate is for {cert_name or 'no name'}, not node {name}")
+    # Exactly O=system:nodes, CN=system:node:<name>, for exactly this node.
+    cert_name, subject_problems = _node_name(certificate.subject)
+    if subject_problems:
+        problems.append(
+            f"the node certificate's subject {certificate.subject.rfc4514_string()!r} is not "
+            f"O={KUBE_NODES_GROUP}, CN={KUBE_NODE_PREFIX}{name}: {'; '.join(subject_problems)}"
+        )
+    elif cert_name != name:
+        problems.append(
+            f"the node certificate is for {KUBE_NODE_PREFIX}{cert_name}, not node {name}"
+        )
     if node_id is not None and cert_node_id != node_id:
         problems.append(
             f"the node certificate is for Stockade node id {cert_node_id}, but {name} is "

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stockade.cluster.names import validate_node_name
 from stockade.errors import InputError, StockadeError
 from stockade.kube.csr import CLIENT_SIGNER, NODE_CERTIFICATE_ANNOTATION, SERVING_SIGNER
 
@@ -31,12 +33,22 @@ class CsrFailed(StockadeError):
     exit_code = 2
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
 def _subject_alt_names(addresses: Sequence[str]) -> str:
+    """openssl's ``subjectAltName=`` value. Each address is an IP address or an RFC 1123 host
+    name, nothing else: a ',' or ':' would add names of the caller's choosing."""
     names = []
     for address in addresses:
         try:
             ipaddress.ip_address(address)
         except ValueError:
+            labels = address.split(".")
+            if len(address) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels):
+                raise InputError(
+                    f"--address {address!r} is neither an IP address nor an RFC 1123 host name"
+                ) from None
             names.append(f"DNS:{address}")
         else:
             names.append(f"IP:{address}")
@@ -47,8 +59,12 @@ def tpm_signed_request(
     key: Path, tcti: str, node_name: str, addresses: Sequence[str] = ()
 ) -> bytes:
     """A PEM PKCS#10 request for ``O=system:nodes, CN=system:node:<name>``, signed by the TPM
-    key in ``key`` (a TSS2 PRIVATE KEY) through tpm2-openssl."""
+    key in ``key`` (a TSS2 PRIVATE KEY) through tpm2-openssl. ``InvalidNodeName`` for a name
+    that is not a node name (which also keeps '/', '+' and '=' out of openssl's ``-subj``)."""
     from stockade.tpm.node_key import OPENSSL_TPM2_FLAGS, openssl_tpm_env
+
+    validate_node_name(node_name)
+    subject_alt_names = _subject_alt_names(addresses)
 
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -58,7 +74,7 @@ def tpm_signed_request(
         "-subj", f"/O=system:nodes/CN=system:node:{node_name}",
     ]  # fmt: skip
     if addresses:
-        command += ["-addext", f"subjectAltName={_subject_alt_names(addresses)}"]
+        command += ["-addext", f"subjectAltName={subject_alt_names}"]
     done = subprocess.run(
         command,
         capture_output=True,
@@ -128,6 +144,7 @@ def csr_manifest(
     request_pem: bytes, node_certificate_pem: bytes, node_name: str, kind: str
 ) -> dict[str, Any]:
     """The CertificateSigningRequest (certificates.k8s.io/v1) to ``kubectl create -f``."""
+    validate_node_name(node_name)
     if kind not in SIGNERS:
         raise InputError(f"--signer is client or serving, not {kind!r}")
     return {

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -107,9 +108,12 @@ class CachedTrustSource:
         return nodes
 
 
-def verifier_trust_source(verifier: str, ca: Any = None, ttl: float = 1.0) -> CachedTrustSource:
-    """A cached trust source over the verifier's HTTPS API."""
+def verifier_trust_source(
+    verifier: str, ca: Any = None, ttl: float = 1.0, token_file: Path | None = None
+) -> CachedTrustSource:
+    """A cached trust source over the verifier's HTTPS API. The node list needs a reader
+    token: ``token_file``, else ``$STOCKADE_OPERATOR_TOKEN``."""
     from stockade.agent.client import VerifierClient
 
-    client = VerifierClient(verifier, ca)
+    client = VerifierClient.from_options(verifier, ca, token_file)
     return CachedTrustSource(lambda: client.request("GET", "/v1/nodes"), ttl)

@@ -17,9 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_ECC
+import contextlib
+from collections.abc import Iterator
+
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_ECC, TPM2_RH, TPM2_ST
 from tpm2_pytss.tsskey import TSSPrivKey
-from tpm2_pytss.types import TPMT_SIG_SCHEME
+from tpm2_pytss.types import TPM2B_DIGEST, TPMT_SIG_SCHEME, TPMT_TK_HASHCHECK
 
 from stockade.errors import InputError
 from stockade.evidence.errors import EvidenceError
@@ -118,6 +121,38 @@ def certify_node_key(
                 session2=ESYS_TR.PASSWORD,
             )
     return bytes(attest), bytes(signature.marshal())
+
+
+@contextlib.contextmanager
+def loaded_node_key(tpm: Tpm, key: NodeKey) -> Iterator[ESYS_TR]:
+    """The key loaded under its primary for the block; flushed afterwards."""
+    tss_key = _tss_key(key)
+    with tpm_command("Load"):
+        handle = tss_key.load(tpm.esys)
+    with tpm.transient(handle):
+        yield handle
+
+
+def sign_digest_with(tpm: Tpm, handle: ESYS_TR, digest: bytes) -> bytes:
+    """TPM2_Sign of a SHA-256 ``digest`` by the loaded (unrestricted) P-256 key ``handle``:
+    the signature as IEEE P1363 ``r || s`` (32 bytes each), as RFC 9421 and JWS want it."""
+    if len(digest) != 32:
+        raise ValueError("sign_digest_with signs SHA-256 digests (32 bytes)")
+    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+    scheme.details.any.hashAlg = TPM2_ALG.SHA256
+    # An unrestricted key needs no proof that the TPM hashed the data: a NULL ticket.
+    ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
+    with tpm_command("Sign"):
+        signature = tpm.esys.sign(handle, TPM2B_DIGEST(digest), scheme, ticket)
+    r = bytes(signature.signature.ecdsa.signatureR)
+    s = bytes(signature.signature.ecdsa.signatureS)
+    return r.rjust(32, b"\0") + s.rjust(32, b"\0")
+
+
+def sign_digest(tpm: Tpm, key: NodeKey, digest: bytes) -> bytes:
+    """Load ``key``, sign ``digest`` (see :func:`sign_digest_with`), flush."""
+    with loaded_node_key(tpm, key) as handle:
+        return sign_digest_with(tpm, handle, digest)
 
 
 def save_node_key(key: NodeKey, path: Path) -> None:

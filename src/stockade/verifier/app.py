@@ -8,14 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stockade.channel import ReplayCache
 from stockade.cluster.ca import ClusterCa
 from stockade.verifier import (
+    admission,
     attestation,
     enrollment,
     events,
@@ -24,16 +26,25 @@ from stockade.verifier import (
     membership,
     nodes,
     nonces,
+    operator_auth,
     policies,
     secrets,
+    security_events,
 )
 from stockade.verifier.appraiser import Appraiser, default_appraiser
 from stockade.verifier.config import VerifierConfig
+from stockade.verifier.datadir import prepare_data_dir, prepare_database_file
 from stockade.verifier.db import make_engine, migrate, session_factory
-from stockade.verifier.errors import VerifierError
-from stockade.verifier.operator_auth import load_or_create_operator_token
+from stockade.verifier.errors import ConfigurationError, VerifierError
+from stockade.verifier.operator_auth import (
+    Authority,
+    load_or_create_operator_token,
+    require_reader,
+)
+from stockade.verifier.rate_limit import ConcurrencySlots, enrollment_limiter
 from stockade.verifier.results import jwks
 from stockade.verifier.secrets import check_secrets_readable
+from stockade.verifier.security_events import SecurityEventLimiter
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import run_sweeper
 from stockade.verifier.tls import load_or_create_signing_key
@@ -111,7 +122,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         body: dict[str, Any] = error_body(error.code, error.detail)
         if error.reasons is not None:
             body["reasons"] = list(error.reasons)
-        return JSONResponse(body, status_code=error.status)
+        # Retry-After (429), WWW-Authenticate (401): errors that carry headers say so.
+        headers: dict[str, str] | None = getattr(error, "headers", None)
+        return JSONResponse(body, status_code=error.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -145,18 +158,37 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     sweeper, and the webhook worker when ``config.webhook_urls`` names a URL, run while the
     app's lifespan does (uvicorn, or ``with TestClient(app)``).
     """
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    prepare_data_dir(config.data_dir)
+    limits = (
+        config.max_event_streams,
+        config.max_event_streams_per_client,
+        config.event_stream_max_seconds,
+        config.enrollment_rate_per_minute,
+    )
+    if not all(limit > 0 for limit in limits):
+        raise ConfigurationError(
+            "max_event_streams, max_event_streams_per_client, event_stream_max_seconds and "
+            "enrollment_rate_per_minute must be positive"
+        )
+    prepare_database_file(config.resolved_database_url)
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
+    prepare_database_file(config.resolved_database_url)  # -wal/-shm made by the migration
+    operator_token = config.operator_token or load_or_create_operator_token(config.data_dir)
+    authority = Authority.load(
+        config.data_dir, operator_token, config.credentials_file, config.clock
+    )
     service = Service(
         config=config,
         engine=engine,
         sessions=session_factory(engine),
         signing_key=load_or_create_signing_key(config.data_dir),
         appraiser=default_appraiser() if appraiser is _DEFAULT else appraiser,
-        operator_token=config.operator_token or load_or_create_operator_token(config.data_dir),
+        operator_token=operator_token,
         cluster_ca=ClusterCa.load_or_create(config.data_dir / "cluster-ca"),
         translog=TransparencyLog.open(engine, config.data_dir, config.log_origin, config.clock),
+        replay_cache=ReplayCache(window=2 * config.channel_max_skew_seconds),
+        security_limiter=SecurityEventLimiter(),
     )
     check_secrets_readable(service)
 
@@ -184,12 +216,24 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         version=config.verifier_build,
         description="Enrollment, attestation and results (docs/verifier-protocol.md).",
         lifespan=lifespan,
+        # No unauthenticated schema and no documentation pages that load scripts from a CDN:
+        # the schema is GET /v1/openapi.json, for readers.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.service = service
+    app.state.authority = authority
+    app.state.enrollment_limiter = enrollment_limiter(config.enrollment_rate_per_minute)
+    app.state.event_streams = ConcurrencySlots(
+        config.max_event_streams, config.max_event_streams_per_client
+    )
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     _install_error_handlers(app)
     for module in (
         enrollment,
+        admission,
+        security_events,
         nonces,
         attestation,
         nodes,
@@ -201,6 +245,12 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     ):
         app.include_router(module.router)
     app.include_router(log_api.router)
+    app.include_router(operator_auth.router)
+
+    @app.get("/v1/openapi.json", tags=["operator"], dependencies=[Depends(require_reader)])
+    def openapi() -> dict[str, Any]:
+        """This service's OpenAPI document (a reader or operator credential)."""
+        return app.openapi()
 
     @app.get("/v1/keys", tags=["results"])
     def keys(request: Request) -> dict[str, Any]:

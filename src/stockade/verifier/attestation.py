@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, insert, select, update
 
@@ -29,6 +29,8 @@ from stockade.verifier.executions import (
     store_executions,
 )
 from stockade.verifier.models import Event, Node, Result
+from stockade.verifier.node_auth import require_node
+from stockade.verifier.security_events import record_security_event
 from stockade.verifier.nonces import consume_nonce, nonce_usable
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
 from stockade.verifier.service import ActivePolicy, Service, service_of
@@ -255,11 +257,39 @@ def _prepare(
     )
 
 
-@router.post("/v1/nodes/{node_id}/evidence", response_model=EvidenceResponse)
+class _Unverified(Exception):
+    """The quote did not verify with the node's AK over its nonce: evidence of nothing."""
+
+    def __init__(self, prepared: _Prepared) -> None:
+        super().__init__(prepared.reasons)
+        self.prepared = prepared
+
+
+def _reject_unverified(
+    service: Service, node_id: str, evidence: Evidence, prepared: _Prepared, now: datetime
+) -> Forbidden:
+    """Spend the nonce (so the same challenge cannot be tried again), record a rate-limited
+    security event, and nothing else: no result, no state change, no log entry."""
+    with service.engine.begin() as connection:
+        consume_nonce(connection, node_id, evidence.nonce, now)
+    reasons = "; ".join(prepared.reasons) or "the quote does not verify"
+    record_security_event(service, "evidence-unverified", reasons, node_id=node_id)
+    return Forbidden(
+        f"the evidence does not verify ({reasons}); nothing was recorded", code="evidence"
+    )
+
+
+@router.post(
+    "/v1/nodes/{node_id}/evidence",
+    response_model=EvidenceResponse,
+    dependencies=[Depends(require_node)],
+)
 def submit_evidence(
     node_id: Annotated[str, Path(max_length=64)], body: EvidenceRequest, request: Request
 ) -> EvidenceResponse:
-    """Failing evidence is a finding (200, contraindicated), not a protocol error.
+    """Evidence the node's AK signed over its nonce is a finding even when it fails appraisal
+    (200, contraindicated). A quote that does not verify is not: it is refused (403
+    ``evidence``) and changes nothing but a security counter.
 
     Appraisal and signing run outside any write transaction, against a snapshot of the node;
     one short transaction then consumes the nonce (the single decision on its use), checks the
@@ -280,6 +310,10 @@ def submit_evidence(
             )
         except _StaleNode:
             continue
+        except _Unverified as unverified:
+            raise _reject_unverified(
+                service, node_id, evidence, unverified.prepared, service.now()
+            ) from None
     raise AssertionError("unreachable: the last attempt appraises under the write lock")
 
 
@@ -309,6 +343,8 @@ def _submit(
     active = service.active_policy()
     if optimistic:
         prepared = _prepare(service, active, node, evidence, now, inputs)
+        if prepared.clock is None:
+            raise _Unverified(prepared)
     with service.engine.begin() as connection:
         # The nonce goes first: it takes the write lock and is spent even if appraisal fails.
         consume_nonce(connection, node_id, evidence.nonce, now)
@@ -320,6 +356,8 @@ def _submit(
         current = _ExecutionInput(*execution_log, load_state(connection, node_id))
         if prepared is None:
             prepared = _prepare(service, active, locked, evidence, now, current)
+            if prepared.clock is None:
+                raise _Unverified(prepared)  # rolls back; the nonce is spent on its own
         elif prepared.inputs != (*locked.appraisal_inputs(), current.fingerprint):
             raise _StaleNode  # rolls back: the nonce stays unused for the next attempt
         state = _store(connection, locked, prepared, now)

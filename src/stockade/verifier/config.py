@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
@@ -17,6 +18,15 @@ DEFAULT_PORT = 8443
 DEFAULT_HOST = "127.0.0.1"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_LOG_ORIGIN = "stockade.local/verifier-log"
+
+
+class EnrollmentMode(StrEnum):
+    """Who admits a new machine (a new EK): the operator (``approve``, the default), an EK
+    allowlist file (``allowlist``), or anyone with a genuine TPM (``open``: development)."""
+
+    APPROVE = "approve"
+    ALLOWLIST = "allowlist"
+    OPEN = "open"
 
 
 def utc_now() -> datetime:
@@ -44,7 +54,17 @@ class VerifierConfig:
     database_url: str | None = None
     ek_roots: Sequence[x509.Certificate] = ()
     ek_intermediates: Sequence[x509.Certificate] = ()
-    ek_allowlist: frozenset[str] | None = None  # sha256 hex of EK TPM2B_PUBLIC
+    # Enrollment mode ``allowlist`` admits EKs whose certificate's sha256 (hex), EK identity
+    # (sha256 of the EK's SubjectPublicKeyInfo) or ``serial:<hex>`` is listed; the list also
+    # restricts the other modes when given.
+    ek_allowlist: frozenset[str] | None = None
+    enrollment_mode: EnrollmentMode = EnrollmentMode.APPROVE
+    # How long a pending node (mode approve) waits for the operator before it is swept.
+    pending_ttl_seconds: float = 7 * 24 * 3600.0
+    # How long ``stockade nodes replace`` keeps a name open for its new hardware.
+    replace_ttl_seconds: float = 24 * 3600.0
+    # Node-channel signatures: accepted this far from the verifier's clock (seconds).
+    channel_max_skew_seconds: int = 300
     policy_id: str | None = None
     nonce_ttl_seconds: float = 30.0
     enrollment_ttl_seconds: float = 300.0
@@ -59,6 +79,16 @@ class VerifierConfig:
     key_ring: KeyRing | None = None
     # Bearer token for the secrets and labels API; None: made once in <data_dir>/operator-token.
     operator_token: str | None = None
+    # Named credentials, one per line: <name> <operator|reader> sha256:<hex of the token>
+    # (stockade.verifier.operator_auth.load_credentials); None: the built-in tokens only.
+    credentials_file: Path | None = None
+    # GET /v1/events: concurrent streams in all and per client (credential and address), and
+    # how long one stream lasts before it ends (clients resume with Last-Event-ID).
+    max_event_streams: int = 64
+    max_event_streams_per_client: int = 4
+    event_stream_max_seconds: float = 3600.0
+    # Unauthenticated enrollment calls per client address (burst 20; stockade.verifier.rate_limit).
+    enrollment_rate_per_minute: float = 60.0
     # How long a signed node status statement (GET /v1/nodes/{id}/status) stays valid.
     status_validity_seconds: float = 60.0
     # The transparency log's origin (first line of every checkpoint) and its key's name;
@@ -105,7 +135,9 @@ def _self_signed(cert: x509.Certificate) -> bool:
 
 
 def load_allowlist(path: Path) -> frozenset[str]:
-    """One EK fingerprint (sha256 hex of the EK TPM2B_PUBLIC) per line; ``#`` comments."""
+    """One entry per line, ``#`` comments: a sha256 hex fingerprint (of the EK certificate's
+    DER, or the EK identity: sha256 of its SubjectPublicKeyInfo), or ``serial:<hex>`` (the EK
+    certificate's serial number; serials are unique only per vendor CA, prefer fingerprints)."""
     try:
         text = path.read_text()
     except OSError as error:
@@ -115,6 +147,13 @@ def load_allowlist(path: Path) -> frozenset[str]:
         line = raw.split("#", 1)[0].strip().lower()
         if not line:
             continue
+        if line.startswith("serial:"):
+            serial = line.removeprefix("serial:").removeprefix("0x").lstrip("0") or "0"
+            if any(c not in "0123456789abcdef" for c in serial) or len(serial) > 40:
+                raise ConfigurationError(f"{path}:{number}: not a hex serial number: {raw!r}")
+            entries.add(f"serial:{serial}")
+            continue
+        line = line.removeprefix("sha256:").replace(":", "")
         if len(line) != 64 or any(c not in "0123456789abcdef" for c in line):
             raise ConfigurationError(f"{path}:{number}: not a sha256 hex fingerprint: {raw!r}")
         entries.add(line)

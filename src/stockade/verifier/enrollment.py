@@ -1,7 +1,16 @@
-"""Enrollment: EK certificate chain, AK checks, MakeCredential, then activation.
+"""Enrollment: who a node is, and whether it may be one.
 
-Only a TPM holding the certified EK can recover the secret, and only for the
-named AK, so a correct activation binds the AK to that EK.
+A node *is* its EK: the identity is the sha256 of the EK's SubjectPublicKeyInfo as its
+certificate certifies it (``stockade.evidence.ek_identity``), and the public area must be a TCG
+EK template holding that key, so no re-encoding makes one TPM two nodes or lifts a revocation.
+MakeCredential then proves the AK lives in that TPM (only it can recover the secret, and only
+for that AK Name); at activation the AK certifies the node's channel key (TPM2_Certify over a
+digest of the secret), which signs every later call (``stockade.verifier.node_auth``).
+
+A name belongs to one EK: enrolling under a name another EK holds is refused (409) and
+recorded; moving a name to new hardware is the operator's ``stockade nodes replace``. A new EK
+is admitted by the enrollment mode: ``approve`` (it waits as ``pending``), ``allowlist``, or
+``open``.
 """
 
 from __future__ import annotations
@@ -10,22 +19,32 @@ import hashlib
 import hmac
 import os
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from stockade.channel import channel_certify_nonce
+from stockade.cluster.names import InvalidNodeName, validate_node_name
+from stockade.evidence.certify import CertifyRejected, verify_certify
 from stockade.evidence.credential import make_credential
 from stockade.evidence.ek_certificate import validate_ek_certificate
+from stockade.evidence.ek_identity import check_ek_template, ek_identity
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.public import TpmPublic
 from stockade.evidence.quote import check_ak
+from stockade.verifier.config import EnrollmentMode
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
 from stockade.verifier.events import record_event
-from stockade.verifier.models import Enrollment, Node
-from stockade.verifier.service import service_of
+from stockade.verifier.models import Enrollment, ExecutionStateRow, Node
+from stockade.verifier.security_events import record_security_event
+from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import NodeState, transition
 from stockade.verifier.wire import decode_b64, encode_b64, rfc3339
 
@@ -38,10 +57,10 @@ MAX_NAME = 255
 class EnrollmentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    ek_certificate: str = Field(description="base64 DER")
-    ek_public: str = Field(description="base64 TPM2B_PUBLIC")
-    ak_public: str = Field(description="base64 TPM2B_PUBLIC")
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    ek_certificate: str = Field(max_length=16384, description="base64 DER")
+    ek_public: str = Field(max_length=2048, description="base64 TPM2B_PUBLIC")
+    ak_public: str = Field(max_length=2048, description="base64 TPM2B_PUBLIC")
 
 
 class EnrollmentChallenge(BaseModel):
@@ -54,7 +73,18 @@ class EnrollmentChallenge(BaseModel):
 class ActivationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    secret: str = Field(description="base64 secret recovered with TPM2_ActivateCredential")
+    secret: str = Field(
+        max_length=256, description="base64 secret recovered with TPM2_ActivateCredential"
+    )
+    channel_key_public: str = Field(
+        max_length=2048, description="base64 TPM2B_PUBLIC of the node's channel key"
+    )
+    channel_certify_info: str = Field(
+        max_length=4096,
+        description="base64 TPMS_ATTEST: TPM2_Certify of the channel key by the AK over "
+        "SHA-256('stockade/v1 channel key' || 0x00 || enrollment_id || secret)",
+    )
+    channel_signature: str = Field(max_length=2048, description="base64 TPMT_SIGNATURE")
 
 
 class ActivationResponse(BaseModel):
@@ -64,8 +94,8 @@ class ActivationResponse(BaseModel):
 
 
 def ek_fingerprint(ek: TpmPublic) -> str:
-    """sha256 of the EK's TPM2B_PUBLIC bytes, hex: a node's identity."""
-    return hashlib.sha256(ek.marshal_tpm2b()).hexdigest()
+    """The node's identity: sha256 (hex) of the EK's SubjectPublicKeyInfo."""
+    return ek_identity(ek)
 
 
 def _public(data: bytes, field: str) -> TpmPublic:
@@ -75,11 +105,93 @@ def _public(data: bytes, field: str) -> TpmPublic:
         raise BadRequest(f"{field}: {error}", code="malformed") from None
 
 
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def allowlist_keys(certificate: bytes, identity: str) -> set[str]:
+    """The allowlist entries that name this EK: its identity, its certificate's sha256, and
+    ``serial:<hex>`` of its certificate."""
+    keys = {identity, hashlib.sha256(certificate).hexdigest()}
+    try:
+        keys.add(f"serial:{x509.load_der_x509_certificate(certificate).serial_number:x}")
+    except ValueError:
+        pass
+    return keys
+
+
+def _admitted(service: Service, certificate: bytes, identity: str) -> None:
+    config = service.config
+    listed = config.ek_allowlist
+    if config.enrollment_mode is EnrollmentMode.ALLOWLIST and listed is None:
+        raise Forbidden("enrollment mode allowlist has no allowlist configured", code="allowlist")
+    if listed is not None and not (allowlist_keys(certificate, identity) & listed):
+        raise Forbidden(f"EK {identity} is not on the allowlist", code="allowlist")
+
+
+def _replacement_open(holder: Node, identity: str, certificate: bytes, now: datetime) -> bool:
+    """``stockade nodes replace`` armed ``holder``'s name for new hardware (and this EK)."""
+    if holder.replace_until is None or holder.replace_until <= now:
+        return False
+    if holder.replace_ek is None:
+        return True
+    return holder.replace_ek in allowlist_keys(certificate, identity)
+
+
+def _check_name(
+    service: Service,
+    session: Session,
+    name: str,
+    identity: str,
+    certificate: bytes,
+    now: datetime,
+    source: str | None,
+) -> None:
+    """Refuse (409 ``name``, recorded) a name another EK holds, and a new name for an EK that
+    is already a node under another one."""
+    holder = session.scalars(select(Node).where(Node.name == name)).first()
+    known = session.scalars(select(Node).where(Node.ek_fingerprint == identity)).first()
+    if known is not None and known.name != name:
+        record_security_event(
+            service,
+            "name-change",
+            f"EK {identity} (node {known.id}, {known.name}) tried to enroll as {name!r}",
+            node_id=known.id,
+            name=name,
+            source=source,
+        )
+        raise Conflict(
+            f"this TPM is enrolled as {known.name!r}; enrolling it under another name is "
+            "refused (an operator can remove or replace the node)",
+            code="name",
+        )
+    if holder is not None and holder.ek_fingerprint != identity:
+        if known is None and _replacement_open(holder, identity, certificate, now):
+            return
+        record_security_event(
+            service,
+            "name-taken",
+            f"EK {identity} tried to enroll as {name!r}, which node {holder.id} holds",
+            node_id=holder.id,
+            name=name,
+            source=source,
+        )
+        raise Conflict(
+            f"the name {name!r} belongs to another TPM (node {holder.id}); moving it to new "
+            "hardware is an operator's act: stockade nodes replace NAME",
+            code="name",
+        )
+
+
 @router.post("/v1/enrollments", status_code=201, response_model=EnrollmentChallenge)
 def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentChallenge:
     service = service_of(request)
     config = service.config
     now = service.now()
+    try:
+        name = validate_node_name(body.name)
+    except InvalidNodeName as error:
+        raise BadRequest(str(error), code="name") from None
     certificate = decode_b64(body.ek_certificate, "ek_certificate")
     ek_bytes = decode_b64(body.ek_public, "ek_public")
     ak_bytes = decode_b64(body.ak_public, "ak_public")
@@ -93,15 +205,15 @@ def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentCha
             intermediates=config.ek_intermediates,
             now=now,
         )
+        check_ek_template(ek)
     except EvidenceError as error:
-        raise Forbidden(f"EK certificate refused: {error}", code="ek-certificate") from None
+        raise Forbidden(f"EK refused: {error}", code="ek-certificate") from None
     try:
         check_ak(ak)
     except EvidenceError as error:
         raise BadRequest(f"ak_public: {error}", code="attestation-key") from None
-    fingerprint = ek_fingerprint(ek)
-    if config.ek_allowlist is not None and fingerprint not in config.ek_allowlist:
-        raise Forbidden(f"EK {fingerprint} is not on the allowlist", code="allowlist")
+    identity = ek_identity(ek)
+    _admitted(service, certificate, identity)
     secret = os.urandom(SECRET_BYTES)
     try:
         blob = make_credential(ek, ak.name(), secret)
@@ -110,14 +222,15 @@ def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentCha
     expires_at = now + timedelta(seconds=config.enrollment_ttl_seconds)
     enrollment_id = str(uuid.uuid4())
     with service.transaction() as session:
-        known = session.scalars(select(Node).where(Node.ek_fingerprint == fingerprint)).first()
+        known = session.scalars(select(Node).where(Node.ek_fingerprint == identity)).first()
         if known is not None and known.revoked:
             raise Forbidden(f"node {known.id} is revoked", code="revoked")
+        _check_name(service, session, name, identity, certificate, now, _source(request))
         session.add(
             Enrollment(
                 id=enrollment_id,
-                name=body.name,
-                ek_fingerprint=fingerprint,
+                name=name,
+                ek_fingerprint=identity,
                 ek_public=ek.marshal_tpm2b(),
                 ek_certificate=certificate,
                 ak_public=ak.marshal_tpm2b(),
@@ -133,6 +246,25 @@ def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentCha
         encrypted_secret=encode_b64(blob.encrypted_secret),
         expires_at=rfc3339(expires_at),
     )
+
+
+def _channel_key(body: ActivationRequest, enrollment: Enrollment, secret: bytes) -> bytes:
+    """The channel key's TPM2B_PUBLIC, once the enrolled AK certified it over this enrollment."""
+    key_public = _public(decode_b64(body.channel_key_public, "channel_key_public"), "channel key")
+    try:
+        verify_certify(
+            TpmPublic.unmarshal_tpm2b(enrollment.ak_public),
+            key_public,
+            decode_b64(body.channel_certify_info, "channel_certify_info"),
+            decode_b64(body.channel_signature, "channel_signature"),
+            channel_certify_nonce(enrollment.id, secret),
+        )
+    except (CertifyRejected, EvidenceError) as error:
+        raise Forbidden(
+            f"the channel key is not proven resident in the enrolled TPM: {error}",
+            code="certify",
+        ) from None
+    return key_public.marshal_tpm2b()
 
 
 @router.post("/v1/enrollments/{enrollment_id}/activation", response_model=ActivationResponse)
@@ -168,36 +300,118 @@ def activate(
         raise Forbidden(
             "the secret does not match: the AK is not resident in the EK's TPM", code="activation"
         )
+    channel_key = _channel_key(body, enrollment, secret)
+    try:
+        with service.transaction() as session:
+            node = _bind(service, session, enrollment, channel_key, now, _source(request))
+            return ActivationResponse(node_id=node.id, name=node.name, state=node.state)
+    except IntegrityError:
+        raise Conflict(
+            f"the name {enrollment.name!r} was taken by another TPM meanwhile", code="name"
+        ) from None
 
-    with service.transaction() as session:
-        node = session.scalars(
-            select(Node).where(Node.ek_fingerprint == enrollment.ek_fingerprint).with_for_update()
-        ).first()
-        if node is None:
-            node = Node(
-                id=str(uuid.uuid4()),
-                name=enrollment.name,
-                ek_fingerprint=enrollment.ek_fingerprint,
-                ek_public=enrollment.ek_public,
-                ek_certificate=enrollment.ek_certificate,
-                ak_public=enrollment.ak_public,
-                state=NodeState.ENROLLED,
-                revoked=False,
-                allowed=True,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(node)
-            session.flush()
-            record_event(session, node, None, NodeState.ENROLLED, "enrolled", now)
-        else:
-            if node.revoked:
-                raise Forbidden(f"node {node.id} is revoked", code="revoked")
-            # Same TPM, new AK (a reinstall): keep identity and history, forget earlier trust.
-            node.name = enrollment.name
-            node.ak_public = enrollment.ak_public
-            node.ek_certificate = enrollment.ek_certificate
-            node.trusted_until = None
+
+def _bind(
+    service: Service,
+    session: Session,
+    enrollment: Enrollment,
+    channel_key: bytes,
+    now: datetime,
+    source: str | None,
+) -> Node:
+    """The node this activated enrollment is: the EK's own, a replaced one, or a new one."""
+    node = session.scalars(
+        select(Node).where(Node.ek_fingerprint == enrollment.ek_fingerprint).with_for_update()
+    ).first()
+    if node is not None:
+        if node.revoked:
+            raise Forbidden(f"node {node.id} is revoked", code="revoked")
+        if node.name != enrollment.name:
+            raise Conflict(f"this TPM is enrolled as {node.name!r}", code="name")
+        # Same TPM, new AK (a reinstall): keep identity and history, forget earlier trust.
+        node.ak_public = enrollment.ak_public
+        node.ek_certificate = enrollment.ek_certificate
+        node.channel_key_public = channel_key
+        node.trusted_until = None
+        if node.state != NodeState.PENDING:
             transition(session, node, NodeState.ENROLLED, "re-enrolled", now)
-            node.updated_at = now
-        return ActivationResponse(node_id=node.id, name=node.name, state=node.state)
+        node.updated_at = now
+        return node
+    holder = session.scalars(
+        select(Node).where(Node.name == enrollment.name).with_for_update()
+    ).first()
+    if holder is not None:
+        if not _replacement_open(holder, enrollment.ek_fingerprint, enrollment.ek_certificate, now):
+            _check_name(
+                service,
+                session,
+                enrollment.name,
+                enrollment.ek_fingerprint,
+                enrollment.ek_certificate,
+                now,
+                source,
+            )
+        return _replace(session, holder, enrollment, channel_key, now)
+    pending = service.config.enrollment_mode is EnrollmentMode.APPROVE
+    node = Node(
+        id=str(uuid.uuid4()),
+        name=enrollment.name,
+        ek_fingerprint=enrollment.ek_fingerprint,
+        ek_public=enrollment.ek_public,
+        ek_certificate=enrollment.ek_certificate,
+        ak_public=enrollment.ak_public,
+        channel_key_public=channel_key,
+        state=NodeState.PENDING if pending else NodeState.ENROLLED,
+        pending_until=(
+            now + timedelta(seconds=service.config.pending_ttl_seconds) if pending else None
+        ),
+        revoked=False,
+        allowed=not pending,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(node)
+    session.flush()
+    record_event(
+        session,
+        node,
+        None,
+        node.state,
+        "enrolled; waiting for the operator's approval" if pending else "enrolled",
+        now,
+    )
+    return node
+
+
+def _replace(
+    session: Session, node: Node, enrollment: Enrollment, channel_key: bytes, now: datetime
+) -> Node:
+    """Board swap: the node (id, history, grants, labels) is now the new TPM's."""
+    previous = node.ek_fingerprint
+    node.ek_fingerprint = enrollment.ek_fingerprint
+    node.ek_public = enrollment.ek_public
+    node.ek_certificate = enrollment.ek_certificate
+    node.ak_public = enrollment.ak_public
+    node.channel_key_public = channel_key
+    node.replace_until = None
+    node.replace_ek = None
+    node.pending_until = None
+    node.allowed = True
+    node.trusted_until = None
+    node.latest_result_id = None
+    node.last_clock = node.last_reset_count = node.last_restart_count = None
+    node.last_clock_safe = None
+    session.execute(delete(ExecutionStateRow).where(ExecutionStateRow.node_id == node.id))
+    # Always an event, even from ``enrolled``: the hardware behind the node changed.
+    before = node.state
+    node.state = NodeState.ENROLLED
+    node.updated_at = now
+    record_event(
+        session,
+        node,
+        before,
+        NodeState.ENROLLED,
+        f"replaced: EK {previous} -> {enrollment.ek_fingerprint}",
+        now,
+    )
+    return node

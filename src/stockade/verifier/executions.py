@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -25,6 +25,7 @@ from stockade.evidence.pcr_values import PcrValues
 from stockade.translog.entries import execution_record_entry
 from stockade.verifier.errors import BadRequest
 from stockade.verifier.models import Execution, ExecutionStateRow, Node, Result
+from stockade.verifier.operator_auth import ReaderActor
 from stockade.verifier.service import service_of
 from stockade.verifier.wire import rfc3339
 
@@ -157,6 +158,20 @@ def store_executions(
     return entries
 
 
+def _since(text: str) -> datetime:
+    """An RFC 3339 time with a zone, as UTC; else 400 ``since`` (never an overflow later)."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"since: {text!r} is not an RFC 3339 time", code="since") from None
+    if moment.tzinfo is None:
+        raise BadRequest("since: give a time zone (e.g. Z)", code="since")
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise BadRequest(f"since: {text!r} is out of range", code="since") from None
+
+
 def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode()
 
@@ -164,8 +179,11 @@ def _b64(data: bytes | None) -> str | None:
 @router.get("/v1/executions")
 def list_executions(
     request: Request,
+    _actor: ReaderActor,
     node: Annotated[str | None, Query(max_length=255, description="node id or name")] = None,
-    since: Annotated[str | None, Query(description="RFC 3339: recorded at or after")] = None,
+    since: Annotated[
+        str | None, Query(max_length=64, description="RFC 3339: recorded at or after")
+    ] = None,
     image: Annotated[
         str | None, Query(max_length=512, description="image reference or manifest digest")
     ] = None,
@@ -173,7 +191,8 @@ def list_executions(
 ) -> dict[str, Any]:
     """What ran where: each execution with the quote that proved it (the result's TPMS_ATTEST,
     signature and PCR values, and the node's AK), and the boot's records up to it, so an
-    auditor can check the signature and replay PCR 13 without trusting this service."""
+    auditor can check the signature and replay PCR 13 without trusting this service.
+    Container command lines are sensitive: a reader or operator credential is required."""
     service = service_of(request)
     query = (
         select(Execution, Node.name, Node.ak_public, Result.quote, Result.quote_signature,
@@ -186,13 +205,7 @@ def list_executions(
     if node:
         query = query.where((Node.id == node) | (Node.name == node))
     if since:
-        try:
-            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest(f"since: {since!r} is not an RFC 3339 time", code="since") from None
-        if moment.tzinfo is None:
-            raise BadRequest("since: give a time zone (e.g. Z)", code="since")
-        query = query.where(Execution.created_at >= moment)
+        query = query.where(Execution.created_at >= _since(since))
     if image:
         query = query.where(
             (Execution.image_reference == image)

@@ -1,8 +1,11 @@
-"""The transparency log's public API (docs/verifier-protocol.md, "Transparency log"):
-the signed checkpoint, the log's key, entries, inclusion and consistency proofs.
+"""The transparency log's API (docs/verifier-protocol.md, "Transparency log"): the signed
+checkpoint, the log's key, entries, inclusion and consistency proofs.
 
-Read-only and unauthenticated: anyone may check the log. Every answer is computed from
-O(log n) stored hashes, except entries, served at most ``MAX_ENTRIES`` at a time.
+Checkpoints, the key and proofs are public and unauthenticated: they reveal hashes, not what
+was logged, so anyone may check the log. Entries (which node got which result when) need a
+reader or operator credential, like the rest of the trust state. Every answer is computed
+from O(log n) stored hashes, except entries, served at most ``MAX_ENTRIES`` at a time. Every
+index and size is an integer from 0 to 2**63-1 (422 otherwise).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from starlette.responses import PlainTextResponse
 from stockade.translog.errors import LogCorrupted, LogRangeError
 from stockade.translog.receipt import Receipt
 from stockade.verifier.errors import BadRequest, Unavailable
+from stockade.verifier.operator_auth import ReaderActor
 from stockade.verifier.service import service_of
 from stockade.verifier.transparency import SignedHead, TransparencyLog
 from stockade.verifier.wire import encode_b64
@@ -23,6 +27,9 @@ from stockade.verifier.wire import encode_b64
 router = APIRouter(tags=["transparency log"])
 
 MAX_ENTRIES = 1000
+MAX_INDEX = 2**63 - 1  # sizes and indices are 64-bit signed integers in every database
+Index = Annotated[int, Query(ge=0, le=MAX_INDEX)]
+Size = Annotated[int, Query(ge=1, le=MAX_INDEX)]
 NOTE_MEDIA_TYPE = "text/plain; charset=utf-8"
 
 
@@ -84,8 +91,9 @@ def _range(error: LogRangeError) -> BadRequest:
 @router.get("/v1/log/entries")
 def entries(
     request: Request,
-    start: Annotated[int, Query(ge=0)],
-    end: Annotated[int | None, Query(ge=0)] = None,
+    _actor: ReaderActor,
+    start: Index,
+    end: Index | None = None,
 ) -> dict[str, Any]:
     """Entries ``start <= i < end`` (base64, with their RFC 9162 leaf hashes), at most
     ``MAX_ENTRIES`` and never beyond the log's size: ``end`` in the answer says where they
@@ -116,8 +124,8 @@ def entries(
 @router.get("/v1/log/proof/inclusion")
 def inclusion_proof(
     request: Request,
-    index: Annotated[int, Query(ge=0)],
-    size: Annotated[int | None, Query(ge=1)] = None,
+    index: Index,
+    size: Size | None = None,
 ) -> dict[str, Any]:
     """The receipt of entry ``index`` in the tree of ``size`` entries: ``{"log_index",
     "tree_size", "entry": b64, "proof": [b64]}``. Without ``size``, against the current
@@ -138,8 +146,8 @@ def inclusion_proof(
 @router.get("/v1/log/proof/consistency")
 def consistency_proof(
     request: Request,
-    old: Annotated[int, Query(ge=0)],
-    new: Annotated[int | None, Query(ge=0)] = None,
+    old: Index,
+    new: Index | None = None,
 ) -> dict[str, Any]:
     """The RFC 9162 proof that the tree of ``new`` entries extends the tree of ``old``:
     ``{"old_size", "new_size", "proof": [b64]}``. Without ``new``, to the current head,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert
 
@@ -22,6 +22,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.public import TpmPublic
 from stockade.verifier.errors import BadRequest, Forbidden
 from stockade.verifier.models import NodeCertificate
+from stockade.verifier.node_auth import require_node
 from stockade.verifier.nonces import consume_nonce
 from stockade.verifier.service import service_of
 from stockade.verifier.standing import node_standing
@@ -54,7 +55,10 @@ class CertificateResponse(BaseModel):
 
 
 @router.post(
-    "/v1/nodes/{node_id}/certificates", status_code=201, response_model=CertificateResponse
+    "/v1/nodes/{node_id}/certificates",
+    status_code=201,
+    response_model=CertificateResponse,
+    dependencies=[Depends(require_node)],
 )
 def issue_certificate(
     node_id: NodeId, body: CertificateRequest, request: Request

@@ -44,6 +44,10 @@ class Base(DeclarativeBase):
 
 
 class Node(Base):
+    """A node *is* its TPM's endorsement key: ``ek_fingerprint`` is the sha256 (hex) of that
+    key's SubjectPublicKeyInfo DER as its EK certificate certifies it (one canonical form, so no
+    re-encoding of the public area names another node). A name belongs to one node."""
+
     __tablename__ = "nodes"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -62,8 +66,21 @@ class Node(Base):
     trusted_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     latest_result_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    # The node channel: TPM2B_PUBLIC of a signing key in the node's TPM, certified by its AK at
+    # activation (TPM2_Certify); every node call after enrollment is signed with it. None for
+    # nodes enrolled before the channel existed: they must enroll again.
+    channel_key_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # A pending node (enrollment mode ``approve``) waits for the operator until this time.
+    pending_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # ``stockade nodes replace``: until this time, another EK may enroll under this node's name
+    # and become this node (board swap); ``replace_ek`` optionally names that EK (identity,
+    # certificate sha256 or ``serial:<hex>``).
+    replace_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    replace_ek: Mapped[str | None] = mapped_column(String(80), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_nodes_name", "name", unique=True),)
 
 
 class Enrollment(Base):
@@ -124,6 +141,26 @@ class Event(Base):
     reason: Mapped[str] = mapped_column(Text)
     result_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     time: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Who caused the transition: an operator credential's name, or None for the node's own
+    # evidence and the verifier's sweeper.
+    actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class SecurityEvent(Base):
+    """Something that proved nothing and so changed nothing else: a refused enrollment, a
+    request whose signature failed, evidence that did not verify. Rate-limited per kind and
+    subject: ``count`` folds in the occurrences not stored separately."""
+
+    __tablename__ = "security_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class Policy(Base):

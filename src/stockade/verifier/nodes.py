@@ -1,16 +1,17 @@
-"""Operator API: list and show nodes, their results, revoke and allow."""
+"""Operator API: list and show nodes, their results (a reader or operator credential), revoke
+and allow (an operator credential, recorded as the event's actor)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from stockade.verifier.errors import NotFound
 from stockade.verifier.models import Node, Result
-from stockade.verifier.operator_auth import require_operator
+from stockade.verifier.operator_auth import OperatorActor, ReaderActor
 from stockade.verifier.results import decode_ear
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import NodeState, effective_state, transition
@@ -65,7 +66,7 @@ def result_json(result: Result, service: Service) -> dict[str, Any]:
 
 
 @router.get("/v1/nodes")
-def list_nodes(request: Request) -> dict[str, list[dict[str, Any]]]:
+def list_nodes(request: Request, _actor: ReaderActor) -> dict[str, list[dict[str, Any]]]:
     service = service_of(request)
     with service.sessions() as session:
         nodes = session.scalars(select(Node).order_by(Node.name, Node.id)).all()
@@ -73,7 +74,7 @@ def list_nodes(request: Request) -> dict[str, list[dict[str, Any]]]:
 
 
 @router.get("/v1/nodes/{node_id}")
-def show_node(node_id: NodeId, request: Request) -> dict[str, Any]:
+def show_node(node_id: NodeId, request: Request, _actor: ReaderActor) -> dict[str, Any]:
     service = service_of(request)
     with service.sessions() as session:
         node = session.get(Node, node_id)
@@ -84,7 +85,10 @@ def show_node(node_id: NodeId, request: Request) -> dict[str, Any]:
 
 @router.get("/v1/nodes/{node_id}/results")
 def node_results(
-    node_id: NodeId, request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+    node_id: NodeId,
+    request: Request,
+    _actor: ReaderActor,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, list[dict[str, Any]]]:
     """Newest first, each with its EAR decoded (signature checked)."""
     service = service_of(request)
@@ -100,8 +104,10 @@ def node_results(
         return {"results": [result_json(row, service) for row in rows]}
 
 
-@router.post("/v1/nodes/{node_id}/revoke", dependencies=[Depends(require_operator)])
-def revoke(node_id: NodeId, request: Request, body: OperatorAction | None = None) -> dict[str, Any]:
+@router.post("/v1/nodes/{node_id}/revoke")
+def revoke(
+    node_id: NodeId, request: Request, actor: OperatorActor, body: OperatorAction | None = None
+) -> dict[str, Any]:
     """The node loses trust now and can neither attest nor re-enroll until allowed."""
     service = service_of(request)
     now = service.now()
@@ -112,12 +118,15 @@ def revoke(node_id: NodeId, request: Request, body: OperatorAction | None = None
         node.revoked = True
         node.allowed = False
         node.trusted_until = None
-        transition(session, node, NodeState.REVOKED, (body or OperatorAction()).reason, now)
+        reason = (body or OperatorAction()).reason
+        transition(session, node, NodeState.REVOKED, reason, now, actor=actor.name)
         return node_json(node, service)
 
 
-@router.post("/v1/nodes/{node_id}/allow", dependencies=[Depends(require_operator)])
-def allow(node_id: NodeId, request: Request, body: OperatorAction | None = None) -> dict[str, Any]:
+@router.post("/v1/nodes/{node_id}/allow")
+def allow(
+    node_id: NodeId, request: Request, actor: OperatorActor, body: OperatorAction | None = None
+) -> dict[str, Any]:
     """Lift a revocation; the node is ``enrolled`` until its next good result."""
     service = service_of(request)
     now = service.now()
@@ -129,5 +138,5 @@ def allow(node_id: NodeId, request: Request, body: OperatorAction | None = None)
             node.revoked = False
             node.allowed = True
             reason = body.reason if body else "allowed"
-            transition(session, node, NodeState.ENROLLED, reason, now)
+            transition(session, node, NodeState.ENROLLED, reason, now, actor=actor.name)
         return node_json(node, service)

@@ -6,14 +6,16 @@ import os
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel
 from sqlalchemy import Connection, LargeBinary, false, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from stockade.verifier.errors import Conflict, Forbidden, NotFound
 from stockade.verifier.models import Node, Nonce, UtcDateTime
+from stockade.verifier.node_auth import require_node
 from stockade.verifier.service import service_of
+from stockade.verifier.states import NodeState
 from stockade.verifier.wire import encode_b64, rfc3339
 
 router = APIRouter(tags=["attestation"])
@@ -59,7 +61,12 @@ def consume_nonce(session: Session | Connection, node_id: str, value: bytes, now
         raise Conflict("the nonce is unknown, expired or already used", code="nonce")
 
 
-@router.post("/v1/nodes/{node_id}/nonces", status_code=201, response_model=NonceResponse)
+@router.post(
+    "/v1/nodes/{node_id}/nonces",
+    status_code=201,
+    response_model=NonceResponse,
+    dependencies=[Depends(require_node)],
+)
 def issue_nonce(node_id: Annotated[str, Path(max_length=64)], request: Request) -> NonceResponse:
     service = service_of(request)
     now = service.now()
@@ -86,17 +93,29 @@ def issue_nonce(node_id: Annotated[str, Path(max_length=64)], request: Request) 
                         literal(value, LargeBinary),
                         literal(expires_at, UtcDateTime),
                         false(),
-                    ).where(Node.id == node_id, Node.revoked.is_(False)),
+                    ).where(
+                        Node.id == node_id,
+                        Node.revoked.is_(False),
+                        Node.state != NodeState.PENDING,
+                    ),
                 )
                 .returning(Nonce.id)
             ).all()
             stored = len(inserted)
         if stored != 1:
-            revoked = connection.execute(select(Node.revoked).where(Node.id == node_id)).first()
-            if revoked is None:
+            row = connection.execute(
+                select(Node.revoked, Node.state).where(Node.id == node_id)
+            ).first()
+            if row is None:
                 raise NotFound(f"no node {node_id}", code="node")
-            if revoked[0]:
+            if row.revoked:
                 raise Forbidden(f"node {node_id} is revoked", code="revoked")
+            if row.state == NodeState.PENDING:
+                raise Forbidden(
+                    f"node {node_id} waits for the operator's approval "
+                    "(stockade nodes approve NAME)",
+                    code="pending",
+                )
             if policy_error is not None:
                 raise policy_error
             raise RuntimeError(f"nonce for node {node_id} was not stored")

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from stockade.verifier.errors import NotFound, Unprocessable
 from stockade.verifier.models import Policy
-from stockade.verifier.operator_auth import require_operator
+from stockade.verifier.operator_auth import ReaderActor, require_operator
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.wire import rfc3339
 
@@ -102,7 +102,7 @@ async def put_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/policies")
-def list_policies(request: Request) -> dict[str, list[dict[str, Any]]]:
+def list_policies(request: Request, _actor: ReaderActor) -> dict[str, list[dict[str, Any]]]:
     service = service_of(request)
     with service.sessions() as session:
         ids = session.scalars(select(Policy.id).distinct().order_by(Policy.id)).all()
@@ -111,7 +111,7 @@ def list_policies(request: Request) -> dict[str, list[dict[str, Any]]]:
 
 
 @router.get("/v1/policies/{policy_id}")
-def show_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
+def show_policy(policy_id: PolicyId, request: Request, _actor: ReaderActor) -> dict[str, Any]:
     service = service_of(request)
     with service.sessions() as session:
         row = _latest(session, policy_id)

@@ -2,9 +2,14 @@
 
 Secrets are stored AES-256-GCM encrypted under the key-encryption key ring
 (:mod:`stockade.cluster.secret_store`). A release goes only to a granted node in good standing
-and only as a TPM2_Import duplication blob for that node's EK whose unseal policy is PolicyPCR
-over the PCR values its latest result attested: the secret never leaves this process in the
-clear, and is never logged.
+and only as a TPM2_Import duplication blob for that node's EK whose unseal policy is
+PolicySigned by the node's channel key, then PolicyPCR over the PCR values its latest result
+attested: the secret never leaves this process in the clear, is never logged, and on the node
+only the holder of the channel key (the agent) can unseal it.
+
+A ``node:`` grant is bound to the node's id when it is made: ``node:<name>`` is stored as
+``node:<id>`` of the node holding that name then, so a node that takes the name later gets
+nothing.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
-from stockade.cluster.grants import granted, parse_labels, parse_selector
+from stockade.cluster.grants import Selector, granted, parse_labels, parse_selector
 from stockade.cluster.secret_store import KeyRing, SecretStoreError
 from stockade.errors import InputError
 from stockade.evidence.duplication import seal_secret
@@ -29,6 +34,7 @@ from stockade.evidence.public import TpmPublic
 from stockade.verifier.errors import (
     BadRequest,
     ConfigurationError,
+    Conflict,
     Forbidden,
     NotFound,
     Unavailable,
@@ -100,7 +106,10 @@ class SecretValue(BaseModel):
 class GrantBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    selector: str = Field(max_length=512, description="node:<name or id> or label:<key>=<value>")
+    selector: str = Field(
+        max_length=512,
+        description="node:<name or id> (stored as node:<id>) or label:<key>=<value>",
+    )
 
 
 class LabelsBody(BaseModel):
@@ -195,16 +204,46 @@ def delete_secret(name: SecretName, request: Request) -> dict[str, Any]:
     return {"name": name, "deleted": True}
 
 
+def _bound(connection: Connection, selector: Selector) -> Selector:
+    """A ``node:<name or id>`` selector bound to the id of the node it names now (a label
+    selector unchanged): 404 ``node`` when no node has that id or name, 409 ``node`` when it
+    is one node's id and another's name (names that parse as ids are refused at enrollment,
+    but rows from before may exist)."""
+    if selector.kind != "node":
+        return selector
+    ids = set(
+        connection.execute(
+            select(Node.id).where(or_(Node.id == selector.key, Node.name == selector.key))
+        ).scalars()
+    )
+    if not ids:
+        raise NotFound(
+            f"no node has the id or name {selector.key!r}: a node grant is bound to an "
+            "enrolled node's id (or grant by label:<key>=<value>)",
+            code="node",
+        )
+    if len(ids) > 1:
+        raise Conflict(
+            f"{selector.key!r} is the id of one node and the name of another: grant by the id",
+            code="node",
+        )
+    return Selector("node", ids.pop())
+
+
 @operator.post("/v1/secrets/{name}/grants")
 def grant(name: SecretName, body: GrantBody, request: Request) -> dict[str, Any]:
+    """Grant a secret. ``node:<name or id>`` is bound to the node's id now and stored as
+    ``node:<id>``: it keeps selecting that node whatever it is called later, and never a
+    node that takes the name afterwards."""
     service = service_of(request)
     try:
-        selector = str(parse_selector(body.selector))
+        parsed = parse_selector(body.selector)
     except InputError as error:
         raise BadRequest(str(error), code="selector") from None
     with service.engine.begin() as connection:
         if connection.execute(select(Secret.name).where(Secret.name == name)).first() is None:
             raise NotFound(f"no secret {name!r}", code="secret")
+        selector = str(_bound(connection, parsed))
         if selector not in _grants(connection, name):
             connection.execute(
                 insert(SecretGrant).values(
@@ -218,18 +257,29 @@ def grant(name: SecretName, body: GrantBody, request: Request) -> dict[str, Any]
 def revoke_grant(
     name: SecretName, request: Request, selector: Annotated[str, Query(max_length=512)]
 ) -> dict[str, Any]:
+    """Remove a grant: the stored selector, or for ``node:<name>`` the grant bound to the id of
+    the node holding that name now."""
     service = service_of(request)
     try:
-        normalized = str(parse_selector(selector))
+        parsed = parse_selector(selector)
     except InputError as error:
         raise BadRequest(str(error), code="selector") from None
+    normalized = str(parsed)
     with service.engine.begin() as connection:
+        candidates = [normalized]
+        if parsed.kind == "node":
+            candidates += [
+                f"node:{node_id}"
+                for node_id in connection.execute(
+                    select(Node.id).where(Node.name == parsed.key)
+                ).scalars()
+            ]
         removed = connection.execute(
             delete(SecretGrant).where(
-                SecretGrant.secret_name == name, SecretGrant.selector == normalized
+                SecretGrant.secret_name == name, SecretGrant.selector.in_(candidates)
             )
         ).rowcount
-        if removed != 1:
+        if not removed:
             raise NotFound(f"secret {name!r} has no grant {normalized}", code="grant")
         return {"name": name, "grants": _grants(connection, name)}
 
@@ -307,10 +357,12 @@ def _sealable(values: PcrValues) -> tuple[PcrSelection, PcrValues]:
 
 @router.post("/v1/nodes/{node_id}/secrets/{name}")
 def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[str, Any]:
-    """The secret sealed to the node's EK and the PCR values of its latest affirming result.
+    """The secret sealed to the node's EK, its channel key and the PCR values of its latest
+    affirming result.
 
-    Nothing here needs the caller to be the node: only that node's TPM, in exactly that
-    attested state, can import and unseal what is returned.
+    Only that node's TPM, in exactly that attested state, in a policy session its channel key
+    authorized (the agent's key file), can import and unseal what is returned. A node
+    enrolled before the channel (no channel key) gets 403 ``channel``: it must enroll again.
     """
     service = service_of(request)
     ring = _ring(service)
@@ -318,12 +370,19 @@ def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[
     with service.engine.connect() as connection:
         standing = node_standing(connection, node_id, now)
         standing.require_good(now, f"secret {name!r}")
+        if standing.channel_key_public is None:
+            raise Forbidden(
+                f"node {standing.name} ({standing.node_id}) has no channel key, so no secret "
+                "can be sealed to it (it enrolled before secrets were bound to one): enroll "
+                "the node again",
+                code="channel",
+            )
         secret = connection.execute(
             select(Secret.version, Secret.kek_id, Secret.ciphertext).where(Secret.name == name)
         ).first()
         selectors = _grants(connection, name) if secret is not None else []
     # The same answer for a missing secret and a missing grant: nodes learn nothing of others.
-    grant_used = granted(selectors, standing.node_id, standing.name, standing.labels)
+    grant_used = granted(selectors, standing.node_id, standing.labels)
     if secret is None or grant_used is None:
         raise Forbidden(
             f"secret {name!r} is not granted to node {standing.name} ({standing.node_id})",
@@ -336,8 +395,13 @@ def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[
         raise Unavailable(str(error), code="kek") from None
     try:
         selection, pcrs = _sealable(PcrValues.from_json(standing.pcrs))
+        channel_key = TpmPublic.unmarshal_tpm2b(standing.channel_key_public)
         sealed = seal_secret(
-            TpmPublic.unmarshal_tpm2b(standing.ek_public), payload, selection, pcrs
+            TpmPublic.unmarshal_tpm2b(standing.ek_public),
+            payload,
+            selection,
+            pcrs,
+            authorizer_name=channel_key.name(),
         )
     except EvidenceError as error:
         log.error("sealing secret %r for node %s failed: %s", name, node_id, error)

@@ -9,6 +9,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from stockade.verifier.config import VerifierConfig
+from stockade.verifier.datadir import prepare_data_dir
 from stockade.verifier.tls import TlsFiles, load_or_create_signing_key, load_or_create_tls
 
 
@@ -21,8 +22,9 @@ class Prepared:
 
 
 def prepare(config: VerifierConfig, host: str, port: int) -> Prepared:
-    """Make (first start) or load the TLS and signing keys; nothing is served yet."""
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Make (first start) or load the TLS and signing keys; nothing is served yet. A data
+    directory others may enter is refused (``ConfigurationError``: chmod 700 it)."""
+    prepare_data_dir(config.data_dir)
     tls = load_or_create_tls(config.data_dir, host)
     key = load_or_create_signing_key(config.data_dir)
     shown = f"[{host}]" if ":" in host else host

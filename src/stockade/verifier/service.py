@@ -45,6 +45,10 @@ class Service:
     operator_token: str = ""
     cluster_ca: Any = None  # stockade.cluster.ca.ClusterCa
     translog: Any = None  # stockade.verifier.transparency.TransparencyLog
+    # Node-channel signature nonces seen recently (stockade.channel.ReplayCache), and the
+    # budget of security events (stockade.verifier.security_events.SecurityEventLimiter).
+    replay_cache: Any = None
+    security_limiter: Any = None
     _references: dict[tuple[str, int], ActivePolicy] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _active: ActivePolicy | None = None
@@ -52,6 +56,9 @@ class Service:
 
     def now(self) -> datetime:
         return self.config.clock()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

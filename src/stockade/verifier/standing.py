@@ -34,6 +34,9 @@ class Standing:
     pcrs: dict[str, dict[str, str]] | None = None
     # The boot the latest verified quote came from (TPM resetCount, restartCount).
     boot: tuple[int, int] | None = None
+    # TPM2B_PUBLIC of the node's channel key (secrets are sealed to it); None for a node
+    # enrolled before the channel existed.
+    channel_key_public: bytes | None = None
 
     def problem(self, now: datetime) -> str | None:
         """Why this node is not in good standing at ``now``; None when it is."""
@@ -77,6 +80,7 @@ def node_standing(connection: Connection, node_id: str, now: datetime) -> Standi
             Node.latest_result_id,
             Node.last_reset_count,
             Node.last_restart_count,
+            Node.channel_key_public,
         ).where(Node.id == node_id)
     ).first()
     if node is None:
@@ -93,6 +97,7 @@ def node_standing(connection: Connection, node_id: str, now: datetime) -> Standi
         boot=None
         if node.last_reset_count is None or node.last_restart_count is None
         else (node.last_reset_count, node.last_restart_count),
+        channel_key_public=node.channel_key_public,
     )
     if node.latest_result_id is None:
         return standing

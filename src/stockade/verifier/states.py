@@ -13,13 +13,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from stockade.verifier.events import record_event
-from stockade.verifier.models import Node, Nonce
+from stockade.verifier.models import Enrollment, Event, Node, Nonce
 from stockade.verifier.service import Service
 
 log = logging.getLogger(__name__)
 
 
 class NodeState(StrEnum):
+    PENDING = "pending"  # enrolled, waiting for the operator's approval (mode approve)
     ENROLLED = "enrolled"
     TRUSTED = "trusted"
     UNTRUSTED = "untrusted"
@@ -54,13 +55,14 @@ def transition(
     reason: str,
     now: datetime,
     result_id: str | None = None,
+    actor: str | None = None,
 ) -> None:
     """Move ``node`` to ``to``; an event is stored when the state changes."""
     previous = node.state
     node.state = to
     node.updated_at = now
     if previous != to:
-        record_event(session, node, previous, to, reason, now, result_id)
+        record_event(session, node, previous, to, reason, now, result_id, actor=actor)
 
 
 def sweep_stale(service: Service) -> int:
@@ -97,7 +99,25 @@ def sweep_stale(service: Service) -> int:
                 )
                 marked += 1
         session.execute(delete(Nonce).where(Nonce.expires_at <= now))
+        # Challenges never activated, and machines the operator never approved, do not stay.
+        session.execute(delete(Enrollment).where(Enrollment.expires_at <= now))
+        _sweep_pending(session, now)
     return marked
+
+
+def _sweep_pending(session: Session, now: datetime) -> None:
+    """Delete pending nodes whose approval window passed: they were never trusted, hold no
+    results, and their EK may enroll again (and wait again)."""
+    expired = session.scalars(
+        select(Node.id).where(Node.state == NodeState.PENDING, Node.pending_until <= now)
+    ).all()
+    if not expired:
+        return
+    session.execute(delete(Event).where(Event.node_id.in_(expired)))
+    session.execute(delete(Nonce).where(Nonce.node_id.in_(expired)))
+    session.execute(
+        delete(Node).where(Node.id.in_(expired), Node.state == NodeState.PENDING)
+    )
 
 
 async def run_sweeper(service: Service) -> None:

@@ -1,0 +1,119 @@
+"""The operator admits machines: approve a pending node, or open a node's name for new hardware.
+
+``POST /v1/nodes/{id}/approve``: a node enrolled under mode ``approve`` waits as ``pending``
+(no nonce, no evidence, nothing) until the operator approves it. ``POST /v1/nodes/{id}/replace``:
+for a board swap, the node's name is opened for ``replace_ttl_seconds`` to one other EK (any,
+or the one named): when it enrolls under that name, it becomes this node, keeping its id,
+history, grants and labels. Both need the operator token; the event records who acted.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from stockade.verifier.errors import BadRequest, Conflict, NotFound
+from stockade.verifier.events import record_event
+from stockade.verifier.models import Node
+from stockade.verifier.nodes import node_json
+from stockade.verifier.operator_auth import Actor, require_operator
+from stockade.verifier.service import service_of
+from stockade.verifier.states import NodeState
+
+router = APIRouter(tags=["operator"])
+
+NodeId = Annotated[str, Path(max_length=64)]
+Operator = Annotated[Actor, Depends(require_operator)]
+
+
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="approved", min_length=1, max_length=500)
+
+
+class ReplaceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ek: str | None = Field(
+        default=None,
+        max_length=80,
+        description="the new EK: its identity or certificate sha256 (hex), or serial:<hex>",
+    )
+    reason: str = Field(default="board replaced", min_length=1, max_length=500)
+
+
+def normalize_ek_selector(text: str) -> str:
+    """``serial:<hex>`` or a sha256 hex fingerprint, lowercased; ``BadRequest`` otherwise."""
+    value = text.strip().lower()
+    if value.startswith("serial:"):
+        serial = value.removeprefix("serial:").removeprefix("0x").lstrip("0") or "0"
+        if len(serial) <= 40 and all(c in "0123456789abcdef" for c in serial):
+            return f"serial:{serial}"
+    else:
+        value = value.removeprefix("sha256:").replace(":", "")
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            return value
+    raise BadRequest(f"ek {text!r}: give a sha256 hex fingerprint or serial:<hex>", code="ek")
+
+
+@router.post("/v1/nodes/{node_id}/approve")
+def approve(
+    node_id: NodeId, request: Request, actor: Operator, body: ApproveBody | None = None
+) -> dict[str, Any]:
+    """A pending node becomes ``enrolled`` and may attest."""
+    service = service_of(request)
+    now = service.now()
+    with service.transaction() as session:
+        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        if node.state != NodeState.PENDING:
+            raise Conflict(f"node {node.name} is {node.state}, not pending", code="state")
+        node.state = NodeState.ENROLLED
+        node.allowed = True
+        node.pending_until = None
+        node.updated_at = now
+        reason = (body or ApproveBody()).reason
+        record_event(
+            session, node, NodeState.PENDING, NodeState.ENROLLED, reason, now, actor=actor.name
+        )
+        return node_json(node, service)
+
+
+@router.post("/v1/nodes/{node_id}/replace")
+def replace(
+    node_id: NodeId, request: Request, actor: Operator, body: ReplaceBody | None = None
+) -> dict[str, Any]:
+    """Open the node's name to new hardware for ``replace_ttl_seconds``."""
+    service = service_of(request)
+    now = service.now()
+    body = body or ReplaceBody()
+    selector = normalize_ek_selector(body.ek) if body.ek else None
+    with service.transaction() as session:
+        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        if node.revoked:
+            raise Conflict(f"node {node.name} is revoked: allow it first", code="revoked")
+        node.replace_until = now + timedelta(seconds=service.config.replace_ttl_seconds)
+        node.replace_ek = selector
+        node.updated_at = now
+        record_event(
+            session,
+            node,
+            node.state,
+            node.state,
+            f"{body.reason}: the name {node.name} is open to "
+            f"{'EK ' + selector if selector else 'new hardware'} until the new TPM enrolls",
+            now,
+            actor=actor.name,
+        )
+        answer = node_json(node, service)
+        answer["replace_until"] = node.replace_until.isoformat()
+        answer["replace_ek"] = selector
+        return answer

@@ -1,0 +1,150 @@
+"""The node channel's door: ``require_node`` authenticates a node call before it touches state.
+
+Every route a node calls after enrollment (nonces, evidence, certificates, secrets) depends on
+it. The request must carry an RFC 9421 signature by the channel key pinned on the node's row
+(``stockade.channel``), for this method, path, query and body, fresh and not replayed.
+Anything else is 401 and a rate-limited security event; the route never runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio.to_thread
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import Path, Request
+from sqlalchemy import select
+
+from stockade.channel import ChannelAuthError, verify_request
+from stockade.evidence.errors import EvidenceError
+from stockade.evidence.public import TpmPublic
+from stockade.verifier.errors import Unauthorized
+from stockade.verifier.models import Node
+from stockade.verifier.security_events import record_security_event
+from stockade.verifier.service import Service, service_of
+
+UNKNOWN = "channel-unknown"  # the agent enrolls again on this code
+REFUSED = "channel"
+_KEY_CACHE_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class AuthenticatedNode:
+    node_id: str
+    name: str
+
+
+class _ChannelKeys:
+    """Parsed channel public keys by their TPM2B_PUBLIC bytes (decoding a point costs more
+    than verifying a signature). Keyed by the bytes read from the database on every request,
+    so a replaced key is never served from here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[bytes, ec.EllipticCurvePublicKey] = {}
+
+    def get(self, public: bytes) -> ec.EllipticCurvePublicKey:
+        with self._lock:
+            key = self._keys.get(public)
+        if key is not None:
+            return key
+        parsed = TpmPublic.unmarshal_tpm2b(public).public_key()
+        if not isinstance(parsed, ec.EllipticCurvePublicKey):
+            raise EvidenceError("the channel key is not an ECC key")
+        with self._lock:
+            if len(self._keys) >= _KEY_CACHE_LIMIT:
+                self._keys.clear()
+            self._keys[public] = parsed
+        return parsed
+
+
+_keys = _ChannelKeys()
+
+
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _authenticate(
+    service: Service,
+    node_id: str,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    headers: dict[str, str],
+    source: str | None,
+) -> AuthenticatedNode:
+    with service.engine.connect() as connection:
+        row = connection.execute(
+            select(Node.name, Node.channel_key_public).where(Node.id == node_id)
+        ).first()
+    if row is None or row.channel_key_public is None:
+        record_security_event(
+            service,
+            "channel-unknown",
+            f"{method} {path}: no node {node_id} with a channel key",
+            node_id=node_id if row is not None else None,
+            source=source,
+        )
+        raise Unauthorized(
+            f"node {node_id} has no channel key at this verifier: enroll (again)", code=UNKNOWN
+        )
+    now = int(service.now().timestamp())
+    try:
+        public_key = _keys.get(row.channel_key_public)
+        signed = verify_request(
+            method,
+            path,
+            query,
+            body,
+            headers,
+            public_key,
+            keyid=node_id,
+            now=now,
+            max_skew=service.config.channel_max_skew_seconds,
+        )
+        if not service.replay_cache.admit(signed.keyid, signed.nonce, signed.created, now):
+            raise ChannelAuthError("replay", "this signature was already used (a replay)")
+    except ChannelAuthError as error:
+        record_security_event(
+            service,
+            f"channel-{error.reason}",
+            f"{method} {path}: {error.detail}",
+            node_id=node_id,
+            name=row.name,
+            source=source,
+        )
+        raise Unauthorized(error.detail, code=REFUSED) from None
+    except EvidenceError as error:  # a stored key that does not parse: refuse, never 500
+        raise Unauthorized(f"node {node_id}'s channel key is unusable: {error}", code=UNKNOWN)
+    return AuthenticatedNode(node_id, row.name)
+
+
+async def require_node(
+    node_id: Annotated[str, Path(max_length=64)], request: Request
+) -> AuthenticatedNode:
+    """FastAPI dependency: the node named in the path signed this very request."""
+    body = await request.body()
+    raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+    path = raw_path.decode("latin-1").split("?", 1)[0]
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    # Repeated fields are combined as HTTP would (RFC 9110, 5.3): the strict shape then fails.
+    headers = {
+        name: ", ".join(request.headers.getlist(name))
+        for name in ("signature-input", "signature", "content-digest")
+        if name in request.headers
+    }
+    return await anyio.to_thread.run_sync(
+        _authenticate,
+        service_of(request),
+        node_id,
+        request.method,
+        path,
+        query,
+        body,
+        headers,
+        _source(request),
+    )
