@@ -7,9 +7,14 @@
   come from one development node really booted on swtpm through the verified chain;
   each simulated node has its own software ECC P-256 AK (restricted-signing AK template)
   and signs a fresh quote over the verifier's single-use nonce, so the verifier does all
-  its real work (nonce, quote signature, clock, log replay, reference lookup, EAR, DB).
+  its real work (channel signature, nonce, quote signature, clock, log replay, reference
+  lookup, EAR, DB). Every node call is signed (RFC 9421, ``stockade.channel``) with the
+  node's software ECC P-256 channel key, pinned on its row as a TPM2B_PUBLIC.
   The two processes share this machine's cores.
 - ``appraise()`` alone, in-process, for the same evidence.
+- The node channel's cost: ``stockade.channel.verify_request`` alone, in-process (what the
+  verifier adds to each node call), and the node's side, a channel signature in swtpm
+  (load the key + TPM2_Sign; and as the agent makes it, on a TPM connection of its own).
 - Verifier RSS per enrolled node: a fresh verifier with 0 nodes vs 10,000 nodes, each
   after ``GET /v1/nodes`` has loaded every node.
 
@@ -20,6 +25,8 @@ enrollment protocol is tested elsewhere; it is not what is measured here).
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -29,18 +36,27 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from sqlalchemy import create_engine, insert
 
 from bench.timing import Row, median_seconds
-from bench.verifier_load import LoadPlan, LoadReport, SimulatedNode, quote_for, run_load, sign_quote
+from bench.verifier_load import (
+    LoadPlan,
+    LoadReport,
+    SimulatedNode,
+    quote_for,
+    run_load,
+    sign_quote,
+    signed_post,
+    software_signer,
+)
 from stockade.cli.demo_cluster import (
     QUOTED_PCRS,
     OrgMaterial,
@@ -49,9 +65,11 @@ from stockade.cli.demo_cluster import (
     make_org_material,
     policy_document,
 )
+from stockade.evidence.algorithms import Alg
 from stockade.evidence.attest import Attest
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
+from stockade.evidence.public import EccParameters, ObjectAttributes, Scheme
 from stockade.evidence.templates import KeyKind, ak_template
 
 NODES = 128  # enrolled and all in flight at once
@@ -96,6 +114,26 @@ def software_ak() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     return key, ak_template(KeyKind.ECC).with_public_key(key.public_key()).marshal_tpm2b()
 
 
+def software_channel_key() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """A software P-256 key and its TPM2B_PUBLIC as an unrestricted signing key (what
+    ``create_node_key`` makes in a TPM): the node's channel key, for ``channel_key_public``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    template = ak_template(KeyKind.ECC)
+    assert isinstance(template.parameters, EccParameters)
+    channel = replace(
+        template,
+        attributes=int(ObjectAttributes(template.attributes) & ~ObjectAttributes.RESTRICTED),
+        parameters=replace(template.parameters, scheme=Scheme(Alg.NULL)),
+    )
+    return key, channel.with_public_key(key.public_key()).marshal_tpm2b()
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def insert_nodes(database_url: str, count: int, prefix: str) -> list[SimulatedNode]:
     """``count`` enrolled nodes straight into the verifier's ``nodes`` table."""
     from stockade.verifier.models import Node
@@ -105,6 +143,7 @@ def insert_nodes(database_url: str, count: int, prefix: str) -> list[SimulatedNo
     nodes: list[SimulatedNode] = []
     for number in range(count):
         key, ak_public = software_ak()
+        channel_key, channel_public = software_channel_key()
         node_id = str(uuid.uuid4())
         rows.append(
             {
@@ -116,6 +155,7 @@ def insert_nodes(database_url: str, count: int, prefix: str) -> list[SimulatedNo
                 "ek_public": os.urandom(314),
                 "ek_certificate": os.urandom(1100),
                 "ak_public": ak_public,
+                "channel_key_public": channel_public,
                 "state": "enrolled",
                 "revoked": False,
                 "allowed": True,
@@ -123,12 +163,7 @@ def insert_nodes(database_url: str, count: int, prefix: str) -> list[SimulatedNo
                 "updated_at": now,
             }
         )
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        nodes.append(SimulatedNode(node_id, pem))
+        nodes.append(SimulatedNode(node_id, private_pem(key), private_pem(channel_key)))
     engine = create_engine(database_url, connect_args={"timeout": 30})
     try:
         with engine.begin() as connection:
@@ -164,7 +199,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def list_nodes(verifier: VerifierProcess) -> int:
-    with httpx.Client(verify=str(verifier.ca), timeout=120) as client:
+    """``GET /v1/nodes`` with the operator's token (reads of trust state need a credential)."""
+    headers = {"Authorization": f"Bearer {verifier.operator_token()}"}
+    with httpx.Client(verify=str(verifier.ca), timeout=120, headers=headers) as client:
         answer = client.get(f"{verifier.url}/v1/nodes")
         answer.raise_for_status()
         return len(answer.json()["nodes"])
@@ -205,7 +242,8 @@ def throughput(
     latencies = sorted(report.latencies)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     rows: list[Row] = [
-        (f"verifier attestations/s ({in_flight} nodes in flight, HTTPS)", rate, "att/s"),
+        (f"verifier attestations/s ({in_flight} nodes in flight, HTTPS, signed calls)", rate,
+         "att/s"),
         ("  attestation latency p50 (nonce + evidence)", statistics.median(latencies) * 1e3, "ms"),
         ("  attestation latency p99", p99 * 1e3, "ms"),
         ("  verifier CPU per attestation", verifier_cpu / report.attestations * 1e3, "ms"),
@@ -239,6 +277,90 @@ def appraise_only(org: OrgMaterial, booted: BootedNode, rounds: int) -> Row:
     return ("appraise() only, in-process (same evidence)", seconds * 1e6, "us")
 
 
+def channel_verify_rows(booted: BootedNode, rounds: int) -> list[Row]:
+    """What the node channel adds to each node call at the verifier, in-process: the request's
+    signature checked by ``verify_request`` (header parsing, Content-Digest over the body,
+    signature base, ECDSA P-256 verify), for the two calls of an attestation; and decoding a
+    pinned TPM2B_PUBLIC into a key (the verifier caches it, so once per key)."""
+    from stockade.channel import verify_request
+    from stockade.evidence.public import TpmPublic
+
+    key, channel_public = software_channel_key()
+    public_key = TpmPublic.unmarshal_tpm2b(channel_public).public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    node_id = str(uuid.uuid4())
+    ak, _ = software_ak()
+    template = Attest.unmarshal(booted.quote)
+    nonce = os.urandom(32)
+    message = quote_for(template, nonce, template.clock_info.clock + 1000)
+    evidence = {
+        "nonce": base64.b64encode(nonce).decode(),
+        "quote": base64.b64encode(message).decode(),
+        "signature": base64.b64encode(sign_quote(ak, message)).decode(),
+        "pcrs": booted.pcrs.to_json(),
+        "event_log": base64.b64encode(booted.event_log).decode(),
+    }
+    rows: list[Row] = []
+    for call, body in (("nonces", None), ("evidence", evidence)):
+        path = f"/v1/nodes/{node_id}/{call}"
+        content, headers = signed_post(node_id, software_signer(key), path, body)
+        lowered = {name.lower(): value for name, value in headers.items()}
+        created = int(lowered["signature-input"].split("created=")[1].split(";")[0])
+
+        verify = functools.partial(
+            verify_request, "POST", path, "", content, lowered, public_key,
+            keyid=node_id, now=created, max_skew=300,
+        )  # fmt: skip
+        verify()  # it verifies at all
+        seconds = median_seconds(verify, rounds, inner=200)
+        what = "empty body" if body is None else f"{len(content) / 1024:.0f} KiB body"
+        rows.append(
+            (f"verify one channel signature (parse + ECDSA P-256 verify), {call} ({what})",
+             seconds * 1e6, "us")
+        )  # fmt: skip
+    decode = median_seconds(
+        lambda: TpmPublic.unmarshal_tpm2b(channel_public).public_key(), rounds, inner=200
+    )
+    rows.append(("  decode a channel key TPM2B_PUBLIC (once per key, cached)", decode * 1e6, "us"))
+    return rows
+
+
+def tpm_sign_rows(home: Path, ek_ca: Any, rounds: int) -> list[Row]:
+    """The node's side of the channel: one request signature by a channel key in swtpm."""
+    from stockade.agent.channel_key import ChannelSigner
+    from stockade.channel import sign_request
+    from stockade.tpm.device import Tpm
+    from stockade.tpm.node_key import create_node_key, save_node_key, sign_digest
+    from stockade.tpm.swtpm import start_swtpm
+
+    digest = hashlib.sha256(b"a signature base").digest()
+    with start_swtpm("bench-channel", home, ek_ca) as swtpm:
+        with Tpm(swtpm.tcti) as tpm:
+            key = create_node_key(tpm)
+            public_key = key.public.public_key()
+            assert isinstance(public_key, ec.EllipticCurvePublicKey)
+            signature = sign_digest(tpm, key, digest)
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            public_key.verify(  # the TPM's r || s is what the verifier checks
+                utils.encode_dss_signature(r, s), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+            )
+            in_tpm = median_seconds(lambda: sign_digest(tpm, key, digest), max(5, rounds), 10)
+        key_path = home / "bench-channel.key"
+        save_node_key(key, key_path)
+        signer = ChannelSigner(swtpm.tcti, key_path)
+        as_agent = median_seconds(lambda: signer(digest), max(5, rounds), 10)
+        whole = median_seconds(
+            lambda: sign_request("POST", "/v1/nodes/x/nonces", "", b"", keyid="x",
+                                 created=int(time.time()), sign_digest=signer),
+            max(5, rounds), 10,
+        )  # fmt: skip
+    return [
+        ("sign one request in swtpm (load key + TPM2_Sign)", in_tpm * 1e3, "ms"),
+        ("  as the agent signs (own TPM connection + load + sign + flush)", as_agent * 1e3, "ms"),
+        ("  sign_request() with the agent's signer (headers + the above)", whole * 1e3, "ms"),
+    ]
+
+
 def memory_per_node(work: Path, ek_ca_file: Path, policy: Path) -> list[Row]:
     with verifier_process(work, "verifier-memory", ek_ca_file, policy) as verifier:
         assert verifier.process is not None
@@ -270,6 +392,8 @@ def run(rounds: int) -> list[Row]:
         ek_ca_file = ek_ca_bundle(ek_ca, work / "ek-ca.pem")
         booted = boot_development_node(org, work / "home", ek_ca)
         rows = [appraise_only(org, booted, rounds)]
+        rows += channel_verify_rows(booted, rounds)
+        rows += tpm_sign_rows(work / "home", ek_ca, rounds)
         with verifier_process(work, "verifier-load", ek_ca_file, policy) as verifier:
             _, _, load_rows = throughput(verifier, booted, NODES)
             _, _, light_rows = throughput(verifier, booted, LIGHT_NODES)

@@ -1,21 +1,25 @@
 """The verifier benchmark's load generator: many simulated nodes over HTTPS, one process.
 
 Each simulated node holds a software ECC P-256 AK (enrolled with the restricted-signing
-AK template) and loops: ``POST /v1/nodes/{id}/nonces``, build a TPMS_ATTEST over the
-real booted node's PCR selection and digest with the fresh nonce as extraData and its
-TPM clock moving forward, sign it ECDSA-SHA256, ``POST /v1/nodes/{id}/evidence`` with the
-real boot log. Runs in its own process (``multiprocessing`` spawn), so its CPU is not the
-verifier's: on a 2-core machine they share the two cores.
+AK template) and a software ECC P-256 channel key (pinned on its row), and loops:
+``POST /v1/nodes/{id}/nonces``, build a TPMS_ATTEST over the real booted node's PCR
+selection and digest with the fresh nonce as extraData and its TPM clock moving forward,
+sign it ECDSA-SHA256, ``POST /v1/nodes/{id}/evidence`` with the real boot log. Both calls
+carry the node channel's RFC 9421 signature (``stockade.channel.sign_request``) made with
+the channel key, as every node call must. Runs in its own process (``multiprocessing``
+spawn), so its CPU is not the verifier's: on a 2-core machine they share the two cores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +27,7 @@ import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from stockade.channel import sign_request
 from stockade.evidence.algorithms import Alg
 from stockade.evidence.attest import Attest, ClockInfo
 from stockade.evidence.signature import EcdsaSignature, Signature
@@ -32,6 +37,7 @@ from stockade.evidence.signature import EcdsaSignature, Signature
 class SimulatedNode:
     node_id: str
     ak_private_pem: bytes
+    channel_private_pem: bytes
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,31 @@ def sign_quote(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
     ).marshal()
 
 
+def software_signer(key: ec.EllipticCurvePrivateKey) -> Callable[[bytes], bytes]:
+    """``sign_digest`` for ``stockade.channel.sign_request`` with a software P-256 key: ECDSA
+    over a SHA-256 digest, as IEEE P1363 ``r || s`` (what the TPM's TPM2_Sign gives)."""
+
+    def sign_digest(digest: bytes) -> bytes:
+        der = key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        r, s = utils.decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    return sign_digest
+
+
+def signed_post(
+    node_id: str, sign_digest: Callable[[bytes], bytes], path: str, body: Any = None
+) -> tuple[bytes, dict[str, str]]:
+    """The body bytes and headers of a node's channel-signed ``POST path`` (JSON body)."""
+    content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+    headers = sign_request(
+        "POST", path, "", content, keyid=node_id, created=int(time.time()), sign_digest=sign_digest
+    )
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return content, headers
+
+
 def quote_for(template: Attest, nonce: bytes, clock: int) -> bytes:
     """The template quote with a fresh nonce and a later TPM clock (same boot)."""
     info = template.clock_info
@@ -99,6 +130,11 @@ async def _node_loop(
     """
     key = serialization.load_pem_private_key(node.ak_private_pem, None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
+    channel_key = serialization.load_pem_private_key(node.channel_private_pem, None)
+    assert isinstance(channel_key, ec.EllipticCurvePrivateKey)
+    channel = software_signer(channel_key)
+    nonces_path = f"/v1/nodes/{node.node_id}/nonces"
+    evidence_path = f"/v1/nodes/{node.node_id}/evidence"
     clock = template.clock_info.clock + 1000
     start_at, end_at = window
     async with httpx.AsyncClient(base_url=plan.url, verify=context, timeout=60.0) as client:
@@ -107,7 +143,8 @@ async def _node_loop(
             if began >= end_at:
                 return
             try:
-                answer = await client.post(f"/v1/nodes/{node.node_id}/nonces")
+                content, headers = signed_post(node.node_id, channel, nonces_path)
+                answer = await client.post(nonces_path, content=content, headers=headers)
                 answer.raise_for_status()
                 nonce = base64.b64decode(answer.json()["nonce"])
                 clock += 1000
@@ -119,7 +156,8 @@ async def _node_loop(
                     "pcrs": plan.pcrs,
                     "event_log": plan.event_log_b64,
                 }
-                answer = await client.post(f"/v1/nodes/{node.node_id}/evidence", json=body)
+                content, headers = signed_post(node.node_id, channel, evidence_path, body)
+                answer = await client.post(evidence_path, content=content, headers=headers)
                 answer.raise_for_status()
                 status = str(answer.json()["status"])
             except (httpx.HTTPError, KeyError, ValueError) as error:

@@ -40,7 +40,7 @@ MAX_KEYID = 64
 
 _INPUT = re.compile(
     r'stockade=\("@method" "@path" "@query" "content-digest"\)'
-    r';created=(?P<created>[0-9]{1,12})'
+    r";created=(?P<created>[0-9]{1,12})"
     r';keyid="(?P<keyid>[A-Za-z0-9._-]{1,64})"'
     r';nonce="(?P<nonce>[A-Za-z0-9_-]{16,64})"'
     r';alg="ecdsa-p256-sha256";tag="stockade-node"'
@@ -83,9 +83,7 @@ def _query_component(query: str) -> str:
     return "?" + query
 
 
-def signature_base(
-    method: str, path: str, query: str, digest: str, signature_params: str
-) -> bytes:
+def signature_base(method: str, path: str, query: str, digest: str, signature_params: str) -> bytes:
     """RFC 9421, 2.5. ``signature_params`` is the Signature-Input member value."""
     lines = [
         f'"@method": {method.upper()}',
@@ -155,7 +153,7 @@ def parse_signed_request(headers: Mapping[str, str]) -> tuple[SignedRequest, str
     if matched is None:
         raise ChannelAuthError(
             "malformed",
-            "Signature-Input must be exactly stockade=(\"@method\" \"@path\" \"@query\" "
+            'Signature-Input must be exactly stockade=("@method" "@path" "@query" '
             '"content-digest");created=..;keyid="<node id>";nonce="..";'
             'alg="ecdsa-p256-sha256";tag="stockade-node"',
         )

@@ -1,5 +1,6 @@
-"""The agent's secret socket with a real software TPM: every read is unsealed by the TPM, so
-reads stop working the moment a sealed PCR moves; the socket is the owner's only."""
+"""The agent's secret socket with a real software TPM: every read is unsealed by the TPM (in a
+session the agent's channel key authorizes), so reads stop working the moment a sealed PCR
+moves; the socket is the owner's only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from stockade.agent.membership import Membership
 from stockade.agent.secret_socket import SecretSocketError, read_secret, serving_secrets
+from stockade.agent.state import AgentState
 from stockade.evidence.duplication import seal_secret
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.templates import KeyKind
@@ -17,6 +19,7 @@ from stockade.home import write_atomic
 from stockade.tpm.ak import create_ak
 from stockade.tpm.device import Tpm
 from stockade.tpm.ek import read_endorsement
+from stockade.tpm.node_key import create_node_key, save_node_key
 
 SELECTION = PcrSelection.parse("sha256:0,1,2,3,7,12")
 VALUE = b"api-token \x00\x01 " + bytes(range(256))
@@ -29,9 +32,11 @@ def membership(software_tpm, tmp_path: Path) -> Membership:
         ak = create_ak(tpm, KeyKind.ECC)
         ek = read_endorsement(tpm, ak.ek_kind).public
         pcrs = tpm.read_pcrs(SELECTION)
+        channel_key = create_node_key(tpm)
     ak.save(state)
+    save_node_key(channel_key, AgentState(state).channel_key_path)
     membership = Membership(state, software_tpm.tcti, secrets=("api-token",))
-    sealed = seal_secret(ek, VALUE, SELECTION, pcrs)
+    sealed = seal_secret(ek, VALUE, SELECTION, pcrs, authorizer_name=channel_key.public.name())
     membership.sealed_path("api-token").parent.mkdir(parents=True)
     write_atomic(membership.sealed_path("api-token"), sealed.marshal(), mode=0o600)
     return membership
@@ -70,6 +75,17 @@ def test_withdraw_removes_the_sealed_copy_and_reads_then_fail(membership, tmp_pa
         assert membership.withdraw() == ["api-token"]
         with pytest.raises(SecretSocketError, match="no sealed copy"):
             read_secret(path, "api-token")
+
+
+def test_without_the_channel_key_reads_fail_and_nothing_leaks(membership, tmp_path):
+    """The key file gone (or never readable by this process): every read is refused with
+    the reason, the value never."""
+    path = tmp_path / "secrets.sock"
+    AgentState(membership.state_dir).channel_key_path.unlink()
+    with serving_secrets(path, frozenset({"api-token"}), membership.unseal):
+        with pytest.raises(SecretSocketError, match="no channel key") as refused:
+            read_secret(path, "api-token")
+        assert VALUE not in str(refused.value).encode()
 
 
 def test_no_agent_listening_is_a_clear_error(tmp_path):

@@ -106,6 +106,8 @@ def channel(tpm) -> NodeKey:
 def test_round_trip(tpm, channel, kind, size):
     payload = os.urandom(size)
     sealed = seal_to_current(tpm, kind, payload, channel)
+    name = channel.public.name()
+    assert sealed.public.auth_policy == unseal_policy(SELECTION, tpm.read_pcrs(SELECTION), name)
     # as it travels: binary, then JSON
     travelled = SealedSecret.from_json(SealedSecret.unmarshal(sealed.marshal()).to_json())
     assert unseal_secret(tpm, kind, travelled, channel) == payload
@@ -317,13 +319,17 @@ def trial_digest(tpm: Tpm, selection: PcrSelection, pcr_digest: bytes, command_c
 @pytest.mark.parametrize(
     "text", [SELECTION_TEXT, "sha256:16", "sha1:0,7+sha256:4,23", "sha256:4,23+sha1:0,7"]
 )
-def test_policy_digests_equal_the_tpms_trial_session(tpm, channel, text):
+def test_policy_digests_equal_the_tpms_trial_session(tpm, text):
+    """PolicyPCR then PolicyCommandCode; with PolicySigned first (the whole unseal policy):
+    tests/evidence/test_policy_digest.py."""
     selection = PcrSelection.parse(text)
     tpm.extend_pcr(16, b"make PCR 16 non-zero")
     values = tpm.read_pcrs(selection)
     # the TPM reads its own PCRs (empty pcrDigest)
     assert trial_digest(tpm, selection, b"", None) == policy_pcr(selection, values)
-    assert trial_digest(tpm, selection, b"", TPM_CC_UNSEAL) == unseal_policy(selection, values)
+    assert trial_digest(tpm, selection, b"", TPM_CC_UNSEAL) == policy_command_code(
+        TPM_CC_UNSEAL, policy_pcr(selection, values)
+    )
     # predicted values: the TPM takes our composite digest as given
     predicted = PcrValues(
         {
@@ -332,8 +338,8 @@ def test_policy_digests_equal_the_tpms_trial_session(tpm, channel, text):
         }
     )
     composite = predicted.composite_digest(selection, hash_algorithm(Alg.SHA256))
-    assert trial_digest(tpm, selection, composite, TPM_CC_UNSEAL) == unseal_policy(
-        selection, predicted
+    assert trial_digest(tpm, selection, composite, TPM_CC_UNSEAL) == policy_command_code(
+        TPM_CC_UNSEAL, policy_pcr(selection, predicted)
     )
     assert_nothing_left(tpm)
 
@@ -364,6 +370,8 @@ tpm2_flushcontext -t; tpm2_flushcontext -s
 @needs_tools
 @pytest.mark.crosscheck
 def test_tpm2_tools_policy_equals_ours(tpm, channel, shared_software_tpm, tmp_path):
+    """PolicyPCR and PolicyCommandCode; tpm2_policysigned is checked in
+    tests/evidence/test_policy_digest.py."""
     values = tpm.read_pcrs(SELECTION)
     result = run_script(
         shared_software_tpm.tcti,
@@ -378,23 +386,21 @@ tpm2_flushcontext trial.ctx
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "pcr.policy").read_bytes() == policy_pcr(SELECTION, values)
-    assert (tmp_path / "unseal.policy").read_bytes() == unseal_policy(SELECTION, values)
+    assert (tmp_path / "unseal.policy").read_bytes() == policy_command_code(
+        TPM_CC_UNSEAL, policy_pcr(SELECTION, values)
+    )
 
 
-@needs_tools
-@pytest.mark.crosscheck
-@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
-def test_tpm2_tools_import_and_unseal_our_blob(software_tpm, tmp_path, kind):
-    """tpm2_import under the EK, tpm2_load, tpm2_unseal in a tpm2_policypcr +
-    tpm2_policycommandcode session: tpm2-tools recovers the sealed key, which opens the
-    payload. Then a PCR extend: tpm2_unseal fails too."""
-    with Tpm(software_tpm.tcti) as tpm:
-        sealed = seal_to_current(tpm, kind, b"opened by tpm2-tools", channel)
-    (tmp_path / "obj.pub").write_bytes(sealed.object_public)
-    (tmp_path / "obj.dup").write_bytes(sealed.duplicate)
-    (tmp_path / "obj.seed").write_bytes(sealed.encrypted_seed)
+def tools_unseal(
+    tcti: str, cwd: Path, kind: KeyKind, authorizer: ec.EllipticCurvePrivateKey | None
+) -> subprocess.CompletedProcess[str]:
+    """tpm2-tools do what a node does, with files: tpm2_import under the EK, tpm2_load, a
+    policy session with tpm2_policysigned (the authorizing key's public loaded by
+    tpm2_loadexternal; aHash written by --raw-data, signed here), tpm2_policypcr,
+    tpm2_policycommandcode, tpm2_unseal into key.out. Without ``authorizer``: the session
+    of a TPM user who cannot sign, PolicyPCR + PolicyCommandCode only."""
     # swtpm has no resource manager: each tool leaves the objects it loaded; flush them
-    steps = [
+    setup = [
         f"tpm2_createek -c ek.ctx -G {kind.value}",
         "tpm2_startauthsession --policy-session -S ek1.ctx",
         "tpm2_policysecret -S ek1.ctx -c e",
@@ -404,14 +410,79 @@ def test_tpm2_tools_import_and_unseal_our_blob(software_tpm, tmp_path, kind):
         "tpm2_policysecret -S ek2.ctx -c e",
         "tpm2_load -C ek.ctx -P session:ek2.ctx -u obj.pub -r obj.priv -c obj.ctx",
         "tpm2_flushcontext ek2.ctx",
+        "tpm2_loadexternal -C n -u auth.pub -c auth.ctx",
         "tpm2_startauthsession --policy-session -S unseal.ctx",
+    ]
+    signed = "-g sha256 -c auth.ctx -q ref -x -t 0"
+    if authorizer is not None:
+        setup.append(f"tpm2_policysigned -S unseal.ctx {signed} --raw-data raw.bin")
+    unseal = [
         f"tpm2_policypcr -S unseal.ctx -l {SELECTION_TEXT}",
         "tpm2_policycommandcode -S unseal.ctx TPM2_CC_Unseal",
         "tpm2_unseal -c obj.ctx -p session:unseal.ctx -o key.out",
         "tpm2_flushcontext unseal.ctx",
     ]
-    script = "".join(f"{step}\ntpm2_flushcontext -t\n" for step in steps)
-    result = run_script(software_tpm.tcti, tmp_path, script)
+    if authorizer is not None:
+        unseal.insert(0, f"tpm2_policysigned -S unseal.ctx {signed} -f ecdsa -s auth.sig")
+
+    def run(steps: list[str], *, flush_sessions: bool) -> subprocess.CompletedProcess[str]:
+        flush = "tpm2_flushcontext -t" + ("; tpm2_flushcontext -s" if flush_sessions else "")
+        script = "".join(f"{step}\ntpm2_flushcontext -t\n" for step in steps)
+        return subprocess.run(
+            ["bash", "-c", f"set -e\nexport TPM2TOOLS_TCTI='{tcti}'\n{flush}\n{script}"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    try:
+        first = run(setup, flush_sessions=True)
+        if first.returncode != 0 or authorizer is None:
+            return first if first.returncode != 0 else run(unseal, flush_sessions=False)
+        raw = (cwd / "raw.bin").read_bytes()  # nonceTPM || expiration || cpHashA || policyRef
+        a_hash = policy_signed_digest(raw[:32], 0, b"", UNSEAL_POLICY_REF)
+        assert raw == raw[:32] + bytes(4) + UNSEAL_POLICY_REF
+        assert hashlib.sha256(raw).digest() == a_hash
+        signature = authorizer.sign(a_hash, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        (cwd / "auth.sig").write_bytes(signature)  # DER, as tpm2-tools reads "ecdsa"
+        return run(unseal, flush_sessions=False)
+    finally:
+        flush = f"export TPM2TOOLS_TCTI='{tcti}'; tpm2_flushcontext -t; tpm2_flushcontext -s"
+        subprocess.run(["bash", "-c", flush], cwd=cwd, capture_output=True, check=False)
+
+
+@needs_tools
+@pytest.mark.crosscheck
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
+def test_tpm2_tools_import_and_unseal_our_blob(software_tpm, tmp_path, kind):
+    """tpm2-tools recover the sealed key in a session the authorizing key signed for, and
+    it opens the payload. Without tpm2_policysigned (a TPM user without the key), or after
+    a PCR extend, tpm2_unseal fails. The authorizer here is a software P-256 key: tools can
+    only sign with a key they can load, and only the agent holds the channel key's file."""
+    authorizer = ec.generate_private_key(ec.SECP256R1())
+    with Tpm(software_tpm.tcti) as tpm:
+        template = create_node_key(tpm).public  # a channel key's attributes
+        auth_public = template.with_public_key(authorizer.public_key())
+        sealed = seal_secret(
+            ek_public(tpm, kind),
+            b"opened by tpm2-tools",
+            SELECTION,
+            tpm.read_pcrs(SELECTION),
+            authorizer_name=auth_public.name(),
+        )
+    (tmp_path / "obj.pub").write_bytes(sealed.object_public)
+    (tmp_path / "obj.dup").write_bytes(sealed.duplicate)
+    (tmp_path / "obj.seed").write_bytes(sealed.encrypted_seed)
+    (tmp_path / "auth.pub").write_bytes(auth_public.marshal_tpm2b())
+    (tmp_path / "ref").write_bytes(sealed.policy_ref)
+
+    without_key = tools_unseal(software_tpm.tcti, tmp_path, kind, None)
+    assert without_key.returncode != 0
+    assert "tpm2_unseal" in without_key.stderr or "policy" in without_key.stderr.lower()
+    assert not (tmp_path / "key.out").exists()
+
+    result = tools_unseal(software_tpm.tcti, tmp_path, kind, authorizer)
     assert result.returncode == 0, result.stderr
     key = (tmp_path / "key.out").read_bytes()
     assert open_payload(sealed, key) == b"opened by tpm2-tools"
@@ -419,7 +490,7 @@ def test_tpm2_tools_import_and_unseal_our_blob(software_tpm, tmp_path, kind):
     (tmp_path / "key.out").unlink()
     with Tpm(software_tpm.tcti) as tpm:
         tpm.extend_pcr(7, b"changed")
-    result = run_script(software_tpm.tcti, tmp_path, script)
+    result = tools_unseal(software_tpm.tcti, tmp_path, kind, authorizer)
     assert result.returncode != 0
     assert "tpm2_unseal" in result.stderr or "policy" in result.stderr.lower()
     assert not (tmp_path / "key.out").exists()
@@ -440,7 +511,13 @@ def test_tpm2_pytss_unwrap_recovers_our_duplicate(tpm, channel, kind):
     blob given the parent's private key: the same TPMT_SENSITIVE the TPM would import."""
     private, parent = software_parent(kind, ek_public(tpm, kind))
     values = tpm.read_pcrs(SELECTION)
-    sealed = seal_secret(parent, b"unwrapped elsewhere", SELECTION, values)
+    sealed = seal_secret(
+        parent,
+        b"unwrapped elsewhere",
+        SELECTION,
+        values,
+        authorizer_name=channel.public.name(),
+    )
     pem = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

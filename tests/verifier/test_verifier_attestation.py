@@ -24,7 +24,9 @@ def test_attest_affirms_and_ear_verifies_with_jwks(client, software_tpm):
     agent = DevAgent.create(software_tpm)
     node_id = agent.enroll(client, "node-e")
     nonce = _nonce(client, agent)
-    response = client.post(f"/v1/nodes/{node_id}/evidence", json=agent.evidence(nonce), auth=agent.auth)
+    response = client.post(
+        f"/v1/nodes/{node_id}/evidence", json=agent.evidence(nonce), auth=agent.auth
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "affirming" and body["state"] == "trusted"
@@ -72,7 +74,10 @@ def test_nonce_reuse_and_expiry_are_409(client, software_tpm, clock):
     node_id = agent.enroll(client, "node-n")
     nonce = _nonce(client, agent)
     evidence = agent.evidence(nonce)
-    assert client.post(f"/v1/nodes/{node_id}/evidence", json=evidence, auth=agent.auth).status_code == 200
+    assert (
+        client.post(f"/v1/nodes/{node_id}/evidence", json=evidence, auth=agent.auth).status_code
+        == 200
+    )
     replay = client.post(f"/v1/nodes/{node_id}/evidence", json=evidence, auth=agent.auth)
     assert replay.status_code == 409 and replay.json()["error"] == "nonce"
 
@@ -83,7 +88,10 @@ def test_nonce_reuse_and_expiry_are_409(client, software_tpm, clock):
     assert expired.status_code == 409 and expired.json()["error"] == "nonce"
     # A nonce the verifier never issued.
     forged = agent.evidence(bytes(32))
-    assert client.post(f"/v1/nodes/{node_id}/evidence", json=forged, auth=agent.auth).status_code == 409
+    assert (
+        client.post(f"/v1/nodes/{node_id}/evidence", json=forged, auth=agent.auth).status_code
+        == 409
+    )
     assert len(read(client, f"/v1/nodes/{node_id}/results").json()["results"]) == 1
 
 
@@ -174,7 +182,11 @@ def test_racing_submissions_with_one_nonce_win_once(client, software_tpm):
     with ThreadPoolExecutor(8) as pool:
         codes = list(
             pool.map(
-                lambda _: client.post(f"/v1/nodes/{node_id}/evidence", json=evidence, auth=agent.auth).status_code,
+                lambda _: (
+                    client.post(
+                        f"/v1/nodes/{node_id}/evidence", json=evidence, auth=agent.auth
+                    ).status_code
+                ),
                 range(8),
             )
         )

@@ -19,8 +19,8 @@ from stockade.evidence.templates import KeyKind
 from stockade.tpm.ak import AttestationKey, create_ak
 from stockade.tpm.credential import activate_credential
 from stockade.tpm.device import Tpm
-from stockade.tpm.node_key import NodeKey, certify_node_key, create_node_key, sign_digest
 from stockade.tpm.ek import read_endorsement
+from stockade.tpm.node_key import NodeKey, certify_node_key, create_node_key, sign_digest
 from stockade.tpm.quote import quote
 from stockade.tpm.swtpm import SoftwareTpm
 from stockade.verifier.appraiser import NodeView, Status
@@ -141,7 +141,10 @@ class DevAgent:
 
         def sign(digest: bytes) -> bytes:
             # One signature at a time: a swtpm has no resource manager for parallel clients.
-            with _TPM_LOCKS.setdefault(self.tpm.tcti, threading.Lock()), Tpm(self.tpm.tcti) as device:
+            with (
+                _TPM_LOCKS.setdefault(self.tpm.tcti, threading.Lock()),
+                Tpm(self.tpm.tcti) as device,
+            ):
                 return sign_digest(device, signing_key, digest)
 
         return ChannelAuth(node_id, sign)

@@ -24,7 +24,9 @@ class CertifiedChannelKey:
     signature: bytes
 
 
-def create_channel_key(tcti: str, ak: Any, enrollment_id: str, secret: bytes) -> CertifiedChannelKey:
+def create_channel_key(
+    tcti: str, ak: Any, enrollment_id: str, secret: bytes
+) -> CertifiedChannelKey:
     """Create a P-256 signing key in the TPM and certify it with the AK over
     ``channel_certify_nonce(enrollment_id, secret)``; nothing stays loaded."""
     from stockade.tpm.device import Tpm

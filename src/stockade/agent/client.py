@@ -262,9 +262,7 @@ class VerifierClient:
         return answer
 
     def certificate(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = self._node_call(
-            "POST", f"/v1/nodes/{node_id}/certificates", body
-        )
+        answer: dict[str, Any] = self._node_call("POST", f"/v1/nodes/{node_id}/certificates", body)
         return answer
 
     def release_secret(self, node_id: str, name: str) -> dict[str, Any]:
@@ -340,6 +338,21 @@ class VerifierClient:
     def allow(self, node: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{self.resolve(node)}/allow")
         return answer
+
+    def approve(self, node: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{self.resolve(node)}/approve")
+        return answer
+
+    def replace(self, node: str, ek: str | None = None) -> dict[str, Any]:
+        body = {"ek": ek} if ek else None
+        answer: dict[str, Any] = self.request(
+            "POST", f"/v1/nodes/{self.resolve(node)}/replace", body
+        )
+        return answer
+
+    def security_events(self, after: int = 0) -> list[dict[str, Any]]:
+        answer = self.request("GET", "/v1/security-events", after=after)
+        return list(answer["security_events"])
 
     def results(self, node: str, limit: int = 1) -> list[dict[str, Any]]:
         answer = self.request("GET", f"/v1/nodes/{self.resolve(node)}/results", limit=limit)

@@ -1,4 +1,4 @@
-"""``stockade nodes list|show|revoke|allow``: the verifier's view of the nodes."""
+"""``stockade nodes list|show|revoke|allow|approve|replace``: the verifier's view of the nodes."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ NodeArgument = Annotated[str, typer.Argument(help="node id or name")]
 
 STATE_STYLES = {
     "trusted": "green",
+    "pending": "blue",
     "enrolled": "cyan",
     "untrusted": "yellow",
     "failed": "red",
@@ -164,6 +165,45 @@ def allow(
     """Lift a revocation: the node may enroll and attest again. Needs the operator token."""
     with client(verifier, ca, token_file) as api:
         document = api.allow(node)
+    _report_state(document, node, output)
+
+
+@app.command("approve")
+def approve(
+    node: NodeArgument,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Admit a pending node (enrollment mode approve): it may attest from now on. Needs the
+    operator token."""
+    with client(verifier, ca, token_file) as api:
+        document = api.approve(node)
+    _report_state(document, node, output)
+
+
+@app.command("replace")
+def replace(
+    node: NodeArgument,
+    ek: Annotated[
+        str | None,
+        typer.Option(
+            "--ek",
+            help="only this EK may take the node: sha256 hex of its certificate or of its "
+            "SubjectPublicKeyInfo, or serial:<hex>",
+        ),
+    ] = None,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Board swap: open the node's name to new hardware. The next TPM (or the one --ek
+    names) that enrolls under this name becomes this node: same id, history, grants and
+    labels; the old TPM is no longer it. Needs the operator token."""
+    with client(verifier, ca, token_file) as api:
+        document = api.replace(node, ek)
     _report_state(document, node, output)
 
 

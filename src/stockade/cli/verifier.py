@@ -16,8 +16,8 @@ from stockade.verifier.config import (
     DEFAULT_HOST,
     DEFAULT_LOG_ORIGIN,
     DEFAULT_PORT,
-    VerifierConfig,
     EnrollmentMode,
+    VerifierConfig,
     load_allowlist,
     load_ca_files,
 )

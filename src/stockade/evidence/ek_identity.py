@@ -48,12 +48,8 @@ _HIGH = _LOW | ObjectAttributes.USER_WITH_AUTH
 
 # PolicyA (low range) and PolicyB per name algorithm (high range): EK Credential Profile,
 # B.6 "Policies": PolicySecret(TPM_RH_ENDORSEMENT) or PolicyOR of it with PolicyNV.
-_POLICY_A_SHA256 = bytes.fromhex(
-    "837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa"
-)
-_POLICY_B_SHA256 = bytes.fromhex(
-    "ca3d0a99a2b93906f7a3342414efcfb3a385d44cd1fd459089d19b5071c0b7a0"
-)
+_POLICY_A_SHA256 = bytes.fromhex("837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa")
+_POLICY_B_SHA256 = bytes.fromhex("ca3d0a99a2b93906f7a3342414efcfb3a385d44cd1fd459089d19b5071c0b7a0")
 _POLICY_B_SHA384 = bytes.fromhex(
     "b26e7d28d11a50bc53d882bcf5fd3a1a074148bb35d3b4e4"
     "cb1c0ad9bde419cacb47ba09699646150f9fc000f3f80e12"
@@ -122,7 +118,13 @@ class EkTemplate:
 TEMPLATES: tuple[EkTemplate, ...] = (
     EkTemplate("L-1", Alg.RSA, Alg.SHA256, int(_LOW), _POLICY_A_SHA256, _AES128_CFB, key_bits=2048),
     EkTemplate(
-        "L-2", Alg.ECC, Alg.SHA256, int(_LOW), _POLICY_A_SHA256, _AES128_CFB, curve=EccCurve.NIST_P256
+        "L-2",
+        Alg.ECC,
+        Alg.SHA256,
+        int(_LOW),
+        _POLICY_A_SHA256,
+        _AES128_CFB,
+        curve=EccCurve.NIST_P256,
     ),
     EkTemplate(
         "H-1", Alg.RSA, Alg.SHA256, int(_HIGH), _POLICY_B_SHA256, _AES128_CFB, key_bits=2048

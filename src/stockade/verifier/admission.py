@@ -114,6 +114,5 @@ def replace(
             actor=actor.name,
         )
         answer = node_json(node, service)
-        answer["replace_until"] = node.replace_until.isoformat()
         answer["replace_ek"] = selector
         return answer

@@ -170,14 +170,14 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
             "max_event_streams, max_event_streams_per_client, event_stream_max_seconds and "
             "enrollment_rate_per_minute must be positive"
         )
-    prepare_database_file(config.resolved_database_url)
-    engine = make_engine(config.resolved_database_url)
-    migrate(engine)
-    prepare_database_file(config.resolved_database_url)  # -wal/-shm made by the migration
     operator_token = config.operator_token or load_or_create_operator_token(config.data_dir)
     authority = Authority.load(
         config.data_dir, operator_token, config.credentials_file, config.clock
     )
+    prepare_database_file(config.resolved_database_url)
+    engine = make_engine(config.resolved_database_url)
+    migrate(engine)
+    prepare_database_file(config.resolved_database_url)  # -wal/-shm made by the migration
     service = Service(
         config=config,
         engine=engine,

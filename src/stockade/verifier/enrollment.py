@@ -15,6 +15,7 @@ is admitted by the enrollment mode: ``approve`` (it waits as ``pending``), ``all
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -23,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select, update
@@ -113,10 +113,8 @@ def allowlist_keys(certificate: bytes, identity: str) -> set[str]:
     """The allowlist entries that name this EK: its identity, its certificate's sha256, and
     ``serial:<hex>`` of its certificate."""
     keys = {identity, hashlib.sha256(certificate).hexdigest()}
-    try:
+    with contextlib.suppress(ValueError):
         keys.add(f"serial:{x509.load_der_x509_certificate(certificate).serial_number:x}")
-    except ValueError:
-        pass
     return keys
 
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert
 
+from stockade.cluster.names import InvalidNodeName
 from stockade.cluster.status import STATUS_TYPE, status_claims
 from stockade.evidence.certify import CertifyRejected, verify_certify
 from stockade.evidence.errors import EvidenceError
@@ -98,14 +99,18 @@ def issue_certificate(
             code="certify",
         )
     not_before = now - NOT_BEFORE_SKEW
-    certificate = service.cluster_ca.issue_node_certificate(
-        key_public,
-        node_id=standing.node_id,
-        node_name=standing.name,
-        result_id=standing.result_id,
-        not_before=not_before,
-        not_after=standing.not_after,
-    )
+    try:
+        certificate = service.cluster_ca.issue_node_certificate(
+            key_public,
+            node_id=standing.node_id,
+            node_name=standing.name,
+            result_id=standing.result_id,
+            not_before=not_before,
+            not_after=standing.not_after,
+        )
+    except InvalidNodeName as error:
+        # A name enrolled before names were checked: it cannot be certified, never a 500.
+        raise Forbidden(str(error), code="node-name") from None
     serial = format(certificate.serial_number, "x")
     with service.engine.begin() as connection:
         connection.execute(

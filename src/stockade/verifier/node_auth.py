@@ -119,7 +119,9 @@ def _authenticate(
         )
         raise Unauthorized(error.detail, code=REFUSED) from None
     except EvidenceError as error:  # a stored key that does not parse: refuse, never 500
-        raise Unauthorized(f"node {node_id}'s channel key is unusable: {error}", code=UNKNOWN)
+        raise Unauthorized(
+            f"node {node_id}'s channel key is unusable: {error}", code=UNKNOWN
+        ) from None
     return AuthenticatedNode(node_id, row.name)
 
 

@@ -132,4 +132,3 @@ def list_security_events(
             .limit(limit)
         ).all()
         return {"security_events": [security_event_json(row) for row in rows]}
-

@@ -187,9 +187,7 @@ def _grants_by_id(connection: sa.Connection, holders: dict[str, str]) -> None:
         connection.execute(
             sa.delete(grants).where(grants.c.id == grant.id)
             if duplicate is not None
-            else sa.update(grants)
-            .where(grants.c.id == grant.id)
-            .values(selector=f"node:{node_id}")
+            else sa.update(grants).where(grants.c.id == grant.id).values(selector=f"node:{node_id}")
         )
 
 
