@@ -1,6 +1,7 @@
 """The operator CLI (nodes, results, policy) against a stand-in verifier on 127.0.0.1:
 one JSON document with --format json, the EAR decoded and its signature checked, exit 2
-with one line when the verifier is unreachable."""
+with one line when the verifier is unreachable. The stand-in refuses reads without the reader
+(or operator) token and changes without the operator token, as the verifier does."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 KEY = ec.generate_private_key(ec.SECP256R1())
+READER = "reader-token-for-the-cli-tests"
+OPERATOR = "operator-token-for-the-cli-tests"
 NODE = {"node_id": "n-1", "name": "good-1", "state": "trusted", "trusted_until": "2026-11-01Z"}
 CLAIMS = {
     "eat_profile": "tag:github.com,2023:veraison/ear",
@@ -43,8 +46,21 @@ def _jwk() -> dict[str, object]:
 class FakeVerifier(http.server.BaseHTTPRequestHandler):
     policies: list[dict[str, object]]
 
+    def _token(self) -> str:
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        return token if scheme == "Bearer" else ""
+
+    def _refused(self, role: str) -> bool:
+        allowed = (OPERATOR,) if role == "operator" else (READER, OPERATOR)
+        if self._token() in allowed:
+            return False
+        self._json(401, {"error": f"{role}-token", "detail": f"needs the {role} token"})
+        return True
+
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
+        if path != "/v1/keys" and self._refused("read"):
+            return
         ear = jwt.encode(CLAIMS, KEY, algorithm="ES256", headers={"kid": "k1"})
         routes = {
             "/v1/nodes": {"nodes": [NODE]},
@@ -68,12 +84,16 @@ class FakeVerifier(http.server.BaseHTTPRequestHandler):
             self._json(404, {"error": "not-found", "detail": f"no {path}"})
 
     def do_POST(self) -> None:
+        if self._refused("operator"):
+            return
         if self.path == "/v1/nodes/n-1/revoke":
             self._json(200, {**NODE, "state": "revoked"})
         else:
             self._json(404, {"error": "not-found", "detail": self.path})
 
     def do_PUT(self) -> None:
+        if self._refused("operator"):
+            return
         document = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         stored = {"id": document["id"], "version": len(self.policies) + 1, "document": document}
         self.policies.append(stored)
@@ -101,10 +121,15 @@ def verifier() -> Iterator[str]:
     server.server_close()
 
 
-def stockade(*args: str, verifier: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("STOCKADE_VERIFIER", "STOCKADE_CA")}
+def stockade(
+    *args: str, verifier: str | None = None, token: str | None = READER
+) -> subprocess.CompletedProcess[str]:
+    drop = ("STOCKADE_VERIFIER", "STOCKADE_CA", "STOCKADE_OPERATOR_TOKEN")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     if verifier:
         env["STOCKADE_VERIFIER"] = verifier
+    if token:
+        env["STOCKADE_OPERATOR_TOKEN"] = token
     command = [str(Path(sys.executable).with_name("stockade")), *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
@@ -120,10 +145,32 @@ def test_nodes_list_and_show(verifier: str) -> None:
     assert "trusted" in table.stdout
 
 
+def test_reads_send_the_token_from_the_environment_or_a_file(verifier: str, tmp_path) -> None:
+    token_file = tmp_path / "reader-token"
+    token_file.write_text(READER + "\n")
+    for command in (
+        ("nodes", "list"),
+        ("nodes", "show", "good-1"),
+        ("results", "show", "good-1"),
+        ("policy", "list"),
+    ):
+        refused = stockade(*command, "--format", "json", verifier=verifier, token=None)
+        assert refused.returncode == 2
+        assert refused.stdout == "" and refused.stderr.count("\n") == 1
+        assert "401 read-token" in refused.stderr
+        with_file = (*command, "--token-file", str(token_file), "--format", "json")
+        served = stockade(*with_file, verifier=verifier, token=None)
+        assert served.returncode == 0, served.stderr
+
+
 def test_revoke_by_name(verifier: str) -> None:
-    revoked = stockade("nodes", "revoke", "good-1", "--format", "json", verifier=verifier)
+    revoked = stockade(
+        "nodes", "revoke", "good-1", "--format", "json", verifier=verifier, token=OPERATOR
+    )
     assert json.loads(revoked.stdout)["state"] == "revoked"
-    missing = stockade("nodes", "revoke", "nobody", verifier=verifier)
+    by_reader = stockade("nodes", "revoke", "good-1", verifier=verifier)
+    assert by_reader.returncode == 2 and "operator-token" in by_reader.stderr
+    missing = stockade("nodes", "revoke", "nobody", verifier=verifier, token=OPERATOR)
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1
     assert "nobody" in missing.stderr
@@ -143,7 +190,9 @@ def test_results_show_decodes_and_verifies_the_ear(verifier: str) -> None:
 def test_policy_apply_and_list(verifier: str, tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("id: production\npcrs: sha256:0-9,12\nresult_validity_seconds: 60\n")
-    applied = stockade("policy", "apply", str(policy), "--format", "json", verifier=verifier)
+    applied = stockade(
+        "policy", "apply", str(policy), "--format", "json", verifier=verifier, token=OPERATOR
+    )
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["version"] == 1
     listed = json.loads(stockade("policy", "list", "--format", "json", verifier=verifier).stdout)

@@ -6,7 +6,6 @@ Each security test shows the attack, then shows it refused.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -62,16 +61,10 @@ def trusted_node(api: TestClient, tpm, name: str) -> DevAgent:
     return agent
 
 
-def nonce_for(api: TestClient, node_id: str) -> bytes:
-    issued = api.post(f"/v1/nodes/{node_id}/nonces")
-    assert issued.status_code == 201, issued.text
-    return base64.b64decode(issued.json()["nonce"])
-
-
 def certificate_request(agent: DevAgent, api: TestClient, *, signer: DevAgent | None = None):
     """A node key made in ``agent``'s TPM, certified by ``signer``'s AK (default: its own)."""
     signer = signer or agent
-    nonce = nonce_for(api, agent.node_id)
+    nonce = agent.nonce(api)
     with Tpm(agent.tpm.tcti) as tpm:
         key = create_node_key(tpm)
     with Tpm(signer.tpm.tcti) as tpm:
@@ -91,10 +84,10 @@ def certificate_request(agent: DevAgent, api: TestClient, *, signer: DevAgent | 
 
 def fail(agent: DevAgent, api: TestClient) -> None:
     """Submit evidence whose PCR values do not match the quote: a contraindicated result."""
-    nonce = nonce_for(api, agent.node_id)
+    nonce = agent.nonce(api)
     evidence = agent.evidence(nonce)
     evidence["pcrs"]["sha256"]["7"] = "11" * 32
-    answer = api.post(f"/v1/nodes/{agent.node_id}/evidence", json=evidence)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/evidence", json=evidence, auth=agent.auth)
     assert answer.json()["status"] == "contraindicated", answer.text
 
 
@@ -110,9 +103,11 @@ def put_secret(api: TestClient, config: VerifierConfig, name: str, value: bytes,
 
 
 def unseal(agent: DevAgent, answer: dict) -> bytes:
+    """What the node does: unseal in its TPM, authorized by its channel key."""
+    assert agent.channel_key is not None
     sealed = SealedSecret.from_json(answer["sealed"])
     with Tpm(agent.tpm.tcti) as tpm:
-        return unseal_secret(tpm, KeyKind.RSA, sealed)
+        return unseal_secret(tpm, KeyKind.RSA, sealed, agent.channel_key)
 
 
 # -- node certificates -----------------------------------------------------------------
@@ -123,7 +118,7 @@ def test_trusted_node_gets_a_certificate_for_its_tpm_key_that_ends_with_its_resu
 ):
     agent = trusted_node(api, software_tpm, "web-1")
     key, body = certificate_request(agent, api)
-    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth)
     assert answer.status_code == 201, answer.text
     issued = answer.json()
     cert = x509.load_pem_x509_certificate(issued["certificate"].encode())
@@ -145,7 +140,7 @@ def test_key_certified_by_another_nodes_ak_is_refused(api, make_software_tpm):
     agent = trusted_node(api, make_software_tpm(), "web-1")
     other = trusted_node(api, make_software_tpm(), "web-2")
     _, body = certificate_request(agent, api, signer=other)
-    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth)
     assert answer.status_code == 403, answer.text
     assert answer.json()["error"] == "certify"
 
@@ -157,15 +152,18 @@ def test_key_the_ak_did_not_certify_is_refused(api, software_tpm):
     with Tpm(software_tpm.tcti) as tpm:
         other_key = create_node_key(tpm)
     body["key_public"] = b64(other_key.public.marshal_tpm2b())
-    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth)
     assert answer.status_code == 403 and answer.json()["error"] == "certify", answer.text
 
 
 def test_certify_over_a_replayed_nonce_is_refused(api, software_tpm):
     agent = trusted_node(api, software_tpm, "web-1")
     _, body = certificate_request(agent, api)
-    assert api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body).status_code == 201
-    replay = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    assert (
+        api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth).status_code
+        == 201
+    )
+    replay = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth)
     assert replay.status_code == 409 and replay.json()["error"] == "nonce"
 
 
@@ -173,7 +171,7 @@ def test_untrusted_node_is_refused_a_certificate_with_the_reasons(api, software_
     agent = trusted_node(api, software_tpm, "web-1")
     fail(agent, api)
     _, body = certificate_request(agent, api)
-    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth)
     assert answer.status_code == 403, answer.text
     refused = answer.json()
     assert refused["error"] == "untrusted"
@@ -185,7 +183,7 @@ def test_stale_node_is_refused_a_certificate(api, software_tpm, clock):
     agent = trusted_node(api, software_tpm, "web-1")
     clock.advance(121)
     _, body = certificate_request(agent, api)
-    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth)
     assert answer.status_code == 403 and "stale" in answer.json()["detail"], answer.text
 
 
@@ -238,7 +236,7 @@ def test_granted_trusted_node_unseals_the_secret_in_its_tpm_and_nothing_leaks(
     agent = trusted_node(api, software_tpm, "web-1")
     responses = [put_secret(api, config, "db", SECRET, "node:web-1")]
     responses.append(api.get("/v1/secrets", headers=operator(config)))
-    released = api.post(f"/v1/nodes/{agent.node_id}/secrets/db")
+    released = api.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth)
     responses.append(released)
     assert released.status_code == 200, released.text
     assert unseal(agent, released.json()) == SECRET
@@ -257,16 +255,16 @@ def test_label_grants_select_nodes_by_operator_labels(api, make_software_tpm, co
     web = trusted_node(api, make_software_tpm(), "web-1")
     db = trusted_node(api, make_software_tpm(), "db-1")
     put_secret(api, config, "tls", SECRET, "label:role=web")
-    assert api.post(f"/v1/nodes/{web.node_id}/secrets/tls").status_code == 403
+    assert api.post(f"/v1/nodes/{web.node_id}/secrets/tls", auth=web.auth).status_code == 403
     labelled = api.put(
         f"/v1/nodes/{web.node_id}/labels",
         json={"labels": {"role": "web"}},
         headers=operator(config),
     )
     assert labelled.status_code == 200 and labelled.json()["labels"] == {"role": "web"}
-    released = api.post(f"/v1/nodes/{web.node_id}/secrets/tls")
+    released = api.post(f"/v1/nodes/{web.node_id}/secrets/tls", auth=web.auth)
     assert released.status_code == 200 and unseal(web, released.json()) == SECRET
-    refused = api.post(f"/v1/nodes/{db.node_id}/secrets/tls")
+    refused = api.post(f"/v1/nodes/{db.node_id}/secrets/tls", auth=db.auth)
     assert refused.status_code == 403 and refused.json()["error"] == "not-granted"
     # Labels are the operator's: without the token a node cannot label itself.
     self_label = api.put(f"/v1/nodes/{db.node_id}/labels", json={"labels": {"role": "web"}})
@@ -277,7 +275,7 @@ def test_blob_released_for_node_a_is_useless_to_node_b(api, make_software_tpm, c
     a = trusted_node(api, make_software_tpm(), "node-a")
     b = trusted_node(api, make_software_tpm(), "node-b")
     put_secret(api, config, "db", SECRET, "node:node-a")
-    released = api.post(f"/v1/nodes/{a.node_id}/secrets/db").json()
+    released = api.post(f"/v1/nodes/{a.node_id}/secrets/db", auth=a.auth).json()
     with pytest.raises(SecretRefused, match="import"):
         unseal(b, released)
 
@@ -285,7 +283,7 @@ def test_blob_released_for_node_a_is_useless_to_node_b(api, make_software_tpm, c
 def test_after_a_policy_pcr_changes_the_tpm_refuses_to_unseal(api, software_tpm, config):
     agent = trusted_node(api, software_tpm, "web-1")
     put_secret(api, config, "db", SECRET, "node:web-1")
-    released = api.post(f"/v1/nodes/{agent.node_id}/secrets/db").json()
+    released = api.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth).json()
     assert unseal(agent, released) == SECRET
     with Tpm(software_tpm.tcti) as tpm:
         tpm.extend_pcr(7, b"unexpected runtime measurement")
@@ -298,23 +296,23 @@ def test_untrusted_or_revoked_nodes_get_no_secret(api, make_software_tpm, config
     stale = trusted_node(api, make_software_tpm(), "stale-1")
     put_secret(api, config, "db", SECRET, "node:failed-1", "node:stale-1")
     fail(failed, api)
-    refused = api.post(f"/v1/nodes/{failed.node_id}/secrets/db")
+    refused = api.post(f"/v1/nodes/{failed.node_id}/secrets/db", auth=failed.auth)
     assert refused.status_code == 403 and refused.json()["error"] == "untrusted"
     assert SECRET not in refused.content
     clock.advance(121)
-    refused = api.post(f"/v1/nodes/{stale.node_id}/secrets/db")
+    refused = api.post(f"/v1/nodes/{stale.node_id}/secrets/db", auth=stale.auth)
     assert refused.status_code == 403 and "stale" in refused.json()["detail"]
 
 
 def test_secret_revoke_stops_further_releases(api, software_tpm, config):
     agent = trusted_node(api, software_tpm, "web-1")
     put_secret(api, config, "db", SECRET, "node:web-1")
-    assert api.post(f"/v1/nodes/{agent.node_id}/secrets/db").status_code == 200
+    assert api.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth).status_code == 200
     removed = api.delete(
         "/v1/secrets/db/grants", params={"selector": "node:web-1"}, headers=operator(config)
     )
     assert removed.status_code == 200 and removed.json()["grants"] == []
-    assert api.post(f"/v1/nodes/{agent.node_id}/secrets/db").status_code == 403
+    assert api.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth).status_code == 403
 
 
 def test_restart_loses_no_secret_and_a_wrong_kek_changes_nothing(
@@ -336,7 +334,7 @@ def test_restart_loses_no_secret_and_a_wrong_kek_changes_nothing(
     engine.dispose()
     assert before == after
     restarted = make_client(config)
-    released = restarted.post(f"/v1/nodes/{agent.node_id}/secrets/db")
+    released = restarted.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth)
     assert released.status_code == 200 and unseal(agent, released.json()) == SECRET
 
 
@@ -348,12 +346,18 @@ def test_kek_rotation_without_downtime(make_client, config, software_tpm, kek):
     rotating = dataclasses.replace(config, key_ring=KeyRing(new, (kek,)))
     api = make_client(rotating)
     # Old rows still serve during the rotation...
-    assert unseal(agent, api.post(f"/v1/nodes/{agent.node_id}/secrets/db").json()) == SECRET
+    assert (
+        unseal(agent, api.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth).json())
+        == SECRET
+    )
     rekeyed = api.post("/v1/secrets/rekey", headers=operator(config))
     assert rekeyed.json() == {"rekeyed": 1, "kek_id": new.kek_id}
     # ...and afterwards the old KEK can go.
     api = make_client(dataclasses.replace(config, key_ring=KeyRing(new)))
-    assert unseal(agent, api.post(f"/v1/nodes/{agent.node_id}/secrets/db").json()) == SECRET
+    assert (
+        unseal(agent, api.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth).json())
+        == SECRET
+    )
 
 
 def test_without_a_kek_secrets_are_refused(make_client, verifier_config, software_tpm):
@@ -384,9 +388,12 @@ def test_key_certified_after_a_reboot_is_refused_until_the_node_attests_again(ap
     agent = trusted_node(api, software_tpm, "web-1")
     software_tpm.power_cycle()
     _, body = certificate_request(agent, api)
-    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body)
+    answer = api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth)
     assert answer.status_code == 403, answer.text
     assert answer.json()["error"] == "certify" and "another boot" in answer.json()["detail"]
     assert agent.attest(api).json()["status"] == "affirming"
     _, body = certificate_request(agent, api)
-    assert api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body).status_code == 201
+    assert (
+        api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth).status_code
+        == 201
+    )
