@@ -325,6 +325,63 @@ def channel_verify_rows(booted: BootedNode, rounds: int) -> list[Row]:
     return rows
 
 
+def channel_auth_rows(work: Path, rounds: int) -> list[Row]:
+    """The verifier's whole check of a node call, in-process (``node_auth._authenticate``,
+    what ``require_node`` runs in a worker thread): read the node's pinned key from SQLite
+    (WAL), verify the signature, admit its nonce to the replay cache. Each call has a fresh
+    signature (a replay would be refused), made beforehand. And the DB read alone."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from stockade.channel import ReplayCache
+    from stockade.verifier.db import make_engine, migrate
+    from stockade.verifier.models import Node
+    from stockade.verifier.node_auth import _authenticate
+
+    url = f"sqlite:///{work / 'channel-auth.db'}"
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+        node = insert_nodes(url, 1, "channel-auth")[0]
+        channel_key = serialization.load_pem_private_key(node.channel_private_pem, None)
+        assert isinstance(channel_key, ec.EllipticCurvePrivateKey)
+        sign = software_signer(channel_key)
+        path = f"/v1/nodes/{node.node_id}/nonces"
+        inner = 100
+        signed = [signed_post(node.node_id, sign, path)[1] for _ in range((rounds + 1) * inner)]
+        calls = iter([{name.lower(): value for name, value in h.items()} for h in signed])
+        service: Any = SimpleNamespace(  # the parts of a Service it uses
+            engine=engine,
+            now=lambda: datetime.now(UTC),
+            config=SimpleNamespace(channel_max_skew_seconds=300),
+            replay_cache=ReplayCache(window=600),
+        )
+
+        def authenticate() -> object:
+            return _authenticate(
+                service, node.node_id, "POST", path, "", b"", next(calls), "127.0.0.1"
+            )
+
+        for _ in range(inner):  # warm: the connection pool, the parsed-key cache
+            authenticate()
+        seconds = median_seconds(authenticate, rounds, inner=inner)
+
+        def read_key() -> object:  # as _authenticate reads it
+            with engine.connect() as connection:
+                query = select(Node.name, Node.channel_key_public).where(Node.id == node.node_id)
+                return connection.execute(query).first()
+
+        read = median_seconds(read_key, rounds, inner=inner)
+    finally:
+        engine.dispose()
+    return [
+        ("  the verifier's channel check of a node call (DB read + verify + replay cache)",
+         seconds * 1e6, "us"),
+        ("    of which: read the node's pinned key (SQLite, SQLAlchemy Core)", read * 1e6, "us"),
+    ]  # fmt: skip
+
+
 def tpm_sign_rows(home: Path, ek_ca: Any, rounds: int) -> list[Row]:
     """The node's side of the channel: one request signature by a channel key in swtpm."""
     from stockade.agent.channel_key import ChannelSigner
@@ -393,6 +450,7 @@ def run(rounds: int) -> list[Row]:
         booted = boot_development_node(org, work / "home", ek_ca)
         rows = [appraise_only(org, booted, rounds)]
         rows += channel_verify_rows(booted, rounds)
+        rows += channel_auth_rows(work, rounds)
         rows += tpm_sign_rows(work / "home", ek_ca, rounds)
         with verifier_process(work, "verifier-load", ek_ca_file, policy) as verifier:
             _, _, load_rows = throughput(verifier, booted, NODES)

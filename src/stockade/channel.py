@@ -70,7 +70,7 @@ class SignedRequest:
 def channel_certify_nonce(enrollment_id: str, secret: bytes) -> bytes:
     """What the AK certifies the channel key over at activation (TPM2_Certify qualifyingData):
     bound to this enrollment and to the secret only the EK's TPM could recover."""
-    return hashlib.sha256(CHANNEL_CERTIFY_LABEL + enrollment_id.encode() + secret).digest()
+    return hashlib.sha256(CHANNEL_CERTIFY_LABEL + enrollment_id.encode() + b"\0" + secret).digest()
 
 
 def content_digest(body: bytes) -> str:
@@ -86,8 +86,8 @@ def _query_component(query: str) -> str:
 def signature_base(method: str, path: str, query: str, digest: str, signature_params: str) -> bytes:
     """RFC 9421, 2.5. ``signature_params`` is the Signature-Input member value."""
     lines = [
-        f'"@method": {method.upper()}',
-        f'"@path": {path}',
+        f'"@method": {method}',  # 2.2.1: the method as sent, no case change
+        f'"@path": {path or "/"}',  # 2.2.6: an empty path is "/"
         f'"@query": {_query_component(query)}',
         f'"content-digest": {digest}',
         f'"@signature-params": {signature_params}',
@@ -135,12 +135,14 @@ def sign_request(
 def _header(headers: Mapping[str, str], name: str) -> str:
     value = headers.get(name)
     if value is None:
+        value = headers.get(name.title())
+    if value is None:
         raise ChannelAuthError(
             "missing",
             f"this call must be signed with the node's channel key (no {name} header; "
             "docs/verifier-protocol.md, 'The node channel')",
         )
-    return value.strip()
+    return value.strip(" \t")  # only the optional whitespace of RFC 9110, 5.6.3
 
 
 def parse_signed_request(headers: Mapping[str, str]) -> tuple[SignedRequest, str, bytes, str]:
@@ -205,7 +207,10 @@ def verify_request(
             f"the signature was created at {request.created}, the verifier's time is {now} "
             f"(allowed skew {max_skew} s): check the node's clock",
         )
-    base = signature_base(method, path, query, digest, params)
+    try:
+        base = signature_base(method, path, query, digest, params)
+    except UnicodeEncodeError:
+        raise ChannelAuthError("malformed", "the request target is not ASCII") from None
     r = int.from_bytes(raw[:32], "big")
     s = int.from_bytes(raw[32:], "big")
     try:

@@ -3,9 +3,12 @@ process (TLS on 127.0.0.1, the real appraisal of a development node's verified b
 swtpm TPMs booted through the development chain, and the agent's own loop.
 
 After an affirming result the agent holds a certificate for a key that lives only in its TPM
-and its granted secrets, unsealed by the TPM, in 0600 files on a tmpfs; a directory on disk is
-refused; after a contraindicated result the delivered files are withdrawn and the certificate
-is not renewed. No log line carries a secret.
+and its granted secrets, unsealed by the TPM (in a session its channel key authorized), in 0600
+files on a tmpfs; a directory on disk is refused; after a contraindicated result the delivered
+files are withdrawn and the certificate is not renewed. No log line carries a secret.
+
+A ``node:<name>`` grant binds to the id of the node holding the name when it is made, so the
+tests enroll the agent first, then grant.
 """
 
 from __future__ import annotations
@@ -168,6 +171,12 @@ def put_secret(cluster: Cluster, name: str, value: bytes, *selectors: str) -> No
             api.grant(name, selector)
 
 
+def enroll(cluster: Cluster, agent: Agent) -> str:
+    """Enroll the agent now (its channel key made and certified), so grants can name it."""
+    with VerifierClient(cluster.verifier.url, cluster.verifier.ca) as client:
+        return agent.enrolled_or_enroll(client).node_id
+
+
 def assert_no_secret(lines: list[str], secret: bytes = SECRET) -> None:
     """Neither the bytes nor any usual rendering of them is in the log."""
     text = "\n".join(lines)
@@ -190,11 +199,12 @@ def test_affirmed_agent_holds_a_tpm_bound_certificate_and_the_secret_on_tmpfs(
     cluster: Cluster, booted, tmp_path: Path, shm_dir: Path
 ) -> None:
     tpm, log = booted()
-    put_secret(cluster, "db", SECRET, "node:web-1")
     state = tmp_path / "state"
     agent, lines = make_agent(
         cluster, tpm, log, state, "web-1", secrets=("db", "not-granted"), secrets_dir=shm_dir
     )
+    enroll(cluster, agent)
+    put_secret(cluster, "db", SECRET, "node:web-1")
     agent.run(max_attestations=2)  # renewed after every affirming result
     assert agent.attestations == 2, lines
     assert sum("status=affirming" in line for line in lines) == 2, lines
@@ -231,6 +241,9 @@ def test_affirmed_agent_holds_a_tpm_bound_certificate_and_the_secret_on_tmpfs(
     assert SECRET not in sealed and SECRET[:24] not in sealed
     assert SealedSecret.unmarshal(sealed)  # a well-formed import blob
     assert mode(state / "sealed" / "db.sealed") == 0o600
+    # ...and opens only with the agent's channel key (0600): tests/agent/test_secret_binding.py
+    assert mode(state / "channel.key") == 0o600
+    assert SealedSecret.unmarshal(sealed).policy_ref == b"stockade-unseal"
     assert any(line.startswith("secret db: sealed to sha256:") for line in lines), lines
     # An ungranted secret is refused by the verifier; nothing is written for it.
     assert any("secret not-granted: not delivered" in line for line in lines), lines
@@ -246,11 +259,12 @@ def test_secrets_dir_on_disk_is_refused_and_nothing_is_written(
     if filesystem_type(tmp_path) in MEMORY_FILESYSTEMS:
         pytest.skip(f"{tmp_path} is on a memory filesystem here")
     tpm, log = booted()
-    put_secret(cluster, "disk-db", SECRET, "node:disk-1")
     state = tmp_path / "state"
     agent, lines = make_agent(
         cluster, tpm, log, state, "disk-1", secrets=("disk-db",), secrets_dir=on_disk
     )
+    enroll(cluster, agent)
+    put_secret(cluster, "disk-db", SECRET, "node:disk-1")
     agent.run(max_attestations=1)
     (refusal,) = [line for line in lines if line.startswith("secret disk-db: not delivered")]
     assert "not tmpfs" in refusal and str(on_disk) in refusal, refusal
@@ -278,11 +292,12 @@ def test_contraindicated_result_withdraws_secrets_and_stops_renewal(
     cluster: Cluster, booted, tmp_path: Path, shm_dir: Path
 ) -> None:
     tpm, log = booted()
-    put_secret(cluster, "api-key", SECRET, "node:tampered-1")
     state = tmp_path / "state"
     agent, lines = make_agent(
         cluster, tpm, log, state, "tampered-1", secrets=("api-key",), secrets_dir=shm_dir
     )
+    enroll(cluster, agent)
+    put_secret(cluster, "api-key", SECRET, "node:tampered-1")
     agent.run(max_attestations=1)
     assert (shm_dir / "api-key").read_bytes() == SECRET, lines
     certificate = (state / "pki" / "node.pem").read_bytes()
@@ -310,11 +325,10 @@ def test_contraindicated_result_withdraws_secrets_and_stops_renewal(
         again.membership.unseal("api-key")
     # The verifier refuses a new release too (the agent does not even ask).
     node_id = again.state.enrolled().node_id  # type: ignore[union-attr]
-    with (
-        VerifierClient(cluster.verifier.url, cluster.verifier.ca) as client,
-        pytest.raises(VerifierRefused, match="untrusted"),
-    ):
-        client.release_secret(node_id, "api-key")
+    with VerifierClient(cluster.verifier.url, cluster.verifier.ca) as client:
+        again.sign_as_node(client, again.state.enrolled())  # type: ignore[arg-type]
+        with pytest.raises(VerifierRefused, match="untrusted"):
+            client.release_secret(node_id, "api-key")
     assert_no_secret(lines + after)
 
 
@@ -322,11 +336,12 @@ def test_revoked_node_withdraws_its_secrets(
     cluster: Cluster, booted, tmp_path: Path, shm_dir: Path
 ) -> None:
     tpm, log = booted()
-    put_secret(cluster, "revoked-db", SECRET, "node:revoked-1")
     state = tmp_path / "state"
     agent, lines = make_agent(
         cluster, tpm, log, state, "revoked-1", secrets=("revoked-db",), secrets_dir=shm_dir
     )
+    enroll(cluster, agent)
+    put_secret(cluster, "revoked-db", SECRET, "node:revoked-1")
     agent.run(max_attestations=1)
     assert (shm_dir / "revoked-db").exists(), lines
     with cluster.operator() as api:

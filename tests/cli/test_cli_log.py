@@ -238,10 +238,17 @@ class Verifier:
         finally:
             engine.dispose()
 
-    def get(self, path: str, **params: object) -> httpx.Response:
+    @property
+    def reader_token(self) -> Path:
+        return self.data_dir / "reader-token"
+
+    def get(self, path: str, token: bool = True, **params: object) -> httpx.Response:
+        """A GET with the reader token (entries need one; checkpoints, keys and proofs do not)."""
+        bearer = self.reader_token.read_text().strip()
         return httpx.get(
             f"{self.url}{path}",
             params=params,
+            headers={"Authorization": f"Bearer {bearer}"} if token else None,
             verify=ssl.create_default_context(cafile=str(self.ca)),
             timeout=10,
         )
@@ -257,10 +264,14 @@ def verifier(tmp_path: Path, ek_ca: EkCa) -> Iterator[Verifier]:
         running.stop()
 
 
-def _monitor(verifier: Verifier, *args: str) -> subprocess.CompletedProcess[str]:
+def _monitor(
+    verifier: Verifier, *args: str, token: bool = True
+) -> subprocess.CompletedProcess[str]:
+    reader = ("--token-file", str(verifier.reader_token)) if token else ()
     return stockade(
-        "log", "monitor", "--verifier", verifier.url, "--ca", str(verifier.ca), "--once", *args
-    )
+        "log", "monitor", "--verifier", verifier.url, "--ca", str(verifier.ca), "--once",
+        *reader, *args,
+    )  # fmt: skip
 
 
 def test_checkpoint_pins_the_key_and_monitor_follows(verifier: Verifier, tmp_path: Path) -> None:
@@ -350,6 +361,7 @@ def test_running_monitor_alerts_when_the_log_is_rewritten(
         str(Path(sys.executable).with_name("stockade")), "log", "monitor",
         "--verifier", verifier.url, "--ca", str(verifier.ca), "--key", key,
         "--state", str(tmp_path / "state.json"), "--interval", "0.2",
+        "--token-file", str(verifier.reader_token),
     ]  # fmt: skip
     monitor = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -375,7 +387,27 @@ def test_running_monitor_alerts_when_the_log_is_rewritten(
 
 def test_log_api_serves_base64_and_the_key(verifier: Verifier) -> None:
     verifier.append([_entry(0), _entry(1)])
-    key = verifier.get("/v1/log/key").text.strip()
+    key = verifier.get("/v1/log/key", token=False).text.strip()
     assert key == (verifier.data_dir / "keys" / "log-key.pub").read_text().strip()
     rows = verifier.get("/v1/log/entries", start=0, end=2).json()["entries"]
     assert [base64.b64decode(row["entry"]) for row in rows] == [_entry(0), _entry(1)]
+    # Checkpoints, the key and proofs are public; the entries (who got which result) are not.
+    for path, params in (
+        ("/v1/log/checkpoint", {}),
+        ("/v1/log/proof/inclusion", {"index": 0}),
+        ("/v1/log/proof/consistency", {"old": 1}),
+    ):
+        assert verifier.get(path, token=False, **params).status_code == 200, path
+    refused = verifier.get("/v1/log/entries", token=False, start=0)
+    assert refused.status_code == 401 and refused.json()["error"] == "read-token"
+
+
+def test_monitor_needs_the_reader_token_only_for_entries(verifier: Verifier) -> None:
+    verifier.append([_entry(0), _entry(1)])
+    key = str(verifier.data_dir / "keys" / "log-key.pub")
+    refused = _monitor(verifier, "--key", key, token=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.count("\n") == 1 and "401 read-token" in refused.stderr
+    signatures_only = _monitor(verifier, "--key", key, "--no-entries", token=False)
+    assert signatures_only.returncode == 0, signatures_only.stderr
+    assert f"{ORIGIN} size 2" in signatures_only.stdout

@@ -173,6 +173,12 @@ class Cluster:
         token = self.token_file.read_text().strip()
         return {**self.env, "STOCKADE_OPERATOR_TOKEN": token}
 
+    @property
+    def reader_env(self) -> dict[str, str]:
+        """With the reader token: reads of trust state (finding a node by name)."""
+        token = (self.verifier.data_dir / "reader-token").read_text().strip()
+        return {**self.env, "STOCKADE_OPERATOR_TOKEN": token}
+
 
 def start_verifier(
     work: Path, org: OrgMaterial, ek_ca: EkCa, name: str, *kek_args: str
@@ -268,22 +274,26 @@ def test_secrets_put_list_grant_revoke_delete(cluster: Cluster, tmp_path: Path) 
     assert set(secrets["cli-db"]) == {"name", "version", "kek_id", "grants", "updated_at"}
     outputs.append(listed)
 
-    granted = run("secrets", "grant", "cli-db", "node:web-1", "--format", "json", env=env)
-    assert one_json(granted) == {"name": "cli-db", "grants": ["node:web-1"]}
-    labels = run("secrets", "grant", "cli-db", "label:role=web", "--format", "json", env=env)
-    assert one_json(labels)["grants"] == ["label:role=web", "node:web-1"]
-    text_grant = run("secrets", "grant", "cli-db", "node:web-2", env=env)
-    assert text_grant.returncode == 0 and "node:web-2" in text_grant.stdout
+    # A node grant binds to an enrolled node's id: a name no node holds is 404 ``node``
+    # (test_join_label_status_then_tampering grants to an enrolled node by name).
+    no_node = run("secrets", "grant", "cli-db", "node:web-1", env=env)
+    assert "404 node" in one_line_error(no_node, 2)
+    granted = run("secrets", "grant", "cli-db", "label:role=web", "--format", "json", env=env)
+    assert one_json(granted) == {"name": "cli-db", "grants": ["label:role=web"]}
+    labels = run("secrets", "grant", "cli-db", "label:role=db", "--format", "json", env=env)
+    assert one_json(labels)["grants"] == ["label:role=db", "label:role=web"]
+    text_grant = run("secrets", "grant", "cli-db", "label:tier=front", env=env)
+    assert text_grant.returncode == 0 and "label:tier=front" in text_grant.stdout
     bad_selector = run("secrets", "grant", "cli-db", "everyone", env=env)
     assert "selector" in one_line_error(bad_selector, 2)
-    revoked = run("secrets", "revoke", "cli-db", "node:web-1", "--format", "json", env=env)
-    assert one_json(revoked)["grants"] == ["label:role=web", "node:web-2"]
-    missing_grant = run("secrets", "revoke", "cli-db", "node:web-1", env=env)
+    revoked = run("secrets", "revoke", "cli-db", "label:role=web", "--format", "json", env=env)
+    assert one_json(revoked)["grants"] == ["label:role=db", "label:tier=front"]
+    missing_grant = run("secrets", "revoke", "cli-db", "label:role=web", env=env)
     assert "404" in one_line_error(missing_grant, 2)
-    outputs += [granted, labels, text_grant, revoked]
+    outputs += [no_node, granted, labels, text_grant, revoked]
 
     table = run("secrets", "list", env=env)
-    assert table.returncode == 0 and "cli-db" in table.stdout and "label:role=web" in table.stdout
+    assert table.returncode == 0 and "cli-db" in table.stdout and "label:role=db" in table.stdout
     deleted = run("secrets", "delete", "cli-other", env=env)
     assert deleted.returncode == 0 and "deleted" in deleted.stdout
     after = one_json(run("secrets", "list", "--format", "json", env=env))
@@ -405,6 +415,12 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
     assert put.returncode == 0, put.stderr
     grant = run("secrets", "grant", "cli-tls", "label:role=web", env=cluster.operator_env)
     assert grant.returncode == 0, grant.stderr
+    # By name: bound to the id of the node holding the name now.
+    by_name = run("secrets", "grant", "cli-tls", "node:cli-web-1", "--format", "json",
+                  env=cluster.operator_env)  # fmt: skip
+    assert f"node:{joined['node_id']}" in one_json(by_name)["grants"]
+    unbound = run("secrets", "revoke", "cli-tls", "node:cli-web-1", env=cluster.operator_env)
+    assert unbound.returncode == 0, unbound.stderr
     with VerifierClient(cluster.verifier.url, cluster.verifier.ca) as client:
         released = client.release_secret(joined["node_id"], "cli-tls")
         keys = client.keys()
@@ -412,12 +428,14 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
     assert SealedSecret.from_json(released["sealed"])
 
     # Status: signed, checked, exit 0 while trusted.
-    status = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.env)
+    by_name = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.env)
+    assert "401 read-token" in one_line_error(by_name, 2)  # a name needs the node list
+    status = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.reader_env)
     document = one_json(status)
     assert document["trusted"] is True and document["verified"] is True
     checked = verify_status(document["statement"], keys, joined["node_id"], datetime.now(UTC))
     assert checked.trusted and checked.name == "cli-web-1"
-    shown = run("nodes", "status", joined["node_id"], env=cluster.env)
+    shown = run("nodes", "status", joined["node_id"], env=cluster.env)  # by id: no credential
     assert shown.returncode == 0 and "trusted" in shown.stdout, shown.stderr
     assert "signature checked" in shown.stdout
 
@@ -434,11 +452,11 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
     assert "PCR" in one_line_error(refused_text, 1) and refused_text.stdout == ""
     assert (pki / "node.pem").exists()  # the old certificate stays; it expires on its own
 
-    untrusted = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.env)
+    untrusted = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.reader_env)
     document = one_json(untrusted, 1)
     assert document["trusted"] is False and document["verified"] is True
     assert "contraindicated" in one_line_error(untrusted, 1)
-    untrusted_text = run("nodes", "status", "cli-web-1", env=cluster.env)
+    untrusted_text = run("nodes", "status", "cli-web-1", env=cluster.reader_env)
     assert "not trusted" in untrusted_text.stdout
     assert "not trusted" in one_line_error(untrusted_text, 1)
     no_secret(refused, untrusted, put, grant)
@@ -454,7 +472,8 @@ class _Relay(http.server.BaseHTTPRequestHandler):
     rewrite: Callable[[str, dict[str, Any]], dict[str, Any]]
 
     def do_GET(self) -> None:
-        answer = self.upstream.get(self.path)
+        forwarded = {k: v for k, v in self.headers.items() if k.lower() == "authorization"}
+        answer = self.upstream.get(self.path, headers=forwarded)
         status, body = answer.status_code, answer.content
         if self.path.endswith("/status"):
             status, body = 200, json.dumps(self.rewrite(self.path, answer.json())).encode()
@@ -530,5 +549,5 @@ def test_nodes_status_binds_the_statement_to_the_node_asked_for(
             f"{cluster.verifier.url}/v1/nodes/{node_id}/status", verify=str(cluster.verifier.ca)
         ).json()
 
-    asked = run("nodes", "status", "ghost", "--verifier", relay(substitute))
-    assert asked.returncode != 0, asked.stdout
+    asked = run("nodes", "status", "ghost", "--verifier", relay(substitute), env=cluster.reader_env)
+    assert "ghost-node-id" in one_line_error(asked, 1)

@@ -29,9 +29,10 @@ VALIDITY = 4  # seconds a result stays valid; agents attest every second
 
 
 def cli(verifier: VerifierProcess, *args: str) -> Any:
+    """A reading command, with the reader token (reads of trust state need a credential)."""
     result = subprocess.run(
         [stockade_executable(), *args, "--verifier", verifier.url, "--ca", str(verifier.ca),
-         "--format", "json"],
+         "--token-file", str(verifier.reader_token_file), "--format", "json"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -14,6 +14,7 @@ import pytest
 import vectors
 from cryptography.hazmat.primitives import serialization
 
+from stockade.channel import ChannelAuthError
 from stockade.evidence import EvidenceError, PcrSelection, make_credential
 from stockade.evidence.credential import marshal_credential_file
 from stockade.evidence.duplication import seal_secret
@@ -28,6 +29,7 @@ TARGETS = [
     "fuzz_credential_file",
     "fuzz_certificate",
     "fuzz_sealed_secret",
+    "fuzz_channel_headers",
 ]
 # The function in each target's namespace that does the parsing.
 PARSER_NAMES = {
@@ -39,7 +41,10 @@ PARSER_NAMES = {
     "fuzz_credential_file": (None, "unmarshal_credential_file"),
     "fuzz_certificate": (None, "load_certificate"),
     "fuzz_sealed_secret": ("SealedSecret", "unmarshal"),
+    "fuzz_channel_headers": (None, "parse_signed_request"),
 }
+# The typed "this is not valid" error each target lets pass (EvidenceError unless listed).
+TYPED_ERRORS = {"fuzz_channel_headers": lambda: ChannelAuthError("malformed", "typed")}
 RANDOM_INPUTS = 2000
 
 
@@ -82,6 +87,7 @@ def seeds(rsa_ak, ecc_ak, pcr_values, ek_templates, rsa_ek_key, pki):
                 authorizer_name=vectors.AK_NAME,  # any key's Name: the channel key's here
             ).marshal()
         ],
+        "fuzz_channel_headers": load_target("fuzz_channel_headers").seed_inputs(),
     }
 
 
@@ -129,7 +135,8 @@ def test_target_lets_evidence_errors_pass_and_crashes_on_anything_else(target, m
 
         return parser
 
-    monkeypatch.setattr(owner, function_name, raise_(EvidenceError("typed")))
+    typed = TYPED_ERRORS.get(target.__name__, lambda: EvidenceError("typed"))()
+    monkeypatch.setattr(owner, function_name, raise_(typed))
     assert target.test_one_input(b"\x00\x01\x02\x03") is None
     monkeypatch.setattr(owner, function_name, raise_(KeyError("not typed")))
     with pytest.raises(KeyError, match="not typed"):
@@ -148,6 +155,34 @@ def test_target_catches_a_broken_round_trip(name, seeds, monkeypatch):
     monkeypatch.setattr(cls, method, lambda self: original(self) + b"\x00")
     with pytest.raises(AssertionError, match="does not marshal back"):
         target.test_one_input(seeds[name][0])
+
+
+def test_channel_seeds_verify_and_a_verifier_accepting_forgeries_is_a_crash(seeds, monkeypatch):
+    """The seeds reach the success path of verify_request; a verifier that accepts what the
+    key never signed (here: anything that parses) is caught."""
+    target = load_target("fuzz_channel_headers")
+    for seed, (method, path, query, body, created, nonce) in zip(
+        seeds["fuzz_channel_headers"], target.REQUESTS, strict=True
+    ):
+        verified = target.verify_request(
+            method,
+            path,
+            query,
+            body,
+            target.headers_of(seed),
+            target.PUBLIC_KEY,
+            keyid=target.KEYID,
+            now=target.NOW,
+            max_skew=target.MAX_SKEW,
+        )
+        assert (verified.created, verified.nonce) == (created, nonce)
+    forged = seeds["fuzz_channel_headers"][0].replace(b'nnnn"', b'nnnm"', 1)
+    target.test_one_input(forged)  # the real verifier refuses it
+    monkeypatch.setattr(
+        target, "verify_request", lambda *args, **kwargs: target.parse_signed_request(args[4])[0]
+    )
+    with pytest.raises(AssertionError, match="never signed"):
+        target.test_one_input(forged)
 
 
 def test_certificate_with_an_invalid_version_is_ignored_by_the_target(seeds):

@@ -232,3 +232,35 @@ def test_scheduler_extender_configuration():
         "keyData",
         "caData",
     }
+
+
+def test_components_read_the_verifier_with_the_reader_token():
+    """The verifier refuses anonymous reads of trust state: the node controller, the CSR
+    approver and the webhook/extender each pass the reader token from its own Secret."""
+    for name in ("stockade-node-controller", "stockade-csr-approver", "stockade-webhook"):
+        spec = _pod_spec("Deployment", name)
+        (container,) = spec["containers"]
+        (argument,) = [a for a in container["args"] if a.startswith("--token-file=")]
+        path = Path(argument.split("=", 1)[1])
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+        assert mount["readOnly"] is True
+        volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
+        assert volume["secret"]["secretName"] == "stockade-verifier-reader"
+        assert volume["secret"]["defaultMode"] == 0o440  # its group (fsGroup) reads it
+        assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"]
+        assert path.name == "token"
+
+
+def test_verifier_data_dir_is_owner_only_and_shares_the_reader_and_session_keys():
+    spec = _pod_spec("Deployment", "stockade-verifier")
+    (init,) = spec["initContainers"]
+    script = init["command"][-1]
+    (container,) = spec["containers"]
+    (data_dir,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--data-dir=")]
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["data"]
+    # An emptyDir is world-writable: the data directory is a subdirectory made 0700.
+    assert data_dir != mount and data_dir.startswith(mount + "/")
+    assert "umask 077" in script and f"d={data_dir}" in script and "chmod 700 $d" in script
+    # Every replica shares the reader token and the session key (cookies verify anywhere).
+    assert "cp /keys/reader-token $d/reader-token" in script
+    assert "cp /keys/session-key $d/keys/session-key" in script

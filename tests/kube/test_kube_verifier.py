@@ -58,7 +58,15 @@ def test_real_verifier_one_node_trusted_one_not(tmp_path, ek_ca, make_software_t
             assert attested.status_code == 200, attested.text
             DevAgent.create(make_software_tpm()).enroll(client, "kube-enrolled-only")
 
-        trust = verifier_trust_source(url, tls.ca_cert, ttl=0.0)
+        # Without the reader token the node list is refused: every decision is a refusal.
+        anonymous = AdmissionPolicy(trust=verifier_trust_source(url, tls.ca_cert, ttl=0.0))
+        refused = review(admission_review(pod(images=("x",), node_name="kube-good")), anonymous)
+        assert refused["response"]["allowed"] is False
+        assert "read-token" in refused["response"]["status"]["message"]
+
+        trust = verifier_trust_source(
+            url, tls.ca_cert, ttl=0.0, token_file=data_dir / "reader-token"
+        )
         policy = AdmissionPolicy(trust=trust)
         on_good = review(admission_review(pod(images=("x",), node_name="kube-good")), policy)
         assert on_good["response"]["allowed"] is True, on_good

@@ -1,5 +1,6 @@
 """Cluster membership at the verifier, with real software TPMs: node certificates for
-TPM-certified keys, signed node status, and secrets sealed to a node's TPM and PCRs.
+TPM-certified keys, signed node status, and secrets sealed to a node's TPM, PCRs and channel
+key; grants bound to node ids.
 
 Each security test shows the attack, then shows it refused.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, insert, select, update
 from verifier_support import PCRS, DevAgent, b64, policy_document
 
 from stockade.cluster.ca import node_identity, verify_node_certificate
@@ -27,8 +28,11 @@ from stockade.tpm.device import Tpm
 from stockade.tpm.node_key import certify_node_key, create_node_key
 from stockade.tpm.sealed import SecretRefused, unseal_secret
 from stockade.verifier import VerifierConfig, create_app
+from stockade.verifier.config import EnrollmentMode
 from stockade.verifier.errors import ConfigurationError
-from stockade.verifier.models import Result, Secret
+from stockade.verifier.models import Node, Result, Secret, SecretGrant
+from stockade.verifier.node_auth import AuthenticatedNode, require_node
+from stockade.verifier.states import sweep_stale
 
 SECRET = b"db-password: correct horse battery staple \x00\xff"
 
@@ -292,12 +296,13 @@ def test_after_a_policy_pcr_changes_the_tpm_refuses_to_unseal(api, software_tpm,
 
 
 def test_untrusted_or_revoked_nodes_get_no_secret(api, make_software_tpm, config, clock):
-    failed = trusted_node(api, make_software_tpm(), "failed-1")
+    revoked = trusted_node(api, make_software_tpm(), "revoked-1")
     stale = trusted_node(api, make_software_tpm(), "stale-1")
-    put_secret(api, config, "db", SECRET, "node:failed-1", "node:stale-1")
-    fail(failed, api)
-    refused = api.post(f"/v1/nodes/{failed.node_id}/secrets/db", auth=failed.auth)
-    assert refused.status_code == 403 and refused.json()["error"] == "untrusted"
+    put_secret(api, config, "db", SECRET, "node:revoked-1", "node:stale-1")
+    answer = api.post(f"/v1/nodes/{revoked.node_id}/revoke", headers=operator(config))
+    assert answer.status_code == 200, answer.text
+    refused = api.post(f"/v1/nodes/{revoked.node_id}/secrets/db", auth=revoked.auth)
+    assert refused.status_code in (401, 403) and "revoked" in refused.text, refused.text
     assert SECRET not in refused.content
     clock.advance(121)
     refused = api.post(f"/v1/nodes/{stale.node_id}/secrets/db", auth=stale.auth)
@@ -397,3 +402,134 @@ def test_key_certified_after_a_reboot_is_refused_until_the_node_attests_again(ap
         api.post(f"/v1/nodes/{agent.node_id}/certificates", json=body, auth=agent.auth).status_code
         == 201
     )
+
+
+# -- secrets are bound to the channel key, grants to node ids ------------------------------
+
+
+def test_a_node_without_a_channel_key_gets_no_secret(api, software_tpm, config):
+    """A node enrolled before the channel (channel_key_public NULL) gets 403 ``channel``
+    telling it to enroll again: there is no key to bind the unseal to. The release route's
+    own refusal, so node authentication is stubbed out here (it would refuse such a node
+    earlier, as it cannot sign)."""
+    agent = trusted_node(api, software_tpm, "old-1")
+    put_secret(api, config, "db", SECRET, "node:old-1")
+    engine = create_engine(config.resolved_database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            update(Node).where(Node.id == agent.node_id).values(channel_key_public=None)
+        )
+    engine.dispose()
+    api.app.dependency_overrides[require_node] = lambda: AuthenticatedNode(agent.node_id, "old-1")
+    try:
+        refused = api.post(f"/v1/nodes/{agent.node_id}/secrets/db")
+    finally:
+        api.app.dependency_overrides.pop(require_node, None)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == "channel"
+    assert "enroll" in refused.json()["detail"]
+    assert SECRET not in refused.content and "sealed" not in refused.json()
+
+
+def test_the_release_is_sealed_to_the_nodes_channel_key(api, make_software_tpm, config):
+    """The authPolicy names the channel key this node enrolled with: another key in the same
+    TPM (a second TPM user's) does not unseal the released blob."""
+    agent = trusted_node(api, make_software_tpm(), "web-1")
+    put_secret(api, config, "db", SECRET, "node:web-1")
+    released = api.post(f"/v1/nodes/{agent.node_id}/secrets/db", auth=agent.auth)
+    assert released.status_code == 200, released.text
+    sealed = SealedSecret.from_json(released.json()["sealed"])
+    assert released.json()["sealed"]["policy_ref"] == b64(b"stockade-unseal")
+    with Tpm(agent.tpm.tcti) as tpm:
+        intruder = create_node_key(tpm)
+        with pytest.raises(SecretRefused, match="unseal") as refused:
+            unseal_secret(tpm, KeyKind.RSA, sealed, intruder)
+        assert refused.value.response_code == 0x99D  # TPM_RC_POLICY_FAIL
+        assert tpm.transient_object_count() == 0
+    assert unseal(agent, released.json()) == SECRET
+
+
+def test_a_grant_by_name_is_bound_to_the_nodes_id(api, make_software_tpm, config):
+    web = trusted_node(api, make_software_tpm(), "web-1")
+    put_secret(api, config, "db", SECRET)
+    granted = api.post(
+        "/v1/secrets/db/grants", json={"selector": "node:web-1"}, headers=operator(config)
+    )
+    assert granted.status_code == 200, granted.text
+    assert granted.json()["grants"] == [f"node:{web.node_id}"]
+    # by id: the same grant, stored once
+    again = api.post(
+        "/v1/secrets/db/grants", json={"selector": f"node:{web.node_id}"}, headers=operator(config)
+    )
+    assert again.json()["grants"] == [f"node:{web.node_id}"]
+    listed = api.get("/v1/secrets", headers=operator(config)).json()["secrets"][0]
+    assert listed["grants"] == [f"node:{web.node_id}"]
+    # a name no node holds: 404 ``node``, nothing stored
+    missing = api.post(
+        "/v1/secrets/db/grants", json={"selector": "node:web-2"}, headers=operator(config)
+    )
+    assert missing.status_code == 404 and missing.json()["error"] == "node", missing.text
+    assert api.get("/v1/secrets", headers=operator(config)).json()["secrets"][0]["grants"] == [
+        f"node:{web.node_id}"
+    ]
+    # removing by name removes the grant bound to that node's id
+    removed = api.delete(
+        "/v1/secrets/db/grants", params={"selector": "node:web-1"}, headers=operator(config)
+    )
+    assert removed.status_code == 200 and removed.json()["grants"] == []
+    gone = api.delete(
+        "/v1/secrets/db/grants", params={"selector": "node:web-1"}, headers=operator(config)
+    )
+    assert gone.status_code == 404 and gone.json()["error"] == "grant"
+
+
+def test_a_grant_to_a_name_is_not_captured_by_a_node_that_takes_the_name_later(
+    make_client, config, make_software_tpm, clock
+):
+    """The attack: the operator grants ``node:web-1`` while web-1 waits for approval; the
+    pending node expires and is swept, freeing the name; another TPM enrolls as web-1 and is
+    approved (the operator approves "web-1"). Matching grants by name at release time would
+    hand it the secret. The grant was bound to the first node's id: nothing is released."""
+    approve = dataclasses.replace(
+        config, enrollment_mode=EnrollmentMode.APPROVE, pending_ttl_seconds=60
+    )
+    api = make_client(approve, policy=policy_document())
+    first = DevAgent.create(make_software_tpm())
+    first.enroll(api, "web-1", expect_state="pending")
+    put_secret(api, config, "db", SECRET, "node:web-1")
+    stored = api.get("/v1/secrets", headers=operator(config)).json()["secrets"][0]["grants"]
+    assert stored == [f"node:{first.node_id}"]
+
+    clock.advance(61)
+    sweep_stale(api.app.state.service)
+    assert api.get(f"/v1/nodes/{first.node_id}", headers=operator(config)).status_code == 404
+
+    taker = DevAgent.create(make_software_tpm())
+    taker.enroll(api, "web-1", expect_state="pending")
+    assert taker.node_id != first.node_id
+    approved = api.post(f"/v1/nodes/{taker.node_id}/approve", headers=operator(config))
+    assert approved.status_code == 200, approved.text
+    assert taker.attest(api).json()["status"] == "affirming"
+    refused = api.post(f"/v1/nodes/{taker.node_id}/secrets/db", auth=taker.auth)
+    assert refused.status_code == 403 and refused.json()["error"] == "not-granted", refused.text
+    assert SECRET not in refused.content
+
+    # An old-style row naming the node (not yet migrated) grants nothing either: release
+    # matches node grants by id only.
+    engine = create_engine(config.resolved_database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(SecretGrant).values(
+                secret_name="db", selector="node:web-1", created_at=datetime.now(UTC)
+            )
+        )
+    engine.dispose()
+    refused = api.post(f"/v1/nodes/{taker.node_id}/secrets/db", auth=taker.auth)
+    assert refused.status_code == 403 and refused.json()["error"] == "not-granted", refused.text
+
+    # Granting to the name again is the operator's deliberate act: it binds to the new node.
+    put_secret(api, config, "db", SECRET, "node:web-1")
+    released = api.post(f"/v1/nodes/{taker.node_id}/secrets/db", auth=taker.auth)
+    assert released.status_code == 200, released.text
+    assert released.json()["granted_by"] == f"node:{taker.node_id}"
+    assert unseal(taker, released.json()) == SECRET

@@ -131,6 +131,16 @@ def show(
     _show(document)
 
 
+def _is_node_id(text: str) -> bool:
+    """Node ids are UUIDs; node names never are."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def _report_state(document: dict[str, Any], node: str, output: OutputFormat) -> None:
     """A node's state after an operator action, as one JSON document or one line."""
     if output is OutputFormat.JSON:
@@ -244,16 +254,16 @@ def status(
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """The verifier's signed, short-lived statement of a node's standing, checked against
-    its published keys. Exit 1 when the node is not trusted. Finding the node by name or id
-    reads the node list: a reader token."""
+    its published keys. Exit 1 when the node is not trusted. By node id no credential is
+    needed (the statement is public); a name is looked up in the node list: a reader token."""
     from datetime import UTC, datetime
 
     from stockade.cluster.status import verify_status
     from stockade.errors import VerificationFailed
 
     with client(verifier, ca, token_file) as api:
-        asked = api.resolve(node)
-        answer = api.node_status(asked)
+        asked = node if _is_node_id(node) else api.resolve(node)
+        answer = api.request("GET", f"/v1/nodes/{asked}/status")
         keys = api.keys()
     # Bound to the node asked for: a statement about any other node does not verify.
     checked = verify_status(str(answer["statement"]), keys, asked, datetime.now(UTC))

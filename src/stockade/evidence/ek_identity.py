@@ -6,7 +6,8 @@ one TPM appear as many nodes and walk out of a revocation. The identity is there
 sha256 of the key's DER SubjectPublicKeyInfo (RFC 5280, 4.1.2.7), the form its EK certificate
 certifies, and the public area must be exactly one of the TCG default EK templates with that
 key filled in (TCG EK Credential Profile for TPM Family 2.0, 2.2.1.4 "Low Range" and B.4
-"High Range" templates L-1, L-2 and H-1 to H-7).
+"High Range" templates L-1, L-2, H-1 to H-4, H-6 and H-7; H-5, SM2 with SM3, is not supported,
+and EKs a manufacturer made from a template of its own in NV are refused).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A TPM object whose ``authPolicy`` is one of these digests can only be used in a policy
 session that ran the same assertions, in the same order, while they held: the verifier
-computes the digest here, the node's TPM enforces it.
+computes the digest here, the node's TPM enforces it (TPM 2.0 Part 1, 19.7 "Enhanced
+Authorization": a policy session starts with an all-zero policyDigest and each assertion
+extends it; the object's authPolicy is compared with the final value).
 
 Pure: no TPM and no libtss2. tests/evidence/test_policy_digest.py checks every digest
 against a transcription of the specification and against a real TPM's trial sessions.

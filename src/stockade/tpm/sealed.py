@@ -1,7 +1,8 @@
 """Unseal a secret the verifier sealed to this TPM's EK, its PCRs and this node's channel key.
 
-TPM2_Import under the EK, TPM2_Load, then a policy session asserting, in the order the
-verifier computed the sealed object's authPolicy (``stockade.evidence.policy_digest``):
+TPM2_Import under the EK, TPM2_Load, then a policy session (TPM 2.0 Part 1, 19.7, Enhanced
+Authorization) asserting, in the order the verifier computed the sealed object's authPolicy
+(``stockade.evidence.policy_digest``):
 
 1. TPM2_PolicySigned (TPM 2.0 Part 3, 23.3) by the node's channel key over the session's
    own nonceTPM, expiration 0, no cpHashA and policyRef ``UNSEAL_POLICY_REF``: the key signs

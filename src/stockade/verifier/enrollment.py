@@ -82,7 +82,7 @@ class ActivationRequest(BaseModel):
     channel_certify_info: str = Field(
         max_length=4096,
         description="base64 TPMS_ATTEST: TPM2_Certify of the channel key by the AK over "
-        "SHA-256('stockade/v1 channel key' || 0x00 || enrollment_id || secret)",
+        "SHA-256('stockade/v1 channel key' || 0x00 || enrollment_id || 0x00 || secret)",
     )
     channel_signature: str = Field(max_length=2048, description="base64 TPMT_SIGNATURE")
 
