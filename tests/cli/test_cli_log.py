@@ -192,7 +192,7 @@ class Verifier:
         command = [
             str(Path(sys.executable).with_name("stockade")), "verifier", "serve",
             "--data-dir", str(self.data_dir), "--port", str(self.port),
-            "--ek-ca", str(self.ek_ca.root_cert_path),
+            "--ek-ca", str(self.ek_ca.root_cert_path), "--enrollment-mode", "open",
         ]  # fmt: skip
         log = (self.data_dir.parent / "verifier.log").open("ab")
         env = {**os.environ, "STOCKADE_HOME": str(self.home)}

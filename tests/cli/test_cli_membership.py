@@ -31,7 +31,9 @@ import httpx
 import pytest
 from cryptography import x509
 
+from stockade.agent.channel_key import ChannelSigner
 from stockade.agent.client import VerifierClient
+from stockade.agent.state import AgentState
 from stockade.cli.demo_cluster import (
     KERNEL_STUB,
     OrgMaterial,
@@ -422,6 +424,10 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
     unbound = run("secrets", "revoke", "cli-tls", "node:cli-web-1", env=cluster.operator_env)
     assert unbound.returncode == 0, unbound.stderr
     with VerifierClient(cluster.verifier.url, cluster.verifier.ca) as client:
+        client.as_node(
+            joined["node_id"],
+            ChannelSigner(tpm.tcti, AgentState(tmp_path / "agent").channel_key_path),
+        )
         released = client.release_secret(joined["node_id"], "cli-tls")
         keys = client.keys()
     assert released["granted_by"] == "label:role=web"

@@ -347,7 +347,7 @@ def test_a_second_tpm_cannot_take_a_nodes_name_or_id(stand: Stand) -> None:
                 401,
                 "channel",
             )
-            # (A's secret asked for in A's name: see the xfail test after this one.)
+            # (A's secret asked for in A's name: see the test after this one.)
             # As itself: pending, so nothing at all.
             _refused(attacker.post(f"/v1/nodes/{b_id}/nonces", auth=b.auth), 403, "pending")
             own_secret = attacker.post(f"/v1/nodes/{b_id}/secrets/{SECRET_NAME}", auth=b.auth)
@@ -408,12 +408,6 @@ def _trusted_dev_node(stand: Stand, client: httpx.Client, name: str) -> DevAgent
     return node
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /v1/nodes/{id}/secrets/{name} has no require_node: an unsigned request, or one "
-    "signed by another node's channel key, gets the node's sealed secret (200) and records a "
-    "secret release",
-)
 def test_a_nodes_secret_is_released_only_over_its_own_channel(stand: Stand) -> None:
     with stand.client() as anyone:
         owner = _trusted_dev_node(stand, anyone, "secret-owner")
@@ -691,12 +685,6 @@ def test_anyone_on_the_network_cannot_fail_or_flood_a_node(stand: Stand) -> None
     assert sum(row["count"] for row in rows) <= posts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the channel's replay cache (stockade.channel.ReplayCache) lives in the verifier "
-    "process's memory: after a restart (or at another replica) a captured signed request is "
-    "accepted again for the rest of its channel_max_skew_seconds window",
-)
 def test_a_captured_request_replayed_after_a_verifier_restart_is_refused(stand: Stand) -> None:
     with stand.client() as anyone:
         node = DevAgent.create(stand.make_tpm())

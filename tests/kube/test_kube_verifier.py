@@ -16,8 +16,8 @@ from stockade.kube.admission import AdmissionPolicy, review
 from stockade.kube.extender import filter_nodes
 from stockade.kube.server import ServerTls, uvicorn_config
 from stockade.kube.trust import verifier_trust_source
-from stockade.verifier.config import EnrollmentMode
 from stockade.verifier import VerifierConfig, create_app
+from stockade.verifier.config import EnrollmentMode
 from stockade.verifier.tls import load_or_create_tls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "verifier"))

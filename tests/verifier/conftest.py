@@ -67,6 +67,8 @@ def verifier_config(
         sweep_interval_seconds=0.05,
         clock=clock,
         enrollment_mode=EnrollmentMode.OPEN,
+        # Every in-process client shares one address; tests enrolling many nodes stay under it.
+        enrollment_rate_per_minute=1200.0,
     )
 
 

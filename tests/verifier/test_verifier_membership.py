@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, insert, select, update
-from verifier_support import PCRS, DevAgent, b64, policy_document
+from verifier_support import PCRS, ZERO_PCR_7, DevAgent, b64, policy_document
 
 from stockade.cluster.ca import node_identity, verify_node_certificate
 from stockade.cluster.secret_store import KeyEncryptionKey, KeyRing
@@ -49,7 +49,7 @@ def config(verifier_config: VerifierConfig, kek: KeyEncryptionKey) -> VerifierCo
 
 @pytest.fixture
 def api(make_client: Callable[..., TestClient], config: VerifierConfig) -> TestClient:
-    return make_client(config, policy=policy_document())
+    return make_client(config, policy=policy_document(reference=ZERO_PCR_7))
 
 
 def operator(config: VerifierConfig) -> dict[str, str]:
@@ -87,10 +87,12 @@ def certificate_request(agent: DevAgent, api: TestClient, *, signer: DevAgent | 
 
 
 def fail(agent: DevAgent, api: TestClient) -> None:
-    """Submit evidence whose PCR values do not match the quote: a contraindicated result."""
+    """Change PCR 7 in the node's TPM, then attest: a verified quote of values the policy does
+    not accept, a contraindicated result (evidence that does not verify would change nothing)."""
+    with Tpm(agent.tpm.tcti) as tpm:
+        tpm.extend_pcr(7, b"runtime change")
     nonce = agent.nonce(api)
     evidence = agent.evidence(nonce)
-    evidence["pcrs"]["sha256"]["7"] = "11" * 32
     answer = api.post(f"/v1/nodes/{agent.node_id}/evidence", json=evidence, auth=agent.auth)
     assert answer.json()["status"] == "contraindicated", answer.text
 

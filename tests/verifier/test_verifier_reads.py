@@ -199,7 +199,13 @@ def test_session_cookie_reads_and_expires(client, node_id, clock):
     assert claims["n"] == "reader" and claims["r"] == "reader"
     claims.update(n="operator", r="operator", exp=claims["exp"] + 10**6)
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    for bad in (f"{version}.{forged}.{mac}", value[:-2] + "AA", "v1.e30.", value + "x"):
+    flipped = ("B" if mac[0] == "A" else "A") + mac[1:]  # the first MAC byte changes
+    for bad in (
+        f"{version}.{forged}.{mac}",
+        f"{version}.{statement}.{flipped}",
+        "v1.e30.",
+        value + "x",
+    ):
         assert_refused(
             intruder.get("/v1/nodes", headers={"Cookie": f"{SESSION_COOKIE}={bad}"}),
             401,

@@ -57,6 +57,8 @@ def test_serve_over_tls_enroll_and_stream_events(tmp_path: Path, ek_ca, software
         str(ek_ca.root_cert_path),
         "--ek-ca",
         str(ek_ca.issuer_cert_path),
+        "--enrollment-mode",
+        "open",
     ]
     database = os.environ.get("STOCKADE_TEST_DATABASE_URL")
     if database:

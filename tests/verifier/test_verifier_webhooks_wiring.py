@@ -106,6 +106,7 @@ def test_serve_posts_signed_events_to_webhook(
         "--data-dir", str(data_dir), "--port", str(port),
         "--ek-ca", str(ek_ca.root_cert_path), "--ek-ca", str(ek_ca.issuer_cert_path),
         "--webhook", receiver.url, "--webhook", receiver.url,  # the same URL once
+        "--enrollment-mode", "open",
     ]  # fmt: skip
     if database_url:
         command += ["--database", database_url]

@@ -39,6 +39,8 @@ class QuotePolicy:
     ref: str
     pcrs: PcrSelection
     result_validity_seconds: float
+    # {"sha256": {"7": hex}}: a verified quote with other values there is contraindicated.
+    reference: Mapping[str, Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class QuoteOnlyAppraiser:
             f"{document['id']}@{version}",
             PcrSelection.parse(document["pcrs"]),
             float(document["result_validity_seconds"]),
+            document.get("reference"),
         )
 
     def build_references(self, policy: QuotePolicy) -> None:
@@ -81,6 +84,16 @@ class QuoteOnlyAppraiser:
         clock = verified.clock_info
         new_boot = node.last_clock is None or is_new_boot(node.last_clock, clock)
         vector = {claim: AR4SI["affirming"] for claim in TRUST_CLAIMS}
+        quoted = evidence.pcrs.to_json()
+        differ = [
+            f"quoted PCR {bank}:{index} is {quoted.get(bank, {}).get(index)}, not the reference"
+            for bank, values in (policy.reference or {}).items()
+            for index, value in values.items()
+            if quoted.get(bank, {}).get(index) != value
+        ]
+        if differ:
+            vector["configuration"] = AR4SI["contraindicated"]
+            return QuoteAppraisal(Status.CONTRAINDICATED, vector, tuple(differ), clock, new_boot)
         return QuoteAppraisal(Status.AFFIRMING, vector, (), clock, new_boot)
 
     def ear_claims(
@@ -112,8 +125,17 @@ class QuoteOnlyAppraiser:
         )
 
 
-def policy_document(policy_id: str = "test", validity: float = 120) -> dict[str, Any]:
-    return {"id": policy_id, "pcrs": PCRS, "result_validity_seconds": validity}
+def policy_document(
+    policy_id: str = "test", validity: float = 120, reference: dict | None = None
+) -> dict[str, Any]:
+    document: dict[str, Any] = {"id": policy_id, "pcrs": PCRS, "result_validity_seconds": validity}
+    if reference is not None:
+        document["reference"] = reference
+    return document
+
+
+# A fresh swtpm's PCR 7: a node that extends it afterwards fails appraisal with a verified quote.
+ZERO_PCR_7 = {"sha256": {"7": "00" * 32}}
 
 
 @dataclass

@@ -60,6 +60,14 @@ def _run(command: list[str], log: Path) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def _channel_signer(state_dir: Path, tcti: str) -> Any:
+    """Sign as the node whose agent state is ``state_dir``: its channel key, in its TPM."""
+    from stockade.agent.channel_key import ChannelSigner
+    from stockade.agent.state import AgentState
+
+    return ChannelSigner(tcti, AgentState(state_dir).channel_key_path)
+
+
 def _leaks(secret: bytes, files: list[Path]) -> list[str]:
     needles = [secret, secret.hex().encode(), base64.b64encode(secret)]
     found = []
@@ -195,6 +203,8 @@ def membership_story(
             f"({', '.join(grants)}): a node taking either name later gets nothing"
         )
         with verifier.client() as client:
+            # Asked as node-c itself: signed with its channel key, in its TPM.
+            client.as_node(node_c, _channel_signer(work / "agents" / "node-c", tpm_c.tcti))
             try:
                 client.release_secret(node_c, SECRET_NAME)
             except VerifierRefused as error:
@@ -265,6 +275,7 @@ def membership_story(
             f"   its certificate is not renewed: the last one expires at {expiry:%H:%M:%S} UTC"
         )
         with verifier.client() as client:
+            client.as_node(node_id, _channel_signer(work / "agents" / "node-a", tpm_a.tcti))
             try:
                 client.release_secret(node_id, SECRET_NAME)
             except VerifierRefused as error:

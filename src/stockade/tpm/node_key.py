@@ -14,11 +14,10 @@ Every call leaves no transient object loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_ECC, TPM2_RH, TPM2_ST
 from tpm2_pytss.tsskey import TSSPrivKey

@@ -30,9 +30,9 @@ from stockade.verifier.executions import (
 )
 from stockade.verifier.models import Event, Node, Result
 from stockade.verifier.node_auth import require_node
-from stockade.verifier.security_events import record_security_event
 from stockade.verifier.nonces import consume_nonce, nonce_usable
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
+from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import ActivePolicy, Service, service_of
 from stockade.verifier.states import NodeState
 from stockade.verifier.wire import decode_b64, rfc3339

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from cryptography import x509
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -43,6 +43,7 @@ from stockade.verifier.config import EnrollmentMode
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
 from stockade.verifier.events import record_event
 from stockade.verifier.models import Enrollment, ExecutionStateRow, Node
+from stockade.verifier.rate_limit import limit_enrollment
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import NodeState, transition
@@ -181,7 +182,12 @@ def _check_name(
         )
 
 
-@router.post("/v1/enrollments", status_code=201, response_model=EnrollmentChallenge)
+@router.post(
+    "/v1/enrollments",
+    status_code=201,
+    response_model=EnrollmentChallenge,
+    dependencies=[Depends(limit_enrollment)],
+)
 def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentChallenge:
     service = service_of(request)
     config = service.config
@@ -265,7 +271,11 @@ def _channel_key(body: ActivationRequest, enrollment: Enrollment, secret: bytes)
     return key_public.marshal_tpm2b()
 
 
-@router.post("/v1/enrollments/{enrollment_id}/activation", response_model=ActivationResponse)
+@router.post(
+    "/v1/enrollments/{enrollment_id}/activation",
+    response_model=ActivationResponse,
+    dependencies=[Depends(limit_enrollment)],
+)
 def activate(
     enrollment_id: Annotated[str, Path(max_length=64)],
     body: ActivationRequest,

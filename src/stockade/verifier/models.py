@@ -146,6 +146,18 @@ class Event(Base):
     actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
+class ChannelReplay(Base):
+    """Node-channel signature nonces already used, until their signatures would be stale anyway:
+    shared by every verifier replica and kept across restarts, so a captured request is
+    accepted once in all."""
+
+    __tablename__ = "channel_replays"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
 class SecurityEvent(Base):
     """Something that proved nothing and so changed nothing else: a refused enrollment, a
     request whose signature failed, evidence that did not verify. Rate-limited per kind and

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio.to_thread
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Path, Request
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from stockade.channel import ChannelAuthError, verify_request
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.public import TpmPublic
 from stockade.verifier.errors import Unauthorized
-from stockade.verifier.models import Node
+from stockade.verifier.models import ChannelReplay, Node
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import Service, service_of
 
@@ -108,6 +110,7 @@ def _authenticate(
         )
         if not service.replay_cache.admit(signed.keyid, signed.nonce, signed.created, now):
             raise ChannelAuthError("replay", "this signature was already used (a replay)")
+        _spend(service, signed.keyid, signed.nonce, max(now, signed.created))
     except ChannelAuthError as error:
         record_security_event(
             service,
@@ -123,6 +126,20 @@ def _authenticate(
             f"node {node_id}'s channel key is unusable: {error}", code=UNKNOWN
         ) from None
     return AuthenticatedNode(node_id, row.name)
+
+
+def _spend(service: Service, node_id: str, nonce: str, created: int) -> None:
+    """Record the signature's nonce in the database, the one place every replica (and this one
+    after a restart) sees: a second use is a replay. Kept until the signature is stale."""
+    skew = service.config.channel_max_skew_seconds
+    expires = datetime.fromtimestamp(created + skew + 1, UTC)
+    try:
+        with service.engine.begin() as connection:
+            connection.execute(
+                insert(ChannelReplay).values(node_id=node_id, nonce=nonce, expires_at=expires)
+            )
+    except IntegrityError:
+        raise ChannelAuthError("replay", "this signature was already used (a replay)") from None
 
 
 async def require_node(

@@ -40,6 +40,7 @@ from stockade.verifier.errors import (
     Unavailable,
 )
 from stockade.verifier.models import Node, Secret, SecretGrant, SecretRelease
+from stockade.verifier.node_auth import require_node
 from stockade.verifier.nodes import node_json
 from stockade.verifier.operator_auth import require_operator
 from stockade.verifier.service import Service, service_of
@@ -355,7 +356,7 @@ def _sealable(values: PcrValues) -> tuple[PcrSelection, PcrValues]:
     return selection, PcrValues(banks)
 
 
-@router.post("/v1/nodes/{node_id}/secrets/{name}")
+@router.post("/v1/nodes/{node_id}/secrets/{name}", dependencies=[Depends(require_node)])
 def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[str, Any]:
     """The secret sealed to the node's EK, its channel key and the PCR values of its latest
     affirming result.

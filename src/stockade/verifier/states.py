@@ -13,7 +13,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from stockade.verifier.events import record_event
-from stockade.verifier.models import Enrollment, Event, Node, Nonce
+from stockade.verifier.models import ChannelReplay, Enrollment, Event, Node, Nonce
 from stockade.verifier.service import Service
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ def sweep_stale(service: Service) -> int:
         session.execute(delete(Nonce).where(Nonce.expires_at <= now))
         # Challenges never activated, and machines the operator never approved, do not stay.
         session.execute(delete(Enrollment).where(Enrollment.expires_at <= now))
+        session.execute(delete(ChannelReplay).where(ChannelReplay.expires_at <= now))
         _sweep_pending(session, now)
     return marked
 
@@ -115,9 +116,7 @@ def _sweep_pending(session: Session, now: datetime) -> None:
         return
     session.execute(delete(Event).where(Event.node_id.in_(expired)))
     session.execute(delete(Nonce).where(Nonce.node_id.in_(expired)))
-    session.execute(
-        delete(Node).where(Node.id.in_(expired), Node.state == NodeState.PENDING)
-    )
+    session.execute(delete(Node).where(Node.id.in_(expired), Node.state == NodeState.PENDING))
 
 
 async def run_sweeper(service: Service) -> None:

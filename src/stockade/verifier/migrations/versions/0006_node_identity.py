@@ -211,6 +211,13 @@ def upgrade() -> None:
         sa.Column("count", sa.Integer(), nullable=False),
     )
     op.create_index("ix_security_events_time", "security_events", ["time"])
+    op.create_table(
+        "channel_replays",
+        sa.Column("node_id", sa.String(64), primary_key=True),
+        sa.Column("nonce", sa.String(64), primary_key=True),
+        sa.Column("expires_at", sa.DateTime(timezone=False), nullable=False),
+    )
+    op.create_index("ix_channel_replays_expires_at", "channel_replays", ["expires_at"])
     connection = op.get_bind()
     _canonical_identities(connection)
     holders = _unique_names(connection)
@@ -220,6 +227,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_nodes_name", "nodes")
+    op.drop_table("channel_replays")
     op.drop_table("security_events")
     with op.batch_alter_table("events") as table:
         table.drop_column("actor")
