@@ -92,6 +92,27 @@ def test_a_reencoded_ek_does_not_escape_a_revocation(client, software_tpm, verif
     assert _state(client, node_id) == "revoked"
 
 
+def test_one_ek_type_gives_a_tpm_one_identity(make_client, verifier_config, software_tpm):
+    """A TPM holds an RSA and an ECC EK: two identities. Revoked under one, it could come back
+    under the other (as a new, pending machine); a verifier that accepts one EK type closes
+    that door."""
+    from stockade.evidence.templates import KeyKind
+
+    verifier_config.ek_types = frozenset({"rsa"})
+    client = make_client(policy=policy_document())
+    operator = operator_headers(verifier_config.data_dir)
+    rsa_side = DevAgent.create(software_tpm, KeyKind.RSA)
+    node_id = rsa_side.enroll(client, "one-tpm")
+    assert client.post(f"/v1/nodes/{node_id}/revoke", headers=operator).status_code == 200
+    ecc_side = DevAgent.create(software_tpm, KeyKind.ECC)
+    refused = client.post("/v1/enrollments", json=ecc_side.enrollment_request("other-name"))
+    assert refused.status_code == 403 and refused.json()["error"] == "ek-type"
+    # Without the restriction the other EK is another identity (shown, not endorsed).
+    verifier_config.ek_types = None
+    open_client = make_client()
+    assert ecc_side.enroll(open_client, "other-name") != node_id
+
+
 # -- admission -------------------------------------------------------------------------------
 
 

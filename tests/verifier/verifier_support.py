@@ -172,10 +172,10 @@ class DevAgent:
         return ChannelAuth(node_id, sign)
 
     @classmethod
-    def create(cls, tpm: SoftwareTpm) -> DevAgent:
+    def create(cls, tpm: SoftwareTpm, ek_kind: KeyKind = KeyKind.RSA) -> DevAgent:
         with Tpm(tpm.tcti) as device:
-            endorsement = read_endorsement(device, KeyKind.RSA)
-            ak = create_ak(device, KeyKind.ECC, ek_kind=KeyKind.RSA)
+            endorsement = read_endorsement(device, ek_kind)
+            ak = create_ak(device, KeyKind.ECC, ek_kind=ek_kind)
         assert endorsement.certificate is not None
         return cls(tpm, ak, endorsement.public.marshal_tpm2b(), endorsement.certificate)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,12 @@ from stockade.verifier.config import (
     load_allowlist,
     load_ca_files,
 )
+
+
+class EkType(StrEnum):
+    RSA = "rsa"
+    ECC = "ecc"
+
 
 app = typer.Typer(no_args_is_help=True, help="The verifier service.")
 
@@ -73,6 +80,15 @@ def serve(
             "approve`), allowlist (--ek-allowlist), open (development only)",
         ),
     ] = EnrollmentMode.APPROVE,
+    ek_type: Annotated[
+        list[EkType] | None,
+        typer.Option(
+            "--ek-type",
+            help="EK algorithms accepted (repeatable) [default: rsa and ecc]. A TPM has one EK "
+            "per algorithm and each is an identity: accept one so a revoked TPM cannot come "
+            "back under its other EK",
+        ),
+    ] = None,
     policy: Annotated[
         Path | None, typer.Option(help="policy document (YAML/JSON) to apply and make active")
     ] = None,
@@ -127,6 +143,7 @@ def serve(
         ek_intermediates=intermediates,
         ek_allowlist=load_allowlist(ek_allowlist) if ek_allowlist else None,
         enrollment_mode=enrollment_mode,
+        ek_types=frozenset(kind.value for kind in ek_type) if ek_type else None,
         policy_id=document["id"] if document else None,
         webhook_urls=tuple(webhook or ()),
         key_ring=load_key_ring(kek_file, tuple(previous_kek_file or ())),

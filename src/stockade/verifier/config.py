@@ -59,6 +59,9 @@ class VerifierConfig:
     # restricts the other modes when given.
     ek_allowlist: frozenset[str] | None = None
     enrollment_mode: EnrollmentMode = EnrollmentMode.APPROVE
+    # EK algorithms accepted ("rsa", "ecc"); None: both. A TPM holds one EK per algorithm and
+    # each is an identity: with one algorithm, a revoked TPM cannot return under its other EK.
+    ek_types: frozenset[str] | None = None
     # How long a pending node (mode approve) waits for the operator before it is swept.
     pending_ttl_seconds: float = 7 * 24 * 3600.0
     # How long ``stockade nodes replace`` keeps a name open for its new hardware.

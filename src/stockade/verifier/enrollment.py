@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from stockade.channel import channel_certify_nonce
 from stockade.cluster.names import InvalidNodeName, validate_node_name
+from stockade.evidence.algorithms import Alg
 from stockade.evidence.certify import CertifyRejected, verify_certify
 from stockade.evidence.credential import make_credential
 from stockade.evidence.ek_certificate import validate_ek_certificate
@@ -209,9 +210,16 @@ def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentCha
             intermediates=config.ek_intermediates,
             now=now,
         )
-        check_ek_template(ek)
+        template = check_ek_template(ek)
     except EvidenceError as error:
         raise Forbidden(f"EK refused: {error}", code="ek-certificate") from None
+    kind = "rsa" if template.type == Alg.RSA else "ecc"
+    if config.ek_types is not None and kind not in config.ek_types:
+        raise Forbidden(
+            f"this verifier accepts {', '.join(sorted(config.ek_types))} EKs only, not the TPM's "
+            f"{kind} EK ({template.name}): enroll with the other EK",
+            code="ek-type",
+        )
     try:
         check_ak(ak)
     except EvidenceError as error:
