@@ -281,3 +281,21 @@ def test_evidence_that_does_not_verify_is_a_counted_security_event(client, make_
     assert rows == len(_security_events(client))
     # The security events are themselves a read that needs a credential.
     assert client.get("/v1/security-events").status_code == 401
+
+
+def test_allowlist_entries_have_one_form(tmp_path):
+    from stockade.verifier.config import load_allowlist, normalize_ek_entry
+    from stockade.verifier.errors import ConfigurationError
+
+    digest = "AB" * 32
+    assert normalize_ek_entry(digest) == "ab" * 32
+    assert normalize_ek_entry("sha256:" + ":".join(["ab"] * 32)) == "ab" * 32
+    assert normalize_ek_entry("serial:0x00Fe") == normalize_ek_entry("SERIAL:fe") == "serial:fe"
+    for bad in ("ab" * 31, "serial:xyz", "serial:" + "f" * 41, "md5:" + "ab" * 16, ""):
+        assert normalize_ek_entry(bad) is None, bad
+    listing = tmp_path / "allow"
+    listing.write_text(f"# fleet\n{digest}  # rack 1\nserial:00ff\n")
+    assert load_allowlist(listing) == {"ab" * 32, "serial:ff"}
+    listing.write_text("not-a-fingerprint\n")
+    with pytest.raises(ConfigurationError, match="allow:1"):
+        load_allowlist(listing)

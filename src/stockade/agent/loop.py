@@ -126,6 +126,11 @@ class Agent:
                 if error.status in _REENROLL_STATUSES or error.code in _REENROLL_CODES:
                     self.log(f"the verifier does not know this node ({error}); enrolling again")
                     self.state.forget_enrollment()
+                elif error.code == "pending":
+                    self.log(
+                        f"waiting for the operator to admit {config.name} "
+                        f"(stockade nodes approve {config.name}); asking again in {backoff:g}s"
+                    )
                 else:
                     self.log(f"retry in {backoff:g}s: {error}")
                 if error.status == 403:  # revoked: nothing it was given may stay usable

@@ -14,12 +14,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from stockade.verifier.errors import BadRequest, Conflict, NotFound
+from stockade.verifier.config import normalize_ek_entry
+from stockade.verifier.errors import BadRequest, Conflict
 from stockade.verifier.events import record_event
-from stockade.verifier.models import Node
-from stockade.verifier.nodes import node_json
+from stockade.verifier.nodes import locked_node, node_json
 from stockade.verifier.operator_auth import Actor, require_operator
 from stockade.verifier.service import service_of
 from stockade.verifier.states import NodeState
@@ -47,20 +46,6 @@ class ReplaceBody(BaseModel):
     reason: str = Field(default="board replaced", min_length=1, max_length=500)
 
 
-def normalize_ek_selector(text: str) -> str:
-    """``serial:<hex>`` or a sha256 hex fingerprint, lowercased; ``BadRequest`` otherwise."""
-    value = text.strip().lower()
-    if value.startswith("serial:"):
-        serial = value.removeprefix("serial:").removeprefix("0x").lstrip("0") or "0"
-        if len(serial) <= 40 and all(c in "0123456789abcdef" for c in serial):
-            return f"serial:{serial}"
-    else:
-        value = value.removeprefix("sha256:").replace(":", "")
-        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-            return value
-    raise BadRequest(f"ek {text!r}: give a sha256 hex fingerprint or serial:<hex>", code="ek")
-
-
 @router.post("/v1/nodes/{node_id}/approve")
 def approve(
     node_id: NodeId, request: Request, actor: Operator, body: ApproveBody | None = None
@@ -69,9 +54,7 @@ def approve(
     service = service_of(request)
     now = service.now()
     with service.transaction() as session:
-        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
-        if node is None:
-            raise NotFound(f"no node {node_id}", code="node")
+        node = locked_node(session, node_id)
         if node.state != NodeState.PENDING:
             raise Conflict(f"node {node.name} is {node.state}, not pending", code="state")
         node.state = NodeState.ENROLLED
@@ -93,11 +76,15 @@ def replace(
     service = service_of(request)
     now = service.now()
     body = body or ReplaceBody()
-    selector = normalize_ek_selector(body.ek) if body.ek else None
+    selector = None
+    if body.ek:
+        selector = normalize_ek_entry(body.ek)
+        if selector is None:
+            raise BadRequest(
+                f"ek {body.ek!r}: give a sha256 hex fingerprint or serial:<hex>", code="ek"
+            )
     with service.transaction() as session:
-        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
-        if node is None:
-            raise NotFound(f"no node {node_id}", code="node")
+        node = locked_node(session, node_id)
         if node.revoked:
             raise Conflict(f"node {node.name} is revoked: allow it first", code="revoked")
         node.replace_until = now + timedelta(seconds=service.config.replace_ttl_seconds)

@@ -137,27 +137,40 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
+def normalize_ek_entry(text: str) -> str | None:
+    """An EK named by ``serial:<hex>`` (the EK certificate's serial) or a sha256 hex fingerprint
+    (of the certificate's DER, or the EK identity), in the one form they are compared in;
+    None when it is neither."""
+    value = text.strip().lower()
+    if value.startswith("serial:"):
+        serial = value.removeprefix("serial:").removeprefix("0x").lstrip("0") or "0"
+        if len(serial) <= 40 and all(c in "0123456789abcdef" for c in serial):
+            return f"serial:{serial}"
+        return None
+    value = value.removeprefix("sha256:").replace(":", "")
+    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
 def load_allowlist(path: Path) -> frozenset[str]:
-    """One entry per line, ``#`` comments: a sha256 hex fingerprint (of the EK certificate's
-    DER, or the EK identity: sha256 of its SubjectPublicKeyInfo), or ``serial:<hex>`` (the EK
-    certificate's serial number; serials are unique only per vendor CA, prefer fingerprints)."""
+    """One EK per line (``normalize_ek_entry``), ``#`` comments: a sha256 hex fingerprint (of
+    the EK certificate's DER, or the EK identity: sha256 of its SubjectPublicKeyInfo), or
+    ``serial:<hex>`` (the EK certificate's serial number; serials are unique only per vendor
+    CA, prefer fingerprints)."""
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigurationError(f"cannot read EK allowlist {path}: {error}") from None
     entries: set[str] = set()
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip().lower()
+        line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        if line.startswith("serial:"):
-            serial = line.removeprefix("serial:").removeprefix("0x").lstrip("0") or "0"
-            if any(c not in "0123456789abcdef" for c in serial) or len(serial) > 40:
-                raise ConfigurationError(f"{path}:{number}: not a hex serial number: {raw!r}")
-            entries.add(f"serial:{serial}")
-            continue
-        line = line.removeprefix("sha256:").replace(":", "")
-        if len(line) != 64 or any(c not in "0123456789abcdef" for c in line):
-            raise ConfigurationError(f"{path}:{number}: not a sha256 hex fingerprint: {raw!r}")
-        entries.add(line)
+        entry = normalize_ek_entry(line)
+        if entry is None:
+            raise ConfigurationError(
+                f"{path}:{number}: not a sha256 hex fingerprint or serial:<hex>: {raw!r}"
+            )
+        entries.add(entry)
     return frozenset(entries)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from stockade.verifier.errors import NotFound
 from stockade.verifier.models import Node, Result
@@ -107,6 +108,14 @@ def node_results(
         return {"results": [result_json(row, service) for row in rows]}
 
 
+def locked_node(session: Session, node_id: str) -> Node:
+    """The node, locked for update in ``session``'s transaction; 404 ``node`` when unknown."""
+    node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
+    if node is None:
+        raise NotFound(f"no node {node_id}", code="node")
+    return node
+
+
 @router.post("/v1/nodes/{node_id}/revoke")
 def revoke(
     node_id: NodeId, request: Request, actor: OperatorActor, body: OperatorAction | None = None
@@ -115,9 +124,7 @@ def revoke(
     service = service_of(request)
     now = service.now()
     with service.transaction() as session:
-        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
-        if node is None:
-            raise NotFound(f"no node {node_id}", code="node")
+        node = locked_node(session, node_id)
         node.revoked = True
         node.allowed = False
         node.trusted_until = None
@@ -134,9 +141,7 @@ def allow(
     service = service_of(request)
     now = service.now()
     with service.transaction() as session:
-        node = session.scalars(select(Node).where(Node.id == node_id).with_for_update()).first()
-        if node is None:
-            raise NotFound(f"no node {node_id}", code="node")
+        node = locked_node(session, node_id)
         if node.revoked:
             node.revoked = False
             node.allowed = True
