@@ -150,6 +150,7 @@ def test_delivers_every_event_at_least_once_after_failures(
         "to",
         "reason",
         "result_id",
+        "actor",
     }
 
     # A new worker (a restarted verifier) resumes after the last acknowledged event.

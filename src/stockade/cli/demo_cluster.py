@@ -273,7 +273,8 @@ class AgentProcess(_ChildProcess):
 
     @property
     def log_path(self) -> Path:
-        return self.state_dir.parent / f"{self.name}.log"
+        # By state directory: two agents of one node name (a board swap) keep two logs.
+        return self.state_dir.parent / f"{self.state_dir.name}.log"
 
     def start(self) -> None:
         command = [

@@ -29,7 +29,7 @@ from stockade.verifier.executions import (
     store_executions,
 )
 from stockade.verifier.models import Event, Node, Result
-from stockade.verifier.node_auth import require_node
+from stockade.verifier.node_auth import require_node_spending_a_nonce
 from stockade.verifier.nonces import consume_nonce, nonce_usable
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
 from stockade.verifier.security_events import record_security_event
@@ -282,7 +282,7 @@ def _reject_unverified(
 @router.post(
     "/v1/nodes/{node_id}/evidence",
     response_model=EvidenceResponse,
-    dependencies=[Depends(require_node)],
+    dependencies=[Depends(require_node_spending_a_nonce)],
 )
 def submit_evidence(
     node_id: Annotated[str, Path(max_length=64)], body: EvidenceRequest, request: Request

@@ -23,7 +23,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.public import TpmPublic
 from stockade.verifier.errors import BadRequest, Forbidden
 from stockade.verifier.models import NodeCertificate
-from stockade.verifier.node_auth import require_node
+from stockade.verifier.node_auth import require_node_spending_a_nonce
 from stockade.verifier.nonces import consume_nonce
 from stockade.verifier.service import service_of
 from stockade.verifier.standing import node_standing
@@ -59,7 +59,7 @@ class CertificateResponse(BaseModel):
     "/v1/nodes/{node_id}/certificates",
     status_code=201,
     response_model=CertificateResponse,
-    dependencies=[Depends(require_node)],
+    dependencies=[Depends(require_node_spending_a_nonce)],
 )
 def issue_certificate(
     node_id: NodeId, body: CertificateRequest, request: Request

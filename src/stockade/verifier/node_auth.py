@@ -16,7 +16,7 @@ from typing import Annotated
 import anyio.to_thread
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Path, Request
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from stockade.channel import ChannelAuthError, verify_request
@@ -69,6 +69,18 @@ def _source(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+class _Refused(Exception):
+    """A refusal, recorded as a security event once the transaction that found it is over
+    (recording needs a write of its own)."""
+
+    def __init__(self, kind: str, detail: str, code: str, name: str | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.code = code
+        self.name = name
+
+
 def _authenticate(
     service: Service,
     node_id: str,
@@ -78,21 +90,45 @@ def _authenticate(
     body: bytes,
     headers: dict[str, str],
     source: str | None,
+    spend: bool,
 ) -> AuthenticatedNode:
-    with service.engine.connect() as connection:
-        row = connection.execute(
-            select(Node.name, Node.channel_key_public).where(Node.id == node_id)
-        ).first()
-    if row is None or row.channel_key_public is None:
+    """Check the request; with ``spend``, also record its signature nonce in the database in
+    the same transaction that read the key (one connection, one commit)."""
+    try:
+        with service.engine.begin() as connection:
+            return _check(service, connection, node_id, method, path, query, body, headers, spend)
+    except _Refused as refused:
         record_security_event(
             service,
-            "channel-unknown",
-            f"{method} {path}: no node {node_id} with a channel key",
-            node_id=node_id if row is not None else None,
+            refused.kind,
+            f"{method} {path}: {refused.detail}",
+            node_id=node_id if refused.name is not None else None,
+            name=refused.name,
             source=source,
         )
-        raise Unauthorized(
-            f"node {node_id} has no channel key at this verifier: enroll (again)", code=UNKNOWN
+        raise Unauthorized(refused.detail, code=refused.code) from None
+
+
+def _check(
+    service: Service,
+    connection: Connection,
+    node_id: str,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    headers: dict[str, str],
+    spend: bool,
+) -> AuthenticatedNode:
+    row = connection.execute(
+        select(Node.name, Node.channel_key_public).where(Node.id == node_id)
+    ).first()
+    if row is None or row.channel_key_public is None:
+        raise _Refused(
+            "channel-unknown",
+            f"node {node_id} has no channel key at this verifier: enroll (again)",
+            UNKNOWN,
+            None if row is None else row.name,
         )
     now = int(service.now().timestamp())
     try:
@@ -110,31 +146,29 @@ def _authenticate(
         )
         if not service.replay_cache.admit(signed.keyid, signed.nonce, signed.created, now):
             raise ChannelAuthError("replay", "this signature was already used (a replay)")
-        _spend(service, signed.keyid, signed.nonce, max(now, signed.created))
+        if spend:
+            _spend(service, connection, signed.keyid, signed.nonce, max(now, signed.created))
     except ChannelAuthError as error:
-        record_security_event(
-            service,
-            f"channel-{error.reason}",
-            f"{method} {path}: {error.detail}",
-            node_id=node_id,
-            name=row.name,
-            source=source,
-        )
-        raise Unauthorized(error.detail, code=REFUSED) from None
+        raise _Refused(f"channel-{error.reason}", error.detail, REFUSED, row.name) from None
     except EvidenceError as error:  # a stored key that does not parse: refuse, never 500
-        raise Unauthorized(
-            f"node {node_id}'s channel key is unusable: {error}", code=UNKNOWN
+        raise _Refused(
+            "channel-unknown",
+            f"node {node_id}'s channel key is unusable: {error}",
+            UNKNOWN,
+            row.name,
         ) from None
     return AuthenticatedNode(node_id, row.name)
 
 
-def _spend(service: Service, node_id: str, nonce: str, created: int) -> None:
+def _spend(
+    service: Service, connection: Connection, node_id: str, nonce: str, created: int
+) -> None:
     """Record the signature's nonce in the database, the one place every replica (and this one
     after a restart) sees: a second use is a replay. Kept until the signature is stale."""
     skew = service.config.channel_max_skew_seconds
     expires = datetime.fromtimestamp(created + skew + 1, UTC)
     try:
-        with service.engine.begin() as connection:
+        with connection.begin_nested():
             connection.execute(
                 insert(ChannelReplay).values(node_id=node_id, nonce=nonce, expires_at=expires)
             )
@@ -145,7 +179,22 @@ def _spend(service: Service, node_id: str, nonce: str, created: int) -> None:
 async def require_node(
     node_id: Annotated[str, Path(max_length=64)], request: Request
 ) -> AuthenticatedNode:
-    """FastAPI dependency: the node named in the path signed this very request."""
+    """FastAPI dependency: the node named in the path signed this very request, and its
+    signature was never used before, at any replica (its nonce is spent in the database)."""
+    return await _require(node_id, request, spend=True)
+
+
+async def require_node_spending_a_nonce(
+    node_id: Annotated[str, Path(max_length=64)], request: Request
+) -> AuthenticatedNode:
+    """As ``require_node``, for routes that themselves spend a single-use verifier nonce
+    (evidence, certificates): a replay of such a request cannot change anything at any
+    replica (409 ``nonce``), so its signature nonce is only remembered in this process, and
+    the database write is saved."""
+    return await _require(node_id, request, spend=False)
+
+
+async def _require(node_id: str, request: Request, *, spend: bool) -> AuthenticatedNode:
     body = await request.body()
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
     path = raw_path.decode("latin-1").split("?", 1)[0]
@@ -166,4 +215,5 @@ async def require_node(
         body,
         headers,
         _source(request),
+        spend,
     )
