@@ -357,6 +357,9 @@ def test_a_second_tpm_cannot_take_a_nodes_name_or_id(stand: Stand) -> None:
         recorded = [e for e in stand.security_events(events_before) if e["kind"] == "name-taken"]
         assert len(recorded) == 1
         assert recorded[0]["node_id"] == a_id and recorded[0]["name"] == "node-a"
+        # The operator sees the same with the CLI.
+        listed = stand.cli("nodes", "security-events", "--after", str(events_before))
+        assert recorded[0] in listed["security_events"]
         # A is still A: same id, same EK, trusted; the only node named node-a.
         after = stand.named("node-a")
         assert [n["node_id"] for n in after] == [a_id]

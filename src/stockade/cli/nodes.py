@@ -98,6 +98,38 @@ def list_nodes(
     Console().print(_node_table(nodes))
 
 
+@app.command("security-events")
+def security_events(
+    after: Annotated[int, typer.Option("--after", min=0, help="only events after this id")] = 0,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: ReadTokenOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """What proved nothing and changed nothing: refused channel signatures, evidence that
+    did not verify, enrollments under a name another TPM holds (rate-limited; ``count`` says
+    how many each row stands for). Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
+        events = api.security_events(after)
+    if output is OutputFormat.JSON:
+        emit_json({"security_events": events})
+        return
+    table = Table(title=f"{len(events)} security events")
+    for column in ("id", "time", "kind", "node", "source", "count", "detail"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        table.add_row(
+            str(event.get("id", "")),
+            str(event.get("time", "")),
+            str(event.get("kind", "")),
+            str(event.get("name") or event.get("node_id") or ""),
+            str(event.get("source") or ""),
+            str(event.get("count", "")),
+            str(event.get("detail", "")),
+        )
+    Console().print(table)
+
+
 def _show(node: dict[str, Any]) -> None:
     table = Table(show_header=False, title=f"node {node.get('name', '')}")
     table.add_column("field", style="bold")
