@@ -4,6 +4,7 @@ backoff when the verifier is down or failing, and a clean exit on SIGTERM."""
 from __future__ import annotations
 
 import http.server
+import itertools
 import os
 import re
 import signal
@@ -184,6 +185,40 @@ def test_retries_5xx_and_keeps_trying_when_refused(
     assert any("503" in line for line in lines)
     assert any("revoked" in line for line in lines)
     assert AgentState(tmp_path / "state").enrolled() is not None  # 409 does not re-enroll
+
+
+class _RateLimiting(_Failing):
+    """Answers 429 with ``Retry-After: 1``, as the verifier's enrollment limiter does."""
+
+    def do_POST(self) -> None:
+        self.seen.append(f"{time.monotonic():.3f} {self.path}")
+        body = b'{"error": "rate-limited", "detail": "too many requests"}'
+        self.send_response(429)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_rate_limited_agent_waits_as_long_as_it_is_told(tmp_path: Path) -> None:
+    seen: list[str] = []
+    handler = type("Handler", (_RateLimiting,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        agent, lines = _agent(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+        _run_for(agent, 2.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    times = [float(entry.split()[0]) for entry in seen]
+    # Backoff alone would have asked again after 0.05, 0.1, 0.2 s: many requests; Retry-After
+    # keeps them a second apart.
+    assert 2 <= len(times) <= 3, seen
+    assert all(later - earlier >= 0.95 for earlier, later in itertools.pairwise(times)), seen
+    assert any("429 rate-limited" in line for line in lines), lines
 
 
 def test_sigterm_stops_the_agent_cleanly(tmp_path: Path) -> None:

@@ -39,11 +39,27 @@ class VerifierRefused(StockadeError):
 
     exit_code = 2
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"verifier refused ({status} {code}): {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        # Seconds the verifier asked the client to wait (429 Retry-After), capped.
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER = 300.0
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in delay-seconds (RFC 9110, 10.2.3), at most ``MAX_RETRY_AFTER``;
+    None when absent or not a number of seconds."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value.isdigit():
+        return None
+    return min(float(value), MAX_RETRY_AFTER)
 
 
 def b64(data: bytes) -> str:
@@ -196,7 +212,7 @@ class VerifierClient:
             )
         if response.status_code >= 400:
             code, detail = _error(response)
-            raise VerifierRefused(response.status_code, code, detail)
+            raise VerifierRefused(response.status_code, code, detail, _retry_after(response))
         try:
             return response.json()
         except ValueError:

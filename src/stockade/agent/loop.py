@@ -135,7 +135,8 @@ class Agent:
                     self.log(f"retry in {backoff:g}s: {error}")
                 if error.status == 403:  # revoked: nothing it was given may stay usable
                     self._withdraw(f"refused by the verifier ({error.code})")
-                self.stop.wait(backoff)
+                # Rate-limited: wait as long as the verifier asks, never less than the backoff.
+                self.stop.wait(max(backoff, error.retry_after or 0.0))
                 backoff = min(backoff * 2, config.max_backoff)
                 continue
             except StockadeError as error:  # TPM or boot log unreadable: may recover
