@@ -344,8 +344,8 @@ def running(*processes: VerifierProcess | AgentProcess) -> Iterator[None]:
 STORY_VALIDITY = 6  # seconds a result stays valid: staleness shows within the demo
 STORY_INTERVAL = 1.0  # seconds between a demo agent's attestations
 STATE_STYLES = {
-    "enrolled": "cyan", "trusted": "green", "untrusted": "yellow", "failed": "red",
-    "revoked": "magenta",
+    "pending": "blue", "enrolled": "cyan", "trusted": "green", "untrusted": "yellow",
+    "failed": "red", "revoked": "magenta",
 }  # fmt: skip
 
 
@@ -411,6 +411,8 @@ class _Narrator:
         name, to, reason = str(event["name"]), str(event["to"]), str(event["reason"] or "")
         at = f"[dim]{time.monotonic() - self.started:5.1f}s[/]"
         detail = f" ({reason})" if reason and to not in (reason, "failed") else ""
+        if event.get("actor"):
+            detail += f" by {event['actor']}"
         self.console.print(
             f"  {at} [bold]{name}[/]: {_styled(event['from'])} -> {_styled(to)}{detail}"
         )
@@ -481,7 +483,12 @@ def cluster_story(console: Console, home: Path) -> None:
     policy = work / "policy.json"
     policy.write_text(json.dumps(policy_document(org, validity_seconds=STORY_VALIDITY)))
     ek_ca = EkCa.load_or_create(home / "ek-ca")
-    verifier = VerifierProcess(work / "verifier", ek_ca_bundle(ek_ca, work / "ek-ca.pem"), policy)
+    verifier = VerifierProcess(
+        work / "verifier",
+        ek_ca_bundle(ek_ca, work / "ek-ca.pem"),
+        policy,
+        enrollment_mode="approve",
+    )
     tpms: list[SoftwareTpm] = []
     agents: dict[str, AgentProcess] = {}
     narrator: _Narrator | None = None
@@ -524,6 +531,20 @@ def cluster_story(console: Console, home: Path) -> None:
                 f"  [dim]{time.monotonic() - started:5.1f}s[/] {name}: own swtpm booted {what}; "
                 f"`stockade agent run` attests every {STORY_INTERVAL:.0f} s"
             )
+
+        narrator.wait_for(
+            lambda n: all(n.states.get(name) == "pending" for name in nodes),
+            30,
+            "three pending machines",
+        )
+        with verifier.client() as operator:
+            for name in nodes:
+                operator.approve(name)
+        console.print(
+            "   new machines wait as [blue]pending[/] (enrollment mode approve): the operator "
+            "admits each one (`stockade nodes approve NAME`, operator token; the event names "
+            "who acted); a machine nobody approves can do nothing and is swept"
+        )
 
         expected = {"node-a": "trusted", "node-b": "trusted", "node-c": "failed"}
         narrator.wait_for(
