@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy import select
+from sqlalchemy import BigInteger, literal, select
 from sqlalchemy.orm import Session
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -91,7 +91,10 @@ def event_json(event: Event) -> dict[str, Any]:
 def events_after(service: Service, after: int, limit: int = BATCH) -> list[dict[str, Any]]:
     with service.sessions() as session:
         rows = session.scalars(
-            select(Event).where(Event.id > after).order_by(Event.id).limit(limit)
+            select(Event)
+            .where(Event.id > literal(after, BigInteger))
+            .order_by(Event.id)
+            .limit(limit)
         ).all()
         return [event_json(row) for row in rows]
 

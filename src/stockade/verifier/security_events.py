@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import insert, select
+from sqlalchemy import BigInteger, insert, literal, select
 
 from stockade.verifier.models import SecurityEvent
 from stockade.verifier.operator_auth import require_reader
@@ -127,7 +127,7 @@ def list_security_events(
     with service.sessions() as session:
         rows = session.scalars(
             select(SecurityEvent)
-            .where(SecurityEvent.id > after)
+            .where(SecurityEvent.id > literal(after, BigInteger))
             .order_by(SecurityEvent.id)
             .limit(limit)
         ).all()
