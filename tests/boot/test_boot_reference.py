@@ -149,6 +149,17 @@ _JSON = st.recursive(
 )
 
 
+def test_non_ascii_base64_in_a_platform_reference_is_a_typed_error(platform_dir):
+    """Found by the property below: base64 text with a non-ASCII character raised a bare
+    ValueError from the standard library instead of the reference's typed error."""
+    document = json.loads((platform_dir / REFERENCE_FILE).read_text())
+    entries = [entry for sig_list in document["db"] for entry in sig_list["entries"]]
+    assert entries, "the development platform's db has entries"
+    entries[0]["data"] = "\x80"
+    with pytest.raises(MeasurementInputError, match="not base64"):
+        platform_from_json(document)
+
+
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -13,7 +13,6 @@ the event that differs.
 from __future__ import annotations
 
 import base64
-import binascii
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -348,7 +347,7 @@ def _hex(value: Any, where: str) -> bytes:
 def _base64(value: Any, where: str) -> bytes:
     try:
         return base64.b64decode(_string(value, where), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, and non-ASCII text (a plain ValueError)
         raise ReferenceMalformed(f"{where} is not base64") from None
 
 
