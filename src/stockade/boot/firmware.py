@@ -27,7 +27,7 @@ _ATTRIBUTES = 0x0004FEFF  # readable, memory-mapped, 8-byte aligned; what OVMF v
 
 def _checksum(header: bytes) -> int:
     """The 16-bit value that makes the header's UINT16 words sum to zero."""
-    words = struct.unpack(f"<{len(header) // 2}H", header)
+    words: tuple[int, ...] = struct.unpack(f"<{len(header) // 2}H", header)
     return (-sum(words)) & 0xFFFF
 
 

@@ -100,7 +100,7 @@ def _render(console: Console, result: dict[str, Any]) -> None:
         vector = submod.get("ear.trustworthiness-vector", {})
         table.add_row("trust vector", ", ".join(f"{k}={v}" for k, v in vector.items()))
         table.add_row("boot", json.dumps(submod.get("stockade.boot", {})))
-    reasons = result.get("reasons") or next(
+    reasons: list[Any] = result.get("reasons") or next(
         (s.get("stockade.reasons", []) for s in submods.values()), []
     )
     table.add_row("reasons", "\n".join(f"- {r}" for r in reasons) or "none")

@@ -69,6 +69,13 @@ class Appraiser(Protocol):
     ) -> dict[str, Any]: ...
 
 
+def _core_policy(policy: PolicyLike) -> core_policy.Policy:
+    """The core appraises only policies its own parser made (fail closed on anything else)."""
+    if not isinstance(policy, core_policy.Policy):
+        raise TypeError(f"the core appraises its own policies, not {type(policy).__name__}")
+    return policy
+
+
 class CoreAppraiser:
     """Appraisal by ``stockade.appraisal`` (policy.py, appraise.py, ear.py)."""
 
@@ -77,13 +84,13 @@ class CoreAppraiser:
         return result
 
     def build_references(self, policy: PolicyLike) -> Any:
-        return core_appraise.build_references(policy)
+        return core_appraise.build_references(_core_policy(policy))
 
     def appraise(
         self, policy: PolicyLike, references: Any, node: Any, evidence: Any, expected_nonce: bytes
     ) -> AppraisalLike:
         result: AppraisalLike = core_appraise.appraise(
-            policy, references, node, evidence, expected_nonce
+            _core_policy(policy), references, node, evidence, expected_nonce
         )
         return result
 
@@ -97,6 +104,8 @@ class CoreAppraiser:
         not_after: datetime,
         verifier_build: str,
     ) -> dict[str, Any]:
+        if not isinstance(appraisal, core_appraise.Appraisal):
+            raise TypeError(f"the core signs its own appraisals, not {type(appraisal).__name__}")
         claims: dict[str, Any] = core_ear.ear_claims(
             appraisal, node, result_id, nonce, issued_at, not_after, verifier_build
         )

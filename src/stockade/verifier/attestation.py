@@ -327,6 +327,7 @@ def _submit(
 ) -> EvidenceResponse:
     now = service.now()
     prepared: _Prepared | None = None
+    snapshot: tuple[_NodeRow, _ExecutionInput] | None = None
     if optimistic:
         with service.engine.connect() as connection:
             node = _node_row(connection, node_id, lock=False)
@@ -338,11 +339,11 @@ def _submit(
             # still decides).
             if not nonce_usable(connection, node_id, evidence.nonce, now):
                 raise Conflict("the nonce is unknown, expired or already used", code="nonce")
-            inputs = _ExecutionInput(*execution_log, load_state(connection, node_id))
+            snapshot = (node, _ExecutionInput(*execution_log, load_state(connection, node_id)))
     # Before the write: the lookup may need its own connection, and none is held here.
     active = service.active_policy()
-    if optimistic:
-        prepared = _prepare(service, active, node, evidence, now, inputs)
+    if snapshot is not None:
+        prepared = _prepare(service, active, snapshot[0], evidence, now, snapshot[1])
         if prepared.clock is None:
             raise _Unverified(prepared)
     with service.engine.begin() as connection:

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -43,3 +43,11 @@ def migrate(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def rows_changed(result: object) -> int:
+    """How many rows an UPDATE or DELETE changed (``Session.execute`` is typed as returning any
+    ``Result``; for these statements it is a ``CursorResult``)."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"{type(result).__name__} does not count changed rows")
+    return int(result.rowcount)

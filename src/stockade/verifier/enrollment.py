@@ -41,6 +41,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.public import TpmPublic
 from stockade.evidence.quote import check_ak
 from stockade.verifier.config import EnrollmentMode
+from stockade.verifier.db import rows_changed
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
 from stockade.verifier.events import record_event
 from stockade.verifier.models import Enrollment, ExecutionStateRow, Node
@@ -294,16 +295,18 @@ def activate(
     now = service.now()
     secret = decode_b64(body.secret, "secret")
     with service.transaction() as session:
-        consumed = session.execute(
-            update(Enrollment)
-            .where(
-                Enrollment.id == enrollment_id,
-                Enrollment.used.is_(False),
-                Enrollment.expires_at > now,
+        consumed = rows_changed(
+            session.execute(
+                update(Enrollment)
+                .where(
+                    Enrollment.id == enrollment_id,
+                    Enrollment.used.is_(False),
+                    Enrollment.expires_at > now,
+                )
+                .values(used=True)
+                .execution_options(synchronize_session=False)
             )
-            .values(used=True)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        )
         enrollment = session.get(Enrollment, enrollment_id)
     if enrollment is None:
         raise NotFound(f"no enrollment {enrollment_id}", code="enrollment")

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, LargeBinary, false, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from stockade.verifier.db import rows_changed
 from stockade.verifier.errors import Conflict, Forbidden, NotFound
 from stockade.verifier.models import Node, Nonce, UtcDateTime
 from stockade.verifier.node_auth import require_node
@@ -46,17 +47,19 @@ def nonce_usable(connection: Connection, node_id: str, value: bytes, now: dateti
 def consume_nonce(session: Session | Connection, node_id: str, value: bytes, now: datetime) -> None:
     """Mark the nonce used, atomically, or raise 409 ``nonce``: one statement decides, so two
     submissions racing with the same nonce cannot both win (SQLite and PostgreSQL alike)."""
-    consumed = session.execute(
-        update(Nonce)
-        .where(
-            Nonce.node_id == node_id,
-            Nonce.value == value,
-            Nonce.used.is_(False),
-            Nonce.expires_at > now,
+    consumed = rows_changed(
+        session.execute(
+            update(Nonce)
+            .where(
+                Nonce.node_id == node_id,
+                Nonce.value == value,
+                Nonce.used.is_(False),
+                Nonce.expires_at > now,
+            )
+            .values(used=True)
+            .execution_options(synchronize_session=False)
         )
-        .values(used=True)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    )
     if consumed != 1:
         raise Conflict("the nonce is unknown, expired or already used", code="nonce")
 

@@ -12,6 +12,7 @@ import anyio.to_thread
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from stockade.verifier.db import rows_changed
 from stockade.verifier.events import record_event
 from stockade.verifier.models import ChannelReplay, Enrollment, Event, Node, Nonce
 from stockade.verifier.service import Service
@@ -77,16 +78,18 @@ def sweep_stale(service: Service) -> int:
             select(Node).where(Node.state == NodeState.TRUSTED, Node.trusted_until <= now)
         ).all()
         for node in expired:
-            changed = session.execute(
-                update(Node)
-                .where(
-                    Node.id == node.id,
-                    Node.state == NodeState.TRUSTED,
-                    Node.trusted_until <= now,
+            changed = rows_changed(
+                session.execute(
+                    update(Node)
+                    .where(
+                        Node.id == node.id,
+                        Node.state == NodeState.TRUSTED,
+                        Node.trusted_until <= now,
+                    )
+                    .values(state=NodeState.UNTRUSTED, updated_at=now)
+                    .execution_options(synchronize_session=False)
                 )
-                .values(state=NodeState.UNTRUSTED, updated_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+            )
             if changed == 1:
                 record_event(
                     session,
