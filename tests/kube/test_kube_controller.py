@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from kube_emulator import KubeEmulator
 from kube_support import T0, FakeClock, node_trust
 from kubernetes import client
 
@@ -25,7 +26,6 @@ from stockade.kube.controller import (
     VerifierTrustView,
     reconcile,
 )
-from stockade.kube.emulator import KubeEmulator
 
 GRACE = timedelta(minutes=5)
 OTHER_TAINT = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}

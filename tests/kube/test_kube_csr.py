@@ -15,6 +15,7 @@ from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from kube_emulator import KubeEmulator
 from kube_support import T0, FakeClock, StaticTrust, node_trust
 from kubernetes import client
 
@@ -36,7 +37,6 @@ from stockade.kube.csr import (
     CsrRequest,
     decide_csr,
 )
-from stockade.kube.emulator import KubeEmulator
 
 CLIENT_USAGES = ["digital signature", "client auth"]
 SERVING_USAGES = ["digital signature", "key encipherment", "server auth"]
