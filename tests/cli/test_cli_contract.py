@@ -95,3 +95,18 @@ def test_usage_error_exits_2():
     result = stockade("quote", "verify")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from stockade.cli import main; main()", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"stockade {version('stockade')}"

@@ -17,6 +17,26 @@ app = typer.Typer(
 )
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"stockade {version('stockade')}")
+        except PackageNotFoundError:
+            print("stockade (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print the version and exit."
+    ),
+) -> None:
+    """Distributed Trusted Computing: TPM-attested nodes and provable containers."""
+
+
 def _register() -> None:
     from stockade.cli import boot, demo, eventlog, keys, quote, release, tpm, tpm_quote
 
