@@ -11,6 +11,8 @@ cosign (``../shared/DESIGN.md``, "Audit").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from stockade.translog.checkpoint import (
     Checkpoint,
     NoteSigner,
@@ -48,7 +50,22 @@ from stockade.translog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from stockade.translog.store import Appended, MerkleLog, create_tables
+
+if TYPE_CHECKING:
+    from stockade.translog.store import Appended, MerkleLog, create_tables
+
+# The store needs SQLAlchemy (~150 ms to import); readers of checkpoints and proofs (the CLI's
+# `stockade log`, monitors, auditors) do not, so it is imported when first asked for.
+_STORE_NAMES = frozenset({"Appended", "MerkleLog", "create_tables"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STORE_NAMES:
+        from stockade.translog import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ATTESTATION_RESULT",
