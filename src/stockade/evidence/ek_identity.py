@@ -89,30 +89,26 @@ class EkTemplate:
         if public.auth_policy != self.auth_policy:
             differences.append(f"authPolicy {public.auth_policy.hex() or '(empty)'}")
         parameters = public.parameters
+        if not isinstance(parameters, RsaParameters | EccParameters):
+            return [*differences, "parameters"]
+        if parameters.symmetric != self.symmetric:
+            differences.append("symmetric")
+        if parameters.scheme.scheme != Alg.NULL:
+            differences.append("scheme")
         if isinstance(parameters, RsaParameters):
-            if parameters.symmetric != self.symmetric:
-                differences.append("symmetric")
-            if parameters.scheme.scheme != Alg.NULL:
-                differences.append("scheme")
             if parameters.key_bits != self.key_bits:
                 differences.append(f"keyBits {parameters.key_bits}")
             if parameters.exponent != 0:
                 differences.append(f"exponent {parameters.exponent} (the template says 0)")
             if not isinstance(public.unique, bytes) or len(public.unique) * 8 != self.key_bits:
                 differences.append("unique (modulus length)")
-        elif isinstance(parameters, EccParameters):
-            if parameters.symmetric != self.symmetric:
-                differences.append("symmetric")
-            if parameters.scheme.scheme != Alg.NULL:
-                differences.append("scheme")
+        else:
             if parameters.curve_id != self.curve:
                 differences.append(f"curveID 0x{parameters.curve_id:04x}")
             if parameters.kdf.scheme != Alg.NULL:
                 differences.append("kdf")
             if not isinstance(public.unique, EccPoint):
                 differences.append("unique")
-        else:
-            differences.append("parameters")
         return differences
 
 

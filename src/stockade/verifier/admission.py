@@ -12,21 +12,20 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from stockade.verifier.config import normalize_ek_entry
 from stockade.verifier.errors import BadRequest, Conflict
 from stockade.verifier.events import record_event
 from stockade.verifier.nodes import locked_node, node_json
-from stockade.verifier.operator_auth import Actor, require_operator
+from stockade.verifier.operator_auth import OperatorActor
 from stockade.verifier.service import service_of
-from stockade.verifier.states import NodeState
+from stockade.verifier.states import NodeState, transition
 
 router = APIRouter(tags=["operator"])
 
 NodeId = Annotated[str, Path(max_length=64)]
-Operator = Annotated[Actor, Depends(require_operator)]
 
 
 class ApproveBody(BaseModel):
@@ -48,7 +47,7 @@ class ReplaceBody(BaseModel):
 
 @router.post("/v1/nodes/{node_id}/approve")
 def approve(
-    node_id: NodeId, request: Request, actor: Operator, body: ApproveBody | None = None
+    node_id: NodeId, request: Request, actor: OperatorActor, body: ApproveBody | None = None
 ) -> dict[str, Any]:
     """A pending node becomes ``enrolled`` and may attest."""
     service = service_of(request)
@@ -57,20 +56,16 @@ def approve(
         node = locked_node(session, node_id)
         if node.state != NodeState.PENDING:
             raise Conflict(f"node {node.name} is {node.state}, not pending", code="state")
-        node.state = NodeState.ENROLLED
         node.allowed = True
         node.pending_until = None
-        node.updated_at = now
         reason = (body or ApproveBody()).reason
-        record_event(
-            session, node, NodeState.PENDING, NodeState.ENROLLED, reason, now, actor=actor.name
-        )
+        transition(session, node, NodeState.ENROLLED, reason, now, actor=actor.name)
         return node_json(node, service)
 
 
 @router.post("/v1/nodes/{node_id}/replace")
 def replace(
-    node_id: NodeId, request: Request, actor: Operator, body: ReplaceBody | None = None
+    node_id: NodeId, request: Request, actor: OperatorActor, body: ReplaceBody | None = None
 ) -> dict[str, Any]:
     """Open the node's name to new hardware for ``replace_ttl_seconds``."""
     service = service_of(request)

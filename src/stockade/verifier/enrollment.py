@@ -45,7 +45,7 @@ from stockade.verifier.db import rows_changed
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
 from stockade.verifier.events import record_event
 from stockade.verifier.models import Enrollment, ExecutionStateRow, Node
-from stockade.verifier.rate_limit import limit_enrollment
+from stockade.verifier.rate_limit import client_address, limit_enrollment
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import NodeState, transition
@@ -96,20 +96,11 @@ class ActivationResponse(BaseModel):
     state: str
 
 
-def ek_fingerprint(ek: TpmPublic) -> str:
-    """The node's identity: sha256 (hex) of the EK's SubjectPublicKeyInfo."""
-    return ek_identity(ek)
-
-
 def _public(data: bytes, field: str) -> TpmPublic:
     try:
         return TpmPublic.unmarshal_tpm2b(data)
     except EvidenceError as error:
         raise BadRequest(f"{field}: {error}", code="malformed") from None
-
-
-def _source(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 def allowlist_keys(certificate: bytes, identity: str) -> set[str]:
@@ -238,7 +229,7 @@ def start_enrollment(body: EnrollmentRequest, request: Request) -> EnrollmentCha
         known = session.scalars(select(Node).where(Node.ek_fingerprint == identity)).first()
         if known is not None and known.revoked:
             raise Forbidden(f"node {known.id} is revoked", code="revoked")
-        _check_name(service, session, name, identity, certificate, now, _source(request))
+        _check_name(service, session, name, identity, certificate, now, client_address(request))
         session.add(
             Enrollment(
                 id=enrollment_id,
@@ -322,7 +313,7 @@ def activate(
     channel_key = _channel_key(body, enrollment, secret)
     try:
         with service.transaction() as session:
-            node = _bind(service, session, enrollment, channel_key, now, _source(request))
+            node = _bind(service, session, enrollment, channel_key, now, client_address(request))
             return ActivationResponse(node_id=node.id, name=node.name, state=node.state)
     except IntegrityError:
         raise Conflict(

@@ -24,6 +24,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.public import TpmPublic
 from stockade.verifier.errors import Unauthorized
 from stockade.verifier.models import ChannelReplay, Node
+from stockade.verifier.rate_limit import client_address
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import Service, service_of
 
@@ -63,10 +64,6 @@ class _ChannelKeys:
 
 
 _keys = _ChannelKeys()
-
-
-def _source(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 class _Refused(Exception):
@@ -214,6 +211,6 @@ async def _require(node_id: str, request: Request, *, spend: bool) -> Authentica
         query,
         body,
         headers,
-        _source(request),
+        client_address(request),
         spend,
     )
