@@ -14,12 +14,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from stockade.statements import VerifierKeys
+
 KEY = ec.generate_private_key(ec.SECP256R1())
+KID = next(iter(VerifierKeys.of(KEY.public_key()).keys))
+IMPOSTOR = ec.generate_private_key(ec.SECP256R1())
 READER = "reader-token-for-the-cli-tests"
 OPERATOR = "operator-token-for-the-cli-tests"
 NODE = {"node_id": "n-1", "name": "good-1", "state": "trusted", "trusted_until": "2026-11-01Z"}
@@ -32,6 +37,8 @@ CLAIMS = {
             "ear.status": "contraindicated",
             "ear.trustworthiness-vector": {"executables": 96},
             "ear.appraisal-policy-id": "production@1",
+            "stockade.node-id": "n-1",
+            "stockade.result-id": "r-1",
             "stockade.reasons": ["PCR 4 differs: EV_EFI_BOOT_SERVICES_APPLICATION #23"],
         }
     },
@@ -40,11 +47,16 @@ CLAIMS = {
 
 def _jwk() -> dict[str, object]:
     document = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(KEY.public_key()))
-    return {**document, "kid": "k1", "alg": "ES256"}
+    return {**document, "kid": KID, "alg": "ES256"}
+
+
+def _ear(claims: dict[str, object] = CLAIMS, key: ec.EllipticCurvePrivateKey = KEY) -> str:
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": KID})
 
 
 class FakeVerifier(http.server.BaseHTTPRequestHandler):
     policies: list[dict[str, object]]
+    ears: ClassVar[list[str]] = []  # when set, the EARs served instead of the genuine one
 
     def _token(self) -> str:
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
@@ -61,7 +73,7 @@ class FakeVerifier(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path != "/v1/keys" and self._refused("read"):
             return
-        ear = jwt.encode(CLAIMS, KEY, algorithm="ES256", headers={"kid": "k1"})
+        ears = list(FakeVerifier.ears) or [_ear()]
         routes = {
             "/v1/nodes": {"nodes": [NODE]},
             "/v1/nodes/n-1": NODE,
@@ -69,11 +81,12 @@ class FakeVerifier(http.server.BaseHTTPRequestHandler):
                 "results": [
                     {
                         "result_id": "r-1",
-                        "status": "contraindicated",
+                        "status": "affirming",  # unsigned: the CLI must not believe it
                         "ear": ear,
-                        "reasons": CLAIMS["submods"]["good-1"]["stockade.reasons"],
+                        "reasons": [],
                     }
-                ]  # type: ignore[index]
+                    for ear in ears
+                ]
             },
             "/v1/keys": {"keys": [_jwk()]},
             "/v1/policies": {"policies": self.policies},
@@ -121,11 +134,17 @@ def verifier() -> Iterator[str]:
     server.server_close()
 
 
+PINNED = Path(os.environ.get("TMPDIR", "/tmp")) / f"pinned-verifier-key-{os.getpid()}.pem"
+
+
 def stockade(
-    *args: str, verifier: str | None = None, token: str | None = READER
+    *args: str, verifier: str | None = None, token: str | None = READER, pinned: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    drop = ("STOCKADE_VERIFIER", "STOCKADE_CA", "STOCKADE_OPERATOR_TOKEN")
+    drop = ("STOCKADE_VERIFIER", "STOCKADE_CA", "STOCKADE_OPERATOR_TOKEN", "STOCKADE_VERIFIER_KEY")
     env = {k: v for k, v in os.environ.items() if k not in drop}
+    if pinned:
+        PINNED.write_bytes(VerifierKeys.of(KEY.public_key()).pem())
+        env["STOCKADE_VERIFIER_KEY"] = str(PINNED)
     if verifier:
         env["STOCKADE_VERIFIER"] = verifier
     if token:
@@ -181,10 +200,56 @@ def test_results_show_decodes_and_verifies_the_ear(verifier: str) -> None:
     assert shown.returncode == 0, shown.stderr
     (result,) = json.loads(shown.stdout)["results"]
     assert result["ear_signature"] == "verified"
-    assert result["ear_claims"]["submods"]["good-1"]["ear.status"] == "contraindicated"
+    # The status shown is the signed one, not the answer's unsigned "affirming".
+    assert result["status"] == "contraindicated"
+    assert result["reasons"] == CLAIMS["submods"]["good-1"]["stockade.reasons"]  # type: ignore[index]
     table = stockade("results", "show", "good-1", verifier=verifier)
     assert "PCR 4 differs" in table.stdout
     assert "verified" in table.stdout
+    assert "affirming" not in table.stdout
+
+
+def _claims_about(node_id: str, name: str, result_id: str = "r-1") -> dict[str, object]:
+    submod = {
+        **CLAIMS["submods"]["good-1"],  # type: ignore[index]
+        "ear.status": "affirming",
+        "stockade.node-id": node_id,
+        "stockade.result-id": result_id,
+    }
+    return {**CLAIMS, "submods": {name: submod}}
+
+
+@pytest.mark.parametrize(
+    ("ear", "why"),
+    [
+        (lambda: _ear(_claims_about("n-2", "other-node")), "is about node other-node"),
+        (lambda: _ear(_claims_about("n-1", "good-1", "r-9")), "is result r-9, not r-1"),
+        (lambda: _ear(_claims_about("n-1", "good-1"), IMPOSTOR), "does not verify"),
+        (lambda: "not-a-jwt", "is not a JWT"),
+    ],
+    ids=["another-nodes-ear", "another-result", "impostor-key", "garbage"],
+)
+def test_results_show_refuses_an_ear_that_is_not_the_nodes_under_the_pinned_key(
+    verifier: str, ear, why: str
+) -> None:
+    """The review's case: an affirming status beside "EAR signature verified" while the EAR
+    belongs to another node, or is signed by a key the verifier fetched on the same call."""
+    FakeVerifier.ears = [ear()]
+    try:
+        shown = stockade("results", "show", "good-1", "--format", "json", verifier=verifier)
+    finally:
+        FakeVerifier.ears = []
+    assert shown.returncode == 1, shown.stderr
+    (result,) = json.loads(shown.stdout)["results"]
+    assert why in result["ear_signature"]
+    assert "status" not in result and "reasons" not in result
+    assert "do not verify under the pinned verifier key" in shown.stderr
+
+
+def test_results_show_needs_a_pinned_key(verifier: str) -> None:
+    refused = stockade("results", "show", "good-1", verifier=verifier, pinned=False)
+    assert refused.returncode == 2
+    assert "--verifier-key" in refused.stderr and refused.stderr.count("\n") == 1
 
 
 def test_policy_apply_and_list(verifier: str, tmp_path: Path) -> None:

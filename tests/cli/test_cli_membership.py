@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.agent.channel_key import ChannelSigner
 from stockade.agent.client import VerifierClient
@@ -47,6 +49,7 @@ from stockade.cluster.ca import verify_node_certificate
 from stockade.cluster.secret_store import KeyEncryptionKey
 from stockade.cluster.status import verify_status
 from stockade.evidence.duplication import SealedSecret
+from stockade.statements import VerifierKeys
 from stockade.tpm.device import Tpm
 from stockade.tpm.ekca import EkCa
 from stockade.tpm.node_key import load_node_key
@@ -56,7 +59,8 @@ pytestmark = pytest.mark.swtpm
 
 SECRET = b"s3cr3t-value-that-must-never-be-printed\n\x00\xff"
 UPDATED = b"second-version-of-the-secret-also-private"
-CONTROLLED = ("STOCKADE_VERIFIER", "STOCKADE_CA", "STOCKADE_OPERATOR_TOKEN", "STOCKADE_KEK")
+CONTROLLED = ("STOCKADE_VERIFIER", "STOCKADE_CA", "STOCKADE_OPERATOR_TOKEN", "STOCKADE_KEK",
+              "STOCKADE_VERIFIER_KEY")  # fmt: skip
 
 
 def _require_tools() -> None:
@@ -167,8 +171,12 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        """Where the verifier is, without the operator token."""
-        return {"STOCKADE_VERIFIER": self.verifier.url, "STOCKADE_CA": str(self.verifier.ca)}
+        """Where the verifier is and its pinned statement key, without the operator token."""
+        return {
+            "STOCKADE_VERIFIER": self.verifier.url,
+            "STOCKADE_CA": str(self.verifier.ca),
+            "STOCKADE_VERIFIER_KEY": str(self.verifier.verifier_key),
+        }
 
     @property
     def operator_env(self) -> dict[str, str]:
@@ -444,6 +452,18 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
     shown = run("nodes", "status", joined["node_id"], env=cluster.env)  # by id: no credential
     assert shown.returncode == 0 and "trusted" in shown.stdout, shown.stderr
     assert "signature checked" in shown.stdout
+    # The statement is checked only against a pinned key: none pinned is a usage error, and
+    # a key other than the verifier's (the keys the answer's server would hand out) fails.
+    unpinned = {k: v for k, v in cluster.env.items() if k != "STOCKADE_VERIFIER_KEY"}
+    refused_unpinned = run("nodes", "status", joined["node_id"], env=unpinned)
+    assert refused_unpinned.returncode == 2 and "--verifier-key" in refused_unpinned.stderr
+    other_key = tmp_path / "other-verifier-key.pem"
+    other_key.write_bytes(
+        VerifierKeys.of(ec.generate_private_key(ec.SECP256R1()).public_key()).pem()
+    )
+    wrong = run("nodes", "status", joined["node_id"],
+                env={**cluster.env, "STOCKADE_VERIFIER_KEY": str(other_key)})  # fmt: skip
+    assert wrong.returncode == 1 and "not a pinned verifier key" in wrong.stderr
 
     # Tampered: join exits 1 with the reasons; status exits 1; one JSON document each.
     with Tpm(tpm.tcti) as device:
@@ -540,9 +560,27 @@ def test_nodes_status_refuses_a_forged_statement(
         claims["exp"] += 3600  # a longer life than the verifier granted
         return {**answer, "statement": f"{header}.{_b64url(claims)}.{signature}"}
 
-    forged = run("nodes", "status", node_id, "--format", "json", "--verifier", relay(forge))
+    pinned = {"STOCKADE_VERIFIER_KEY": str(cluster.verifier.verifier_key)}
+    forged = run("nodes", "status", node_id, "--format", "json", "--verifier", relay(forge),
+                 env=pinned)  # fmt: skip
     assert "does not verify" in one_line_error(forged, 1)
     assert forged.stdout == ""
+
+    # Whoever holds the channel re-signs the statement and serves its own key at /v1/keys:
+    # the CLI never fetches keys, it checks against the pinned one.
+    impostor = ec.generate_private_key(ec.SECP256R1())
+
+    def resign(path: str, answer: dict[str, Any]) -> dict[str, Any]:
+        if path.endswith("/v1/keys"):
+            return {"keys": [{**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(
+                impostor.public_key())), "kid": "impostor", "alg": "ES256"}]}  # fmt: skip
+        header = jwt.get_unverified_header(answer["statement"])
+        claims = jwt.decode(answer["statement"], options={"verify_signature": False})
+        statement = jwt.encode(claims, impostor, algorithm="ES256", headers=header)
+        return {**answer, "statement": statement}
+
+    resigned = run("nodes", "status", node_id, "--verifier", relay(resign), env=pinned)
+    assert "does not verify" in one_line_error(resigned, 1)
 
 
 def test_nodes_status_binds_the_statement_to_the_node_asked_for(
@@ -555,5 +593,6 @@ def test_nodes_status_binds_the_statement_to_the_node_asked_for(
             f"{cluster.verifier.url}/v1/nodes/{node_id}/status", verify=str(cluster.verifier.ca)
         ).json()
 
-    asked = run("nodes", "status", "ghost", "--verifier", relay(substitute), env=cluster.reader_env)
+    asked = run("nodes", "status", "ghost", "--verifier", relay(substitute),
+                env={**cluster.reader_env})  # fmt: skip
     assert "ghost-node-id" in one_line_error(asked, 1)

@@ -288,3 +288,81 @@ def test_secrets_are_never_sealed_to_pcr_13(api, node, verifier_config):
     sealable, values = _sealable(PcrValues({0x000B: {0: bytes(32), 13: b"\x01" * 32}}))
     assert all(EXECUTION_PCR not in bank.pcrs for bank in sealable.banks)
     assert values.get(0x000B, 13) is None
+
+
+# -- the auditor trusts only the pinned verifier key (review finding 1) -------------------
+
+
+def test_an_auditor_trusts_only_what_the_pinned_key_signed(
+    api, node, verifier_config, make_software_tpm, tmp_path
+):
+    """A fake or compromised answer to ``GET /v1/executions`` cannot pass the audit: the
+    proving result's EAR must verify under the key the auditor pinned and name the entry's
+    node, boot, AK and quote. The review's forgery (made-up executions under any node name,
+    proven by a key that merely claims AK attributes) fails at each step."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stockade.appraisal.execution_proof import audit_execution
+    from stockade.statements import VerifierKeys
+
+    client = api()
+    x = node(client, "node-x")
+    other = DevAgent.create(make_software_tpm())
+    other.enroll(client, "node-y")
+    y = Node(other, tmp_path / "node-y.log")
+    x.run(start(1))
+    assert x.attest(client)["status"] == "affirming"
+    y.run(start(2, image="registry.example/org/miner"))
+    assert y.attest(client)["status"] == "affirming"
+    audit = read(client, "/v1/executions").json()["executions"]
+    ex = next(entry for entry in audit if entry["node_name"] == "node-x")
+    ey = next(entry for entry in audit if entry["node_name"] == "node-y")
+    keys = VerifierKeys.load(verifier_config.data_dir / "keys" / "verifier-key.pub.pem")
+    assert audit_execution(ex, keys).records_proven == 1
+    assert audit_execution(ey, keys).records_proven == 1
+
+    # node-y's proven execution listed as node-x's: node-y's EAR is not about node-x.
+    relabelled = {**ey, "node_id": ex["node_id"], "node_name": "node-x"}
+    with pytest.raises(ExecutionProofInvalid, match=r"^ear: .* is about node"):
+        audit_execution(relabelled, keys)
+    # node-x's genuine EAR beside another AK, quote and log (node-y's, or a software key's):
+    # the EAR names the AK and the quote it appraised, and these are not them.
+    swapped_proof = {
+        **ey["proof"],
+        "result_id": ex["proof"]["result_id"],
+        "ear": ex["proof"]["ear"],
+    }
+    swapped = {**ex, "record": ey["record"], "recnum": ey["recnum"], "proof": swapped_proof}
+    with pytest.raises(ExecutionProofInvalid, match=r"^binding: .*AK, quote"):
+        audit_execution(swapped, keys)
+    # The same execution claimed for another boot of node-x.
+    reboot = {**ex, "boot": {"reset_count": ex["boot"]["reset_count"] + 1, "restart_count": 0}}
+    with pytest.raises(ExecutionProofInvalid, match=r"^binding: .*boot"):
+        audit_execution(reboot, keys)
+    # The fake verifier signs its own EAR for the swap, under the genuine kid or its own.
+    genuine = jwt.decode(ex["proof"]["ear"], options={"verify_signature": False})
+    claims = json_copy(genuine)
+    submod = next(iter(claims["submods"].values()))
+    submod["stockade.evidence"] = {
+        "ak-sha256": hashlib.sha256(base64.b64decode(ey["proof"]["ak_public"])).hexdigest(),
+        "quote-sha256": hashlib.sha256(base64.b64decode(ey["proof"]["quote"])).hexdigest(),
+    }
+    impostor = ec.generate_private_key(ec.SECP256R1())
+    pinned_kid = next(iter(keys.keys))
+    for kid in (pinned_kid, "impostor"):
+        forged_ear = jwt.encode(claims, impostor, algorithm="ES256", headers={"kid": kid})
+        forged = {**swapped, "proof": {**swapped_proof, "ear": forged_ear}}
+        with pytest.raises(ExecutionProofInvalid, match=r"^ear: "):
+            audit_execution(forged, keys)
+    # No EAR at all, or a malformed entry: refused, never a traceback.
+    with pytest.raises(ExecutionProofInvalid, match=r"^malformed: "):
+        audit_execution({**ex, "proof": {k: v for k, v in ex["proof"].items() if k != "ear"}}, keys)
+    with pytest.raises(ExecutionProofInvalid, match=r"^malformed: "):
+        audit_execution({"node_id": 7}, keys)
+
+
+def json_copy(document):
+    import json
+
+    return json.loads(json.dumps(document))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any
 
 import typer
@@ -10,35 +9,38 @@ from rich.console import Console
 from rich.table import Table
 
 from stockade.cli._input import emit_json
-from stockade.cli.nodes import CaOption, FormatOption, ReadTokenOption, VerifierOption, client
+from stockade.cli.nodes import (
+    CaOption,
+    FormatOption,
+    ReadTokenOption,
+    VerifierKeyOption,
+    VerifierOption,
+    client,
+    pinned_keys,
+)
 from stockade.cli.quote import OutputFormat
 from stockade.errors import VerificationFailed
 
 app = typer.Typer(no_args_is_help=True, help="Audit what nodes ran, from their quotes.")
 
 
-def _check(entry: dict[str, Any]) -> str | None:
-    """None when the entry's quote proves it; else why not."""
-    from stockade.appraisal.execution_proof import ExecutionProofInvalid, verify_execution_proof
+def _check(entry: Any, keys: Any) -> str | None:
+    """None when the entry is proven (its result's EAR under the pinned key binds the node,
+    AK and quote; the quote proves the record); else why not."""
+    from stockade.appraisal.execution_proof import ExecutionProofInvalid, audit_execution
 
-    proof = entry["proof"]
-    if not proof.get("quote") or not proof.get("execution_log"):
-        return "no quote stored for this execution"
     try:
-        verify_execution_proof(
-            ak_public=base64.b64decode(proof["ak_public"]),
-            quote=base64.b64decode(proof["quote"]),
-            signature=base64.b64decode(proof["signature"]),
-            pcrs=proof["pcrs"],
-            execution_log=base64.b64decode(proof["execution_log"]),
-            recnum=int(entry["recnum"]),
-            record=entry["record"],
-        )
+        audit_execution(entry, keys)
     except ExecutionProofInvalid as error:
         return str(error)
-    except (KeyError, TypeError, ValueError) as error:
-        return f"malformed proof: {error}"
     return None
+
+
+def _field(entry: Any, *path: str) -> Any:
+    value = entry
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
 
 
 @app.command("executions")
@@ -51,14 +53,18 @@ def executions(
     verifier: VerifierOption = None,
     ca: CaOption = None,
     token_file: ReadTokenOption = None,
+    verifier_key: VerifierKeyOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Every recorded execution with the quote that proved it. Each proof is checked here
-    (the AK's signature over the quoted PCRs, PCR 13 replayed from the boot's execution log,
-    the record in that log): exit 1 if any does not hold. Needs a reader token."""
+    against the pinned verifier key, trusting nothing else the answer says: the proving
+    result's EAR names the node, boot, AK and quote; the AK signed the quoted PCRs; PCR 13
+    replays from the boot's execution log; the record is in that log. Exit 1 if any does
+    not hold. Needs a reader token."""
+    keys = pinned_keys(verifier_key)
     with client(verifier, ca, token_file) as api:
         entries = api.executions(node=node, since=since, image=image)
-    failures = {index: _check(entry) for index, entry in enumerate(entries)}
+    failures = {index: _check(entry, keys) for index, entry in enumerate(entries)}
     failed = {index: why for index, why in failures.items() if why}
     if output is OutputFormat.JSON:
         emit_json(
@@ -74,27 +80,24 @@ def executions(
         for column in ("recorded", "node", "boot/rec", "what", "image", "proved by"):
             table.add_column(column, overflow="fold")
         for index, entry in enumerate(entries):
-            record = entry["record"]
-            what = (
-                f"container {record.get('container_id')}"
-                if entry["kind"] == "container-start"
-                else "trust policy loaded"
-            )
+            record = _field(entry, "record") or {}
+            starts = _field(entry, "kind") == "container-start"
+            what = f"container {record.get('container_id')}" if starts else "trust policy loaded"
             image_text = (
                 f"{record.get('image_reference')}\n{str(record.get('manifest_digest'))[:19]}"
-                if entry["kind"] == "container-start"
+                if starts
                 else str(record.get("digest", ""))[:19]
             )
             verdict = (
                 f"[red]NOT PROVEN: {failures[index]}[/]"
                 if failures[index]
-                else f"[green]quote ok[/] {entry['proof']['result_id'][:8]}"
+                else f"[green]proven[/] {str(_field(entry, 'proof', 'result_id'))[:8]}"
             )
-            boot = entry["boot"]
             table.add_row(
-                str(entry["recorded_at"]),
-                str(entry["node_name"]),
-                f"{boot['reset_count']}/{boot['restart_count']} #{entry['recnum']}",
+                str(_field(entry, "recorded_at")),
+                str(_field(entry, "node_name")),
+                f"{_field(entry, 'boot', 'reset_count')}/{_field(entry, 'boot', 'restart_count')}"
+                f" #{_field(entry, 'recnum')}",
                 what,
                 image_text,
                 verdict,

@@ -162,6 +162,11 @@ class VerifierProcess:
         return self.data_dir / "tls" / "ca.pem"
 
     @property
+    def verifier_key(self) -> Path:
+        """The statement key relying parties pin (written by the verifier on start)."""
+        return self.data_dir / "keys" / "verifier-key.pub.pem"
+
+    @property
     def reader_token_file(self) -> Path:
         """Reads of trust state need a credential; the demo's monitors use the reader's."""
         return self.data_dir / "reader-token"

@@ -222,12 +222,14 @@ def containers_story(
         table = subprocess.run(
             [stockade_executable(), "audit", "executions", "--node", "node-a",
              "--verifier", verifier.url, "--ca", str(verifier.ca),
-             "--token-file", str(verifier.reader_token_file)],
+             "--token-file", str(verifier.reader_token_file),
+             "--verifier-key", str(verifier.verifier_key)],
             capture_output=True, text=True, check=False, env={**_environment(home)},
         )  # fmt: skip
         console.print(
             "5. the agent's next attestation carried the new records; `stockade audit "
-            "executions --node node-a` (each proof checked on this side: the AK's signature "
+            "executions --node node-a` (each proof checked on this side against the pinned "
+            "verifier key: the result's EAR names the node, AK and quote; the AK's signature "
             "over the quoted PCRs, PCR 13 replayed from the log, the record in it):"
         )
         console.print(table.stdout.rstrip(), highlight=False)
@@ -273,7 +275,7 @@ def _audit(home: Path, verifier: VerifierProcess, node: str) -> dict[str, Any]:
     done = subprocess.run(
         [stockade_executable(), "audit", "executions", "--node", node, "--verifier",
          verifier.url, "--ca", str(verifier.ca), "--token-file", str(verifier.reader_token_file),
-         "--format", "json"],
+         "--verifier-key", str(verifier.verifier_key), "--format", "json"],
         capture_output=True, text=True, check=False, env=_environment(home),
     )  # fmt: skip
     if done.returncode not in (0, 1) or not done.stdout.strip():

@@ -48,6 +48,30 @@ ReadTokenOption = Annotated[
         help="reader or operator token file [default: $STOCKADE_OPERATOR_TOKEN]",
     ),
 ]
+VerifierKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--verifier-key",
+        envvar="STOCKADE_VERIFIER_KEY",
+        help="the verifier's statement key to pin: its <data dir>/keys/verifier-key.pub.pem "
+        "(or a JWK set saved from a channel you trust)",
+    ),
+]
+
+
+def pinned_keys(path: Path | None) -> Any:
+    """The relying party's pinned verifier keys (``statements.VerifierKeys``). Keys fetched
+    from the verifier on the call being checked prove nothing, so there is no default."""
+    from stockade.errors import InputError
+    from stockade.statements import VerifierKeys
+
+    if path is None:
+        raise InputError(
+            "no verifier key pinned: pass --verifier-key FILE (the verifier's "
+            "keys/verifier-key.pub.pem) or set $STOCKADE_VERIFIER_KEY; a key fetched from the "
+            "answer being checked would prove nothing"
+        )
+    return VerifierKeys.load(path)
 
 
 def client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
@@ -283,22 +307,27 @@ def status(
     verifier: VerifierOption = None,
     ca: CaOption = None,
     token_file: ReadTokenOption = None,
+    verifier_key: VerifierKeyOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """The verifier's signed, short-lived statement of a node's standing, checked against
-    its published keys. Exit 1 when the node is not trusted. By node id no credential is
-    needed (the statement is public); a name is looked up in the node list: a reader token."""
+    the pinned verifier key. Exit 1 when the node is not trusted. By node id no credential
+    is needed (the statement is public); a name is looked up in the node list: a reader
+    token."""
     from datetime import UTC, datetime
 
     from stockade.cluster.status import verify_status
     from stockade.errors import VerificationFailed
 
+    keys = pinned_keys(verifier_key)
     with client(verifier, ca, token_file) as api:
         asked = node if _is_node_id(node) else api.resolve(node)
         answer = api.request("GET", f"/v1/nodes/{asked}/status")
-        keys = api.keys()
-    # Bound to the node asked for: a statement about any other node does not verify.
-    checked = verify_status(str(answer["statement"]), keys, asked, datetime.now(UTC))
+    # Bound to the node asked for (its id, and its name when asked by name): a statement
+    # about any other node does not verify.
+    checked = verify_status(str(answer.get("statement")), keys, asked, datetime.now(UTC))
+    if checked.name != node and checked.node_id != node:
+        raise VerificationFailed(f"the status statement is about {checked.name}, not {node}")
     if output is OutputFormat.JSON:
         emit_json({**answer, "verified": True})
     else:

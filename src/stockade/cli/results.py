@@ -1,9 +1,8 @@
-"""``stockade results show NODE``: a node's attestation results, the EAR decoded and
-its signature checked against the verifier's published keys (``GET /v1/keys``)."""
+"""``stockade results show NODE``: a node's attestation results, as their EARs say once
+they verify under the verifier key the operator pinned (``--verifier-key``)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Annotated, Any
 
@@ -17,41 +16,56 @@ from stockade.cli.nodes import (
     FormatOption,
     NodeArgument,
     ReadTokenOption,
+    VerifierKeyOption,
     VerifierOption,
     client,
+    pinned_keys,
 )
 from stockade.cli.quote import OutputFormat
+from stockade.errors import VerificationFailed
 
 app = typer.Typer(no_args_is_help=True, help="Attestation results (EAR) of nodes.")
 
 STATUS_STYLES = {"affirming": "green", "warning": "yellow", "contraindicated": "red"}
 
 
-def check_ear(token: str, keys: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The EAR's claims and how its signature fared: ``verified`` or why not."""
-    import jwt
+def check_results(results: list[Any], node: str, keys: Any) -> list[dict[str, Any]]:
+    """Each result as its EAR says, once the EAR verifies under the pinned ``keys`` and is
+    about ``node`` and the result id it is listed under. Nothing unsigned is kept: a result
+    whose EAR does not verify is shown only as that failure."""
+    from stockade.statements import StatementInvalid, verify_ear
 
-    try:
-        header = jwt.get_unverified_header(token)
-        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as error:
-        return {}, f"malformed EAR: {error}"
-    for jwk in keys.get("keys", []):
-        if header.get("kid") and jwk.get("kid") != header.get("kid"):
-            continue
+    checked: list[dict[str, Any]] = []
+    for result in results:
+        listed = result.get("result_id") if isinstance(result, dict) else None
+        token = result.get("ear") if isinstance(result, dict) else None
         try:
-            key = jwt.PyJWK.from_dict(jwk).key
-            jwt.decode(token, key, algorithms=["ES256"], options={"verify_exp": False})
-        except jwt.PyJWTError as error:
-            return claims, f"signature INVALID: {error}"
-        return claims, "verified"
-    return claims, f"no published key with kid {header.get('kid')}"
-
-
-def _payload(token: str) -> dict[str, Any]:
-    body = token.split(".")[1]
-    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    return decoded
+            if not isinstance(token, str):
+                raise StatementInvalid(f"result {listed} carries no EAR")
+            ear = verify_ear(
+                token, keys, node=node, result_id=listed if isinstance(listed, str) else None
+            )
+        except StatementInvalid as error:
+            checked.append({"result_id": listed, "ear_signature": f"NOT VERIFIED: {error}"})
+            continue
+        checked.append(
+            {
+                "result_id": ear.result_id,
+                "node_id": ear.node_id,
+                "node": ear.node_name,
+                "status": ear.status,
+                "policy": ear.policy,
+                "issued_at": ear.issued_at.isoformat(),
+                "not_after": ear.expires_at.isoformat(),
+                "trust_vector": dict(ear.trust_vector),
+                "reasons": list(ear.reasons),
+                "boot": {"reset_count": ear.reset_count, "restart_count": ear.restart_count},
+                "ear": token,
+                "ear_claims": dict(ear.claims),
+                "ear_signature": "verified",
+            }
+        )
+    return checked
 
 
 @app.command("show")
@@ -61,47 +75,50 @@ def show(
     verifier: VerifierOption = None,
     ca: CaOption = None,
     token_file: ReadTokenOption = None,
+    verifier_key: VerifierKeyOption = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """The node's latest results: status, trust vector, policy, deadline and every reason.
-    Needs a reader token."""
+    """The node's latest results: status, trust vector, policy, deadline and every reason,
+    all read from the EAR once it verifies under the pinned verifier key and names this
+    node. Exit 1 if any result does not verify. Needs a reader token."""
+    keys = pinned_keys(verifier_key)
     with client(verifier, ca, token_file) as api:
         results = api.results(node, limit)
-        keys = api.keys()
-    checked = []
-    for result in results:
-        claims, signature = check_ear(str(result.get("ear", "")), keys)
-        checked.append({**result, "ear_claims": claims, "ear_signature": signature})
+    checked = check_results(results, node, keys)
     if output is OutputFormat.JSON:
         emit_json({"node": node, "results": checked})
-        return
-    console = Console()
-    if not checked:
-        console.print(f"{node}: no attestation results yet")
-    for result in checked:
-        _render(console, result)
+    else:
+        console = Console()
+        if not checked:
+            console.print(f"{node}: no attestation results yet")
+        for result in checked:
+            _render(console, result)
+    refused = [r for r in checked if r["ear_signature"] != "verified"]
+    if refused:
+        raise VerificationFailed(
+            f"{len(refused)} of {len(checked)} results of {node} do not verify under the "
+            "pinned verifier key"
+        )
 
 
 def _render(console: Console, result: dict[str, Any]) -> None:
-    claims = result["ear_claims"]
-    submods = claims.get("submods", {}) if isinstance(claims, dict) else {}
-    status = str(result.get("status", ""))
-    style = STATUS_STYLES.get(status, "")
-    table = Table(show_header=False, title=f"result {result.get('result_id', result.get('id'))}")
+    table = Table(show_header=False, title=f"result {result.get('result_id')}")
     table.add_column("claim", style="bold")
     table.add_column("value", overflow="fold")
-    table.add_row("status", f"[{style}]{status}[/]" if style else status)
-    table.add_row("not after", str(result.get("not_after", "")))
     table.add_row("EAR signature", str(result["ear_signature"]))
-    table.add_row("verifier", json.dumps(claims.get("ear.verifier-id", {})))
-    for name, submod in submods.items():
-        table.add_row("node", str(name))
-        table.add_row("policy", str(submod.get("ear.appraisal-policy-id", "")))
-        vector = submod.get("ear.trustworthiness-vector", {})
-        table.add_row("trust vector", ", ".join(f"{k}={v}" for k, v in vector.items()))
-        table.add_row("boot", json.dumps(submod.get("stockade.boot", {})))
-    reasons: list[Any] = result.get("reasons") or next(
-        (s.get("stockade.reasons", []) for s in submods.values()), []
-    )
+    if result["ear_signature"] != "verified":
+        console.print(table)
+        return
+    status = str(result["status"])
+    style = STATUS_STYLES.get(status, "")
+    table.add_row("status", f"[{style}]{status}[/]" if style else status)
+    table.add_row("node", f"{result['node']} ({result['node_id']})")
+    table.add_row("issued", str(result["issued_at"]))
+    table.add_row("not after", str(result["not_after"]))
+    table.add_row("policy", str(result["policy"]))
+    vector = result["trust_vector"]
+    table.add_row("trust vector", ", ".join(f"{k}={v}" for k, v in vector.items()))
+    table.add_row("boot", json.dumps(result["boot"]))
+    reasons = result["reasons"]
     table.add_row("reasons", "\n".join(f"- {r}" for r in reasons) or "none")
     console.print(table)

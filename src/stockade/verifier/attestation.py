@@ -31,6 +31,7 @@ from stockade.verifier.executions import (
 from stockade.verifier.models import Event, Node, Result
 from stockade.verifier.node_auth import require_node_spending_a_nonce
 from stockade.verifier.nonces import consume_nonce, nonce_usable
+from stockade.statements import evidence_claims
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import ActivePolicy, Service, service_of
@@ -223,6 +224,11 @@ def _prepare(
             reasons = [*reasons, *outcome.reasons]
             _contraindicate_executables(claims, reasons)
     policy_ref = f"{active.policy_id}@{active.version}"
+    if clock is not None:
+        # The quote verified: the EAR names the AK and quote it appraised, so an auditor
+        # holding them (GET /v1/executions) can tie them to this node with the pinned key.
+        for submod in claims.get("submods", {}).values():
+            submod["stockade.evidence"] = evidence_claims(node.ak_public, evidence.quote)
     ear = sign_ear(service.signing_key, claims)
     attested = None
     selection = active.policy.pcrs

@@ -196,7 +196,7 @@ def list_executions(
     service = service_of(request)
     query = (
         select(Execution, Node.name, Node.ak_public, Result.quote, Result.quote_signature,
-               Result.pcrs, Result.created_at)
+               Result.pcrs, Result.created_at, Result.ear)
         .join(Node, Node.id == Execution.node_id)
         .join(Result, Result.id == Execution.result_id)
         .order_by(Execution.created_at, Execution.node_id, Execution.recnum)
@@ -259,6 +259,7 @@ def list_executions(
                     "pcrs": row.pcrs,
                     "ak_public": _b64(row.ak_public),
                     "execution_log": _b64(log),
+                    "ear": row.ear,
                 },
             }
         )

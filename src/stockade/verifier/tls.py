@@ -2,7 +2,9 @@
 
 - ``tls/ca.pem``: a self-signed CA clients pin; ``tls/server.pem`` + ``tls/server-key.pem``:
   the HTTPS certificate it issued for the serving host (127.0.0.1, localhost).
-- ``keys/ear-signing-key.pem``: the P-256 key that signs Attestation Results (ES256).
+- ``keys/ear-signing-key.pem``: the P-256 key that signs Attestation Results (ES256), node
+  status, fleet trust and secret-release statements; ``keys/verifier-key.pub.pem`` its public
+  key, which relying parties pin (``--verifier-key``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from stockade.home import write_atomic
 from stockade.keyfiles import KeyFileError, load_private_key, write_private_key
 from stockade.verifier.errors import ConfigurationError
 
@@ -65,7 +68,17 @@ def load_or_create_signing_key(data_dir: Path) -> SigningKey:
     path = data_dir / "keys" / "ear-signing-key.pem"
     if not path.exists():
         _write_private(path, ec.generate_private_key(ec.SECP256R1()))
-    return SigningKey(path, _load_private(path))
+    key = SigningKey(path, _load_private(path))
+    public = key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public_path = path.parent / PUBLIC_KEY_NAME
+    if not public_path.exists() or public_path.read_bytes() != public:
+        write_atomic(public_path, public, mode=0o644)
+    return key
+
+
+PUBLIC_KEY_NAME = "verifier-key.pub.pem"
 
 
 def load_or_create_tls(data_dir: Path, host: str) -> TlsFiles:
