@@ -13,8 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from stockade.images.layout import OCI_CONFIG, OCI_MANIFEST, ImageLayout
 from stockade.kube.trust import NodeTrust, TrustUnavailable
+from stockade.statements import FLEET_TRUST_TYPE, FleetEntry, VerifierKeys, fleet_trust_claims
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -41,6 +45,25 @@ class StaticTrust:
         if self.down is not None:
             raise TrustUnavailable(self.down)
         return self.nodes
+
+
+VERIFIER_KEY = ec.generate_private_key(ec.SECP256R1())
+PINNED = VerifierKeys.of(VERIFIER_KEY.public_key())
+
+
+def fleet_answer(
+    entries: list[FleetEntry],
+    issued_at: datetime = T0,
+    valid_for: float = 60.0,
+    key: ec.EllipticCurvePrivateKey = VERIFIER_KEY,
+) -> dict[str, Any]:
+    """``GET /v1/trust`` as the verifier answers it, signed by ``key``."""
+    claims = fleet_trust_claims(entries, issued_at, issued_at + timedelta(seconds=valid_for))
+    kid = next(iter(VerifierKeys.of(key.public_key()).keys))
+    statement = jwt.encode(
+        claims, key, algorithm="ES256", headers={"kid": kid, "typ": FLEET_TRUST_TYPE}
+    )
+    return {"statement": statement, "nodes": len(entries)}
 
 
 def node_trust(name: str, state: str = "trusted", valid_for: float = 60.0) -> NodeTrust:

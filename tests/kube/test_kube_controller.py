@@ -10,8 +10,9 @@ import time
 from datetime import timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from kube_emulator import KubeEmulator
-from kube_support import T0, FakeClock, node_trust
+from kube_support import PINNED, T0, FakeClock, fleet_answer, node_trust
 from kubernetes import client
 
 from stockade.kube.controller import (
@@ -26,6 +27,7 @@ from stockade.kube.controller import (
     VerifierTrustView,
     reconcile,
 )
+from stockade.statements import FleetEntry
 
 GRACE = timedelta(minutes=5)
 OTHER_TAINT = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
@@ -280,33 +282,21 @@ def test_reconcile_is_pure_and_names_its_changes():
 
 def test_verifier_trust_view_fetches_each_result_once():
     calls: list[tuple[str, dict]] = []
-    nodes_doc = {
-        "nodes": [
-            {
-                "name": "good",
-                "node_id": "n1",
-                "state": "trusted",
-                "trusted_until": "2030-01-01T12:01:00Z",
-                "latest_result_id": "r1",
-            },
-            {
-                "name": "new",
-                "node_id": "n2",
-                "state": "enrolled",
-                "trusted_until": None,
-                "latest_result_id": None,
-            },
+    fleet = fleet_answer(
+        [
+            FleetEntry("n1", "good", "trusted", T0 + timedelta(seconds=60), "r1"),
+            FleetEntry("n2", "new", "enrolled", None, None),
         ]
-    }
+    )
 
     def request(method: str, path: str, **params):
         calls.append((path, params))
-        if path == "/v1/nodes":
-            return nodes_doc
+        if path == "/v1/trust":
+            return fleet
         assert path == "/v1/nodes/n1/results" and params == {"limit": 1}
         return {"results": [{"result_id": "r1", "ear": "a.b.c"}]}
 
-    views = VerifierTrustView(request)
+    views = VerifierTrustView(request, PINNED, clock=lambda: T0)
     first = views()
     assert first.results == {"good": "a.b.c", "new": None}
     assert first.nodes is not None and first.nodes["good"].state == "trusted"
@@ -316,8 +306,34 @@ def test_verifier_trust_view_fetches_each_result_once():
     def down(method: str, path: str, **params):
         raise ConnectionError("connection refused")
 
-    unavailable = VerifierTrustView(down)()
+    unavailable = VerifierTrustView(down, PINNED, clock=lambda: T0)()
     assert unavailable.nodes is None and "refused" in unavailable.error
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (lambda: {"nodes": [{"name": "good", "node_id": "n1", "state": "trusted"}]},
+         "no fleet trust statement"),
+        (lambda: fleet_answer([FleetEntry("n1", "good", "trusted", T0, "r1")],
+                              key=ec.generate_private_key(ec.SECP256R1())),
+         "not a pinned verifier key"),
+        (lambda: fleet_answer([FleetEntry("n1", "good", "trusted", T0, "r1")],
+                              issued_at=T0 - timedelta(seconds=120)),
+         "not at"),
+    ],
+    ids=["unsigned-node-list", "impostor-key", "expired-statement"],
+)  # fmt: skip
+def test_the_controller_acts_only_on_a_pinned_key_statement(answer, why):
+    """The review's case: the Kubernetes components decided from unsigned node state. An
+    unsigned list, a statement signed by another key, or one replayed after its expiry, is
+    "cannot tell": every node untrusted."""
+    served = answer()
+    view = VerifierTrustView(lambda method, path, **params: served, PINNED, clock=lambda: T0)()
+    assert view.nodes is None and why in view.error
+    node = KubeNode("good", "1", {TRUSTED_LABEL: "true"}, {}, ())
+    patches = reconcile([node], view, T0, GRACE)
+    assert patches and patches[0].body["metadata"]["labels"][TRUSTED_LABEL] == "false"
 
 
 def test_watch_reacts_to_a_new_node(api, core):
@@ -361,6 +377,8 @@ def test_cli_once_with_a_kubeconfig_and_the_verifier_down(api, tmp_path):
     from stockade.cli.kube_controller import app
 
     add(api, "good")
+    pinned_file = tmp_path / "verifier-key.pem"
+    pinned_file.write_bytes(PINNED.pem())
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
@@ -377,6 +395,8 @@ def test_cli_once_with_a_kubeconfig_and_the_verifier_down(api, tmp_path):
             str(kubeconfig),
             "--verifier",
             "https://127.0.0.1:9",  # nothing listens: fail closed
+            "--verifier-key",
+            str(pinned_file),
         ],
     )
     assert result.exit_code == 0, result.output

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kube_support import ThreadedServer, admission_review, binding, extender_args, pod, self_signed
+from kube_support import (
+    PINNED,
+    ThreadedServer,
+    admission_review,
+    binding,
+    extender_args,
+    pod,
+    self_signed,
+)
 
 from stockade.kube.server import ServerTls, create_app, uvicorn_config
 
@@ -107,6 +115,8 @@ def test_kube_serve_command_fails_closed_without_a_verifier(tmp_path: Path, imag
     import time
 
     cert, key = self_signed(tmp_path)
+    pinned = tmp_path / "verifier-key.pem"
+    pinned.write_bytes(PINNED.pem())
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port, dead = sock.getsockname()[1], None
@@ -118,7 +128,7 @@ def test_kube_serve_command_fails_closed_without_a_verifier(tmp_path: Path, imag
         "--verifier", f"https://127.0.0.1:{dead}", "--tls-cert", str(cert), "--tls-key", str(key),
         "--image-store", str(images.directory), "--trust-policy", str(images.policy_path),
         "--org-pub", str(images.org_pub), "--exempt-namespace", "stockade-system",
-        "--port", str(port),
+        "--port", str(port), "--verifier-key", str(pinned),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from kube_support import ThreadedServer, admission_review, binding, extender_args, pod
 
 from stockade.kube.admission import AdmissionPolicy, review
 from stockade.kube.extender import filter_nodes
 from stockade.kube.server import ServerTls, uvicorn_config
 from stockade.kube.trust import verifier_trust_source
+from stockade.statements import VerifierKeys
 from stockade.verifier import VerifierConfig, create_app
 from stockade.verifier.config import EnrollmentMode
 from stockade.verifier.tls import load_or_create_tls
@@ -59,13 +61,14 @@ def test_real_verifier_one_node_trusted_one_not(tmp_path, ek_ca, make_software_t
             DevAgent.create(make_software_tpm()).enroll(client, "kube-enrolled-only")
 
         # Without the reader token the node list is refused: every decision is a refusal.
-        anonymous = AdmissionPolicy(trust=verifier_trust_source(url, tls.ca_cert, ttl=0.0))
+        keys = VerifierKeys.load(data_dir / "keys" / "verifier-key.pub.pem")
+        anonymous = AdmissionPolicy(trust=verifier_trust_source(url, tls.ca_cert, keys, ttl=0.0))
         refused = review(admission_review(pod(images=("x",), node_name="kube-good")), anonymous)
         assert refused["response"]["allowed"] is False
         assert "read-token" in refused["response"]["status"]["message"]
 
         trust = verifier_trust_source(
-            url, tls.ca_cert, ttl=0.0, token_file=data_dir / "reader-token"
+            url, tls.ca_cert, keys, ttl=0.0, token_file=data_dir / "reader-token"
         )
         policy = AdmissionPolicy(trust=trust)
         on_good = review(admission_review(pod(images=("x",), node_name="kube-good")), policy)
@@ -81,6 +84,16 @@ def test_real_verifier_one_node_trusted_one_not(tmp_path, ek_ca, make_software_t
         result = filter_nodes(extender_args(names), trust)
         assert result["NodeNames"] == ["kube-good"]
         assert set(result["FailedNodes"]) == {"kube-enrolled-only", "kube-unknown"}
+
+        # Pinned to another key (the verifier's answers come from an impostor, or the pin is
+        # wrong): the genuine statement proves nothing to it, and every node is refused.
+        other = VerifierKeys.of(ec.generate_private_key(ec.SECP256R1()).public_key())
+        mispinned = verifier_trust_source(
+            url, tls.ca_cert, other, ttl=0.0, token_file=data_dir / "reader-token"
+        )
+        refused = filter_nodes(extender_args(names), mispinned)
+        assert refused["NodeNames"] == []
+        assert "not a pinned verifier key" in refused["Error"]
     finally:
         server.stop()
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import read_file
+from stockade.cli.nodes import VerifierKeyOption, pinned_keys
 from stockade.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: admission webhook, scheduler extender.")
@@ -70,6 +71,7 @@ def serve(
             help="the verifier's reader token file [default: $STOCKADE_OPERATOR_TOKEN]",
         ),
     ] = None,
+    verifier_key: VerifierKeyOption = None,
 ) -> None:
     """Serve POST /validate (AdmissionReview v1), POST /filter (extender) and GET /healthz.
     Reading the verifier's node list needs a reader token."""
@@ -93,7 +95,9 @@ def serve(
         policy_document = load_trust_policy(read_file(trust_policy, "trust policy"), keys)
         images = SignedImageStore(image_store, policy_document)
     policy = AdmissionPolicy(
-        trust=verifier_trust_source(verifier, ca, ttl=cache_seconds, token_file=token_file),
+        trust=verifier_trust_source(
+            verifier, ca, pinned_keys(verifier_key), ttl=cache_seconds, token_file=token_file
+        ),
         images=images,
         exemptions=Exemptions(frozenset(exempt_namespace or ()), frozenset(exempt_user or ())),
     )

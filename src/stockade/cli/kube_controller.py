@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from stockade.cli.nodes import VerifierKeyOption, pinned_keys
 from stockade.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: node controller, kubelet CSR approver.")
@@ -80,6 +81,7 @@ def controller(
     verifier: VerifierOption,
     ca: CaOption = None,
     token_file: TokenFileOption = None,
+    verifier_key: VerifierKeyOption = None,
     kubeconfig: KubeconfigOption = None,
     grace: Annotated[
         float,
@@ -105,11 +107,12 @@ def controller(
 
     if grace < 0 or interval <= 0:
         raise InputError("--grace must be >= 0 and --interval > 0")
+    keys = pinned_keys(verifier_key)
     _logging()
     verifier_client = VerifierClient.from_options(verifier, ca, token_file)
     nodes = NodeController(
         client.CoreV1Api(_kube_client(kubeconfig)),
-        VerifierTrustView(verifier_client.request),
+        VerifierTrustView(verifier_client.request, keys),
         grace=timedelta(seconds=grace),
     )
     if once:
@@ -130,6 +133,7 @@ def approve_csrs(
     ],
     ca: CaOption = None,
     token_file: TokenFileOption = None,
+    verifier_key: VerifierKeyOption = None,
     kubeconfig: KubeconfigOption = None,
     interval: Annotated[float, typer.Option("--interval", help="seconds between rounds")] = 5.0,
     cache_seconds: Annotated[
@@ -156,7 +160,9 @@ def approve_csrs(
     approver = CsrApprover(
         client.CertificatesV1Api(api_client),
         client.CoreV1Api(api_client),
-        verifier_trust_source(verifier, ca, ttl=cache_seconds, token_file=token_file),
+        verifier_trust_source(
+            verifier, ca, pinned_keys(verifier_key), ttl=cache_seconds, token_file=token_file
+        ),
         ca_certificate,
     )
     if once:

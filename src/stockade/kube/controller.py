@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stockade.kube.trust import NodeTrust, TrustUnavailable, decide, parse_nodes
+from stockade.kube.trust import NodeTrust, TrustUnavailable, decide, parse_fleet
+from stockade.statements import VerifierKeys
 
 log = logging.getLogger(__name__)
 
@@ -211,19 +212,27 @@ def reconcile(
 
 
 class VerifierTrustView:
-    """Builds a :class:`TrustView` from the verifier: ``GET /v1/nodes`` each time, and
-    ``GET /v1/nodes/{id}/results?limit=1`` only for results not seen before.
+    """Builds a :class:`TrustView` from the verifier: ``GET /v1/trust`` each time (a
+    statement checked against the pinned ``keys``), and ``GET /v1/nodes/{id}/results?limit=1``
+    only for results not seen before (the EAR the annotation carries: anyone can verify it).
 
     ``request(method, path, **params)`` is ``VerifierClient.request``.
     """
 
-    def __init__(self, request: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        request: Callable[..., Any],
+        keys: VerifierKeys,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._request = request
+        self._keys = keys
+        self._clock = clock
         self._ears: dict[str, str] = {}
 
     def __call__(self) -> TrustView:
         try:
-            nodes = parse_nodes(self._request("GET", "/v1/nodes"))
+            nodes = parse_fleet(self._request("GET", "/v1/trust"), self._keys, self._clock()).nodes
         except TrustUnavailable as error:
             return TrustView(None, str(error))
         except Exception as error:  # VerifierUnavailable, VerifierRefused, anything: closed

@@ -1,9 +1,10 @@
 """Which nodes are trusted right now: the one question every Kubernetes door asks.
 
-Kubernetes Node names are Stockade node names. A node is trusted only while the verifier
+Kubernetes Node names are Stockade node names. A node is trusted only while the verifier's
+signed fleet trust statement (``GET /v1/trust``, checked against the pinned verifier key)
 says ``trusted`` and its result's ``trusted_until`` is in the future; an unknown node, a
-verifier that cannot be reached, or a malformed answer is "not trusted" (fail closed), with
-a reason a person can act on.
+verifier that cannot be reached, an unsigned, expired or malformed answer is "not trusted"
+(fail closed), with a reason a person can act on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from stockade.statements import StatementInvalid, VerifierKeys, verify_fleet_trust
 
 
 @dataclass(frozen=True)
@@ -54,66 +57,87 @@ def decide(source: TrustSource, node: str, now: datetime | None = None) -> tuple
     return found.verdict(moment)
 
 
-def parse_nodes(document: Any) -> dict[str, NodeTrust]:
-    """``GET /v1/nodes`` -> {name: NodeTrust}; ``TrustUnavailable`` on anything malformed.
-    Two enrolled nodes with one name are both dropped (ambiguous: not trusted)."""
+def parse_fleet(answer: Any, keys: VerifierKeys, now: datetime) -> FleetView:
+    """``GET /v1/trust`` -> the nodes its statement names, once the statement verifies under
+    the pinned ``keys`` and is valid at ``now``; ``TrustUnavailable`` otherwise. Two nodes
+    with one name are both dropped (ambiguous: not trusted)."""
+    statement = answer.get("statement") if isinstance(answer, dict) else None
+    if not isinstance(statement, str):
+        raise TrustUnavailable("the verifier's answer carries no fleet trust statement")
     try:
-        entries = document["nodes"] if isinstance(document, dict) else document
-        nodes: dict[str, NodeTrust] = {}
-        seen: set[str] = set()
-        for entry in entries:
-            until = entry.get("trusted_until")
-            trust = NodeTrust(
-                name=str(entry["name"]),
-                node_id=str(entry["node_id"]),
-                state=str(entry["state"]),
-                trusted_until=datetime.fromisoformat(until.replace("Z", "+00:00"))
-                if until
-                else None,
-                result_id=entry.get("latest_result_id"),
-            )
-            if trust.name in seen:
-                nodes.pop(trust.name, None)
-                continue
-            seen.add(trust.name)
-            nodes[trust.name] = trust
-        return nodes
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise TrustUnavailable(f"malformed node list from the verifier: {error}") from None
+        fleet = verify_fleet_trust(statement, keys, now)
+    except StatementInvalid as error:
+        raise TrustUnavailable(str(error)) from None
+    nodes: dict[str, NodeTrust] = {}
+    seen: set[str] = set()
+    for entry in fleet.nodes:
+        if entry.name in seen:
+            nodes.pop(entry.name, None)
+            continue
+        seen.add(entry.name)
+        nodes[entry.name] = NodeTrust(
+            entry.name, entry.node_id, entry.state, entry.trusted_until, entry.result_id
+        )
+    return FleetView(nodes, fleet.expires_at)
+
+
+@dataclass(frozen=True)
+class FleetView:
+    nodes: Mapping[str, NodeTrust]
+    expires_at: datetime
 
 
 class CachedTrustSource:
-    """Fetches ``GET /v1/nodes`` at most every ``ttl`` seconds (a webhook answers many
-    requests per second); errors are not cached, and a stale cache is never used."""
+    """Fetches ``GET /v1/trust`` at most every ``ttl`` seconds (a webhook answers many
+    requests per second) and never uses a statement past its expiry; errors are not cached,
+    and a stale cache is never used."""
 
-    def __init__(self, fetch: Callable[[], Any], ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[], Any],
+        keys: VerifierKeys,
+        ttl: float = 1.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._fetch = fetch
+        self._keys = keys
         self._ttl = ttl
+        self._clock = clock
         self._lock = threading.Lock()
-        self._cached: tuple[float, Mapping[str, NodeTrust]] | None = None
+        self._cached: tuple[float, FleetView] | None = None
 
     def snapshot(self) -> Mapping[str, NodeTrust]:
         now = time.monotonic()
         with self._lock:
-            if self._cached is not None and now - self._cached[0] < self._ttl:
-                return self._cached[1]
+            cached = self._cached
+        if (
+            cached is not None
+            and now - cached[0] < self._ttl
+            and self._clock() < cached[1].expires_at
+        ):
+            return cached[1].nodes
         try:
-            nodes = parse_nodes(self._fetch())
+            view = parse_fleet(self._fetch(), self._keys, self._clock())
         except TrustUnavailable:
             raise
         except Exception as error:  # the verifier's client raises typed errors; any is fatal
             raise TrustUnavailable(str(error) or type(error).__name__) from None
         with self._lock:
-            self._cached = (now, nodes)
-        return nodes
+            self._cached = (now, view)
+        return view.nodes
 
 
 def verifier_trust_source(
-    verifier: str, ca: Any = None, ttl: float = 1.0, token_file: Path | None = None
+    verifier: str,
+    ca: Any,
+    keys: VerifierKeys,
+    ttl: float = 1.0,
+    token_file: Path | None = None,
 ) -> CachedTrustSource:
-    """A cached trust source over the verifier's HTTPS API. The node list needs a reader
-    token: ``token_file``, else ``$STOCKADE_OPERATOR_TOKEN``."""
+    """A cached trust source over the verifier's HTTPS API, believing only statements signed
+    by the pinned ``keys``. The statement needs a reader token: ``token_file``, else
+    ``$STOCKADE_OPERATOR_TOKEN``."""
     from stockade.agent.client import VerifierClient
 
     client = VerifierClient.from_options(verifier, ca, token_file)
-    return CachedTrustSource(lambda: client.request("GET", "/v1/nodes"), ttl)
+    return CachedTrustSource(lambda: client.request("GET", "/v1/trust"), keys, ttl)

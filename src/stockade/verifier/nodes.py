@@ -3,13 +3,16 @@ and allow (an operator credential, recorded as the event's actor)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
+import jwt
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from stockade.statements import FLEET_TRUST_TYPE, FleetEntry, fleet_trust_claims
 from stockade.verifier.errors import NotFound
 from stockade.verifier.models import Node, Result
 from stockade.verifier.operator_auth import OperatorActor, ReaderActor
@@ -75,6 +78,40 @@ def list_nodes(request: Request, _actor: ReaderActor) -> dict[str, list[dict[str
     with service.sessions() as session:
         nodes = session.scalars(select(Node).order_by(Node.name, Node.id)).all()
         return {"nodes": [node_json(node, service) for node in nodes]}
+
+
+@router.get("/v1/trust")
+def fleet_trust(request: Request, _actor: ReaderActor) -> dict[str, Any]:
+    """Every node's standing in one statement signed with the verifier key (``typ``
+    ``stockade-fleet-trust+jwt``, valid ``status_validity_seconds``): what the Kubernetes
+    components decide from, checked against the key they pinned. One signature per call,
+    whatever the fleet's size."""
+    service = service_of(request)
+    now = service.now()
+    with service.sessions() as session:
+        nodes = session.scalars(select(Node).order_by(Node.name, Node.id)).all()
+        entries = []
+        for node in nodes:
+            state = effective_state(node, now)
+            trusted = state == NodeState.TRUSTED
+            entries.append(
+                FleetEntry(
+                    node.id,
+                    node.name,
+                    str(state),
+                    node.trusted_until if trusted else None,
+                    node.latest_result_id,
+                )
+            )
+    expires = now + timedelta(seconds=service.config.status_validity_seconds)
+    key = service.signing_key
+    statement = jwt.encode(
+        fleet_trust_claims(entries, now, expires),
+        key.private_key,
+        algorithm="ES256",
+        headers={"kid": key.kid, "typ": FLEET_TRUST_TYPE},
+    )
+    return {"statement": statement, "nodes": len(entries), "expires_at": rfc3339(expires)}
 
 
 @router.get("/v1/nodes/{node_id}")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -74,7 +75,8 @@ def load_or_create_signing_key(data_dir: Path) -> SigningKey:
     )
     public_path = path.parent / PUBLIC_KEY_NAME
     if not public_path.exists() or public_path.read_bytes() != public:
-        write_atomic(public_path, public, mode=0o644)
+        with contextlib.suppress(OSError):  # a read-only keys directory: the operator exports it
+            write_atomic(public_path, public, mode=0o644)
     return key
 
 
