@@ -39,11 +39,13 @@ def flip(path: Path, offset: int) -> Path:
     return out
 
 
-def stockade_verify(files: dict[str, Path], nonce: str) -> subprocess.CompletedProcess[str]:
+def stockade_verify(
+    files: dict[str, Path], nonce: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return run_stockade(
         "quote", "verify", "--ak", str(files["ak"]), "--message", str(files["msg"]),
         "--signature", str(files["sig"]), "--pcrs", str(files["pcrs"]), "--nonce", nonce,
-        "--format", "json",
+        "--format", "json", *extra,
     )  # fmt: skip
 
 
@@ -105,10 +107,14 @@ def test_tpm2_quote_verifies_with_stockade(tools_quote):
     assert checkquote(files, nonce).returncode == 0
 
 
-def test_tpm2_quote_with_pem_ak_verifies(tools_quote):
+def test_tpm2_quote_with_pem_ak_verifies_only_when_the_operator_vouches(tools_quote):
     files, nonce = tools_quote
-    result = stockade_verify({**files, "ak": files["pem"]}, nonce)
+    refused = stockade_verify({**files, "ak": files["pem"]}, nonce)
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["check"] == "attestation-key"
+    result = stockade_verify({**files, "ak": files["pem"]}, nonce, "--trust-bare-key")
     assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ak_restricted"].startswith("not shown")
 
 
 def test_tampering_fails_both_verifiers(tools_quote):

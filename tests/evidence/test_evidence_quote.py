@@ -66,7 +66,7 @@ def test_real_tpm2_quote_verifies():
     }
 
 
-def test_real_tpm2_quote_verifies_with_the_ak_as_pem():
+def test_real_tpm2_quote_verifies_with_the_ak_as_pem_when_accepted():
     ak = TpmPublic.unmarshal_tpm2b(vectors.AK_PUB)
     pem = ak.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -77,6 +77,7 @@ def test_real_tpm2_quote_verifies_with_the_ak_as_pem():
         Signature.unmarshal(vectors.QUOTE_SIG),
         nonce=vectors.QUOTE_NONCE,
         pcr_values=real_pcr_values(),
+        accept_bare_key=True,
     )
     assert verified.attest.extra_data == vectors.QUOTE_NONCE
 
@@ -141,13 +142,22 @@ def test_valid_quote_verifies_for_each_scheme(any_ak, pcr_values):
     }
 
 
-def test_bare_public_key_is_accepted_as_ak(any_ak, pcr_values):
+def test_bare_public_key_is_refused_unless_the_caller_vouches_for_it(any_ak, pcr_values):
+    """A PEM key cannot show it is restricted: the software key here signs a TPMS_ATTEST it
+    made up (as any unrestricted TPM key could), and it must not pass as a quote unless the
+    caller explicitly accepts the key as an AK."""
     message, signature = any_ak.quote(NONCE, SELECTION, pcr_values)
     pem = any_ak.private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     key = read_public_key_file(pem)
-    verified = verify_quote(key, message, signature, nonce=NONCE, pcr_values=pcr_values)
+    with pytest.raises(QuoteInvalid) as refused:
+        verify_quote(key, message, signature, nonce=NONCE, pcr_values=pcr_values)
+    assert refused.value.check == "attestation-key"
+    assert "bare public key" in refused.value.detail
+    verified = verify_quote(
+        key, message, signature, nonce=NONCE, pcr_values=pcr_values, accept_bare_key=True
+    )
     assert verified.selection == SELECTION
 
 
@@ -420,7 +430,14 @@ def test_sha1_signature_is_refused(rsa_ak, ecc_ak, pcr_values):
         assert signature.hash.alg == Alg.SHA1
         for key in (ak.public, ak.public.public_key()):
             with pytest.raises(QuoteInvalid) as caught:
-                verify_quote(key, message, signature, nonce=NONCE, pcr_values=pcr_values)
+                verify_quote(
+                    key,
+                    message,
+                    signature,
+                    nonce=NONCE,
+                    pcr_values=pcr_values,
+                    accept_bare_key=True,
+                )
             assert caught.value.check == "signature"
             assert "sha1" in caught.value.detail
 
@@ -445,7 +462,12 @@ def test_signature_scheme_other_than_the_aks_declared_scheme_is_rejected(
         NONCE, SELECTION, pcr_values, scheme=scheme, hash_alg=hash_alg
     )
     bare = verify_quote(
-        rsa_ak.private.public_key(), message, signature, nonce=NONCE, pcr_values=pcr_values
+        rsa_ak.private.public_key(),
+        message,
+        signature,
+        nonce=NONCE,
+        pcr_values=pcr_values,
+        accept_bare_key=True,
     )
     assert bare.selection == SELECTION  # the signature itself is fine
     with pytest.raises(QuoteInvalid) as caught:

@@ -32,9 +32,19 @@ def verify(
         str | None,
         typer.Option(help="expected selection, e.g. sha256:0-7; required for 'values' PCR files"),
     ] = None,
+    trust_bare_key: Annotated[
+        bool,
+        typer.Option(
+            "--trust-bare-key",
+            help="accept a PEM/DER AK key: you vouch that it is a restricted TPM key (a bare "
+            "key cannot show it; any unrestricted or software key can sign a TPMS_ATTEST)",
+        ),
+    ] = False,
     output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
 ) -> None:
-    """Exit 0 when the quote is valid, 1 with the failed check when not, 2 on unreadable input."""
+    """Exit 0 when the quote is valid, 1 with the failed check when not, 2 on unreadable input.
+    The AK is its TPM2B_PUBLIC, whose attributes show it is a restricted signing key; a bare
+    PEM key is refused unless --trust-bare-key."""
     expected = PcrSelection.parse(pcr_selection) if pcr_selection else None
     ak_key = read_public_key_file(read_file(ak, "AK public key"))
     attest_bytes = read_file(message, "quote message")
@@ -48,6 +58,7 @@ def verify(
             nonce=parse_hex(nonce, "nonce"),
             pcr_values=values,
             expected_selection=expected,
+            accept_bare_key=trust_bare_key,
         )
     except QuoteInvalid as failure:
         if output is OutputFormat.JSON:
@@ -69,6 +80,8 @@ def verify(
     }
     if isinstance(ak_key, TpmPublic):
         document["ak_name"] = ak_key.name().hex()
+    else:
+        document["ak_restricted"] = "not shown: a bare key, accepted with --trust-bare-key"
     if output is OutputFormat.JSON:
         emit_json(document)
     else:

@@ -110,13 +110,26 @@ def verify_quote(
     pcr_values: PcrValues,
     expected_selection: PcrSelection | None = None,
     previous_clock: ClockInfo | None = None,
+    accept_bare_key: bool = False,
 ) -> VerifiedQuote:
     """Verify a quote and return what it proves, or raise ``QuoteInvalid``.
 
     ``ak`` is the AK's TPMT_PUBLIC (then its attributes and scheme are checked
-    too) or a bare public key, as from ``tpm2_createak -f pem``. ``message`` is
-    the TPMS_ATTEST exactly as signed. Malformed input raises ``EvidenceError``.
+    too). ``message`` is the TPMS_ATTEST exactly as signed. Malformed input raises
+    ``EvidenceError``.
+
+    A bare public key (``tpm2_createak -f pem``) cannot show that it is restricted: any
+    unrestricted TPM key, or a software key, can sign a TPMS_ATTEST with the TPM's magic
+    in it. It is refused (check ``attestation-key``) unless ``accept_bare_key``: the
+    caller vouches, by other means, that the key is a restricted AK.
     """
+    if not isinstance(ak, TpmPublic) and not accept_bare_key:
+        raise QuoteInvalid(
+            "attestation-key",
+            "a bare public key cannot prove it is a restricted TPM AK (any unrestricted or "
+            "software key can sign a TPMS_ATTEST): give the AK's TPM2B_PUBLIC "
+            "(tpm2_createak -u), or accept the key explicitly",
+        )
     if not nonce:
         raise QuoteInvalid("nonce", "an empty nonce proves nothing about freshness")
     verify_ak_signature(ak, message, signature)
