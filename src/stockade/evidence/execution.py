@@ -29,6 +29,7 @@ from typing import Any
 
 from stockade.evidence.cel import HEADER_SIZE, TLV_HEADER, content_tlv
 from stockade.evidence.errors import EvidenceError
+from stockade.strict_json import canonical_json as shared_canonical_json
 
 EXECUTION_PCR = 13
 CONTENT_TYPE = 0xC5
@@ -40,9 +41,6 @@ _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z\Z")
 _ENV_NAME = re.compile(r"[^=\x00]+\Z")
 
-_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
 _DECODER = json.JSONDecoder()
 
 
@@ -256,7 +254,7 @@ def canonical_json(document: dict[str, Any]) -> bytes:
     """``document`` as canonical JSON (sorted keys, compact, UTF-8): the reference the
     record writers below are tested against."""
     try:
-        return _ENCODER.encode(document).encode("utf-8")
+        return shared_canonical_json(document)
     except (UnicodeEncodeError, ValueError) as error:
         raise MalformedExecutionRecord(f"cannot be encoded as UTF-8 JSON: {error}") from None
 

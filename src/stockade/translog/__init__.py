@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from stockade.strict_json import canonical_json
 from stockade.translog.checkpoint import (
     Checkpoint,
     NoteSigner,
@@ -27,7 +28,6 @@ from stockade.translog.checkpoint import (
 from stockade.translog.entries import (
     ATTESTATION_RESULT,
     attestation_result_entry,
-    canonical_json,
     parse_entry,
 )
 from stockade.translog.errors import (

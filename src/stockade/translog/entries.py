@@ -17,10 +17,10 @@ Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from stockade.strict_json import canonical_json, loads_strict
 from stockade.translog.errors import MalformedEntry
 
 ATTESTATION_RESULT = "attestation-result"
@@ -50,13 +50,6 @@ ENTRY_FIELDS: Mapping[str, tuple[str, ...]] = {
 }
 
 MAX_ENTRY_SIZE = 64 * 1024
-
-
-def canonical_json(document: Mapping[str, Any]) -> bytes:
-    """``document`` as canonical JSON bytes: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 def ear_digest(ear: str) -> str:
@@ -119,35 +112,11 @@ def execution_record_entry(
     )
 
 
-def _reject_constant(name: str) -> Any:
-    raise MalformedEntry(f"log entry contains {name}, which canonical JSON never does")
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise MalformedEntry(f"log entry has the key {key!r} twice")
-        document[key] = value
-    return document
-
-
 def parse_entry(data: bytes) -> dict[str, Any]:
     """The document in entry bytes ``data``: a canonical JSON object with a string
     ``"type"``; for a known type, every field of ``ENTRY_FIELDS`` present as a string.
     ``MalformedEntry`` saying what is wrong."""
-    if len(data) > MAX_ENTRY_SIZE:
-        raise MalformedEntry(f"log entry is {len(data)} bytes, at most {MAX_ENTRY_SIZE}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise MalformedEntry(f"log entry is not UTF-8 at byte offset {error.start}") from None
-    try:
-        document = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except ValueError as error:
-        raise MalformedEntry(f"log entry is not JSON: {error}") from None
+    document = loads_strict(data, "log entry", max_size=MAX_ENTRY_SIZE, error=MalformedEntry)
     if not isinstance(document, dict):
         raise MalformedEntry(f"log entry is a JSON {type(document).__name__}, not an object")
     kind = document.get("type")
