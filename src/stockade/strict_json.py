@@ -242,9 +242,7 @@ def read_base64(
     text = read_string(value, where, error=error, empty=True)
     try:
         raw = text.encode("ascii")
-        data = (
-            base64.urlsafe_b64decode(raw) if urlsafe else base64.b64decode(raw, validate=True)
-        )
+        data = base64.urlsafe_b64decode(raw) if urlsafe else base64.b64decode(raw, validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise error(f"{where} is not base64") from None
     encoded = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)

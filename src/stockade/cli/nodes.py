@@ -326,7 +326,7 @@ def status(
     # Bound to the node asked for (its id, and its name when asked by name): a statement
     # about any other node does not verify.
     checked = verify_status(str(answer.get("statement")), keys, asked, datetime.now(UTC))
-    if checked.name != node and checked.node_id != node:
+    if node not in (checked.name, checked.node_id):
         raise VerificationFailed(f"the status statement is about {checked.name}, not {node}")
     if output is OutputFormat.JSON:
         emit_json({**answer, "verified": True})

@@ -19,6 +19,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
+from stockade.statements import evidence_claims
 from stockade.translog.entries import attestation_result_entry
 from stockade.verifier.appraiser import Evidence, NodeView, Status
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -31,7 +32,6 @@ from stockade.verifier.executions import (
 from stockade.verifier.models import Event, Node, Result
 from stockade.verifier.node_auth import require_node_spending_a_nonce
 from stockade.verifier.nonces import consume_nonce, nonce_usable
-from stockade.statements import evidence_claims
 from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import ActivePolicy, Service, service_of
