@@ -8,9 +8,12 @@ A good corpus is the fixture logs (../shared/fixtures/eventlogs/*.bin) or a mach
 
 Parsing must succeed or raise ``EvidenceError``; any other exception is a bug, and so is
 a parsed log that does not marshal back to the same bytes. For a log that parses,
-everything a verifier does with it must not raise at all: decoding every event (which
-must keep its bytes), its JSON, the replay and the digest checks. Importable without
-atheris: tests/eventlog/test_eventlog_fuzz_target.py drives ``test_one_input`` directly.
+decoding every event (which must keep its bytes), its JSON and the digest checks must
+not raise at all. The replay, ``verify_log`` against that replay (what an honest TPM
+would quote) and ``secure_boot_state`` may only raise ``EvidenceError``, and every event
+``verify_log`` trusts must have been extended: not EV_NO_ACTION, and carrying a digest
+for every bank the replay was checked in. Importable without atheris:
+tests/eventlog/test_eventlog_fuzz_target.py drives ``test_one_input`` directly.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ with instrumented():
     from stockade.evidence.errors import EvidenceError
     from stockade.evidence.event_data import decode
     from stockade.evidence.event_digests import digest_mismatches
-    from stockade.evidence.eventlog import parse_event_log
-    from stockade.evidence.replay import replay
+    from stockade.evidence.eventlog import EventType, parse_event_log
+    from stockade.evidence.pcr_values import PcrValues
+    from stockade.evidence.replay import replay, verify_log
+    from stockade.evidence.secureboot import secure_boot_state
 
 
 def test_one_input(data: bytes) -> None:
@@ -42,9 +47,28 @@ def test_one_input(data: bytes) -> None:
         if decoded.encode() != event.data:
             raise AssertionError(f"event {event.number} does not decode losslessly")
         json.dumps(decoded.to_json())
-    replay(log).values.to_json()
     for mismatch in digest_mismatches(log):
         str(mismatch)
+    try:
+        values = replay(log).values
+        values.to_json()
+        # what an honest TPM behind the log quotes: every bank the log extends
+        quoted = PcrValues({alg: pcrs for alg, pcrs in values.banks.items() if pcrs})
+        verified = verify_log(log, quoted)
+    except EvidenceError:
+        return
+    for event in verified.trusted_events():
+        if event.type == EventType.EV_NO_ACTION or any(
+            event.digest(alg) is None for alg in verified.banks
+        ):
+            raise AssertionError(
+                f"event {event.number} (PCR {event.pcr}) is trusted but was not extended "
+                "into every verified bank"
+            )
+    try:
+        secure_boot_state(verified)
+    except EvidenceError:
+        return
 
 
 if __name__ == "__main__":

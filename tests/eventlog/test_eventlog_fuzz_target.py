@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from eventlog_support import LOG_NAMES, log_bytes, require_fixtures
 
+import stockade.evidence.replay as replay_module
 from stockade.evidence import EvidenceError
-from stockade.evidence.eventlog import EventType
+from stockade.evidence.eventlog import EventLog, EventType
 
 FUZZ_DIR = Path(__file__).resolve().parents[2] / "fuzz"
 
@@ -93,6 +94,22 @@ def test_target_catches_a_broken_round_trip_and_a_failing_decoder(target, monkey
     monkeypatch.setattr(target, "decode", lambda event: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         target.test_one_input(raw)
+
+
+def test_target_catches_a_trusted_event_that_was_never_extended(target, monkeypatch):
+    """A verify_log that trusts an event without a digest for a verified bank is a crash.
+
+    event-uefivar's SecureBoot event (sha1 + sha256), then a copy carrying only its
+    sha1 digest: the sha256 replay, and so the honest quote, never saw the copy."""
+    require_fixtures()
+    log = target.parse_event_log(log_bytes("event-uefivar"))
+    header, secure_boot = log.events
+    copy = secure_boot._replace(number=2, digests=secure_boot.digests[:1])
+    forged = EventLog(True, log.spec_id, (header, secure_boot, copy)).marshal()
+    assert target.test_one_input(forged) is None  # the real verify_log refuses it
+    monkeypatch.setattr(replay_module, "_banks_missing", lambda event, banks: [])
+    with pytest.raises(AssertionError, match=r"event 2 \(PCR 7\) is trusted but was not"):
+        target.test_one_input(forged)
 
 
 def test_target_on_a_short_spec_id_header(target):

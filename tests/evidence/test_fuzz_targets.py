@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 import vectors
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from stockade.channel import ChannelAuthError
@@ -77,7 +78,10 @@ def seeds(rsa_ak, ecc_ak, pcr_values, ek_templates, rsa_ek_key, pki):
         "fuzz_credential_file": [
             marshal_credential_file(make_credential(rsa_ek, vectors.AK_NAME, b"secret"))
         ],
-        "fuzz_certificate": [pki.rsa_ek_cert.public_bytes(serialization.Encoding.DER)],
+        "fuzz_certificate": [
+            pki.rsa_ek_cert.public_bytes(serialization.Encoding.DER),
+            *load_target("fuzz_certificate").seed_inputs(),
+        ],
         "fuzz_sealed_secret": [
             seal_secret(
                 rsa_ek,
@@ -191,6 +195,37 @@ def test_certificate_with_an_invalid_version_is_ignored_by_the_target(seeds):
         bytes.fromhex("a003020102"), bytes.fromhex("a003020107"), 1
     )
     target.test_one_input(data)
+
+
+def test_certificate_seeds_reach_a_validated_chain_and_untyped_errors_are_crashes(
+    seeds, monkeypatch
+):
+    """Each seed validates in one of the target's two positions (EK certificate, or the
+    CA between its fixed EK certificate and root), so mutations of its extensions reach
+    the chain checks; anything but EvidenceError out of them is a crash."""
+    target = load_target("fuzz_certificate")
+    leaf, intermediate = target.seed_inputs()
+    validated = []
+    original = target.validate_ek_certificate
+
+    def recording(*args, **kwargs):
+        validated.append(original(*args, **kwargs))
+        return validated[-1]
+
+    monkeypatch.setattr(target, "validate_ek_certificate", recording)
+    target.test_one_input(leaf)
+    target.test_one_input(intermediate)
+    assert [v.chain for v in validated] == [
+        (target.INTERMEDIATE, target.ROOT),
+        (target.INTERMEDIATE, target.ROOT),
+    ]
+
+    def untyped(*args, **kwargs):
+        raise x509.DuplicateExtension("untyped", x509.oid.ExtensionOID.KEY_USAGE)
+
+    monkeypatch.setattr(target, "validate_ek_certificate", untyped)
+    with pytest.raises(x509.DuplicateExtension):
+        target.test_one_input(leaf)
 
 
 @pytest.mark.skipif(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -428,7 +428,7 @@ def appraise(
             findings.fail(CONFIGURATION, "secure_boot", failure)
         return findings.result(policy, clock, new_boot, matched)
 
-    _explain_mismatch(findings, references, quoted, log)
+    _explain_mismatch(findings, references, quoted, log, _booted_release(verified.trusted_events()))
     for failure in _secure_boot_failures(verified, policy.secure_boot):
         findings.fail(CONFIGURATION, "secure_boot", failure)
     return findings.result(policy, clock, new_boot)
@@ -438,7 +438,11 @@ def appraise(
 
 
 def _explain_mismatch(
-    findings: _Findings, references: ReferenceSet, quoted: PcrValues, log: EventLog
+    findings: _Findings,
+    references: ReferenceSet,
+    quoted: PcrValues,
+    log: EventLog,
+    booted: str | None,
 ) -> None:
     key = references.key(quoted)
     if not references.entries:
@@ -456,7 +460,6 @@ def _explain_mismatch(
         index for index, a, b in zip(references.pcrs, key, expected, strict=True) if a != b
     ]
     equal = len(references.pcrs) - len(differing)
-    booted = _booted_release(log)
     findings.reasons.append(
         f"no accepted release matches; closest reference: {closest.describe()} "
         f"({equal} of {len(references.pcrs)} PCRs equal)"
@@ -548,10 +551,11 @@ def _diff_pcr(
     return list(found.items())
 
 
-def _booted_release(log: EventLog) -> str | None:
-    """What the node's release event names, when its digest is of its text."""
+def _booted_release(events: Iterable[Event]) -> str | None:
+    """What the node's release event names, when it was extended into the quoted PCRs
+    (``VerifiedEventLog.trusted_events``) and its digest is of its text."""
     prefix = RELEASE_EVENT_PREFIX.encode()
-    for event in log.events:
+    for event in events:
         if event.pcr == RELEASE_PCR and event.data.startswith(prefix):
             text = _measured_text(event)
             if text is not None:

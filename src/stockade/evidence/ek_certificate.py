@@ -3,7 +3,29 @@ certifies exactly the EK the TPM presents (TCG EK Credential Profile 2.0, 3).
 
 Path building is by issuer name and signature, through the supplied
 intermediates, to one of the trusted roots; every certificate must be valid at
-``now``, and every issuer must be a CA allowed to sign certificates.
+``now``, every issuer must be a CA allowed to sign certificates, and no CA's
+pathLenConstraint may be exceeded (RFC 5280 6.1.4 (k)-(n)).
+
+RFC 5280 4.2: a certificate-using system MUST reject a certificate with a critical
+extension it does not recognise. The leaf and every intermediate are held to that
+(the trust anchor is configuration, not part of the path: 6.1.1 (d)). Recognised,
+and how each is processed:
+
+- basicConstraints (2.5.29.19): cA set on every issuer, unset on the leaf;
+  pathLenConstraint on every CA, the trust anchor's included.
+- keyUsage (2.5.29.15): keyCertSign on every issuer; keyEncipherment (RSA EK) or
+  keyAgreement (ECC EK) on the leaf, what receiving a credential needs
+  (EK Credential Profile 2.0, 3.2).
+- extendedKeyUsage (2.5.29.37), leaf only: tcg-kp-EKCertificate or
+  anyExtendedKeyUsage. On a CA it is not processed, so a critical one is refused.
+- subjectAltName (2.5.29.17): decoded. An EK certificate with an empty subject
+  names the TPM's manufacturer, model and version here, marked critical
+  (EK Credential Profile 2.0, 3.2.9). Stockade identifies the EK by its key, not by
+  names, and processes no name constraints: nameConstraints is not recognised.
+- certificatePolicies (2.5.29.32): decoded. Stockade's initial policy set is
+  anyPolicy and no explicit policy is required, so with policyConstraints,
+  policyMappings and inhibitAnyPolicy not recognised, policies cannot make a path
+  invalid (6.1.5): there is nothing further to check. Some vendors mark it critical.
 """
 
 from __future__ import annotations
@@ -16,13 +38,25 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, ObjectIdentifier
 
 from stockade.evidence.errors import EkCertificateInvalid, EvidenceError
 from stockade.evidence.public import TpmPublic, public_key_matches
 
 MAX_CHAIN_LENGTH = 8
 TCG_KP_EK_CERTIFICATE = ObjectIdentifier("2.23.133.8.1")
+# The critical extensions this validator processes (see the module docstring).
+RECOGNISED_ON_CA: frozenset[ObjectIdentifier] = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.CERTIFICATE_POLICIES,
+    }
+)
+RECOGNISED_ON_LEAF: frozenset[ObjectIdentifier] = RECOGNISED_ON_CA | {
+    ExtensionOID.EXTENDED_KEY_USAGE
+}
 
 
 @dataclass(frozen=True)
@@ -64,13 +98,42 @@ def _check_validity(cert: x509.Certificate, now: datetime) -> None:
         )
 
 
-def _check_can_issue(cert: x509.Certificate) -> None:
+def _check_critical_extensions(
+    cert: x509.Certificate, recognised: frozenset[ObjectIdentifier], role: str
+) -> None:
+    for extension in cert.extensions:
+        if extension.critical and extension.oid not in recognised:
+            raise EkCertificateInvalid(
+                "critical-extension",
+                f"{role} {_describe(cert)} carries critical extension "
+                f"{extension.oid.dotted_string}, which Stockade does not process "
+                "(RFC 5280 4.2: such a certificate must be rejected)",
+            )
+
+
+def _self_issued(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer
+
+
+def _check_can_issue(cert: x509.Certificate, below: Sequence[x509.Certificate]) -> None:
+    """``cert`` may issue the path's certificates under it: ``below`` are the
+    intermediates between it and the leaf (the leaf itself excluded)."""
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         raise EkCertificateInvalid("chain", f"issuer {_describe(cert)} is not a CA") from None
     if not constraints.ca:
         raise EkCertificateInvalid("chain", f"issuer {_describe(cert)} is not a CA")
+    limit = constraints.path_length
+    if limit is not None:
+        # RFC 5280 6.1.4 (l), (m): self-issued certificates (key rollover) do not count.
+        count = sum(1 for intermediate in below if not _self_issued(intermediate))
+        if count > limit:
+            raise EkCertificateInvalid(
+                "path-length",
+                f"issuer {_describe(cert)} has pathLenConstraint {limit}, but the path has "
+                f"{count} intermediate CA certificate(s) below it",
+            )
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
@@ -88,10 +151,21 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _check_leaf(cert: x509.Certificate) -> None:
+    _check_critical_extensions(cert, RECOGNISED_ON_LEAF, "EK certificate")
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if constraints.ca:
             raise EkCertificateInvalid("leaf", f"{_describe(cert)} is a CA, not an EK certificate")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not (usage.key_encipherment or usage.key_agreement):
+            raise EkCertificateInvalid(
+                "leaf",
+                f"{_describe(cert)} key usage allows neither keyEncipherment nor keyAgreement, "
+                "so it does not certify a key for receiving credentials",
+            )
     except x509.ExtensionNotFound:
         pass
     try:
@@ -119,7 +193,12 @@ def validate_ek_certificate(
     """
     try:
         return _validate(certificate, ek_public, trusted_roots, intermediates, now)
-    except (ValueError, CryptographyUnsupported) as error:
+    except (
+        ValueError,
+        CryptographyUnsupported,
+        x509.DuplicateExtension,  # RFC 5280 4.2: at most one instance of each extension
+        x509.UnsupportedGeneralNameType,
+    ) as error:
         raise EvidenceError(f"EK certificate chain cannot be decoded: {error}") from None
 
 
@@ -150,7 +229,7 @@ def _validate(
     for _ in range(MAX_CHAIN_LENGTH):
         root = next((r for r in trusted_roots if _issued_by(current, r)), None)
         if root is not None:
-            _check_can_issue(root)
+            _check_can_issue(root, chain)
             _check_validity(root, now)
             chain.append(root)
             return ValidatedEk(ek_public, leaf, tuple(chain))
@@ -168,7 +247,8 @@ def _validate(
                 f"{_describe(current)} issued by '{current.issuer.rfc4514_string()}' does not "
                 "chain to a trusted TPM vendor CA",
             )
-        _check_can_issue(issuer)
+        _check_critical_extensions(issuer, RECOGNISED_ON_CA, "issuer")
+        _check_can_issue(issuer, chain)
         _check_validity(issuer, now)
         chain.append(issuer)
         current = issuer

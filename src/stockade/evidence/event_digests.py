@@ -76,15 +76,20 @@ def _acceptable_inputs(event: Event) -> list[bytes] | None:
 
 def data_is_measured(event: Event) -> bool | None:
     """True when every digest ``event`` carries is the hash of its data (as the rules
-    above define it), False when one is not, None when the type cannot be checked."""
+    above define it), False when one is not, None when the type cannot be checked or
+    the event carries no digest Stockade can compute (nothing was checked)."""
     inputs = _acceptable_inputs(event)
     if inputs is None:
         return None
+    checked = False
     for algorithm, digest in event.digests:
         hash_ = HASHES.get(algorithm)
-        if hash_ is not None and all(hash_.digest(c) != digest for c in inputs):
+        if hash_ is None:
+            continue
+        if all(hash_.digest(c) != digest for c in inputs):
             return False
-    return True
+        checked = True
+    return True if checked else None
 
 
 def digest_mismatches(log: EventLog) -> list[DigestMismatch]:

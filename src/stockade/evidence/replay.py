@@ -82,16 +82,24 @@ def replay(log: EventLog, banks_wanted: Iterable[int] | None = None) -> Replay:
 _VERIFIED = object()
 
 
+def _banks_missing(event: Event, banks: Iterable[int]) -> list[int]:
+    """The banks in ``banks`` that ``event`` carries no digest for (so were never extended)."""
+    return [alg for alg in banks if event.digest(alg) is None]
+
+
 @dataclass(frozen=True)
 class VerifiedEventLog:
-    """A log whose events in ``trusted_pcrs`` replay to PCR values a TPM quoted.
+    """A log whose events in ``trusted_pcrs`` replay to PCR values a TPM quoted, in each
+    of ``banks``.
 
     Only ``verify_log`` makes one; decoded boot state (Secure Boot, loaded
-    images, command line) is read from this, never from a bare ``EventLog``.
+    images, command line) is read from ``trusted_events()``, never from ``log``
+    or a bare ``EventLog``.
     """
 
     log: EventLog
     trusted_pcrs: frozenset[int]
+    banks: tuple[int, ...]  # the banks the replay was checked in: quoted, logged and computable
     _issued_by: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,29 +107,66 @@ class VerifiedEventLog:
             raise TypeError("a VerifiedEventLog comes only from verify_log()")
 
     def trusted_events(self) -> Iterable[Event]:
-        """Events whose PCR was checked against the quote, in log order."""
-        return (e for e in self.log.events if e.pcr in self.trusted_pcrs)
+        """Events extended into a PCR that was checked against the quote, in log order.
+
+        Each one carries a digest for every bank in ``banks``, and that digest is
+        part of the replayed (and so quoted) PCR value. EV_NO_ACTION events are never
+        extended and never yielded, whatever PCR they name.
+        """
+        no_action = EventType.EV_NO_ACTION
+        return (
+            e
+            for e in self.log.events
+            if e.pcr in self.trusted_pcrs
+            and e.type != no_action
+            and not _banks_missing(e, self.banks)
+        )
 
 
 def verify_log(
     log: EventLog, quoted: PcrValues, pcrs: Iterable[int] | None = None
 ) -> VerifiedEventLog:
     """Check that ``log`` replays to ``quoted`` for ``pcrs`` (default: every PCR the log
-    measures that the quote covers), in every bank both carry.
+    measures that the quote covers), in every bank the quote and the log both carry
+    and Stockade can compute.
+
+    Every measured event in those PCRs must carry a digest for each of those banks
+    (PFP 9.1 of rev 1.04, 10.2.2 of later revisions: a TCG_PCR_EVENT2 carries a
+    digest for every bank the Spec ID event declares). An event without one was
+    never extended into that bank, so the quote says nothing about it: the log is
+    refused with ``MalformedStructure`` naming the event and its PCR.
 
     Raises ``EventLogMismatch`` naming each PCR and bank that differs and the
     last event measured into it. PCRs the quote does not cover stay untrusted.
     """
-    replayed = replay(log, quoted.banks).values
-    measured = {e.pcr for e in log.events if e.type != EventType.EV_NO_ACTION}
+    # A bank without a hash implementation replays to nothing; checking it would accept
+    # any events against a quoted PCR that happens to be all zeros.
+    banks = tuple(alg for alg in quoted.banks if alg in log.banks and alg in HASHES)
+    if not banks:
+        raise EventLogMismatch(
+            "banks", "the quote and the log share no PCR bank that Stockade can replay"
+        )
+    replayed = replay(log, banks).values
+    no_action = EventType.EV_NO_ACTION
+    measured = {e.pcr for e in log.events if e.type != no_action}
     quoted_pcrs = {index for values in quoted.banks.values() for index in values}
     wanted = set(pcrs) if pcrs is not None else measured & quoted_pcrs
-    common_banks = [alg for alg in quoted.banks if alg in replayed.banks or alg in log.banks]
-    if not common_banks:
-        raise EventLogMismatch("banks", "the quote and the log share no PCR bank")
+    for event in log.events:
+        if event.pcr not in wanted or event.type == no_action:
+            continue
+        missing = _banks_missing(event, banks)
+        if missing:
+            names = " or ".join(bank_name(alg) for alg in missing)
+            raise MalformedStructure(
+                "TCG_PCR_EVENT2",
+                event.offset,
+                f"event {event.number} ({event.type_name}, PCR {event.pcr}) carries no "
+                f"{names} digest, so it was never extended into the quoted {names} bank "
+                "(every event must carry a digest for every bank the log declares)",
+            )
     problems = []
     for index in sorted(wanted):
-        for alg in common_banks:
+        for alg in banks:
             expected = quoted.get(alg, index)
             if expected is None:
                 problems.append(f"PCR {index} {bank_name(alg)} was not quoted")
@@ -130,7 +175,7 @@ def verify_log(
             actual = replayed.get(alg, index) or bytes(size)
             if actual != expected:
                 last = next(
-                    (e for e in reversed(log.events) if e.pcr == index),
+                    (e for e in reversed(log.events) if e.pcr == index and e.type != no_action),
                     None,
                 )
                 where = f"; last event #{last.number} {last.type_name}" if last else ""
@@ -140,4 +185,4 @@ def verify_log(
                 )
     if problems:
         raise EventLogMismatch("replay", "; ".join(problems))
-    return VerifiedEventLog(log, frozenset(wanted), _VERIFIED)
+    return VerifiedEventLog(log, frozenset(wanted), banks, _VERIFIED)

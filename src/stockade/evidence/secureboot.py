@@ -1,10 +1,13 @@
 """Secure Boot state as an attested event log shows it (PFP 3.3.4.8 "PCR[7]",
 UEFI 2.10 32.4 "Firmware/OS Key Exchange").
 
-Everything here reads a ``VerifiedEventLog``: the events were replayed against
-quoted PCRs first. PCR 7 must be among the trusted PCRs, or the state is
-unknown and ``SecureBootUnknown`` is raised (fail closed); images and command
-lines are read only from PCRs 4, 8, 9 and 12 when those are trusted.
+Everything here reads ``VerifiedEventLog.trusted_events()``: events replayed
+against quoted PCRs first, each carrying a digest for every bank the replay was
+checked in. PCR 7 must be among the trusted PCRs, or the state is unknown and
+``SecureBootUnknown`` is raised (fail closed); images and command lines are read
+only from PCRs 4, 8, 9 and 12 when those are trusted. Digests are reported, and
+compared with event data, only in the verified banks: a digest for a bank the
+quote did not cover proves nothing.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class BootApplication:
     """An EFI application the firmware loaded (PCR 4), and the authority that allowed it."""
 
     event_number: int
-    digests: dict[str, str]  # bank -> hex Authenticode digest
+    digests: dict[str, str]  # verified bank -> hex Authenticode digest
     device_path: str
     authority: bytes | None  # EFI_SIGNATURE_DATA (owner GUID + certificate) from PCR 7
 
@@ -85,6 +88,16 @@ class SecureBootState:
 def _variable(event: Event) -> UefiVariableData | None:
     decoded = decode(event)
     return decoded if isinstance(decoded, UefiVariableData) else None
+
+
+def _verified_digests(event: Event, banks: tuple[int, ...]) -> dict[str, str]:
+    """The event's digests in the banks its replay was checked in, by bank name."""
+    found = {}
+    for alg in banks:
+        digest = event.digest(alg)
+        if digest is not None:  # always: trusted events carry every verified bank
+            found[HASHES[alg].name] = digest.hex()
+    return found
 
 
 def _command_line(event: Event) -> str | None:
@@ -138,9 +151,7 @@ def secure_boot_state(verified: VerifiedEventLog) -> SecureBootState:
             variable = _variable(event)
             # Only an authority whose digest is of its data says which entry was used.
             bound = all(
-                HASHES[alg].digest(event.data) == digest
-                for alg, digest in event.digests
-                if alg in HASHES
+                HASHES[alg].digest(event.data) == event.digest(alg) for alg in verified.banks
             )
             if variable is not None and bound:
                 authorities.append(variable.variable_data)
@@ -153,14 +164,7 @@ def secure_boot_state(verified: VerifiedEventLog) -> SecureBootState:
             path = image.to_json()["DevicePath"] if isinstance(image, ImageLoadData) else ""
             applications.append(
                 BootApplication(
-                    event.number,
-                    {
-                        HASHES[alg].name: digest.hex()
-                        for alg, digest in event.digests
-                        if alg in HASHES
-                    },
-                    path,
-                    pending_authority,
+                    event.number, _verified_digests(event, verified.banks), path, pending_authority
                 )
             )
             pending_authority = None
