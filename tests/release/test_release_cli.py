@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from stockade.release import dsse
+from stockade.release.keys import load_signing_key
+from stockade.release.manifest import PAYLOAD_TYPE, canonical_json
+
 STOCKADE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "stockade"
 EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 OTHER_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -179,3 +183,61 @@ def test_build_refuses_a_cmdline_bound_to_another_usr_image(signed_release, tmp_
         "--version", "1", "--security-version", 1, "--out", tmp_path / "r",
     )  # fmt: skip
     assert "usrhash" in assert_clean_failure(result, 2)
+
+
+# A second, quoted usrhash= (systemd unquotes it and takes the last) at each step.
+
+EVIL = "ee" * 32
+
+
+def forged_cmdline(root_hash: str) -> str:
+    return f'console=ttyS0 ro quiet usrhash={root_hash} "usrhash={EVIL}"'
+
+
+def test_build_refuses_a_quoted_second_usrhash(signed_release, tmp_path):
+    root, _, _ = signed_release
+    salt, uuid = "09" * 32, "99999999-8888-4777-8666-555555555555"
+
+    def build(cmdline: str, out: Path) -> subprocess.CompletedProcess[str]:
+        return stockade(
+            "release", "build", "--kernel", root / "kernel.efi", "--initrd", root / "initrd",
+            "--cmdline", cmdline, "--usr-image", root / "usr.raw", "--version", "1",
+            "--security-version", 1, "--out", out, "--salt", salt, "--uuid", uuid,
+            "--format", "json",
+        )  # fmt: skip
+
+    built = json.loads(build("console=ttyS0 ro quiet", tmp_path / "good").stdout)
+    result = build(forged_cmdline(built["usr_root_hash"]), tmp_path / "forged")
+    line = assert_clean_failure(result, 2)
+    assert f'"usrhash={EVIL}"' in line and "2 times" in line
+    assert not (tmp_path / "forged").exists()
+
+
+def test_sign_refuses_a_manifest_with_a_quoted_second_usrhash(signed_release, tmp_path):
+    _, keys, built = signed_release
+    release = copy_release(signed_release, tmp_path)
+    manifest = json.loads((release / "manifest.json").read_text())
+    manifest["cmdline"] = forged_cmdline(built["usr_root_hash"])
+    (release / "manifest.json").write_bytes(canonical_json(manifest))
+    (release / "manifest.dsse.json").unlink()
+    result = stockade("release", "sign", "--key", keys["org_key"], release / "manifest.json")
+    assert f'"usrhash={EVIL}"' in assert_clean_failure(result, 2)
+    assert not (release / "manifest.dsse.json").exists()
+
+
+def test_verify_artifacts_refuses_a_signed_release_with_a_quoted_second_usrhash(
+    signed_release, tmp_path
+):
+    """Signed outside this check (an older Stockade, or by hand), with every artifact
+    intact: the signature and the files verify, the command line does not."""
+    _, keys, built = signed_release
+    release = copy_release(signed_release, tmp_path)
+    manifest = json.loads((release / "manifest.json").read_text())
+    manifest["cmdline"] = forged_cmdline(built["usr_root_hash"])
+    org_key = load_signing_key(Path(keys["org_key"]).read_bytes(), "org key")
+    envelope = dsse.sign(canonical_json(manifest), PAYLOAD_TYPE, [org_key])
+    (release / "manifest.dsse.json").write_bytes(envelope.to_bytes())
+    result = verify(keys, release, "--artifacts", release, "--format", "json")
+    line = assert_clean_failure(result, 1)
+    assert f'"usrhash={EVIL}"' in line
+    assert json.loads(result.stdout) == {"valid": False, "reason": line.removeprefix("stockade: ")}

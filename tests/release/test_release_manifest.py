@@ -19,6 +19,7 @@ from stockade.release.build import (
     build_release,
     verify_artifacts,
 )
+from stockade.release.cmdline import CmdlineRefused, systemd_split
 from stockade.release.errors import (
     ManifestMalformed,
     ReleaseError,
@@ -35,6 +36,7 @@ from stockade.release.manifest import (
     UsrImage,
     VerityInfo,
     bind_usrhash,
+    canonical_json,
     manifest_digest,
     open_signed_manifest,
     sign_manifest,
@@ -42,6 +44,9 @@ from stockade.release.manifest import (
 
 CREATED = dt.datetime(2026, 5, 1, 8, 30, tzinfo=dt.UTC)
 ROOT = bytes(range(32))
+EVIL = "ee" * 32
+# The finding: str.split sees one usrhash=, systemd unquotes the second and takes the last.
+FORGED = f'console=ttyS0 ro usrhash={ROOT.hex()} "usrhash={EVIL}"'
 
 
 def make_manifest(**changes: object) -> Manifest:
@@ -121,6 +126,30 @@ def test_bind_usrhash_appends_keeps_or_refuses():
         bind_usrhash(f"usrhash={'00' * 32}", ROOT)
 
 
+def test_a_quoted_second_usrhash_is_refused_although_str_split_sees_one():
+    assert [word for word in FORGED.split() if word.startswith("usrhash=")] == [
+        f"usrhash={ROOT.hex()}"
+    ]  # what the check used to see
+    assert systemd_split(FORGED)[-1] == f"usrhash={EVIL}"  # the root hash systemd opens /usr with
+    with pytest.raises(CmdlineRefused, match=f'usrhash 2 times .*"usrhash={EVIL}"'):
+        make_manifest(cmdline=FORGED)
+    with pytest.raises(CmdlineRefused, match=f'"usrhash={EVIL}"'):
+        Manifest.from_bytes(canonical_json(make_manifest().to_json() | {"cmdline": FORGED}))
+    with pytest.raises(CmdlineRefused, match=f'"usrhash={EVIL}"'):
+        bind_usrhash(FORGED, ROOT)
+
+
+def test_an_unbalanced_quote_that_swallows_the_appended_usrhash_is_refused():
+    cmdline = 'console=ttyS0 ro "'
+    appended = f"{cmdline} usrhash={ROOT.hex()}"  # what bind_usrhash used to return
+    assert f"usrhash={ROOT.hex()}" in appended.split()  # the check used to see the binding
+    assert systemd_split(appended)[-1] == f" usrhash={ROOT.hex()}"  # systemd sees no usrhash=
+    with pytest.raises(CmdlineRefused, match="quotes may only surround"):
+        bind_usrhash(cmdline, ROOT)
+    with pytest.raises(CmdlineRefused, match="quotes may only surround"):
+        make_manifest(cmdline=appended)
+
+
 @pytest.mark.parametrize(
     ("path", "value"),
     [
@@ -182,6 +211,14 @@ def test_a_validly_signed_non_manifest_payload_is_refused(org_key):
     other_type = dsse.sign(make_manifest().canonical_bytes(), "application/json", [org_key])
     with pytest.raises(SignatureInvalid, match="payloadType"):
         open_signed_manifest(other_type, [org_key.public_key()])
+
+
+def test_a_signed_manifest_with_a_quoted_second_usrhash_is_an_invalid_release(org_key):
+    """Signed by a Stockade without the check (or by hand): opening it still refuses it."""
+    forged = canonical_json(make_manifest().to_json() | {"cmdline": FORGED})
+    envelope = dsse.sign(forged, PAYLOAD_TYPE, [org_key])
+    with pytest.raises(ReleaseInvalid, match=f'signed release refused: .*"usrhash={EVIL}"'):
+        open_signed_manifest(envelope, [org_key.public_key()])
 
 
 # On disk.
@@ -274,3 +311,14 @@ def test_a_regenerated_hash_tree_for_modified_data_is_caught(tmp_path):
     )
     with pytest.raises(VerityMismatch):
         verify_artifacts(partly_updated, out)
+
+
+def test_build_refuses_a_quoted_second_usrhash_before_writing_anything(tmp_path):
+    inputs = write_inputs(tmp_path)
+    salt, uuid = b"\x09" * 32, UUID("99999999-8888-4777-8666-555555555555")
+    good = build_release(inputs, tmp_path / "a", CREATED, salt=salt, uuid=uuid)
+    root = good.usr.verity.root_hash.hex()
+    forged = dataclasses.replace(inputs, cmdline=f'ro usrhash={root} "usrhash={EVIL}"')
+    with pytest.raises(CmdlineRefused, match=f'"usrhash={EVIL}"'):
+        build_release(forged, tmp_path / "b", CREATED, salt=salt, uuid=uuid)
+    assert not (tmp_path / "b").exists()

@@ -82,7 +82,13 @@ def _manifest_summary(manifest: Manifest) -> dict[str, object]:
 def build(
     kernel: Annotated[Path, typer.Option(help="kernel image (an EFI PE image for Secure Boot)")],
     initrd: Annotated[Path, typer.Option(help="initrd")],
-    cmdline: Annotated[str, typer.Option(help="kernel command line; usrhash= is appended")],
+    cmdline: Annotated[
+        str,
+        typer.Option(
+            help="kernel command line; usrhash= is appended (refused if it reads two ways "
+            "or could mount another /usr)"
+        ),
+    ],
     usr_image: Annotated[Path, typer.Option(help="read-only /usr file system image")],
     version: Annotated[str, typer.Option(help="release version string")],
     security_version: Annotated[

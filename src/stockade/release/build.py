@@ -27,6 +27,7 @@ from stockade.release.manifest import (
     UsrImage,
     VerityInfo,
     bind_usrhash,
+    usrhash_parameter,
 )
 from stockade.release.verity import (
     DEFAULT_BLOCK_SIZE,
@@ -99,7 +100,10 @@ def build_release(
 ) -> Manifest:
     """Write a release into ``directory`` (new or empty): the kernel, the initrd, the /usr
     image zero-padded to whole 4096-byte blocks, its dm-verity hash file and
-    ``manifest.json`` in canonical form. The command line gains ``usrhash=<root hash>``."""
+    ``manifest.json`` in canonical form. The command line gains ``usrhash=<root hash>``;
+    one that reads two ways or could mount another /usr is refused (``CmdlineRefused``)
+    before anything is written."""
+    usrhash_parameter(inputs.cmdline)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ReleaseError(f"release directory '{directory}' exists and is not empty")
     try:

@@ -13,8 +13,11 @@ The /usr image is bound into the measured boot by the kernel command line: it
 carries ``usrhash=<dm-verity root hash>``, the parameter systemd's
 veritysetup-generator reads to open /usr with that root hash. The boot chain
 measures the command line (PCR 8 or 9, as grub and systemd-stub do), so a node
-booted with another /usr root hash shows a different measurement. A manifest
-whose command line does not carry exactly its own root hash is malformed.
+booted with another /usr root hash shows a different measurement. The command line
+is read as the kernel and systemd read it (``stockade.release.cmdline``): a manifest
+whose command line does not carry exactly one ``usrhash=`` with its own root hash, can
+be read two ways, or carries a parameter that could mount another /usr is malformed
+(``CmdlineRefused``).
 """
 
 from __future__ import annotations
@@ -29,12 +32,19 @@ from typing import Any
 from uuid import UUID
 
 from stockade.release import dsse
+from stockade.release.cmdline import (
+    USRHASH,
+    CmdlineRefused,
+    UsrHash,
+    check_usr_binding,
+    parse_cmdline,
+)
 from stockade.release.errors import ManifestMalformed, ReleaseInvalid
 from stockade.release.keys import SigningKey, VerifyingKey
 
 SCHEMA_VERSION = 1
 PAYLOAD_TYPE = "application/vnd.stockade.release-manifest.v1+json"
-USRHASH_PARAMETER = "usrhash"
+USRHASH_PARAMETER = USRHASH
 MAX_SECURITY_VERSION = 2**63 - 1
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -202,11 +212,12 @@ class Manifest:
             )
         if not self.name or not self.version:
             raise ManifestMalformed("name and version must not be empty")
-        bound = usrhash_values(self.cmdline)
-        if bound != [self.usr.verity.root_hash.hex()]:
-            raise ManifestMalformed(
-                f"cmdline must carry exactly one {USRHASH_PARAMETER}="
-                f"{self.usr.verity.root_hash.hex()} (found {bound or 'none'})"
+        wanted = self.usr.verity.root_hash.hex()
+        bound = usrhash_parameter(self.cmdline)
+        if bound is None or bound.value != wanted:
+            raise CmdlineRefused(
+                f"cmdline must carry exactly one {USRHASH_PARAMETER}={wanted} "
+                f"(found {bound.text if bound else 'none'})"
             )
         verity = self.usr.verity
         if self.usr.size != verity.data_blocks * verity.data_block_size:
@@ -285,23 +296,32 @@ def manifest_digest(manifest: Manifest) -> bytes:
     return hashlib.sha256(manifest.canonical_bytes()).digest()
 
 
+def usrhash_parameter(cmdline: str) -> UsrHash | None:
+    """The one ``usrhash=`` of ``cmdline`` as the kernel and systemd read it, None without
+    one; ``CmdlineRefused`` when the command line reads two ways, gives ``usrhash=`` twice
+    (in any spelling, ``rd.usrhash=`` included) or carries a parameter that could mount
+    another /usr (``check_usr_binding``)."""
+    return check_usr_binding(parse_cmdline(cmdline))
+
+
 def usrhash_values(cmdline: str) -> list[str]:
-    prefix = f"{USRHASH_PARAMETER}="
-    return [word.removeprefix(prefix) for word in cmdline.split() if word.startswith(prefix)]
+    """The value of ``cmdline``'s one ``usrhash=``, or nothing (``usrhash_parameter``)."""
+    usrhash = usrhash_parameter(cmdline)
+    return [] if usrhash is None else [usrhash.value]
 
 
 def bind_usrhash(cmdline: str, root_hash: bytes) -> str:
     """``cmdline`` with ``usrhash=<root hash>`` appended, unless it already carries that value;
-    ``ManifestMalformed`` when it carries another one."""
-    present = usrhash_values(cmdline)
+    ``CmdlineRefused`` when it carries another value or cannot carry the binding
+    (``usrhash_parameter``)."""
+    present = usrhash_parameter(cmdline)
     wanted = root_hash.hex()
-    if not present:
+    if present is None:
         return f"{cmdline.strip()} {USRHASH_PARAMETER}={wanted}".strip()
-    if present == [wanted]:
+    if present.value == wanted:
         return cmdline.strip()
-    raise ManifestMalformed(
-        f"kernel command line carries {USRHASH_PARAMETER}={','.join(present)}, "
-        f"but the /usr image's root hash is {wanted}"
+    raise CmdlineRefused(
+        f"kernel command line carries {present.text}, but the /usr image's root hash is {wanted}"
     )
 
 
@@ -317,9 +337,14 @@ def open_signed_manifest(
     min_security_version: int | None = None,
 ) -> tuple[Manifest, dsse.VerifiedPayload]:
     """The manifest inside ``envelope``, after its signatures, its payload type, its form and
-    (when given) its security version have been checked."""
+    (when given) its security version have been checked. A signed manifest whose command
+    line is refused (``CmdlineRefused``) is a ``ReleaseInvalid``."""
     verified = dsse.verify(envelope, PAYLOAD_TYPE, trusted, threshold)
-    manifest = Manifest.from_bytes(verified.payload, require_canonical=True)
+    try:
+        manifest = Manifest.from_bytes(verified.payload, require_canonical=True)
+    except CmdlineRefused as refused:
+        # Validly signed, so a release that is refused rather than input that is unreadable.
+        raise ReleaseInvalid(f"signed release refused: {refused}") from None
     if min_security_version is not None and manifest.security_version < min_security_version:
         raise ReleaseInvalid(
             f"release {manifest.name} {manifest.version} has security version "
