@@ -508,3 +508,38 @@ def test_software_replay_equals_a_real_tpm_after_twenty_records(software_tpm):
     result = appraise_executions(None, 1, 0, node.log(), quoted, NOTHING)
     assert result.ok, result.reasons
     assert len(result.records) == 20
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["xmrig", "docker.io/xmrig", "index.docker.io/library/xmrig", "docker.io/library/xmrig"],
+)
+@pytest.mark.parametrize(
+    "ran",
+    ["xmrig:6", "index.docker.io/library/xmrig:6", "docker.io/xmrig@sha256:" + "ee" * 32],
+)
+def test_a_forbidden_docker_hub_image_is_caught_in_any_spelling(written, ran):
+    """The review's alias: `forbid: docker.io/library/xmrig` let `index.docker.io/...` run.
+    Forbid entries are normalised when the policy is parsed, records when compared."""
+    from stockade.appraisal.policy import _forbidden
+
+    forbidden = _forbidden({"forbid": {"references": [written]}})
+    assert forbidden.references == frozenset({"docker.io/library/xmrig"})
+    node = Node()
+    node.run(container(0, image=ran))
+    assert node.appraise(forbidden=forbidden).forbidden == (0,)
+
+
+def test_a_record_whose_reference_does_not_parse_is_forbidden_when_references_are():
+    node = Node()
+    node.run(container(0, image="Registry.Example/UPPER:1"))
+    policy = Forbidden(references=frozenset({"registry.example/other"}))
+    assert node.appraise(forbidden=policy).forbidden == (0,)
+    assert node.appraise(forbidden=Forbidden()).ok
+
+
+def test_a_forbid_entry_that_is_not_a_reference_is_a_policy_error():
+    from stockade.appraisal.policy import PolicyInvalid, _forbidden
+
+    with pytest.raises(PolicyInvalid, match="executions.forbid.references"):
+        _forbidden({"forbid": {"references": ["Not A Reference"]}})

@@ -12,8 +12,10 @@ from types import ModuleType
 import pytest
 
 from conftest import REFERENCE, TAG
-from stockade.images.policy import canonical_json
-from stockade.images.signature import sign_image
+from stockade.images.errors import ImageError
+from stockade.images.reference import check_scope
+from stockade.images.signature import sign_image, simple_signing_payload
+from stockade.strict_json import canonical_json
 
 TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_image_manifest.py"
 MUTATIONS = 300
@@ -40,6 +42,7 @@ def seeds(layout, build_key, policy_document) -> list[bytes]:
         if tag == sig_tag:
             found.append(layout.blob(manifest["layers"][0]["digest"]))
     found += [REFERENCE.encode(), b"alpine:3@sha256:" + b"a" * 64]
+    found += [b"docker.io/library/xmrig", b"docker.io/xmrig/", b"registry.example/org"]
     return found
 
 
@@ -71,3 +74,37 @@ def test_mutations_and_random_inputs(target, seeds):
     deep = b"[" * 100000
     target.test_one_input(deep)
     target.test_one_input(json.dumps({"schemaVersion": 2, "layers": [1]}).encode())
+
+
+def test_target_catches_a_scope_that_covers_nothing(target, monkeypatch):
+    """With the ambiguity check reverted, the review's scope fails the invariant."""
+    target.test_one_input(b"docker.io/xmrig")
+
+    def lenient(prefix: str) -> str:
+        try:
+            return check_scope(prefix)
+        except ImageError as error:
+            if "ambiguous" in str(error):
+                return prefix
+            raise
+
+    monkeypatch.setattr(target, "check_scope", lenient)
+    with pytest.raises(AssertionError, match=r"does not cover 'docker\.io/xmrig'"):
+        target.test_one_input(b"docker.io/xmrig")
+
+
+def test_target_catches_a_last_wins_payload_parser(target, monkeypatch):
+    """With duplicate keys read last-wins again, the target finds the second reading."""
+    payload = simple_signing_payload(REFERENCE, "sha256:" + "a" * 64)
+    forged = payload.replace(
+        b'{"docker-reference":', b'{"docker-reference":"x","docker-reference":'
+    )
+    target.test_one_input(forged)
+    strict = target.parse_simple_signing_payload
+
+    def last_wins(raw: bytes) -> object:
+        return strict(json.dumps(json.loads(raw)).encode())
+
+    monkeypatch.setattr(target, "parse_simple_signing_payload", last_wins)
+    with pytest.raises(AssertionError, match="two readings"):
+        target.test_one_input(forged)

@@ -9,7 +9,13 @@ import pytest
 
 from conftest import TAG
 from stockade.images.errors import ImageError, ImageRejected
-from stockade.images.layout import REF_NAME, ImageLayout, parse_image_ref, parse_manifest
+from stockade.images.layout import (
+    REF_NAME,
+    ImageLayout,
+    parse_image_ref,
+    parse_index,
+    parse_manifest,
+)
 from stockade.images.reference import parse_reference
 from stockade.images.signature import (
     COSIGN_TYPE,
@@ -165,3 +171,88 @@ def test_sign_image_stores_cosign_layout(layout, build_key):
     assert payload == simple_signing_payload("registry.example/org/app:v1", digest)
     config = json.loads(layout.blob(manifest["config"]["digest"]))
     assert config["rootfs"]["diff_ids"] == [layer["digest"]]
+
+
+GOOD_PAYLOAD = simple_signing_payload("r.example/org/app:v1", DIGEST, {"creator": "ci"})
+
+
+@pytest.mark.parametrize(
+    ("forged", "key"),
+    [
+        (
+            GOOD_PAYLOAD.replace(
+                b'{"docker-reference":', b'{"docker-reference":"r.example/x","docker-reference":'
+            ),
+            "docker-reference",
+        ),
+        (
+            GOOD_PAYLOAD.replace(
+                b'{"docker-manifest-digest":',
+                b'{"docker-manifest-digest":"sha256:' + b"0" * 64 + b'","docker-manifest-digest":',
+            ),
+            "docker-manifest-digest",
+        ),
+        (
+            GOOD_PAYLOAD.replace(b'"type":', b'"type":"other","type":'),
+            "type",
+        ),
+        (
+            GOOD_PAYLOAD.replace(
+                b'{"critical":', b'{"critical":{"identity":{},"image":{},"type":""},"critical":'
+            ),
+            "critical",
+        ),
+        (GOOD_PAYLOAD[:-1] + b',"optional":null}', "optional"),
+        (GOOD_PAYLOAD.replace(b'{"creator":"ci"}', b'{"creator":"x","creator":"ci"}'), "creator"),
+    ],
+)
+def test_payload_with_a_duplicate_key_is_refused(forged, key):
+    """Last wins in Python's json; containers/image refuses. A signed payload has one
+    reading or none."""
+    assert json.loads(forged)  # what the old parser read without complaint
+    with pytest.raises(ImageError, match=f"key '{key}' twice"):
+        parse_simple_signing_payload(forged)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        GOOD_PAYLOAD.decode().encode("utf-16"),
+        GOOD_PAYLOAD.decode().encode("utf-32-le"),
+        b"\xef\xbb\xbf" + GOOD_PAYLOAD,
+        GOOD_PAYLOAD.replace(b'"optional":{"creator":"ci"}', b'"optional":{"n":NaN}'),
+    ],
+)
+def test_payload_in_another_encoding_or_with_non_json_is_refused(forged):
+    """Python's json.loads(bytes) guesses UTF-16/32 and takes NaN; Go's decoder takes
+    neither. Both readings must be the same, so these are refused."""
+    with pytest.raises(ImageError):
+        parse_simple_signing_payload(forged)
+
+
+def test_manifest_and_index_with_duplicate_keys_are_refused(layout):
+    raw = layout.blob(layout.resolve(TAG).digest)
+    parse_manifest(raw)
+    forged = raw.replace(b'"schemaVersion":2', b'"schemaVersion":2,"schemaVersion":2', 1)
+    assert forged != raw
+    with pytest.raises(ImageError, match="image manifest has the key 'schemaVersion' twice"):
+        parse_manifest(forged)
+    index = (layout.path / "index.json").read_bytes()
+    parse_index(index)
+    forged_index = index.replace(b'"manifests":', b'"manifests":[],"manifests":', 1)
+    assert forged_index != index
+    with pytest.raises(ImageError, match=r"index\.json has the key 'manifests' twice"):
+        parse_index(forged_index)
+    (layout.path / "index.json").write_bytes(forged_index)
+    with pytest.raises(ImageError, match="twice"):
+        ImageLayout.open(layout.path)
+
+
+def test_descriptor_with_a_case_variant_field_is_refused(layout):
+    """``"Digest"`` beside ``"digest"``: Go's decoder takes the last of the two."""
+    raw = layout.blob(layout.resolve(TAG).digest)
+    document = json.loads(raw)
+    layer = document["layers"][0]
+    document["layers"][0] = {**layer, "Digest": "sha256:" + "0" * 64}
+    with pytest.raises(ImageError, match="layers\\[0\\] has the key 'Digest'"):
+        parse_manifest(json.dumps(document).encode())

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import REFERENCE, TAG
+from conftest import REFERENCE, TAG, public_pem
 from stockade.images.errors import ImageError, ImageRejected
 from stockade.images.layout import OCI_MANIFEST, Descriptor, ImageLayout, parse_manifest
 from stockade.images.reference import parse_reference
@@ -246,3 +246,95 @@ def test_unreadable_inputs_are_image_errors(layout, policy):
 )
 def test_reference_rule(signed, expected, matches):
     assert reference_matches(parse_reference(signed), parse_reference(expected)) is matches
+
+
+# -- review findings: Docker Hub scopes, duplicate keys, normalised references ----------
+
+
+@pytest.fixture
+def hub_policy(make_policy, build_key, other_key):
+    """All of Docker Hub trusted for 'other'; the official image xmrig rejected."""
+    return make_policy(
+        {
+            "version": 1,
+            "keys": {"build": public_pem(build_key), "other": public_pem(other_key)},
+            "scopes": [
+                {"prefix": "docker.io", "keys": ["other"]},
+                {"prefix": "docker.io/library/xmrig", "keys": []},
+            ],
+        }
+    )
+
+
+def test_docker_hub_reject_rule_refuses_the_official_image(layout, hub_policy, other_key):
+    """The image ``xmrig``, signed by a key trusted for all of Docker Hub, is refused by
+    the rule written for it, however the pod spells it."""
+    sign_image(layout, TAG, "xmrig:latest", other_key)
+    for expected in ("xmrig:latest", "docker.io/xmrig:latest", "index.docker.io/library/xmrig"):
+        failure = rejected(layout, hub_policy, expected)
+        assert failure.check == "untrusted-key"
+        assert "allows no key to sign docker.io/library/xmrig" in failure.detail
+    sign_image(layout, TAG, "docker.io/bitnami/redis:7", other_key)
+    assert verify_image(layout, TAG, "bitnami/redis:7", hub_policy).signer == "other"
+
+
+def test_verified_reference_is_normalised(layout, hub_policy, other_key):
+    """cosign signs the reference as typed ("alpine:3"); what Stockade records, and
+    forbid-lists are compared with, is the one normal form."""
+    digest = layout.resolve(TAG).digest
+    payload = simple_signing_payload("alpine:3", digest)
+    assert b'"docker-reference":"alpine:3"' in payload
+    _store_signatures(layout, [_sig_layer(layout, payload, _sign(other_key, payload))])
+    verified = verify_image(layout, TAG, "docker.io/library/alpine:3", hub_policy)
+    assert verified.reference == "docker.io/library/alpine:3"
+    assert verified.to_json()["reference"] == "docker.io/library/alpine:3"
+
+
+def test_payload_with_a_duplicate_docker_reference_is_refused(layout, policy, build_key):
+    """Signed bytes with two readings: a first-wins reader (the signer's review) sees a
+    harmless repository, a last-wins reader the production one. containers/image
+    refuses such a payload; so does Stockade."""
+    digest = layout.resolve(TAG).digest
+    payload = simple_signing_payload(REFERENCE, digest).replace(
+        b'{"docker-reference":',
+        b'{"docker-reference":"registry.example/org/sandbox:v1","docker-reference":',
+    )
+    assert json.loads(payload)["critical"]["identity"]["docker-reference"] == REFERENCE
+    _store_signatures(layout, [_sig_layer(layout, payload, _sign(build_key, payload))])
+    failure = rejected(layout, policy)
+    assert failure.check == "signature"
+    assert "key 'docker-reference' twice" in failure.detail
+
+
+def _signed_manifest(layout: ImageLayout, raw: bytes, key: ec.EllipticCurvePrivateKey) -> None:
+    """Tag ``raw`` as the image and sign its digest (as a build system would, unaware)."""
+    descriptor = layout.add_blob(raw, OCI_MANIFEST)
+    layout.tag(descriptor, TAG)
+    payload = simple_signing_payload(REFERENCE, descriptor.digest)
+    _store_signatures(layout, [_sig_layer(layout, payload, _sign(key, payload))])
+
+
+def test_signed_manifest_with_duplicate_layers_is_refused(layout, policy, build_key):
+    """The first "layers" is what Stockade would check and record, the last what a
+    last-wins unpacker runs: one signed digest, two images."""
+    original = layout.blob(layout.resolve(TAG).digest)
+    document = json.loads(original)
+    evil = json.dumps(document["layers"][:1]).encode()
+    raw = original.rstrip(b"}\n") + b',"layers":' + evil + b"}"
+    _signed_manifest(layout, raw, build_key)
+    with pytest.raises(ImageError, match="key 'layers' twice"):
+        verify_image(layout, TAG, REFERENCE, policy)
+
+
+@pytest.mark.parametrize("variant", ["Layers", "LAYERS", "layer\u017f"])
+def test_signed_manifest_with_a_case_variant_field_is_refused(layout, policy, build_key, variant):
+    """Go's encoding/json (umoci, containerd) reads "Layers" as layers, and "layer" plus
+    U+017F LATIN SMALL LETTER LONG S too (it folds to "s"): a second reading, like a
+    duplicate key."""
+    original = layout.blob(layout.resolve(TAG).digest)
+    document = json.loads(original)
+    evil = json.dumps(document["layers"][:1]).encode()
+    raw = original.rstrip(b"}\n") + f',"{variant}":'.encode() + evil + b"}"
+    _signed_manifest(layout, raw, build_key)
+    with pytest.raises(ImageError, match="Go's JSON decoder reads as 'layers'"):
+        verify_image(layout, TAG, REFERENCE, policy)

@@ -142,8 +142,7 @@ def audit_execution(entry: Mapping[str, Any], keys: VerifierKeys) -> ProvenExecu
     if mismatches:
         raise ExecutionProofInvalid(
             "binding",
-            f"result {result_id}'s signed EAR does not name this entry's "
-            f"{', '.join(mismatches)}",
+            f"result {result_id}'s signed EAR does not name this entry's {', '.join(mismatches)}",
         )
     return verify_execution_proof(
         ak_public=ak_public,

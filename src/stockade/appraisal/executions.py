@@ -35,6 +35,8 @@ from stockade.evidence.execution import (
     TrustPolicyLoaded,
     decode_record,
 )
+from stockade.images.errors import ImageError
+from stockade.images.reference import parse_reference
 
 # Reasons are capped: a log with a million bad records gets a readable result.
 MAX_REASONS = 100
@@ -99,10 +101,12 @@ class Forbidden:
     """Images the verifier's policy forbids."""
 
     digests: frozenset[str] = frozenset()  # "sha256:<hex>": manifest or config digests
-    references: frozenset[str] = frozenset()  # repository, or repository:tag
+    references: frozenset[str] = frozenset()  # repository, or repository:tag, normal form
 
     def match(self, record: ContainerStart) -> str | None:
-        """What makes ``record`` forbidden (the digest or reference), or ``None``."""
+        """What makes ``record`` forbidden (the digest or reference), or ``None``. The
+        record's reference is compared in normal form (``images.reference``); one that
+        does not parse is forbidden outright when references are forbidden (fail closed)."""
         if self.digests:
             for digest in (record.manifest_digest, record.config_digest):
                 if digest in self.digests:
@@ -111,7 +115,10 @@ class Forbidden:
             if reference_digest and reference_digest in self.digests:
                 return reference_digest
         if self.references:
-            reference = record.image_reference
+            try:
+                reference = str(parse_reference(record.image_reference))
+            except ImageError:
+                return record.image_reference
             if reference in self.references:
                 return reference
             name = reference.partition("@")[0]

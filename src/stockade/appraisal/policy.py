@@ -26,6 +26,8 @@ from stockade.evidence.algorithms import Alg
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.execution import EXECUTION_PCR
 from stockade.evidence.pcr_selection import PcrSelection
+from stockade.images.errors import ImageError
+from stockade.images.reference import parse_reference
 from stockade.release.dsse import Envelope
 from stockade.release.keys import VerifyingKey, load_verifying_key
 from stockade.release.manifest import Manifest, manifest_digest, open_signed_manifest
@@ -157,7 +159,17 @@ def _forbidden(value: Any) -> Forbidden:
             bad = [i for i in items if not _IMAGE_DIGEST.fullmatch(i)]
             if bad:
                 raise PolicyInvalid(field, f"{bad[0]!r} is not sha256:<64 hex>")
-        lists[key] = frozenset(items)
+            lists[key] = frozenset(items)
+        else:
+            # In normal form, as records are compared: `xmrig` and `index.docker.io/xmrig`
+            # both forbid docker.io/library/xmrig.
+            normal = set()
+            for item in items:
+                try:
+                    normal.add(str(parse_reference(item)))
+                except ImageError as error:
+                    raise PolicyInvalid(field, str(error)) from None
+            lists[key] = frozenset(normal)
     return Forbidden(lists["digests"], lists["references"])
 
 

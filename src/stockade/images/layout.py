@@ -5,6 +5,12 @@ content-addressed ``blobs/sha256/<hex>``.
 Tags are the ``org.opencontainers.image.ref.name`` annotations of ``index.json``'s
 descriptors. Every blob read is hashed; bytes that do not match their digest raise
 ``ImageRejected(check="digest")``. Only sha256 digests are accepted.
+
+Manifests and indexes are read strictly (``stockade.strict_json``): a key twice is
+refused, and so is a key that differs from a field of the OCI structure only in case
+(``"Layers"``): Go's encoding/json, which umoci and containerd read manifests with,
+matches field names case-insensitively, so to them either is a second ``layers``.
+Signing a manifest's digest signs one reading of it, never two.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, Final
 
 from stockade.images.errors import ImageError, ImageRejected
 from stockade.images.reference import DIGEST, TAG
+from stockade.strict_json import loads_strict
 
 LAYOUT_VERSION: Final = "1.0.0"
 REF_NAME: Final = "org.opencontainers.image.ref.name"
@@ -31,6 +38,31 @@ DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
 MANIFEST_TYPES: Final = (OCI_MANIFEST, DOCKER_MANIFEST)
 MAX_JSON_BLOB: Final = 4 * 1024 * 1024
 """Manifests, indexes and configs larger than this are refused (registries cap at 4 MiB)."""
+
+
+DESCRIPTOR_FIELDS: Final = frozenset(
+    {"mediaType", "digest", "size", "annotations", "urls", "platform", "artifactType", "data"}
+)
+MANIFEST_FIELDS: Final = frozenset(
+    {"schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations"}
+)
+INDEX_FIELDS: Final = frozenset(
+    {"schemaVersion", "mediaType", "artifactType", "manifests", "subject", "annotations"}
+)
+_FOLDED: Final = {
+    name.casefold(): name for name in DESCRIPTOR_FIELDS | MANIFEST_FIELDS | INDEX_FIELDS
+}
+
+
+def _refuse_case_variants(document: Mapping[str, Any], where: str) -> None:
+    """``ImageError`` for a key that is an OCI field name in another case (see above)."""
+    for key in document:
+        field_name = _FOLDED.get(key.casefold())
+        if field_name is not None and key != field_name:
+            raise ImageError(
+                f"{where} has the key {key!r}, which Go's JSON decoder reads as "
+                f"{field_name!r}: refused as a second reading"
+            )
 
 
 def sha256_digest(data: bytes) -> str:
@@ -60,6 +92,7 @@ class Descriptor:
     def from_json(cls, document: object, where: str) -> Descriptor:
         if not isinstance(document, dict):
             raise ImageError(f"{where} is not a JSON object")
+        _refuse_case_variants(document, where)
         media_type = document.get("mediaType")
         digest = document.get("digest")
         size = document.get("size")
@@ -88,14 +121,10 @@ class ImageManifest:
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    if len(raw) > MAX_JSON_BLOB:
-        raise ImageError(f"{what} is {len(raw)} bytes, more than {MAX_JSON_BLOB}")
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ImageError(f"{what} is not JSON: {error}") from None
+    document = loads_strict(raw, what, max_size=MAX_JSON_BLOB, error=ImageError)
     if not isinstance(document, dict):
         raise ImageError(f"{what} is not a JSON object")
+    _refuse_case_variants(document, what)
     return document
 
 

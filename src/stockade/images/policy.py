@@ -17,19 +17,23 @@ envelope (``stockade.release.dsse``) of payload type
   *normalised* repository (``stockade.images.reference``) on component boundaries:
   ``registry.example/org`` covers ``registry.example/org`` and
   ``registry.example/org/app``, not ``registry.example/organization``. Docker Hub's
-  official images are under ``docker.io/library``.
+  official images are under ``docker.io/library`` (``alpine`` is
+  ``docker.io/library/alpine``). ``docker.io/NAME`` is refused as ambiguous: write
+  ``docker.io/library/NAME`` for the official image ``NAME``, or ``docker.io/NAME/`` for
+  the Docker Hub namespace ``NAME/...``. A prefix normalisation would change
+  (``index.docker.io``) is refused too, so no scope silently covers nothing.
 - the scope with the longest matching prefix decides, alone: its keys, and only they,
   may sign; a scope with no keys rejects its subtree. A repository no scope matches is
   rejected (there is no default).
 
-The payload must be in canonical form (sorted keys, no whitespace, ASCII), so one policy
-has exactly one digest; ``TrustPolicy.digest`` is that digest, which the node measures.
+The payload must be in canonical form (``stockade.strict_json``: sorted keys, no
+whitespace, no duplicate keys; a valid policy is ASCII), so one policy has exactly one
+digest; ``TrustPolicy.digest`` is that digest, which the node measures.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,14 +45,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.images.errors import ImageError, ImageRejected
-from stockade.images.reference import DOMAIN, PATH_COMPONENT, normalise_repository
+from stockade.images.reference import check_scope, normalise_repository, scope_covers
 from stockade.release import dsse
 from stockade.release.errors import EnvelopeMalformed, SignatureInvalid
 from stockade.release.keys import SigningKey, VerifyingKey
+from stockade.strict_json import canonical_json, loads_canonical
 
 PAYLOAD_TYPE: Final = "application/vnd.stockade.trust-policy+json"
 POLICY_VERSION: Final = 1
 KEY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+MAX_POLICY: Final = 1024 * 1024
+"""Policy payloads larger than this are refused before they are parsed."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,8 @@ class Scope:
     keys: tuple[str, ...]
 
     def covers(self, repository: str) -> bool:
-        return repository == self.prefix or repository.startswith(self.prefix + "/")
+        """Whether the normalised ``repository`` is under ``prefix``, component-wise."""
+        return scope_covers(self.prefix, repository)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,27 +95,13 @@ class TrustPolicy:
         return scope.keys if scope is not None else ()
 
 
-def canonical_json(document: Any) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
-    )
-
-
 def _check_prefix(prefix: object, where: str) -> str:
     if not isinstance(prefix, str):
         raise ImageError(f"trust policy {where}.prefix is not a string")
-    domain, _, path = prefix.partition("/")
-    is_domain = "." in domain or ":" in domain or domain == "localhost"
-    if not is_domain or not DOMAIN.fullmatch(domain):
-        raise ImageError(
-            f"trust policy {where}.prefix '{prefix}' does not start with a registry domain "
-            "(e.g. 'registry.example/org' or 'docker.io/library')"
-        )
-    if domain == "index.docker.io":
-        raise ImageError(f"trust policy {where}.prefix: write 'docker.io', not '{domain}'")
-    if path and not all(PATH_COMPONENT.fullmatch(part) for part in path.split("/")):
-        raise ImageError(f"trust policy {where}.prefix '{prefix}' has an invalid path component")
-    return prefix
+    try:
+        return check_scope(prefix)
+    except ImageError as error:
+        raise ImageError(f"trust policy {where}.prefix: {error}") from None
 
 
 def _public_key(pem: object, name: str) -> ec.EllipticCurvePublicKey:
@@ -127,20 +121,15 @@ def parse_trust_policy(raw: bytes) -> TrustPolicy:
 
     It is not trusted by being parsed: ``load_trust_policy`` checks the signature first.
     """
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ImageError(f"trust policy is not JSON: {error}") from None
+    document = loads_canonical(raw, "trust policy", max_size=MAX_POLICY, error=ImageError)
     if not isinstance(document, dict):
         raise ImageError("trust policy is not a JSON object")
     if set(document) != {"version", "keys", "scopes"}:
         raise ImageError(
             f"trust policy has fields {sorted(document)}, expected version, keys, scopes"
         )
-    if document["version"] != POLICY_VERSION or isinstance(document["version"], bool):
+    if type(document["version"]) is not int or document["version"] != POLICY_VERSION:
         raise ImageError(f"trust policy version {document['version']!r} is not 1")
-    if canonical_json(document) != raw:
-        raise ImageError("trust policy is not in canonical JSON form (sorted keys, compact)")
     entries = document["keys"]
     if not isinstance(entries, dict):
         raise ImageError("trust policy 'keys' is not an object")
@@ -196,7 +185,10 @@ def load_trust_policy(envelope: bytes, org_keys: Sequence[VerifyingKey]) -> Trus
 def sign_trust_policy(document: Mapping[str, Any], org_key: SigningKey) -> bytes:
     """The DSSE envelope (bytes) of ``document`` in canonical form, signed by ``org_key``;
     ``ImageError`` if the document is not a valid policy."""
-    payload = canonical_json(dict(document))
+    try:
+        payload = canonical_json(dict(document))
+    except (TypeError, ValueError) as error:
+        raise ImageError(f"trust policy cannot be written as canonical JSON: {error}") from None
     parse_trust_policy(payload)
     return dsse.sign(payload, PAYLOAD_TYPE, [org_key]).to_bytes()
 

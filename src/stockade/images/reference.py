@@ -15,6 +15,15 @@ The grammar is the distribution reference grammar, kept strict:
   So ``alpine``, ``docker.io/alpine``, ``index.docker.io/library/alpine`` all name the
   repository ``docker.io/library/alpine``. No other rewriting (no case folding, no
   default tag: a reference without a tag has none).
+
+Trust policy scopes (``check_scope``, ``scope_covers``) live in the same normal form and
+are matched on whole path components, so a scope means what the references it is meant
+for normalise to. A scope normalisation would rewrite is refused rather than rewritten
+(the signed policy says exactly what it covers), and so is ``docker.io/NAME``: ``NAME``
+alone is the official image ``docker.io/library/NAME``, which that prefix does not cover.
+The author writes ``docker.io/library/NAME`` for the image, or ``docker.io/NAME/`` (the
+one place a scope ends in ``/``) for the repositories of the Docker Hub namespace
+``NAME``.
 """
 
 from __future__ import annotations
@@ -98,3 +107,52 @@ def parse_reference(text: str) -> ImageReference:
         if not TAG.fullmatch(tag):
             raise ImageError(f"image reference '{text}': '{tag}' is not a valid tag")
     return ImageReference(normalise_repository(name), tag, digest if at else None)
+
+
+def check_scope(prefix: str) -> str:
+    """``prefix`` when it is a trust-policy scope in normal form that means one thing
+    (see the module docstring); ``ImageError`` saying what to write instead otherwise."""
+    domain, slash, path = prefix.partition("/")
+    if not _is_domain(domain) or not DOMAIN.fullmatch(domain):
+        raise ImageError(
+            f"scope '{prefix}' does not start with a registry domain "
+            "(e.g. 'registry.example/org' or 'docker.io/library')"
+        )
+    if domain == LEGACY_DOCKER_HUB:
+        raise ImageError(f"scope '{prefix}': write '{DOCKER_HUB}', not '{domain}'")
+    namespace = path.endswith("/")
+    components = path.removesuffix("/").split("/") if path else []
+    if slash and not components:
+        raise ImageError(f"scope '{prefix}': write '{domain}' (no trailing '/')")
+    for component in components:
+        if not PATH_COMPONENT.fullmatch(component):
+            raise ImageError(
+                f"scope '{prefix}': path component '{component}' is not lowercase "
+                "[a-z0-9] runs joined by '.', '_', '__' or '-'"
+            )
+    if len(prefix) > MAX_NAME_LENGTH:
+        raise ImageError(f"scope '{prefix}' is longer than {MAX_NAME_LENGTH} characters")
+    hub_namespace = domain == DOCKER_HUB and len(components) == 1 and components[0] != "library"
+    if namespace and not hub_namespace:
+        raise ImageError(
+            f"scope '{prefix}': only a Docker Hub namespace ('docker.io/NAME/') ends in '/'; "
+            f"write '{prefix.removesuffix('/')}'"
+        )
+    if hub_namespace and not namespace:
+        name = components[0]
+        raise ImageError(
+            f"scope '{prefix}' is ambiguous: the image '{name}' is "
+            f"'{DOCKER_HUB}/library/{name}', which this prefix does not cover; write "
+            f"'{DOCKER_HUB}/library/{name}' for that official image, or '{DOCKER_HUB}/{name}/' "
+            f"for the repositories of the Docker Hub namespace '{name}' ('{name}/...')"
+        )
+    return prefix
+
+
+def scope_covers(prefix: str, repository: str) -> bool:
+    """Whether the scope ``prefix`` (``check_scope``) covers the normalised ``repository``:
+    equal to it, or a prefix of it ending at a ``/``; ``docker.io/NAME/`` covers only
+    what is under it."""
+    if prefix.endswith("/"):
+        return repository.startswith(prefix)
+    return repository == prefix or repository.startswith(prefix + "/")

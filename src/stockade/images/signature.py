@@ -39,6 +39,7 @@ from stockade.images.layout import (
     sha256_digest,
 )
 from stockade.images.reference import DIGEST, parse_reference
+from stockade.strict_json import Fields, loads_strict
 
 COSIGN_TYPE: Final = "cosign container image signature"
 SIMPLE_SIGNING_MEDIA_TYPE: Final = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -84,52 +85,29 @@ def simple_signing_payload(
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _exact_object(value: object, keys: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ImageError(f"simple-signing payload: {where} is not a JSON object")
-    if set(value) != keys:
-        raise ImageError(
-            f"simple-signing payload: {where} has fields {sorted(value)}, "
-            f"expected exactly {sorted(keys)}"
-        )
-    return value
-
-
-def _string(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise ImageError(f"simple-signing payload: {where} is not a string")
-    return value
-
-
 def parse_simple_signing_payload(raw: bytes) -> SimpleSigningPayload:
-    """Parse payload bytes strictly: ``critical`` and its ``identity`` and ``image`` have
-    exactly the fields above (as containers/image requires); ``optional`` is null, absent
-    or an object. The type is returned, not checked: the verifier checks it."""
-    if len(raw) > MAX_PAYLOAD:
-        raise ImageError(f"simple-signing payload is {len(raw)} bytes, more than {MAX_PAYLOAD}")
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ImageError(f"simple-signing payload is not JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise ImageError("simple-signing payload is not a JSON object")
-    unknown = set(document) - {"critical", "optional"}
-    if unknown:
-        raise ImageError(f"simple-signing payload has unknown fields {sorted(unknown)}")
-    critical = _exact_object(document.get("critical"), {"identity", "image", "type"}, "critical")
-    identity = _exact_object(critical["identity"], {"docker-reference"}, "critical.identity")
-    image = _exact_object(critical["image"], {"docker-manifest-digest"}, "critical.image")
-    optional = document.get("optional")
+    """Parse payload bytes strictly, as containers/image does: no key twice (anywhere,
+    ``optional`` included), ``critical`` and its ``identity`` and ``image`` have exactly
+    the fields above; ``optional`` is null, absent or an object. The type is returned,
+    not checked: the verifier checks it."""
+    document = loads_strict(raw, "simple-signing payload", max_size=MAX_PAYLOAD, error=ImageError)
+    top = Fields(
+        document,
+        "simple-signing payload",
+        error=ImageError,
+        required={"critical"},
+        optional={"optional"},
+    )
+    critical = top.object("critical", required={"identity", "image", "type"})
+    identity = critical.object("identity", required={"docker-reference"})
+    image = critical.object("image", required={"docker-manifest-digest"})
+    optional = top.value.get("optional")
     if optional is not None and not isinstance(optional, dict):
-        raise ImageError("simple-signing payload: optional is neither null nor an object")
+        raise ImageError("simple-signing payload.optional is neither null nor an object")
     return SimpleSigningPayload(
-        docker_reference=_string(
-            identity["docker-reference"], "critical.identity.docker-reference"
-        ),
-        manifest_digest=_string(
-            image["docker-manifest-digest"], "critical.image.docker-manifest-digest"
-        ),
-        type=_string(critical["type"], "critical.type"),
+        docker_reference=identity.string("docker-reference", empty=True),
+        manifest_digest=image.string("docker-manifest-digest", empty=True),
+        type=critical.string("type", empty=True),
         optional=optional,
     )
 

@@ -28,6 +28,9 @@ repository-only identities allowed), after normalisation (``stockade.images.refe
   pinned by digest alone; an expected reference with neither tag nor digest matches only
   untagged signed references;
 - a digest in either reference must be the manifest's digest (else ``digest``).
+
+References are only ever compared in that normal form: ``VerifiedImage.reference`` is
+the signed reference normalised, never the payload's spelling of it.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ from stockade.images.signature import (
 @dataclass(frozen=True)
 class VerifiedImage:
     reference: str
-    """The docker-reference that was signed."""
+    """The docker-reference that was signed, in its normal form (``docker.io/library/x``
+    for ``x``): what execution records carry and forbid-lists are compared with."""
     manifest_digest: str
     config_digest: str
     signer: str
@@ -175,7 +179,7 @@ def _check_signature(
             f"{where} (key '{signer}') is for '{parsed.docker_reference}', not '{expected}'",
             6,
         )
-    return parsed.docker_reference, signer
+    return str(signed), signer
 
 
 def verify_image(
