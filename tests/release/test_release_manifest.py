@@ -322,3 +322,29 @@ def test_build_refuses_a_quoted_second_usrhash_before_writing_anything(tmp_path)
     with pytest.raises(CmdlineRefused, match=f'"usrhash={EVIL}"'):
         build_release(forged, tmp_path / "b", CREATED, salt=salt, uuid=uuid)
     assert not (tmp_path / "b").exists()
+
+
+def test_duplicate_keys_in_an_envelope_or_a_manifest_are_refused(org_key):
+    """A reader that keeps the first of two keys and one that keeps the last would see two
+    documents behind one signature: both are refused by name."""
+    from stockade.release.errors import EnvelopeMalformed
+
+    envelope = sign_manifest(make_manifest(), [org_key])
+    genuine = json.loads(envelope.to_bytes())
+    other = base64_payload(make_manifest(security_version=9).canonical_bytes())
+    twice = envelope.to_bytes().replace(
+        b'"payloadType"', b'"payload": "' + other.encode() + b'",\n  "payloadType"', 1
+    )
+    assert json.loads(twice)["payload"] == other != genuine["payload"]  # last wins in json
+    with pytest.raises(EnvelopeMalformed, match="key 'payload' twice"):
+        dsse.Envelope.from_bytes(twice)
+    body = make_manifest().canonical_bytes()
+    duplicated = body.replace(b'{"cmdline"', b'{"cmdline":"ro","cmdline"', 1)
+    with pytest.raises(ManifestMalformed, match="key 'cmdline' twice"):
+        Manifest.from_bytes(duplicated)
+
+
+def base64_payload(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()

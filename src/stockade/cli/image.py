@@ -3,7 +3,6 @@ image signatures in OCI image layouts, checked against an org-signed trust polic
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from stockade.errors import InputError, VerificationFailed
 from stockade.images.errors import ImageRejected
 from stockade.images.layout import ImageLayout, parse_image_ref
 from stockade.images.policy import (
+    MAX_POLICY,
     TrustPolicy,
     load_trust_policy,
     policy_summary,
@@ -25,6 +25,7 @@ from stockade.images.reference import parse_reference
 from stockade.images.signature import sign_image
 from stockade.images.verify import verify_image
 from stockade.release.keys import keyid, load_signing_key, load_verifying_key
+from stockade.strict_json import loads_strict
 
 app = typer.Typer(no_args_is_help=True, help="Sign and verify container images (OCI layouts).")
 policy_app = typer.Typer(no_args_is_help=True, help="The org-signed image trust policy.")
@@ -119,10 +120,12 @@ def policy_sign(
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Sign a trust policy (canonicalised first) into a DSSE envelope."""
-    try:
-        content = json.loads(read_file(document, "trust policy"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"trust policy '{document}' is not JSON: {error}") from None
+    content = loads_strict(
+        read_file(document, "trust policy"),
+        f"trust policy '{document}'",
+        max_size=MAX_POLICY,
+        error=InputError,
+    )
     if not isinstance(content, dict):
         raise InputError(f"trust policy '{document}' is not a JSON object")
     org_key = load_signing_key(read_file(key, "org signing key"), f"key '{key}'")

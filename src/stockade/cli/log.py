@@ -23,6 +23,7 @@ from stockade.cli._input import emit_json, read_file
 from stockade.cli.nodes import CaOption, ReadTokenOption, VerifierOption
 from stockade.cli.quote import OutputFormat
 from stockade.errors import InputError
+from stockade.strict_json import loads_strict
 from stockade.translog.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from stockade.translog.errors import MalformedKey
 from stockade.translog.monitor import Alert, MonitorState, Observation, observe
@@ -172,10 +173,9 @@ def checkpoint_command(
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(read_file(path, what))
-    except ValueError as error:
-        raise InputError(f"{what} '{path}' is not JSON: {error}") from None
+    return loads_strict(
+        read_file(path, what), f"{what} '{path}'", max_size=64 * 1024 * 1024, error=InputError
+    )
 
 
 @app.command("verify")

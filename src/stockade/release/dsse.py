@@ -21,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from stockade.release.errors import EnvelopeMalformed, SignatureInvalid
 from stockade.release.keys import SigningKey, VerifyingKey, keyid
+from stockade.strict_json import loads_strict
+
+# The largest envelope read: a release manifest or a trust policy, and its signatures.
+MAX_ENVELOPE = 4 * 1024 * 1024
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -57,10 +61,9 @@ class Envelope:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Envelope:
         """Parse an envelope; ``EnvelopeMalformed`` names what is wrong."""
-        try:
-            document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise EnvelopeMalformed(f"DSSE envelope is not JSON: {error}") from None
+        document = loads_strict(
+            raw, "DSSE envelope", max_size=MAX_ENVELOPE, error=EnvelopeMalformed
+        )
         if not isinstance(document, dict):
             raise EnvelopeMalformed("DSSE envelope is not a JSON object")
         payload = _b64(_field(document, "payload", str), "payload")

@@ -41,6 +41,7 @@ from stockade.release.cmdline import (
 )
 from stockade.release.errors import ManifestMalformed, ReleaseInvalid
 from stockade.release.keys import SigningKey, VerifyingKey
+from stockade.strict_json import loads_strict
 
 SCHEMA_VERSION = 1
 PAYLOAD_TYPE = "application/vnd.stockade.release-manifest.v1+json"
@@ -50,6 +51,8 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+MAX_MANIFEST = 1024 * 1024
 
 
 def format_time(moment: dt.datetime) -> str:
@@ -281,10 +284,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, require_canonical: bool = False) -> Manifest:
-        try:
-            document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ManifestMalformed(f"manifest is not JSON: {error}") from None
+        document = loads_strict(raw, "manifest", max_size=MAX_MANIFEST, error=ManifestMalformed)
         manifest = cls.from_json(document)
         if require_canonical and manifest.canonical_bytes() != raw:
             raise ManifestMalformed("signed manifest is not in canonical form")
