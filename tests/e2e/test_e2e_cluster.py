@@ -32,7 +32,8 @@ def cli(verifier: VerifierProcess, *args: str) -> Any:
     """A reading command, with the reader token (reads of trust state need a credential)."""
     result = subprocess.run(
         [stockade_executable(), *args, "--verifier", verifier.url, "--ca", str(verifier.ca),
-         "--token-file", str(verifier.reader_token_file), "--format", "json"],
+         "--token-file", str(verifier.reader_token_file), "--format", "json",
+         *(("--verifier-key", str(verifier.verifier_key)) if args[0] == "results" else ())],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
