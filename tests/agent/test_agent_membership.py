@@ -13,24 +13,28 @@ tests enroll the agent first, then grant.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import shutil
 import stat
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cluster_support import (
+    SECRET,
+    SHM,
+    Cluster,
+    assert_no_secret,
+    enroll,
+    make_agent,
+    put_secret,
+)
 from cryptography import x509
 
-from stockade.agent import Agent, AgentConfig
 from stockade.agent.client import VerifierClient, VerifierRefused
 from stockade.agent.membership import (
     MEMORY_FILESYSTEMS,
@@ -39,156 +43,13 @@ from stockade.agent.membership import (
     filesystem_type,
     require_memory_filesystem,
 )
-from stockade.agent.source import NodeSource
-from stockade.cli.demo_cluster import (
-    KERNEL_STUB,
-    OrgMaterial,
-    VerifierProcess,
-    ek_ca_bundle,
-    make_org_material,
-    policy_document,
-)
 from stockade.cluster.ca import verify_node_certificate
-from stockade.cluster.secret_store import KeyEncryptionKey
 from stockade.evidence.duplication import SealedSecret
 from stockade.tpm.device import Tpm
-from stockade.tpm.ekca import EkCa
 from stockade.tpm.node_key import load_node_key
 from stockade.tpm.sealed import SecretRefused
-from stockade.tpm.swtpm import SoftwareTpm
 
 pytestmark = pytest.mark.swtpm
-
-SECRET = b"db-password=correct-horse-battery-staple;\x00\xfe binary tail"
-SHM = Path("/dev/shm")
-
-
-def _require_tools() -> None:
-    from stockade.boot.platform import DEBIAN_GRUB, DEBIAN_SHIM
-
-    missing = [tool for tool in ("swtpm", "swtpm_setup", "sbsign") if not shutil.which(tool)]
-    missing += [str(p) for p in (DEBIAN_SHIM, DEBIAN_GRUB, KERNEL_STUB) if not p.exists()]
-    if missing:
-        pytest.skip(f"missing {', '.join(missing)} (scripts/bootstrap.sh)")
-
-
-@dataclass(frozen=True)
-class Cluster:
-    org: OrgMaterial
-    verifier: VerifierProcess
-
-    def operator(self) -> VerifierClient:
-        token = (self.verifier.data_dir / "operator-token").read_text().strip()
-        return VerifierClient(self.verifier.url, self.verifier.ca, operator_token=token)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, ek_ca: EkCa) -> Iterator[Cluster]:
-    _require_tools()
-    work = tmp_path_factory.mktemp("membership")
-    org = make_org_material(work / "org")
-    policy = work / "policy.json"
-    policy.write_text(json.dumps(policy_document(org, validity_seconds=120)))
-    kek = work / "kek"
-    kek.write_text(KeyEncryptionKey.generate().to_text())
-    kek.chmod(0o600)
-    verifier = VerifierProcess(
-        work / "verifier",
-        ek_ca_bundle(ek_ca, work / "ek-ca.pem"),
-        policy,
-        extra=("--kek-file", str(kek)),
-    )
-    verifier.start()
-    try:
-        yield Cluster(org, verifier)
-    finally:
-        verifier.stop()
-
-
-@pytest.fixture
-def booted(
-    cluster: Cluster, make_software_tpm: Callable[[], SoftwareTpm]
-) -> Callable[[], tuple[SoftwareTpm, Path]]:
-    """A fresh TPM (its own EK) booted through the development chain: (tpm, boot log)."""
-    from stockade.boot import DevelopmentPlatform, boot_node, load_release
-
-    platform = DevelopmentPlatform.load(cluster.org.platform_dir)
-    release = load_release(cluster.org.release_dir)
-
-    def make() -> tuple[SoftwareTpm, Path]:
-        tpm = make_software_tpm()
-        result = boot_node(tpm, platform, release)
-        result.check()
-        return tpm, result.log_path
-
-    return make
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[Path]:
-    if filesystem_type(SHM) not in MEMORY_FILESYSTEMS:
-        pytest.skip("/dev/shm is not a tmpfs here")
-    directory = Path(tempfile.mkdtemp(prefix="stockade-test-secrets-", dir=SHM))
-    try:
-        yield directory / "secrets"
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def make_agent(
-    cluster: Cluster,
-    tpm: SoftwareTpm,
-    log: Path,
-    state_dir: Path,
-    name: str,
-    *,
-    secrets: tuple[str, ...] = ("db",),
-    secrets_dir: Path | None = None,
-    certificates: bool = True,
-) -> tuple[Agent, list[str]]:
-    lines: list[str] = []
-    config = AgentConfig(
-        verifier=cluster.verifier.url,
-        ca=cluster.verifier.ca,
-        name=name,
-        source=NodeSource(tpm.tcti, log, f"test TPM {tpm.name}"),
-        state_dir=state_dir,
-        interval=0.05,
-        jitter=0.0,
-        initial_backoff=0.05,
-        max_backoff=0.2,
-        certificates=certificates,
-        secrets=secrets,
-        secrets_dir=secrets_dir,
-    )
-    return Agent(config, log=lines.append), lines
-
-
-def put_secret(cluster: Cluster, name: str, value: bytes, *selectors: str) -> None:
-    with cluster.operator() as api:
-        api.put_secret(name, value)
-        for selector in selectors:
-            api.grant(name, selector)
-
-
-def enroll(cluster: Cluster, agent: Agent) -> str:
-    """Enroll the agent now (its channel key made and certified), so grants can name it."""
-    with VerifierClient(cluster.verifier.url, cluster.verifier.ca) as client:
-        return agent.enrolled_or_enroll(client).node_id
-
-
-def assert_no_secret(lines: list[str], secret: bytes = SECRET) -> None:
-    """Neither the bytes nor any usual rendering of them is in the log."""
-    text = "\n".join(lines)
-    renderings = {
-        secret.decode("latin-1"),
-        secret[:24].decode("latin-1"),  # the printable prefix
-        base64.b64encode(secret).decode(),
-        secret.hex(),
-        repr(secret),
-    }
-    for rendering in renderings:
-        assert rendering not in text, f"the secret leaked into the log: {rendering!r}"
 
 
 def mode(path: Path) -> int:
@@ -303,6 +164,8 @@ def test_contraindicated_result_withdraws_secrets_and_stops_renewal(
     certificate = (state / "pki" / "node.pem").read_bytes()
     sealed_path = state / "sealed" / "api-key.sealed"
     sealed = sealed_path.read_bytes()
+    release_path = state / "sealed" / "api-key.release.jwt"  # the verifier's release statement
+    assert release_path.exists()
 
     # Something runs that the boot log does not account for: PCR 7 no longer replays.
     with Tpm(tpm.tcti) as device:
@@ -319,7 +182,7 @@ def test_contraindicated_result_withdraws_secrets_and_stops_renewal(
     assert not any("certificate" in line for line in after), after
     assert (state / "pki" / "node.pem").read_bytes() == certificate
     # The sealed copy went too; a copy kept elsewhere is useless: the TPM refuses it now.
-    assert not sealed_path.exists()
+    assert not sealed_path.exists() and not release_path.exists()
     sealed_path.write_bytes(sealed)
     with pytest.raises(SecretRefused, match="unseal"):
         again.membership.unseal("api-key")

@@ -541,5 +541,5 @@ def test_a_record_whose_reference_does_not_parse_is_forbidden_when_references_ar
 def test_a_forbid_entry_that_is_not_a_reference_is_a_policy_error():
     from stockade.appraisal.policy import PolicyInvalid, _forbidden
 
-    with pytest.raises(PolicyInvalid, match="executions.forbid.references"):
+    with pytest.raises(PolicyInvalid, match=r"executions\.forbid\.references"):
         _forbidden({"forbid": {"references": ["Not A Reference"]}})

@@ -4,6 +4,12 @@ Each attestation is one line on the log: status, node state, deadline and every
 reason. A verifier that is down or answers 5xx is retried with capped
 exponential backoff; the AK and node id live in the state directory, so a
 restarted agent attests again at once without enrolling.
+
+Released secrets are accepted only under a release statement signed by a pinned verifier
+key. The pin is ``--verifier-key`` (an operator-given file: the verifier is authenticated
+from the first secret on) or, without it, trust on first use: at enrollment the agent fetches
+``GET /v1/keys`` once over the verifier's TLS and saves it (``verifier-keys.pem``); whoever
+held that channel then is trusted for good. Either way the pinned file is never replaced.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from stockade.agent.client import (
     VerifierUnavailable,
     b64,
 )
-from stockade.agent.membership import Membership
+from stockade.agent.membership import Membership, ReleaseRefused
 from stockade.agent.secret_socket import serving_secrets
 from stockade.agent.source import NodeSource
 from stockade.agent.state import AgentState, Enrolled
@@ -33,6 +39,7 @@ from stockade.errors import StockadeError
 from stockade.evidence.credential import CredentialBlob
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.templates import KeyKind
+from stockade.statements import VerifierKeys
 
 # Answers that mean the verifier no longer knows this node (or its AK): enroll again.
 _REENROLL_STATUSES = frozenset({404})
@@ -58,6 +65,8 @@ class AgentConfig:
     secrets: tuple[str, ...] = ()
     secrets_dir: Path | None = None
     secrets_socket: Path | None = None  # serve the secrets here, unsealed on every read
+    # The verifier's statement keys (PEM or JWK set); None: trust on first use (module doc).
+    verifier_key: Path | None = None
 
 
 def _timestamp(text: object) -> float | None:
@@ -80,6 +89,10 @@ class Agent:
     # The deadline (epoch seconds) of the last affirming result: delivered secrets are
     # withdrawn once it passes without a new one, e.g. while the verifier is unreachable.
     _affirmed_until: float | None = None
+    # The pinned verifier keys, and the PCRs this agent quoted in its last attestation: a
+    # released secret must be signed under the one and sealed to (some of) the other.
+    _verifier_keys: VerifierKeys | None = None
+    _attested: PcrSelection | None = None
 
     @property
     def state(self) -> AgentState:
@@ -93,6 +106,8 @@ class Agent:
             f"boot log {config.source.event_log}, "
             f"verifier {config.verifier}, every {config.interval:g}s +/- {config.jitter:g}s"
         )
+        if config.verifier_key is not None or self.state.verifier_keys_path.exists():
+            self.verifier_keys(None)  # a key file that is unusable or differs: stop here
         with contextlib.ExitStack() as stack:
             if config.secrets_socket is not None:
                 stack.enter_context(
@@ -220,7 +235,38 @@ class Agent:
         state = answer.get("state")
         self.log(f"enrolled {self.config.name} as node {enrolled.node_id} ({state})")
         self.sign_as_node(client, enrolled)
+        try:
+            self.verifier_keys(client)
+        except StockadeError as error:  # tried again before the first secret is accepted
+            self.log(f"verifier key not pinned: {error}")
         return enrolled
+
+    def verifier_keys(self, client: VerifierClient | None) -> VerifierKeys:
+        """The verifier keys release statements must verify under: ``--verifier-key`` (pinned
+        in the state directory when nothing is, else it must be what is pinned), or the pinned
+        file, or (with ``client``) the verifier's ``GET /v1/keys``, pinned now: trust on first
+        use, at enrollment or, for a node enrolled before pinning existed, at its first secret.
+        Raises ``VerifierKeyMismatch`` when a given key differs from the pinned one."""
+        if self._verifier_keys is not None:
+            return self._verifier_keys
+        path = self.config.verifier_key
+        if path is not None:
+            keys = self.state.pin_verifier_keys(VerifierKeys.load(path), f"--verifier-key {path}")
+        elif (pinned := self.state.pinned_verifier_keys()) is not None:
+            keys = pinned
+        elif client is None:
+            raise StockadeError("no verifier key is pinned yet")
+        else:
+            where = f"{client.url}/v1/keys"
+            fetched = VerifierKeys.parse(json.dumps(client.keys()).encode(), f"GET {where}")
+            keys = self.state.pin_verifier_keys(fetched, f"GET {where}")
+            self.log(
+                f"pinned verifier key {', '.join(k[:16] for k in sorted(keys.keys))} from "
+                f"{where} on first use, in {self.state.verifier_keys_path} (--verifier-key pins "
+                "a key given by the operator instead)"
+            )
+        self._verifier_keys = keys
+        return keys
 
     # -- attestation ---------------------------------------------------------
 
@@ -257,6 +303,7 @@ class Agent:
                 **body,
             },
         )
+        self._attested = evidence.selection
         acknowledged = answer.get("execution_log_next")
         if isinstance(acknowledged, int) and acknowledged >= 0:
             self.state.save_execution_log_next(acknowledged)
@@ -287,6 +334,8 @@ class Agent:
             pki_dir=config.pki_dir,
             secrets=config.secrets,
             secrets_dir=config.secrets_dir,
+            verifier_keys=self._verifier_keys,
+            attested=self._attested,
         )
 
     def _act_on(self, client: VerifierClient, enrolled: Enrolled, answer: dict[str, Any]) -> None:
@@ -308,10 +357,17 @@ class Agent:
                 self.log(f"certificate not renewed: {error}")
         for name in self.config.secrets:
             try:
-                sealed = membership.fetch_secret(client, enrolled.node_id, name)
+                self.verifier_keys(client)
+                membership = self.membership
+                accepted = membership.fetch_secret(client, enrolled.node_id, name)
                 delivered = membership.deliver(name)
                 where = f"delivered to {delivered}" if delivered else "sealed copy kept"
-                self.log(f"secret {name}: sealed to {sealed.selection}; {where}")
+                self.log(
+                    f"secret {name}: sealed to {accepted.sealed.selection}, version "
+                    f"{accepted.release.version} released by the verifier; {where}"
+                )
+            except ReleaseRefused as error:
+                self.log(f"secret {name}: not delivered, nothing kept: {error}")
             except (VerifierRefused, StockadeError) as error:
                 self.log(f"secret {name}: not delivered: {error}")
 

@@ -1,21 +1,31 @@
 """The agent's durable state: its AK (``ak.pub``/``ak.priv``) and, once enrolled,
 ``node.json`` with the node id the verifier assigned. A restarted agent reuses both,
-so it does not enroll again."""
+so it does not enroll again. ``verifier-keys.pem`` holds the verifier statement keys the
+agent pinned: written once, never replaced by the agent."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from stockade.errors import InputError
 from stockade.home import write_atomic
+from stockade.statements import VerifierKeys
 
 NODE_FILE = "node.json"
 EXECUTIONS_FILE = "execution-log.json"
 # The node channel key: a P-256 signing key in the TPM (TSS2 PRIVATE KEY PEM, 0600), certified
 # by the AK at enrollment; it signs every request to the verifier and authorises unsealing.
 CHANNEL_KEY_FILE = "channel.key"
+# The verifier's statement keys (PEM), pinned at enrollment or from --verifier-key.
+VERIFIER_KEYS_FILE = "verifier-keys.pem"
+
+
+class VerifierKeyMismatch(InputError):
+    """The verifier key given differs from the one this node pinned."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,41 @@ class AgentState:
     @property
     def channel_key_path(self) -> Path:
         return self.directory / CHANNEL_KEY_FILE
+
+    @property
+    def verifier_keys_path(self) -> Path:
+        return self.directory / VERIFIER_KEYS_FILE
+
+    def pinned_verifier_keys(self) -> VerifierKeys | None:
+        """The pinned verifier keys, or None when none are pinned yet."""
+        if not self.verifier_keys_path.exists():
+            return None
+        return VerifierKeys.load(self.verifier_keys_path)
+
+    def pin_verifier_keys(self, keys: VerifierKeys, source: str) -> VerifierKeys:
+        """Pin ``keys`` (from ``source``) unless keys are pinned already: then they must be
+        the same keys, else ``VerifierKeyMismatch`` naming both. The pinned file is never
+        replaced; an operator re-pins by removing it."""
+        pinned = self.pinned_verifier_keys()
+        if pinned is None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                created = _create_exclusive(self.verifier_keys_path, keys.pem())
+            except OSError as error:
+                raise InputError(
+                    f"cannot pin the verifier key in {self.verifier_keys_path}: {error}"
+                ) from None
+            if created:
+                return keys
+            pinned = VerifierKeys.load(self.verifier_keys_path)  # another process pinned
+        if set(pinned.keys) != set(keys.keys):
+            raise VerifierKeyMismatch(
+                f"{source} holds verifier key {_kids(keys)}, but this node pinned "
+                f"{_kids(pinned)} in {self.verifier_keys_path}: secrets are accepted only "
+                "under the pinned key. If the verifier's key really changed, remove that file "
+                "to pin the given one"
+            )
+        return pinned
 
     def has_ak(self) -> bool:
         return (self.directory / "ak.pub").exists() and (self.directory / "ak.priv").exists()
@@ -77,3 +122,29 @@ class AgentState:
         write_atomic(
             self.directory / EXECUTIONS_FILE, json.dumps({"next": recnum}) + "\n", mode=0o600
         )
+
+
+def _kids(keys: VerifierKeys) -> str:
+    return ", ".join(f"kid {kid}" for kid in sorted(keys.keys))
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    """Write ``path`` whole (0644) unless it exists; False when it did. The data is written
+    to a temporary file first and linked into place, so the file is never seen torn."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True

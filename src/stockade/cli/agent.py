@@ -28,6 +28,18 @@ StateDirOption = Annotated[
     Path | None,
     typer.Option("--state-dir", help="AK and node id [default: <home>/agents/<name>]"),
 ]
+VerifierKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--verifier-key",
+        envvar="STOCKADE_VERIFIER_KEY",
+        help="the verifier's statement key (its <data dir>/keys/verifier-key.pub.pem, or the "
+        "JWK set of GET /v1/keys saved from a channel you trust): a released secret is "
+        "accepted only under its signature. Pinned in the state directory (verifier-keys.pem); "
+        "it must match a key pinned before. Without it the agent pins the key the verifier "
+        "serves at enrollment (trust on first use)",
+    ),
+]
 
 
 @app.command("run")
@@ -76,8 +88,16 @@ def run(
             help="Unix socket (0600) serving the secrets, unsealed by the TPM on every read",
         ),
     ] = None,
+    verifier_key: VerifierKeyOption = None,
 ) -> None:
-    """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM."""
+    """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM.
+
+    A secret is kept only with the verifier's signed release statement for it, verified under
+    the pinned verifier key. With --verifier-key the operator pins that key. Without it the
+    agent trusts on first use: at enrollment it saves the key served at GET /v1/keys to
+    <state dir>/verifier-keys.pem, so whoever held the verifier's TLS channel then is trusted
+    from then on. The pinned file is never replaced: a --verifier-key that differs is an
+    error; to re-pin (the verifier's key really changed), remove the file."""
     from stockade.agent import Agent, AgentConfig, resolve_source
     from stockade.home import stockade_home
 
@@ -97,6 +117,7 @@ def run(
             secrets=tuple(secret or ()),
             secrets_dir=secrets_dir,
             secrets_socket=secrets_socket,
+            verifier_key=verifier_key,
         )
     )
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,10 @@ def _channel_signer(state_dir: Path, tcti: str) -> Any:
     return ChannelSigner(tcti, AgentState(state_dir).channel_key_path)
 
 
+def _selection_text(selection: Mapping[str, tuple[int, ...]]) -> str:
+    return "+".join(f"{bank}:{','.join(map(str, pcrs))}" for bank, pcrs in selection.items())
+
+
 def _leaks(secret: bytes, files: list[Path]) -> list[str]:
     needles = [secret, secret.hex().encode(), base64.b64encode(secret)]
     found = []
@@ -84,11 +89,13 @@ def membership_story(
 ) -> MembershipOutcome:
     from stockade.agent.client import VerifierClient, VerifierRefused
     from stockade.agent.membership import Membership
+    from stockade.agent.state import AgentState
     from stockade.boot import DevelopmentPlatform, boot_node, load_release
     from stockade.cluster.ca import verify_node_certificate
     from stockade.cluster.secret_store import KeyEncryptionKey
     from stockade.cluster.status import verify_status
     from stockade.evidence.duplication import SealedSecret
+    from stockade.statements import StatementInvalid, VerifierKeys, verify_secret_release
     from stockade.tpm.device import Tpm
     from stockade.tpm.ekca import EkCa
     from stockade.tpm.sealed import SecretRefused, unseal_secret
@@ -234,14 +241,45 @@ def membership_story(
             "the TPM unsealed it into "
             f"{delivered} (tmpfs, mode 0600, sha256 equal to the stored secret)"
         )
+        state_a = AgentState(work / "agents" / "node-a")
+        pinned = VerifierKeys.load(state_a.verifier_keys_path)
+        kept_release = Membership(state_a.directory, tpm_a.tcti)
+
+        def verified_release() -> Any:
+            """The kept statement checked against the kept blob (None while the agent is
+            between writing the one and the other for its next release)."""
+            try:
+                return verify_secret_release(
+                    kept_release.release_path(SECRET_NAME).read_text().strip(),
+                    pinned,
+                    node_id=node_id,
+                    name=SECRET_NAME,
+                    sealed=kept_release.sealed_path(SECRET_NAME).read_bytes(),
+                    now=datetime.now(UTC),
+                )
+            except StatementInvalid:
+                return None
+
+        release = wait_for(verified_release, 10, "node-a's release statement to verify")
+        console.print(
+            f"   the agent kept the blob only under the verifier's signed release statement "
+            f"(version {release.version}, for node-a and exactly this blob, sealed to PCRs "
+            f"{_selection_text(release.pcr_selection)}), checked with the key pinned when "
+            f"node-a joined (kid {next(iter(pinned.keys))[:16]}...): a blob anyone seals to "
+            "node-a's public EK is refused"
+        )
         with verifier.client() as client:
             status = client.node_status("node-a")
             checked = verify_status(
-                str(status["statement"]), client.keys(), node_id, datetime.now(UTC)
+                str(status["statement"]),
+                VerifierKeys.load(verifier.verifier_key),
+                node_id,
+                datetime.now(UTC),
             )
         console.print(
             f"   relying parties: GET /v1/nodes/node-a/status, a signed statement valid until "
-            f"{checked.expires_at:%H:%M:%S}: trusted={checked.trusted}"
+            f"{checked.expires_at:%H:%M:%S}, checked under the pinned verifier key: "
+            f"trusted={checked.trusted}"
         )
 
         pki = work / "agents" / "node-a" / "pki" / "node.pem"

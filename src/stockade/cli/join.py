@@ -17,6 +17,9 @@ from stockade.cli.agent import (
     StateDirOption,
     TctiOption,
 )
+from stockade.cli.agent import (
+    VerifierKeyOption as AgentVerifierKeyOption,
+)
 from stockade.cli.quote import OutputFormat
 from stockade.errors import VerificationFailed
 
@@ -41,6 +44,7 @@ def join(
         Path | None,
         typer.Option("--home", help="Stockade home [default: $STOCKADE_HOME or ~/.stockade]"),
     ] = None,
+    verifier_key: AgentVerifierKeyOption = None,
     output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
 ) -> None:
     """Enroll (once), attest, and when the verifier affirms this node, obtain a certificate for
@@ -58,6 +62,7 @@ def join(
             source=source,
             state_dir=state_dir or (home or stockade_home()) / "agents" / name,
             pki_dir=out_dir,
+            verifier_key=verifier_key,
         ),
         log=lambda line: None,
     )

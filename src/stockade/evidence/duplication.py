@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from stockade.evidence.algorithms import Alg, HashAlgorithm, hash_algorithm
 from stockade.evidence.credential import encrypt_seed, outer_wrap, symmetric_key_bits
 from stockade.evidence.errors import CredentialError, EvidenceError
+from stockade.evidence.execution import EXECUTION_PCR
 from stockade.evidence.marshal import Reader, Writer, tpm2b
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
@@ -75,6 +76,10 @@ SEALED_OBJECT_ATTRIBUTES = int(ObjectAttributes.ADMIN_WITH_POLICY | ObjectAttrib
 _SENSITIVE_BYTES = 2 + 2 + 2 + (2 + SEALED_NAME_HASH.digest_size) + (2 + SEALED_KEY_BYTES)
 _MAX_SEED_BYTES = 512  # RSA-4096 OAEP ciphertext; a P-521 point is 136 bytes
 _PCR_SELECT_BYTES = 3  # the 24 PCRs of a PC Client TPM
+# PCRs 16 and up are resettable by software (16 debug, 23 application: any locality-0
+# process), or reset and extended by a DRTM launch (17-22) (TCG PC Client Platform TPM
+# Profile, PCR attributes): a policy over them constrains nothing.
+FIRST_RESETTABLE_PCR = 16
 _JSON_FIELDS = (
     "object_public",
     "duplicate",
@@ -271,6 +276,18 @@ class SealedSecret:
             decoded("ciphertext"),
             decoded("policy_ref"),
         )
+
+
+def unsealable_pcr(index: int) -> str | None:
+    """Why a secret must never be sealed to PCR ``index`` (None: it may be). The execution
+    PCR moves at every container start; PCRs 16 and up can be reset after boot."""
+    if index == EXECUTION_PCR:
+        return f"PCR {index} is the execution PCR (extended at every container start)"
+    if index >= FIRST_RESETTABLE_PCR:
+        return (
+            f"PCR {index} is resettable (PCRs {FIRST_RESETTABLE_PCR}-23: debug, DRTM, application)"
+        )
+    return None
 
 
 def _check_tpm2b(data: bytes, what: str) -> None:

@@ -7,6 +7,12 @@ PolicySigned by the node's channel key, then PolicyPCR over the PCR values its l
 attested: the secret never leaves this process in the clear, is never logged, and on the node
 only the holder of the channel key (the agent) can unseal it.
 
+Each release is signed: a secret-release statement (:func:`stockade.statements.
+verify_secret_release`) says this exact blob is version N of secret NAME for node ID, sealed
+to these PCRs on this result. The blob alone authenticates nothing (anyone can make one from
+the node's public EK and channel key), so the agent accepts a blob only with a statement that
+verifies under the verifier key it pinned.
+
 A ``node:`` grant is bound to the node's id when it is made: ``node:<name>`` is stored as
 ``node:<id>`` of the node holding that name then, so a node that takes the name later gets
 nothing.
@@ -14,20 +20,23 @@ nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import jwt
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
+from stockade import statements
 from stockade.cluster.grants import Selector, granted, parse_labels, parse_selector
 from stockade.cluster.secret_store import KeyRing, SecretStoreError
 from stockade.errors import InputError
-from stockade.evidence.duplication import seal_secret
+from stockade.evidence.duplication import seal_secret, unsealable_pcr
 from stockade.evidence.errors import EvidenceError
-from stockade.evidence.execution import EXECUTION_PCR
 from stockade.evidence.pcr_selection import BankSelection, PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
@@ -50,6 +59,9 @@ from stockade.verifier.wire import decode_b64, rfc3339
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["secrets"])
 operator = APIRouter(tags=["secrets"], dependencies=[Depends(require_operator)])
+
+# How long a release statement verifies: the agent checks it on receipt, not later.
+RELEASE_VALIDITY = timedelta(minutes=5)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 SecretName = Annotated[str, Path(max_length=255)]
@@ -344,9 +356,10 @@ def set_labels(node_id: NodeId, body: LabelsBody, request: Request) -> dict[str,
 
 def _sealable(values: PcrValues) -> tuple[PcrSelection, PcrValues]:
     """The attested PCRs a secret is sealed to: all but the execution PCR, which every
-    container start extends (a secret sealed to it would stop unsealing at the next one)."""
+    container start extends (a secret sealed to it would stop unsealing at the next one), and
+    the resettable PCRs 16-23, which bind nothing (the agent refuses a blob sealed to them)."""
     banks = {
-        alg: {index: value for index, value in bank.items() if index != EXECUTION_PCR}
+        alg: {index: value for index, value in bank.items() if unsealable_pcr(index) is None}
         for alg, bank in values.banks.items()
     }
     banks = {alg: bank for alg, bank in banks.items() if bank}
@@ -364,6 +377,8 @@ def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[
     Only that node's TPM, in exactly that attested state, in a policy session its channel key
     authorized (the agent's key file), can import and unseal what is returned. A node
     enrolled before the channel (no channel key) gets 403 ``channel``: it must enroll again.
+    ``release`` is the signed secret-release statement for exactly this blob: without it the
+    agent keeps nothing.
     """
     service = service_of(request)
     ring = _ring(service)
@@ -424,7 +439,29 @@ def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[
         "result_id": standing.result_id,
         "granted_by": grant_used,
         "sealed": sealed.to_json(),
+        "release": _release_statement(
+            service,
+            statements.SecretRelease(
+                node_id=standing.node_id,
+                name=name,
+                version=secret.version,
+                sealed_sha256=hashlib.sha256(sealed.marshal()).hexdigest(),
+                result_id=standing.result_id,
+                pcr_selection={bank.bank_name: bank.pcrs for bank in selection.banks},
+            ),
+            now,
+        ),
     }
+
+
+def _release_statement(service: Service, release: statements.SecretRelease, now: datetime) -> str:
+    """The signed secret-release statement (``typ`` stockade-secret-release+jwt)."""
+    return jwt.encode(
+        statements.secret_release_claims(release, now, now + RELEASE_VALIDITY),
+        service.signing_key.private_key,
+        algorithm="ES256",
+        headers={"kid": service.signing_key.kid, "typ": statements.SECRET_RELEASE_TYPE},
+    )
 
 
 router.include_router(operator)
