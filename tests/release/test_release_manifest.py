@@ -348,3 +348,19 @@ def base64_payload(data: bytes) -> str:
     import base64
 
     return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("label", ["", "caf\u00e9", "a\nb", "x" * 129, "tab\there"])
+def test_names_and_versions_are_printable_ascii(label):
+    for field in ("name", "version"):
+        with pytest.raises(ManifestMalformed, match=f"{field} .* printable ASCII"):
+            make_manifest(**{field: label})
+
+
+def test_canonical_bytes_are_the_same_under_any_json_escaping():
+    """The shared canonical form (UTF-8) and the ASCII form manifests were signed in before
+    are byte for byte equal, so no signed release changes its digest."""
+    manifest = make_manifest(name="Debian GNU/Linux", version="13.1 (trixie)")
+    document = manifest.to_json()
+    ascii_form = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert manifest.canonical_bytes() == ascii_form.encode("ascii")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -40,7 +39,9 @@ def _wait_ready(process: subprocess.Popen, lines: list[str], url_pattern: str) -
 
 
 @pytest.mark.swtpm
-def test_serve_over_tls_enroll_and_stream_events(tmp_path: Path, ek_ca, software_tpm):
+def test_serve_over_tls_enroll_and_stream_events(
+    tmp_path: Path, ek_ca, software_tpm, database_url: str | None
+):
     port = _free_port()
     data_dir = tmp_path / "data"
     command = [
@@ -60,9 +61,8 @@ def test_serve_over_tls_enroll_and_stream_events(tmp_path: Path, ek_ca, software
         "--enrollment-mode",
         "open",
     ]
-    database = os.environ.get("STOCKADE_TEST_DATABASE_URL")
-    if database:
-        command += ["--database", database]
+    if database_url:  # the fixture emptied it: a clean database whatever ran before
+        command += ["--database", database_url]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:

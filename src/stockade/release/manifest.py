@@ -4,8 +4,8 @@ A release is a kernel, an initrd, a kernel command line, a read-only /usr image
 with its dm-verity hash tree, a version string and a security version that only
 ever increases. Pure: no file I/O and no clock (``created`` is given).
 
-Canonical form: JSON with sorted keys, no whitespace, ASCII only
-(``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=True)``);
+Canonical form: ``stockade.strict_json.canonical_json`` (sorted keys, no whitespace; every
+field of a manifest is ASCII, so the bytes are the same as ``ensure_ascii`` JSON);
 ``manifest_digest`` is the SHA-256 of those bytes, and a signed manifest must be
 exactly its canonical form, so one manifest has one digest.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from stockade.release.cmdline import (
 )
 from stockade.release.errors import ManifestMalformed, ReleaseInvalid
 from stockade.release.keys import SigningKey, VerifyingKey
-from stockade.strict_json import loads_strict
+from stockade.strict_json import canonical_json, loads_strict
 
 SCHEMA_VERSION = 1
 PAYLOAD_TYPE = "application/vnd.stockade.release-manifest.v1+json"
@@ -51,6 +50,10 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# A release's name and version: printable ASCII (they are measured as text into PCR 12 and
+# shown in reasons and logs), so every field of a manifest is ASCII and its canonical bytes
+# are the same under any JSON escaping rule.
+_LABEL = re.compile(r"[\x20-\x7e]{1,128}")
 
 MAX_MANIFEST = 1024 * 1024
 
@@ -61,10 +64,6 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime(_TIME_FORMAT)
 
 
-def canonical_json(document: Any) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
-    )
 
 
 @dataclass(frozen=True)
@@ -213,8 +212,11 @@ class Manifest:
             raise ManifestMalformed(
                 f"security_version {self.security_version} is outside 0..{MAX_SECURITY_VERSION}"
             )
-        if not self.name or not self.version:
-            raise ManifestMalformed("name and version must not be empty")
+        for field, value in (("name", self.name), ("version", self.version)):
+            if not _LABEL.fullmatch(value):
+                raise ManifestMalformed(
+                    f"{field} {value!r} must be 1 to 128 printable ASCII characters"
+                )
         wanted = self.usr.verity.root_hash.hex()
         bound = usrhash_parameter(self.cmdline)
         if bound is None or bound.value != wanted:
