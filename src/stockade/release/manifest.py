@@ -64,8 +64,6 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime(_TIME_FORMAT)
 
 
-
-
 @dataclass(frozen=True)
 class FileDigest:
     """A file of the release: its name in the release directory, size and SHA-256."""
