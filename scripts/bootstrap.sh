@@ -8,7 +8,7 @@ DEB_PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   runc umoci skopeo docker-registry cryptsetup-bin postgresql sbsigntool pesign systemd-boot-efi
   shim-unsigned grub-efi-amd64-bin tpm2-openssl
-  python3-venv python3-dev gcc openssl
+  python3-venv python3-dev gcc openssl faketime
 )
 
 missing=()
@@ -29,9 +29,9 @@ stamp=.venv/.stockade-installed
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]]; then
   echo "bootstrap: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
   touch "$stamp"
 fi
