@@ -82,6 +82,15 @@ def test_log_that_claims_secure_boot_but_pcr7_differs_is_rejected():
         verify_log(log, quoted(log, change=7))
     assert "PCR 7 sha256" in str(rejected.value)
     assert "EV_" in str(rejected.value)  # names the last event in that PCR
+    # The same, as fields a program can act on (no parsing of the message).
+    (mismatch,) = rejected.value.mismatches
+    assert (mismatch.pcr, mismatch.bank) == (7, "sha256")
+    assert mismatch.quoted != mismatch.replayed and mismatch.quoted is not None
+    last_seven = [e for e in log.events if e.pcr == 7 and e.type_name != "EV_NO_ACTION"][-1]
+    assert (mismatch.last_event, mismatch.last_event_type) == (
+        last_seven.number,
+        last_seven.type_name,
+    )
 
 
 def test_forged_event_digest_is_rejected():

@@ -6,6 +6,8 @@ the check and the values involved for a verification.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from stockade.errors import InputError, VerificationFailed
 
 
@@ -60,5 +62,24 @@ class EkCertificateInvalid(EvidenceInvalid):
     """An EK certificate does not chain to a trusted vendor CA or does not match the EK."""
 
 
+@dataclass(frozen=True)
+class PcrMismatch:
+    """One PCR of one bank whose replayed value is not the quoted one (like go-attestation's
+    ``ReplayError``: which PCR, which bank, both values, and the last event measured there).
+    ``replayed`` and ``last_event`` are None when the PCR was not quoted at all."""
+
+    pcr: int
+    bank: str
+    quoted: bytes | None
+    replayed: bytes | None
+    last_event: int | None = None  # the event's number in the log
+    last_event_type: str | None = None
+
+
 class EventLogMismatch(EvidenceInvalid):
-    """An event log does not replay to the PCR values the TPM quoted."""
+    """An event log does not replay to the PCR values the TPM quoted; ``mismatches`` names
+    each PCR and bank that differs."""
+
+    def __init__(self, check: str, detail: str, mismatches: tuple[PcrMismatch, ...] = ()) -> None:
+        super().__init__(check, detail)
+        self.mismatches = mismatches

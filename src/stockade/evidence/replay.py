@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stockade.evidence.algorithms import HASHES
-from stockade.evidence.errors import EventLogMismatch, MalformedStructure
+from stockade.evidence.errors import EventLogMismatch, MalformedStructure, PcrMismatch
 from stockade.evidence.eventlog import Event, EventLog, EventType
 from stockade.evidence.pcr_values import PcrValues, bank_name
 
@@ -165,11 +165,13 @@ def verify_log(
                 "(every event must carry a digest for every bank the log declares)",
             )
     problems = []
+    mismatches: list[PcrMismatch] = []
     for index in sorted(wanted):
         for alg in banks:
             expected = quoted.get(alg, index)
             if expected is None:
                 problems.append(f"PCR {index} {bank_name(alg)} was not quoted")
+                mismatches.append(PcrMismatch(index, bank_name(alg), None, None))
                 continue
             size = len(expected)
             actual = replayed.get(alg, index) or bytes(size)
@@ -183,6 +185,16 @@ def verify_log(
                     f"PCR {index} {bank_name(alg)}: log replays to {actual.hex()}, "
                     f"TPM quoted {expected.hex()}{where}"
                 )
+                mismatches.append(
+                    PcrMismatch(
+                        index,
+                        bank_name(alg),
+                        expected,
+                        actual,
+                        last.number if last else None,
+                        last.type_name if last else None,
+                    )
+                )
     if problems:
-        raise EventLogMismatch("replay", "; ".join(problems))
+        raise EventLogMismatch("replay", "; ".join(problems), tuple(mismatches))
     return VerifiedEventLog(log, frozenset(wanted), banks, _VERIFIED)
