@@ -43,7 +43,7 @@ def _verdict(nodes: Mapping[str, NodeTrust], name: str, now: datetime) -> str | 
     found = nodes.get(name)
     if found is None:
         return f"Stockade: node {name} is not enrolled with the Stockade verifier"
-    if found.state == "trusted" and found.trusted_until is not None and found.trusted_until > now:
+    if found.is_trusted(now):
         return None  # the common case, without formatting a reason nobody reads
     trusted, reason = found.verdict(now)
     return None if trusted else f"Stockade: {reason}"

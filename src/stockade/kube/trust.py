@@ -28,12 +28,22 @@ class NodeTrust:
     trusted_until: datetime | None
     result_id: str | None
 
+    def is_trusted(self, now: datetime) -> bool:
+        """The rule itself: trusted at the verifier, and its result not yet expired."""
+        return (
+            self.state == "trusted" and self.trusted_until is not None and self.trusted_until > now
+        )
+
     def verdict(self, now: datetime) -> tuple[bool, str]:
+        if self.is_trusted(now):
+            return True, f"node {self.name} is trusted until {_iso(self.trusted_until)}"
         if self.state != "trusted":
             return False, f"node {self.name} is {self.state} at the Stockade verifier"
-        if self.trusted_until is None or self.trusted_until <= now:
-            return False, f"node {self.name}'s attestation result expired (stale)"
-        return True, f"node {self.name} is trusted until {self.trusted_until.isoformat()}"
+        return False, f"node {self.name}'s attestation result expired (stale)"
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment is not None else "never"
 
 
 class TrustSource(Protocol):
