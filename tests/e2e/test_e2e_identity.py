@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from stockade.agent.client import ChannelAuth
 from stockade.agent.loop import Agent, AgentConfig
-from stockade.agent.source import EXECUTION_LOG_NAME, NodeSource
+from stockade.agent.source import NodeSource
 from stockade.boot import DevelopmentPlatform, boot_node, load_release
 from stockade.boot.chain import event_log_path
 from stockade.channel import sign_request
@@ -50,7 +50,7 @@ from stockade.evidence.public import TpmPublic
 from stockade.evidence.templates import KeyKind
 from stockade.tpm.device import Tpm
 from stockade.tpm.ek import read_endorsement
-from stockade.tpm.swtpm import SoftwareTpm
+from stockade.tpm.swtpm import EXECUTION_LOG_NAME, SoftwareTpm
 from stockade.verifier.security_events import PER_KEY_PER_MINUTE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "verifier"))

@@ -20,7 +20,6 @@ EVENT_LOG_NAME = "binary_bios_measurements"
 # The execution log (PCR 13, docs/execution-log.md) lives on a tmpfs, so it starts empty with
 # every boot, as PCR 13 does; a development node's lives beside its TPM and its boot log.
 HARDWARE_EXECUTION_LOG = Path("/run/stockade/execution.log")
-EXECUTION_LOG_NAME = "execution.log"
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def resolve_source(
 
 
 def _development_source(name: str | None, event_log: Path | None, home: Path | None) -> NodeSource:
-    from stockade.tpm.swtpm import known_swtpms
+    from stockade.tpm.swtpm import EXECUTION_LOG_NAME, known_swtpms
 
     tpms = [tpm for tpm in known_swtpms(home) if tpm.is_running()]
     if name is not None:

@@ -124,7 +124,7 @@ def boot_node(
     tpm.power_cycle(startup_locality=platform.startup_locality)
     node_log.unlink(missing_ok=True)  # the previous boot's log no longer describes the PCRs
     # Likewise the execution log (PCR 13): a new boot starts it empty, as a tmpfs would.
-    from stockade.agent.source import EXECUTION_LOG_NAME
+    from stockade.tpm.swtpm import EXECUTION_LOG_NAME
 
     (tpm.instance_dir / EXECUTION_LOG_NAME).unlink(missing_ok=True)
     extender = _TpmExtender(tpm.tcti)

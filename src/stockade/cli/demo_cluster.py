@@ -196,7 +196,7 @@ class VerifierProcess:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        from stockade.agent.client import VerifierClient, VerifierUnavailable
+        from stockade.verifier_client import VerifierClient, VerifierUnavailable
 
         deadline = time.monotonic() + timeout
         while True:
@@ -231,7 +231,7 @@ class VerifierProcess:
 
     def client(self) -> Any:
         """A client holding the operator token: the demo reads nodes and results."""
-        from stockade.agent.client import VerifierClient
+        from stockade.verifier_client import VerifierClient
 
         return VerifierClient(self.url, self.ca, operator_token=self.operator_token())
 

@@ -94,12 +94,11 @@ def containers_story(
 ) -> ContainersOutcome:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from stockade.agent.source import EXECUTION_LOG_NAME
     from stockade.boot import DevelopmentPlatform, boot_node, load_release
     from stockade.images import ImageLayout, sign_image, sign_trust_policy
     from stockade.release.keys import load_signing_key, public_pem
     from stockade.tpm.ekca import EkCa
-    from stockade.tpm.swtpm import SoftwareTpm, start_swtpm
+    from stockade.tpm.swtpm import EXECUTION_LOG_NAME, SoftwareTpm, start_swtpm
 
     started = time.monotonic()
     work = home / "containers"

@@ -87,7 +87,6 @@ def _leaks(secret: bytes, files: list[Path]) -> list[str]:
 def membership_story(
     console: Console, home: Path, database: str | None = None
 ) -> MembershipOutcome:
-    from stockade.agent.client import VerifierClient, VerifierRefused
     from stockade.agent.membership import Membership
     from stockade.agent.state import AgentState
     from stockade.boot import DevelopmentPlatform, boot_node, load_release
@@ -100,6 +99,7 @@ def membership_story(
     from stockade.tpm.ekca import EkCa
     from stockade.tpm.sealed import SecretRefused, unseal_secret
     from stockade.tpm.swtpm import SoftwareTpm, start_swtpm
+    from stockade.verifier_client import VerifierClient, VerifierRefused
 
     started = time.monotonic()
     work = home / "membership"

@@ -50,8 +50,8 @@ def join(
     """Enroll (once), attest, and when the verifier affirms this node, obtain a certificate for
     a key that lives only in this TPM. Exit 1 with the reasons when the node is not trusted."""
     from stockade.agent import Agent, AgentConfig, resolve_source
-    from stockade.agent.client import VerifierClient
     from stockade.home import stockade_home
+    from stockade.verifier_client import VerifierClient
 
     source = resolve_source(tcti=tcti, tpm_name=tpm, event_log=event_log, home=home)
     agent = Agent(

@@ -102,8 +102,8 @@ def controller(
     the view needs a reader token."""
     from kubernetes import client
 
-    from stockade.agent.client import VerifierClient
     from stockade.kube.controller import NodeController, VerifierTrustView
+    from stockade.verifier_client import VerifierClient
 
     if grace < 0 or interval <= 0:
         raise InputError("--grace must be >= 0 and --interval > 0")

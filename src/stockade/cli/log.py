@@ -114,7 +114,7 @@ class HttpLogSource:
 
 
 def _client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
-    from stockade.agent.client import VerifierClient
+    from stockade.verifier_client import VerifierClient
 
     return VerifierClient.from_options(verifier, ca, token_file)
 
@@ -301,7 +301,7 @@ def monitor_command(
     signature, a rollback, a fork or a rewritten entry, an ALERT line on stderr and exit 1
     (the state file keeps the last good checkpoint). Checkpoints and proofs are public;
     fetching the entries (``--entries``, the default) needs a reader token."""
-    from stockade.agent.client import VerifierRefused, VerifierUnavailable
+    from stockade.verifier_client import VerifierRefused, VerifierUnavailable
 
     with _client(verifier, ca, token_file) as api:
         source = HttpLogSource(api)

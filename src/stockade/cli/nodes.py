@@ -75,7 +75,7 @@ def pinned_keys(path: Path | None) -> Any:
 
 
 def client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
-    from stockade.agent.client import VerifierClient
+    from stockade.verifier_client import VerifierClient
 
     return VerifierClient.from_options(verifier, ca, token_file)
 
@@ -288,8 +288,8 @@ def label(
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Set a node's labels (secret grants select nodes by label). Needs the operator token."""
-    from stockade.agent.client import VerifierClient
     from stockade.cluster.grants import parse_labels
+    from stockade.verifier_client import VerifierClient
 
     wanted = parse_labels(labels)
     with VerifierClient.from_options(verifier, ca, token_file) as api:

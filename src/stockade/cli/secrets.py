@@ -27,7 +27,7 @@ NameArgument = Annotated[str, typer.Argument(help="secret name")]
 
 
 def _client(verifier: str | None, ca: Path | None, token_file: Path | None) -> Any:
-    from stockade.agent.client import VerifierClient
+    from stockade.verifier_client import VerifierClient
 
     return VerifierClient.from_options(verifier, ca, token_file)
 

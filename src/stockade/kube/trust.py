@@ -147,7 +147,7 @@ def verifier_trust_source(
     """A cached trust source over the verifier's HTTPS API, believing only statements signed
     by the pinned ``keys``. The statement needs a reader token: ``token_file``, else
     ``$STOCKADE_OPERATOR_TOKEN``."""
-    from stockade.agent.client import VerifierClient
+    from stockade.verifier_client import VerifierClient
 
     client = VerifierClient.from_options(verifier, ca, token_file)
     return CachedTrustSource(lambda: client.request("GET", "/v1/trust"), keys, ttl)

@@ -59,6 +59,9 @@ STATE_FILE = "tpm2-00.permall"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _PORT_ATTEMPTS = 20
+# A development node's container execution log, kept in its TPM's instance directory (a
+# reboot of the development boot chain starts it afresh).
+EXECUTION_LOG_NAME = "execution.log"
 _STOP_TIMEOUT = 5.0
 _IO_TIMEOUT = 5.0
 
