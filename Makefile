@@ -3,11 +3,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BOOTSTRAP_STAMP := $(VENV)/.stockade-installed
 
-.PHONY: demo test bench lint typecheck bootstrap clean
+.PHONY: demo test test-core bench lint typecheck bootstrap clean
 
 bootstrap: $(BOOTSTRAP_STAMP)
 
-$(BOOTSTRAP_STAMP): pyproject.toml scripts/bootstrap.sh
+$(BOOTSTRAP_STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 	./scripts/bootstrap.sh
 
 demo: bootstrap
@@ -15,6 +15,10 @@ demo: bootstrap
 
 test: bootstrap lint typecheck
 	$(PY) -m pytest -q
+
+# The tool-free tier: no software TPM, no other programs; the pure code in under a minute.
+test-core: bootstrap
+	$(PY) -m pytest -q -m "not swtpm and not crosscheck and not tools"
 
 lint: bootstrap
 	$(VENV)/bin/ruff check src tests bench fuzz

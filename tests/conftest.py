@@ -21,6 +21,30 @@ from stockade.tpm.swtpm import SoftwareTpm, provision_state, running_swtpms, sta
 
 _instance_numbers = itertools.count()
 
+TESTS = Path(__file__).resolve().parent
+# Markers applied here, from what a test uses, so no file has to remember them:
+# - swtpm: it uses a software TPM (or the EK CA swtpm's tools make);
+# - tools: it runs other programs (tpm2-tools, runc, podman, umoci, PostgreSQL, sbsign,
+#   veritysetup, a real verifier process...).
+# `make test-core` runs what carries neither: the pure code, in-process, in under a minute.
+_SWTPM_FIXTURES = frozenset(
+    {"software_tpm", "shared_software_tpm", "make_software_tpm", "swtpm_template", "ek_ca"}
+)
+_TOOL_DIRECTORIES = frozenset({"e2e", "runtime", "crosscheck", "boot", "tpm", "cli", "agent"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _SWTPM_FIXTURES:
+            item.add_marker(pytest.mark.swtpm)
+        try:
+            top = Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if top in _TOOL_DIRECTORIES:
+            item.add_marker(pytest.mark.tools)
+
 
 def _require_swtpm() -> None:
     missing = [tool for tool in ("swtpm", "swtpm_setup") if shutil.which(tool) is None]
