@@ -16,6 +16,7 @@ from stockade.agent.execution_log import (
     ExecutionLog,
     ExecutionLogCorrupt,
     ExecutionLogError,
+    ExecutionLogTorn,
     RecordsNotInLog,
 )
 from stockade.appraisal.executions import Forbidden, appraise_executions
@@ -181,8 +182,13 @@ def test_a_torn_tail_is_refused_not_appended_to(tmp_path):
         file.write(marshal_record(1, 13, digests(content(1)), content(1))[:40])
     # the offset is in the file, though only the new part of it was read again
     offset = len(whole) + 19  # past record 1's recnum and pcr fields
-    with pytest.raises(ExecutionLogCorrupt, match=f"CEL record 1: .* at byte offset {offset}$"):
+    with pytest.raises(
+        ExecutionLogTorn,
+        match=f"torn tail: record 1 at byte offset {len(whole)} is incomplete"
+        f" \\(40 bytes: .* at byte offset {offset}\\)",
+    ) as raised:
         log.append(content(1), digests(content(1)))
+    assert raised.value.tail.offset == len(whole) and raised.value.tail.truncated
     with pytest.raises(ExecutionLogCorrupt):
         ExecutionLog(path).next_recnum()
     assert path.read_bytes()[: len(whole)] == whole

@@ -18,7 +18,9 @@ from stockade.appraisal.executions import (
 )
 from stockade.evidence.cel import marshal_record, parse_cel
 from stockade.evidence.execution import (
+    ABANDONED_CONTENT_TYPE,
     EXECUTION_PCR,
+    PENDING_CONTENT_TYPE,
     ContainerStart,
     Mount,
     TrustPolicyLoaded,
@@ -543,3 +545,99 @@ def test_a_forbid_entry_that_is_not_a_reference_is_a_policy_error():
 
     with pytest.raises(PolicyInvalid, match=r"executions\.forbid\.references"):
         _forbidden({"forbid": {"references": ["Not A Reference"]}})
+
+
+# -- write-ahead status: pending (0xC6) and abandoned (0xC7) records ----------------------
+
+
+def _with_status(record: bytes, status: int) -> bytes:
+    offset, _ = content_of(record)
+    return record[:offset] + bytes((status,)) + record[offset + 1 :]
+
+
+def _pending(node: Node, extended: bool) -> Node:
+    """A crash mid-admission: the record appended as pending; extended or not."""
+    content = encode_record(container(len(node.records)))
+    digests = {alg: h(content).digest() for alg, h in HASHES.items()}
+    if extended:
+        for alg, h in HASHES.items():
+            node.pcr[alg] = h(node.pcr[alg] + digests[alg]).digest()
+    record = marshal_record(len(node.records), EXECUTION_PCR, digests, content)
+    node.records.append(_with_status(record, PENDING_CONTENT_TYPE))
+    return node
+
+
+def test_a_last_pending_record_without_its_extend_never_started():
+    node = _pending(Node().start(3), extended=False)
+    result = node.appraise()
+    assert result.ok, result.reasons
+    assert result.not_started == (3,)
+    assert result.state.next_recnum == 4  # judged for good: its status can no longer change
+    assert [recnum for recnum, _ in result.records] == [0, 1, 2, 3]
+
+
+def test_a_last_pending_record_with_its_extend_started():
+    node = _pending(Node().start(3), extended=True)
+    result = node.appraise()
+    assert result.ok, result.reasons
+    assert result.not_started == ()
+    assert result.state.pcr == node.quoted()
+
+
+def test_an_abandoned_record_is_never_replayed_and_never_forbidden():
+    node = _pending(Node().start(2), extended=False)
+    node.records[-1] = _with_status(node.records[-1], ABANDONED_CONTENT_TYPE)
+    node.start(2)
+    forbidden = Forbidden(digests=frozenset({container(2).manifest_digest}))
+    result = node.appraise(forbidden=forbidden)
+    assert result.ok, result.reasons
+    assert result.not_started == (2,) and result.forbidden == ()
+
+
+def test_incremental_appraisal_after_a_record_that_never_started():
+    node = _pending(Node().start(2), extended=False)
+    first = node.appraise()
+    assert first.ok and first.not_started == (2,)
+    node.records[-1] = _with_status(node.records[-1], ABANDONED_CONTENT_TYPE)  # the next hook
+    node.start(2)
+    second = node.appraise(first.state)
+    assert second.ok, second.reasons
+    assert [recnum for recnum, _ in second.records] == [3, 4]
+
+
+def test_a_pending_record_that_is_not_the_last_is_named():
+    node = _pending(Node().start(2), extended=True).start(2)
+    result = failing(node, node.log())
+    assert (
+        "record 2 (container c0002, image registry.example/team/app:1.2): is pending"
+        in (result.reasons[0])
+    )
+
+
+def test_marking_an_extended_record_abandoned_does_not_hide_it():
+    """The forbidden image ran (extended); calling it abandoned leaves PCR 13 unexplained."""
+    node = Node().start(2)
+    node.run(container(2, image="registry.example/evil/miner:1"))
+    node.records[2] = _with_status(node.records[2], ABANDONED_CONTENT_TYPE)
+    result = failing(node, node.log())
+    assert any("records end at 2 but PCR 13" in reason for reason in result.reasons)
+
+
+@pytest.mark.parametrize("status", [PENDING_CONTENT_TYPE, ABANDONED_CONTENT_TYPE])
+def test_a_status_record_whose_digest_is_not_of_its_content_is_named(status):
+    node = Node().start(2)
+    forged = marshal_record(2, EXECUTION_PCR, {SHA1: bytes(20), SHA256: bytes(32)},
+                            encode_record(container(2)))  # fmt: skip
+    node.records.append(_with_status(forged, status))
+    result = failing(node, node.log())
+    assert any("record 2" in r and "digest does not match" in r for r in result.reasons)
+
+
+def test_a_pending_record_cannot_make_pcr_13_match_either_way():
+    """Both replays (with and without the pending record) are compared with the quote; a
+    quote matching neither (here: an extend of something else) is a finding."""
+    node = _pending(Node().start(2), extended=False)
+    for alg, h in HASHES.items():
+        node.pcr[alg] = h(node.pcr[alg] + h(b"something else").digest()).digest()
+    result = failing(node, node.log())
+    assert any("records end at 2 but PCR 13" in reason for reason in result.reasons)

@@ -481,3 +481,36 @@ def test_fuzz_target_catches_a_broken_round_trip(fuzz_cel, monkeypatch):
     monkeypatch.setattr(CelRecord, "marshal", lambda self: original(self) + b"\x00")
     with pytest.raises(AssertionError, match="does not marshal back"):
         fuzz_cel.test_one_input(seed)
+
+
+def test_a_record_status_is_its_content_type_byte_and_digests_stay_of_the_measured_content():
+    from stockade.evidence.execution import (
+        ABANDONED_CONTENT_TYPE,
+        CONTENT_TYPE,
+        PENDING_CONTENT_TYPE,
+        MalformedExecutionRecord,
+        TrustPolicyLoaded,
+        decode_record,
+        encode_record,
+        measured_content,
+        with_status,
+    )
+
+    done = encode_record(TrustPolicyLoaded("sha256:" + "ab" * 32, "2026-12-06T06:00:00Z"))
+    for status in (PENDING_CONTENT_TYPE, ABANDONED_CONTENT_TYPE):
+        marked = with_status(done, status)
+        assert marked[0] == status and marked[1:] == done[1:]
+        assert measured_content(marked) == done
+        record = marshal_record(0, 13, {0x0B: hashlib.sha256(done).digest()}, marked)
+        (parsed,) = parse_cel(record)  # still well-formed CEL-TLV
+        assert parsed.content_type == status and parsed.marshal() == record
+        assert decode_record(measured_content(parsed.content)).to_json()["type"] == (
+            "trust_policy_loaded"
+        )
+        with pytest.raises(MalformedExecutionRecord):
+            decode_record(marked)  # only the measured form is a record
+    assert with_status(with_status(done, PENDING_CONTENT_TYPE), CONTENT_TYPE) == done
+    other = content_tlv(0x50, b"cos event")
+    assert measured_content(other) == other
+    with pytest.raises(MalformedExecutionRecord):
+        with_status(other, PENDING_CONTENT_TYPE)

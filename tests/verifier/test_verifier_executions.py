@@ -21,12 +21,25 @@ from verifier_support import (
 )
 
 from stockade.agent.execution_log import ExecutionLog
+from stockade.agent.loop import Agent, AgentConfig
+from stockade.agent.oci_hook import _digests, _resolve_pending
+from stockade.agent.source import NodeSource
+from stockade.agent.state import Enrolled
 from stockade.appraisal.execution_proof import ExecutionProofInvalid, verify_execution_proof
 from stockade.appraisal.executions import Forbidden
-from stockade.evidence.cel import parse_cel
-from stockade.evidence.execution import EXECUTION_PCR, ContainerStart, Mount, encode_record
+from stockade.evidence.cel import marshal_record, parse_cel
+from stockade.evidence.execution import (
+    ABANDONED_CONTENT_TYPE,
+    CONTENT_TYPE,
+    EXECUTION_PCR,
+    PENDING_CONTENT_TYPE,
+    ContainerStart,
+    Mount,
+    encode_record,
+)
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.tpm.device import Tpm
+from stockade.verifier_client import Nonce
 
 SELECTION = "sha256:0,1,2,3,4,5,6,7,13"
 BAD_DIGEST = "sha256:" + "66" * 32
@@ -111,13 +124,24 @@ class Node:
         self.log = ExecutionLog(path)
 
     def run(self, record: ContainerStart) -> None:
+        """As the hook does: resolve a pending record left by a crash, append the record as
+        pending, extend, mark it done."""
         content = encode_record(record)
-        with Tpm(self.agent.tpm.tcti) as tpm, self.log.locked():
+        with self.log.locked(), Tpm(self.agent.tpm.tcti) as tpm:
             banks = tpm.active_banks()
+            _resolve_pending(self.log, tpm, banks)
+            recnum = self.log.append_pending(content, _digests(content, banks))
             tpm.extend_pcr(EXECUTION_PCR, content, banks)
-            digests = {bank.hash_alg: hashlib.new(_name(bank.hash_alg), content).digest()
-                       for bank in banks.banks}  # fmt: skip
-            self.log.append(content, digests)
+            self.log.mark(recnum, CONTENT_TYPE)
+
+    def crash(self, record: ContainerStart, *, extended: bool) -> None:
+        """A hook killed after its append, before (or after) its extend, before its mark."""
+        content = encode_record(record)
+        with self.log.locked(), Tpm(self.agent.tpm.tcti) as tpm:
+            banks = tpm.active_banks()
+            self.log.append_pending(content, _digests(content, banks))
+            if extended:
+                tpm.extend_pcr(EXECUTION_PCR, content, banks)
 
     def attest(self, api, log: bytes | None = None, start_at: int = 0):
         issued = api.post(f"/v1/nodes/{self.agent.node_id}/nonces", auth=self.agent.auth).json()
@@ -129,10 +153,6 @@ class Node:
         )
         assert answer.status_code == 200, answer.text
         return answer.json()
-
-
-def _name(alg: int) -> str:
-    return {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}[alg]
 
 
 @pytest.fixture
@@ -366,3 +386,191 @@ def json_copy(document):
     import json
 
     return json.loads(json.dumps(document))
+
+
+# -- faults: a torn tail, a hook killed between append and extend (review finding 6) -------
+
+
+class InProcessVerifier:
+    """The agent's verifier client, answered by the in-process verifier."""
+
+    def __init__(self, api, agent: DevAgent) -> None:
+        self.api, self.agent = api, agent
+
+    def nonce(self, node_id: str) -> Nonce:
+        issued = self.api.post(f"/v1/nodes/{node_id}/nonces", auth=self.agent.auth)
+        assert issued.status_code == 201, issued.text
+        body = issued.json()
+        return Nonce(base64.b64decode(body["nonce"]), body["pcr_selection"], "")
+
+    def evidence(self, node_id: str, body: dict) -> dict:
+        answer = self.api.post(f"/v1/nodes/{node_id}/evidence", json=body, auth=self.agent.auth)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+def real_agent(member: Node, tmp_path: Path) -> tuple[Agent, list[str]]:
+    """The node's agent (``stockade.agent.loop``) with the node's AK and execution log."""
+    state_dir = tmp_path / "agent-state"
+    member.agent.ak.save(state_dir)
+    boot_log = tmp_path / "boot.log"
+    boot_log.write_bytes(b"")
+    lines: list[str] = []
+    config = AgentConfig(
+        verifier="in-process",
+        ca=None,
+        name="node-x",
+        source=NodeSource(member.agent.tpm.tcti, boot_log, "swtpm", member.log.path),
+        state_dir=state_dir,
+    )
+    return Agent(config, log=lines.append), lines
+
+
+def test_an_agent_reports_a_torn_tail_and_the_verifier_names_it(api, node, tmp_path):
+    client = api()
+    member = node(client)
+    for n in range(3):
+        member.run(start(n))
+    complete = member.log.path.read_bytes()
+    torn = marshal_record(3, EXECUTION_PCR, {0x0B: bytes(32)}, encode_record(start(3)))[:100]
+    with member.log.path.open("ab") as file:  # the node lost power 100 bytes into record 3
+        file.write(torn)
+    agent, lines = real_agent(member, tmp_path)
+    enrolled = Enrolled(member.agent.node_id, "node-x", "in-process")
+    verifier = InProcessVerifier(client, member.agent)
+
+    answer = agent.attest_once(verifier, enrolled)
+    assert answer["status"] == "contraindicated"
+    reason = next(r for r in answer["reasons"] if "torn tail" in r)
+    assert reason.startswith(
+        f"execution log: torn tail: record 3 at byte offset {len(complete)} is incomplete"
+        " (100 bytes:"
+    ), reason
+    stored = read(client, f"/v1/nodes/{member.agent.node_id}/results").json()["results"][0]
+    assert stored["status"] == "contraindicated" and reason in stored["reasons"]
+    assert answer["execution_log_next"] == 0  # nothing stored: resent, now whole
+
+    # Told, the agent set the tail aside (kept, not destroyed) and the hook appends again.
+    aside = member.log.path.with_name(f"{member.log.path.name}.torn-{len(complete)}")
+    assert aside.read_bytes() == torn and member.log.path.read_bytes() == complete
+    assert any("set aside in" in line and "torn tail: record 3" in line for line in lines)
+    member.run(start(3))
+    answer = agent.attest_once(verifier, enrolled)
+    assert answer["status"] == "affirming", answer["reasons"]
+    assert answer["execution_log_next"] == 4
+
+
+def test_a_pending_record_never_extended_never_started_and_the_node_affirms(
+    api, node, verifier_config
+):
+    from stockade.appraisal.execution_proof import audit_execution
+    from stockade.statements import VerifierKeys
+
+    client = api()
+    member = node(client)
+    member.run(start(0))
+    member.run(start(1))
+    member.crash(start(2), extended=False)  # runc never started container c2
+    answer = member.attest(client)
+    assert answer["status"] == "affirming", answer["reasons"]
+    assert answer["execution_log_next"] == 3
+    audit = read(client, "/v1/executions").json()["executions"]
+    assert [entry["recnum"] for entry in audit] == [0, 1]  # c2 never ran
+    entries = read(client, "/v1/log/entries", params={"start": 0, "end": 4}).json()["entries"]
+    kinds = [base64.b64decode(e["entry"]) for e in entries]
+    assert sum(b'"kind":"container-start-not-started","node_id"' in k for k in kinds) == 1
+
+    member.run(start(3))  # the next hook marks record 2 abandoned
+    assert _statuses(member) == [CONTENT_TYPE, CONTENT_TYPE, ABANDONED_CONTENT_TYPE, CONTENT_TYPE]
+    answer = member.attest(client, start_at=3)
+    assert answer["status"] == "affirming", answer["reasons"]
+    audit = read(client, "/v1/executions").json()["executions"]
+    assert [entry["recnum"] for entry in audit] == [0, 1, 3]
+    keys = VerifierKeys.load(verifier_config.data_dir / "keys" / "verifier-key.pub.pem")
+    assert audit_execution(audit[-1], keys).records_proven == 4
+
+
+def test_a_pending_record_extended_before_the_crash_is_accepted_as_started(
+    api, node, verifier_config
+):
+    from stockade.appraisal.execution_proof import audit_execution
+    from stockade.statements import VerifierKeys
+
+    client = api()
+    member = node(client)
+    member.run(start(0))
+    member.crash(start(1), extended=True)  # killed between the extend and the mark
+    assert _statuses(member) == [CONTENT_TYPE, PENDING_CONTENT_TYPE]
+    answer = member.attest(client)
+    assert answer["status"] == "affirming", answer["reasons"]
+    audit = read(client, "/v1/executions").json()["executions"]
+    assert [entry["recnum"] for entry in audit] == [0, 1]
+    # Stored in its final (done) form: the proof replays whatever the node writes later.
+    keys = VerifierKeys.load(verifier_config.data_dir / "keys" / "verifier-key.pub.pem")
+    assert audit_execution(audit[1], keys).records_proven == 2
+    (stored,) = parse_cel(base64.b64decode(audit[1]["proof"]["execution_log"]))[1:]
+    assert stored.content_type == CONTENT_TYPE
+
+    member.run(start(2))  # the next hook marks record 1 done
+    assert _statuses(member) == [CONTENT_TYPE] * 3
+    answer = member.attest(client, start_at=2)
+    assert answer["status"] == "affirming", answer["reasons"]
+    assert answer["execution_log_next"] == 3
+
+
+def _statuses(member: Node) -> list[int]:
+    return [record.content_type for record in parse_cel(member.log.read_from(0))]
+
+
+def _restatus(log: bytes, recnum: int, status: int) -> bytes:
+    records = list(parse_cel(log))
+    records[recnum] = records[recnum]._replace(
+        content=bytes((status,)) + records[recnum].content[1:]
+    )
+    return b"".join(record.marshal() for record in records)
+
+
+@pytest.mark.parametrize(
+    ("forgery", "needle"),
+    [
+        # The forbidden container ran (extended); the log calls it abandoned, or pending.
+        ("ran-called-abandoned", "records end at 2 but PCR 13"),
+        ("ran-called-pending-not-last", "record 1 (container c1"),
+        # An extend behind the hook's back, "explained" by a pending record of another start.
+        ("pending-covers-another-extend", "records end at 2 but PCR 13"),
+        # Two pending records, so PCR 13 might match in more than one way.
+        ("two-pending", "is pending (its extend never confirmed) but is not the last record"),
+    ],
+)
+def test_a_forged_pending_or_abandoned_record_is_refused(api, node, software_tpm, forgery, needle):
+    client = api(policy(digests=[BAD_DIGEST]))
+    member = node(client)
+    member.run(start(0))
+    if forgery == "ran-called-abandoned":
+        member.run(start(1, image="registry.example/org/miner", digest=BAD_DIGEST))
+        member.run(start(2))
+        log = _restatus(member.log.read_from(0), 1, ABANDONED_CONTENT_TYPE)
+    elif forgery == "ran-called-pending-not-last":
+        member.run(start(1, image="registry.example/org/miner", digest=BAD_DIGEST))
+        member.run(start(2))
+        log = _restatus(member.log.read_from(0), 1, PENDING_CONTENT_TYPE)
+    elif forgery == "pending-covers-another-extend":
+        member.run(start(1))
+        with Tpm(software_tpm.tcti) as tpm:
+            tpm.extend_pcr(EXECUTION_PCR, encode_record(start(9, digest=BAD_DIGEST)))
+        member.crash(start(2), extended=False)
+        log = member.log.read_from(0)
+    else:
+        member.crash(start(1), extended=True)
+        log = member.log.read_from(0)
+        with Tpm(software_tpm.tcti) as tpm:
+            banks = tpm.active_banks()
+            content = encode_record(start(2))
+            tpm.extend_pcr(EXECUTION_PCR, content, banks)
+            member.log.append_pending(content, _digests(content, banks))  # no resolve
+        log = member.log.read_from(0)
+    answer = member.attest(client, log=log)
+    assert answer["status"] == "contraindicated"
+    text = " ".join(answer["reasons"])
+    assert needle in text, text
+    assert read(client, "/v1/executions").json()["executions"] == []

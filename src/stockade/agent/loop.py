@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.agent.client import (
     VerifierClient,
@@ -40,6 +40,12 @@ from stockade.evidence.credential import CredentialBlob
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.templates import KeyKind
 from stockade.statements import VerifierKeys
+
+if TYPE_CHECKING:
+    from stockade.agent.execution_log import ExecutionLog, TornTail
+
+# A torn tail is a partial record; more than this of it is not needed to name it.
+MAX_TORN_TAIL_SENT = 64 * 1024
 
 # Answers that mean the verifier no longer knows this node (or its AK): enroll again.
 _REENROLL_STATUSES = frozenset({404})
@@ -93,6 +99,8 @@ class Agent:
     # released secret must be signed under the one and sealed to (some of) the other.
     _verifier_keys: VerifierKeys | None = None
     _attested: PcrSelection | None = None
+    # A torn execution-log tail sent with the evidence in flight: (log, tail).
+    _torn: tuple[ExecutionLog, TornTail] | None = None
 
     @property
     def state(self) -> AgentState:
@@ -287,6 +295,7 @@ class Agent:
         selection = PcrSelection.parse(challenge.pcr_selection)
         event_log = self.config.source.read_event_log()
         body: dict[str, Any] = {}
+        self._torn = None
         with contextlib.ExitStack() as stack:
             if any(EXECUTION_PCR in bank.pcrs for bank in selection.banks):
                 body.update(self._execution_log_part(stack))
@@ -304,6 +313,7 @@ class Agent:
             },
         )
         self._attested = evidence.selection
+        self._set_torn_tail_aside()
         acknowledged = answer.get("execution_log_next")
         if isinstance(acknowledged, int) and acknowledged >= 0:
             self.state.save_execution_log_next(acknowledged)
@@ -311,7 +321,11 @@ class Agent:
 
     def _execution_log_part(self, stack: contextlib.ExitStack) -> dict[str, Any]:
         """Lock the execution log (held until the quote is taken) and read what the verifier
-        has not acknowledged; from record 0 when the log restarted (a new boot)."""
+        has not acknowledged; from record 0 when the log restarted (a new boot).
+
+        A torn tail is sent as what it is: the raw bytes after the complete records, the
+        log then sent from record 0 so the verifier can name the file offset. Once the
+        verifier has answered, ``_set_torn_tail_aside`` moves it out of the way."""
         from stockade.agent.execution_log import ExecutionLog, RecordsNotInLog
 
         path = self.config.source.execution_log
@@ -320,10 +334,28 @@ class Agent:
         stack.enter_context(log.locked())
         start = self.state.execution_log_next()
         try:
-            records = log.read_from(start)
+            records, tail = log.read_with_tail(start)
         except RecordsNotInLog:
-            start, records = 0, log.read_from(0)
+            start, (records, tail) = 0, log.read_with_tail(0)
+        if tail is not None:
+            if start:
+                start, (records, _) = 0, log.read_with_tail(0)
+            self._torn = (log, tail)
+            records += tail.data[:MAX_TORN_TAIL_SENT]
         return {"execution_log": b64(records), "execution_log_from": start}
+
+    def _set_torn_tail_aside(self) -> None:
+        """After the verifier was told of a torn tail: keep a copy beside the log and
+        truncate the log to its complete records, so the hook can append again."""
+        torn, self._torn = self._torn, None
+        if torn is None:
+            return
+        log, tail = torn
+        aside = log.set_aside(tail)
+        self.log(
+            f"execution log {log.path}: {tail.describe()}; reported to the verifier,"
+            f" set aside in {aside}"
+        )
 
     @property
     def membership(self) -> Membership:

@@ -10,11 +10,19 @@ Admission, in this order, under one lock so that record numbers follow extend or
 
 1. verify the image (signature, trust policy, every blob's digest) named by the annotations
    ``dev.stockade.image.layout``, ``dev.stockade.image.tag``, ``dev.stockade.image.reference``;
-2. if the trust policy's digest differs from the last ``TrustPolicyLoaded`` in the execution
-   log, extend PCR 13 with a new ``TrustPolicyLoaded`` record and append it;
-3. extend PCR 13 with the canonical ``ContainerStart`` record (CEL content bytes);
-4. append that record to the execution log (fsync'd);
-5. exit 0.
+2. resolve a *pending* record a crashed hook left at the end of the log: PCR 13 read and
+   compared with the log replayed with and without it says whether its extend happened;
+   it is marked done (0xC5) or abandoned (0xC7, the container never started);
+3. if the trust policy's digest differs from the last ``TrustPolicyLoaded`` in the execution
+   log, record a new ``TrustPolicyLoaded`` as in 4-6;
+4. append the canonical ``ContainerStart`` record to the execution log as pending (fsync'd);
+5. extend PCR 13 with it (CEL content bytes, type 0xC5);
+6. mark it done (one byte rewritten in place, fsync'd), and exit 0.
+
+A crash between 4 and 5 leaves a pending record never extended (step 2 of the next hook, or
+the verifier, finds it not started: runc never ran the container); between 5 and 6 a pending
+record whose extend the next quote shows (the verifier accepts it as started). There is no
+point at which PCR 13 holds an extend the log lacks.
 
 It fails closed: unreadable input, a missing annotation, a refused image, an unreachable TPM
 or any unexpected exception prints one line on stderr and exits 1 before the container runs.
@@ -306,13 +314,7 @@ def admit(
     """
     identity = image_identity(request, settings)
 
-    from stockade.evidence.execution import (
-        EXECUTION_PCR,
-        ContainerStart,
-        Mount,
-        TrustPolicyLoaded,
-        encode_record,
-    )
+    from stockade.evidence.execution import ContainerStart, Mount, encode_record
     from stockade.images import ImageLayout, verify_image
 
     policy = _load_policy(settings)
@@ -337,20 +339,90 @@ def admit(
 
     settings.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = ExecutionLog(settings.log_path)
-    # The log's lock is held across extend and append, so record numbers follow extend
-    # order across concurrent hooks, and the agent's quote never sees them disagree.
+    # The lock before the TPM: a swtpm serves one connection at a time.
     with log.locked(), Tpm(settings.tcti) as tpm:
+        return measure_and_log(log, tpm, encode_record(start), policy.digest, when)
+
+
+def measure_and_log(log: Any, tpm: Any, start: bytes, policy_digest: str, when: str) -> int:
+    """Steps 2-6 of the module doc for one ``ContainerStart`` content TLV ``start``: the
+    record number of its record. The log's lock is held throughout, so record numbers
+    follow extend order across concurrent hooks, and the agent's quote never sees a
+    record between its append and its mark."""
+    from stockade.evidence.execution import (
+        CONTENT_TYPE,
+        EXECUTION_PCR,
+        TrustPolicyLoaded,
+        encode_record,
+    )
+
+    with log.locked():
         banks = tpm.active_banks()
+        logged = _resolve_pending(log, tpm, banks)
         records = []
-        if _last_policy_digest(log) != policy.digest:
-            records.append(encode_record(TrustPolicyLoaded(digest=policy.digest, time=when)))
-        records.append(encode_record(start))
+        if _last_policy_digest(logged) != policy_digest:
+            records.append(encode_record(TrustPolicyLoaded(digest=policy_digest, time=when)))
+        records.append(start)
         recnum = -1
         for content in records:
-            digests = _digests(content, banks)
+            recnum = log.append_pending(content, _digests(content, banks))
             tpm.extend_pcr(EXECUTION_PCR, content, banks)
-            recnum = log.append(content, digests)
+            log.mark(recnum, CONTENT_TYPE)
     return recnum
+
+
+def _resolve_pending(log: Any, tpm: Any, banks: Any) -> list[Any]:
+    """Mark a pending record at the end of the log done or abandoned, as PCR 13 shows its
+    extend did or did not happen; the log's records after that. Refuses when PCR 13 matches
+    neither (the log and the PCR disagree: only a reboot helps)."""
+    from stockade.evidence.cel import iter_cel
+    from stockade.evidence.execution import (
+        ABANDONED_CONTENT_TYPE,
+        CONTENT_TYPE,
+        EXECUTION_PCR,
+        PENDING_CONTENT_TYPE,
+    )
+    from stockade.evidence.pcr_selection import BankSelection, PcrSelection
+
+    records = list(iter_cel(log.read_from(0)))
+    if not records or records[-1].content_type != PENDING_CONTENT_TYPE:
+        return records
+    pending = records[-1]
+    algs = [bank.hash_alg for bank in banks.banks]
+    read = tpm.read_pcrs(PcrSelection(tuple(BankSelection(a, (EXECUTION_PCR,)) for a in algs)))
+    quoted = {alg: read.banks[alg][EXECUTION_PCR] for alg in algs}
+    without = _replay(records[:-1], algs)
+    with_it = _replay(records, algs)
+    if with_it == quoted:
+        status = CONTENT_TYPE
+    elif without == quoted:
+        status = ABANDONED_CONTENT_TYPE
+    else:
+        raise HookRefused(
+            f"record {pending.recnum} of the execution log is pending and PCR {EXECUTION_PCR}"
+            " matches the log neither with nor without it; the node must reboot"
+        )
+    log.mark(pending.recnum, status)
+    return list(iter_cel(log.read_from(0)))
+
+
+def _replay(records: list[Any], algs: list[int]) -> dict[int, bytes]:
+    """PCR 13 per bank after ``records`` (abandoned ones skipped), from zeros."""
+    from stockade.evidence.algorithms import hash_algorithm
+    from stockade.evidence.execution import ABANDONED_CONTENT_TYPE
+
+    values = {}
+    for alg in algs:
+        hash_ = hash_algorithm(alg)
+        value = bytes(hash_.digest_size)
+        for record in records:
+            if record.content_type != ABANDONED_CONTENT_TYPE:
+                digest = record.digest(alg)
+                if digest is None:
+                    raise HookRefused(f"record {record.recnum} has no digest for bank {alg:#x}")
+                value = hash_.digest(value + digest)
+        values[alg] = value
+    return values
 
 
 def _check_unpacked_from(request: ContainerRequest, manifest_digest: str) -> None:
@@ -382,14 +454,21 @@ def _digests(content: bytes, banks: Any) -> dict[int, bytes]:
     return {b.hash_alg: hash_algorithm(b.hash_alg).digest(content) for b in banks.banks}
 
 
-def _last_policy_digest(log: Any) -> str | None:
-    """The digest in the last ``TrustPolicyLoaded`` record of this boot's log."""
-    from stockade.evidence.cel import iter_cel
-    from stockade.evidence.execution import TrustPolicyLoaded, decode_record
+def _last_policy_digest(records: list[Any]) -> str | None:
+    """The digest in the last ``TrustPolicyLoaded`` record of this boot's log (abandoned
+    records never took effect)."""
+    from stockade.evidence.execution import (
+        ABANDONED_CONTENT_TYPE,
+        TrustPolicyLoaded,
+        decode_record,
+        measured_content,
+    )
 
     last = None
-    for record in iter_cel(log.read_from(0)):
-        event = decode_record(record.content)
+    for record in records:
+        if record.content_type == ABANDONED_CONTENT_TYPE:
+            continue
+        event = decode_record(measured_content(record.content))
         if isinstance(event, TrustPolicyLoaded):
             last = event.digest
     return last

@@ -22,7 +22,7 @@ from stockade.appraisal.executions import replay_executions
 from stockade.evidence.attest import TPM_GENERATED_VALUE, Attest, AttestType, QuoteInfo
 from stockade.evidence.cel import parse_cel
 from stockade.evidence.errors import EvidenceError, EvidenceInvalid, QuoteInvalid
-from stockade.evidence.execution import EXECUTION_PCR, decode_record
+from stockade.evidence.execution import EXECUTION_PCR, decode_record, measured_content
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
 from stockade.evidence.quote import verify_ak_signature
@@ -93,7 +93,7 @@ def verify_execution_proof(
         raise ExecutionProofInvalid("replay", "; ".join(text for _, text in replay.problems[:3]))
     try:
         found = next((r for r in parse_cel(execution_log) if r.recnum == recnum), None)
-        logged = None if found is None else decode_record(found.content).to_json()
+        logged = None if found is None else decode_record(measured_content(found.content)).to_json()
     except EvidenceError as error:
         raise ExecutionProofInvalid("record", str(error)) from None
     if logged is None:

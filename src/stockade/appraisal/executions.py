@@ -14,7 +14,13 @@ PCR 13 value per bank), and tells exactly what is wrong, naming the record:
   in every quoted bank: records deleted at the end, or an extend without a record,
   show up here;
 - no ``ContainerStart`` runs a forbidden image (by manifest or config digest, or by
-  reference: the reference as recorded, without its digest, or its repository).
+  reference: the reference as recorded, without its digest, or its repository);
+- write-ahead status (``evidence.execution``): an abandoned record (0xC7) is never
+  replayed; a pending record (0xC6) may only be the last one, and is replayed both with
+  and without its digest: exactly one must give the quoted PCR 13 in every bank (with:
+  it started; without: it never started). Its digests are always of the measured
+  (0xC5) content. Records that never started are listed in ``not_started``, never
+  forbidden.
 
 A malformed log is a reason, never an exception. Pure: no I/O, no clock.
 """
@@ -29,14 +35,19 @@ from stockade.evidence.algorithms import HASHES, HASHES_BY_NAME
 from stockade.evidence.cel import CelRecord, MalformedCel, iter_cel
 from stockade.evidence.errors import EvidenceError, MalformedStructure
 from stockade.evidence.execution import (
+    ABANDONED_CONTENT_TYPE,
     EXECUTION_PCR,
+    PENDING_CONTENT_TYPE,
     ContainerStart,
     ExecutionRecord,
     TrustPolicyLoaded,
     decode_record,
+    measured_content,
 )
 from stockade.images.errors import ImageError
 from stockade.images.reference import parse_reference
+
+_STATUSES = frozenset((PENDING_CONTENT_TYPE, ABANDONED_CONTENT_TYPE))
 
 # Reasons are capped: a log with a million bad records gets a readable result.
 MAX_REASONS = 100
@@ -146,6 +157,7 @@ class ExecutionAppraisal:
     records: tuple[tuple[int, ExecutionRecord], ...]  # the new records, decoded
     state: ExecutionState  # the state to keep (only meaningful when ok)
     forbidden: tuple[int, ...] = field(default=())  # recnums that ran forbidden images
+    not_started: tuple[int, ...] = field(default=())  # recnums never extended (abandoned)
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,9 @@ class ExecutionReplay:
     problems: tuple[tuple[int, str], ...]
     records: tuple[CelRecord, ...]  # in log order
     state: ExecutionState  # policy_digest is the previous one: only decoding updates it
+    # Positions (in ``records``) of records never extended: abandoned ones, and a last
+    # pending one when the quote shows it was not extended.
+    not_started: frozenset[int] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -226,8 +241,20 @@ def replay_executions(
     last: int | None = None  # the last record number read in this submission
     seen: set[int] = set()
     position = 0
+    not_started: set[int] = set()
+    pending: int | None = None  # position of a pending record
+    before_pending: dict[int, bytes] = {}  # the running values before it
     try:
         for cel in iter_cel(new_log):
+            if pending is not None:
+                problems.append(
+                    (
+                        pending,
+                        "is pending (its extend never confirmed) but is not the last record:"
+                        " only the last record may be pending",
+                    )
+                )
+                pending = None
             records.append(cel)
             recnum = cel.recnum
             # Numbering: consecutive from ``start``; the replay below follows log order
@@ -242,6 +269,15 @@ def replay_executions(
             if cel.pcr == EXECUTION_PCR:
                 content = cel.content
                 digests = cel.digests
+                status = content[0]
+                replayed = True
+                if status in _STATUSES:
+                    content = measured_content(content)
+                    if status == ABANDONED_CONTENT_TYPE:
+                        not_started.add(position)
+                        replayed = False
+                    else:
+                        pending, before_pending = position, dict(running)
                 for alg, name, new in banks:
                     digest = None
                     for digest_alg, value in digests:
@@ -255,7 +291,8 @@ def replay_executions(
                         continue
                     if new(content).digest() != digest:
                         problems.append((position, f"{name} digest does not match its content"))
-                    running[alg] = new(running[alg] + digest).digest()
+                    if replayed:
+                        running[alg] = new(running[alg] + digest).digest()
                 if len(digests) != bank_count:
                     for digest_alg, digest in digests:
                         hash_ = HASHES.get(digest_alg)
@@ -279,6 +316,15 @@ def replay_executions(
     except MalformedCel as error:
         problems.append((position, f"execution log is malformed: {error}"))
 
+    if pending is not None and banks:
+        # Exactly one of "extended" and "never extended" may match, in every bank.
+        extended = all(running[alg] == quoted[alg] for alg, _, _ in banks)
+        never = all(before_pending[alg] == quoted[alg] for alg, _, _ in banks)
+        if extended and never:
+            problems.append((pending, "is pending and PCR 13 matches both with and without it"))
+        elif never:
+            running = before_pending
+            not_started.add(pending)
     for alg, name, _ in banks:
         value = quoted[alg]
         if running[alg] != value:
@@ -299,6 +345,7 @@ def replay_executions(
         tuple(problems),
         tuple(records),
         ExecutionState(reset_count, restart_count, expected, running, policy_digest),
+        frozenset(not_started),
     )
 
 
@@ -319,12 +366,13 @@ def appraise_executions(
     decoded: list[tuple[int, ExecutionRecord]] = []
     by_position: list[ExecutionRecord | None] = []
     forbidden_recnums: list[int] = []
+    not_started = replay.not_started
     # (sort key, text): a record's reasons follow its position in the log.
     later: list[tuple[int, str]] = []
     for position, cel in enumerate(replay.records):
         recnum = cel.recnum
         try:
-            record: ExecutionRecord | None = decode_record(cel.content)
+            record: ExecutionRecord | None = decode_record(measured_content(cel.content))
         except EvidenceError as error:
             record = None
             later.append(
@@ -334,6 +382,8 @@ def appraise_executions(
         if record is None:
             continue
         decoded.append((recnum, record))
+        if position in not_started:
+            continue  # never extended: it never took effect
         if type(record) is TrustPolicyLoaded:
             policy_digest = record.digest
         elif type(record) is ContainerStart:
@@ -366,6 +416,7 @@ def appraise_executions(
         records=tuple(decoded),
         state=replace(replay.state, policy_digest=policy_digest),
         forbidden=tuple(forbidden_recnums),
+        not_started=tuple(replay.records[p].recnum for p in sorted(not_started)),
     )
 
 

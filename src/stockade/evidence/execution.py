@@ -15,6 +15,12 @@ starts (docs/execution-log.md).
 - ``decode_record`` accepts only the canonical encoding of a valid record (so
   ``encode_record(decode_record(b)) == b``); environment variable values are never
   accepted: a record carries their names only.
+- Write-ahead status: the hook appends a record *before* extending it, with content type
+  ``PENDING_CONTENT_TYPE`` (0xC6), extends H_bank of the *measured* content (type 0xC5),
+  then rewrites that one type byte in place to 0xC5 ("done"). A pending record whose
+  extend never happened is later rewritten to ``ABANDONED_CONTENT_TYPE`` (0xC7): it is
+  never replayed. The CEL digests of every record are always of the measured (0xC5)
+  content TLV; only the type byte says the status (docs/execution-log.md, "Write-ahead").
 
 Pure: no I/O, no clock (``time`` is an RFC 3339 UTC string given by the caller).
 """
@@ -33,6 +39,9 @@ from stockade.strict_json import canonical_json as shared_canonical_json
 
 EXECUTION_PCR = 13
 CONTENT_TYPE = 0xC5
+PENDING_CONTENT_TYPE = 0xC6  # appended, extend not yet confirmed
+ABANDONED_CONTENT_TYPE = 0xC7  # appended, never extended: the container never started
+STATUS_CONTENT_TYPES = frozenset((CONTENT_TYPE, PENDING_CONTENT_TYPE, ABANDONED_CONTENT_TYPE))
 
 CONTAINER_START = "container_start"
 TRUST_POLICY_LOADED = "trust_policy_loaded"
@@ -298,6 +307,28 @@ def _canonical(record: ExecutionRecord) -> bytes:
 def encode_record(record: ExecutionRecord) -> bytes:
     """The content TLV the node measures and logs for ``record``."""
     return content_tlv(CONTENT_TYPE, _canonical(record))
+
+
+def measured_content(content: bytes) -> bytes:
+    """The content TLV as extended: a pending or abandoned record's content with its type
+    byte set back to ``CONTENT_TYPE`` (any other content unchanged)."""
+    if content[:1] in (_PENDING_BYTE, _ABANDONED_BYTE):
+        return _DONE_BYTE + content[1:]
+    return content
+
+
+def with_status(content: bytes, content_type: int) -> bytes:
+    """A Stockade content TLV with its type byte set to ``content_type`` (one of
+    ``STATUS_CONTENT_TYPES``)."""
+    if content_type not in STATUS_CONTENT_TYPES or content[:1] not in _STATUS_BYTES:
+        raise MalformedExecutionRecord(f"content type {content[:1].hex()} has no status")
+    return bytes((content_type,)) + content[1:]
+
+
+_DONE_BYTE = bytes((CONTENT_TYPE,))
+_PENDING_BYTE = bytes((PENDING_CONTENT_TYPE,))
+_ABANDONED_BYTE = bytes((ABANDONED_CONTENT_TYPE,))
+_STATUS_BYTES = frozenset((_DONE_BYTE, _PENDING_BYTE, _ABANDONED_BYTE))
 
 
 def decode_record(content: bytes) -> ExecutionRecord:

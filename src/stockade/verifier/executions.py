@@ -5,6 +5,14 @@ with the result whose quote proved it, logged in the transparency log, and audit
 The agent sends the log from the first record the verifier has not acknowledged
 (``execution_log_from``); the answer says where to continue (``execution_log_next``). Records
 the verifier already holds are skipped; a gap is a finding.
+
+A torn tail (the node's log ends inside a record: a crash or a full disk mid-append) arrives
+as raw bytes after the last complete record, the log then sent from record 0 so that offsets
+are the file's; the result is contraindicated with a reason naming the record and the byte
+offset, and the node sets the tail aside once told. A record that never started (abandoned,
+or pending without its extend in the quote) is stored as ``<kind>-not-started``, in its
+abandoned form; a pending record the quote shows extended is stored in its done form: the
+stored boot log is the node's once every status is final, and replays as such.
 """
 
 from __future__ import annotations
@@ -18,9 +26,17 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import Connection, insert, select, update
 
 from stockade.appraisal.executions import ExecutionState, Forbidden, appraise_executions
-from stockade.evidence.cel import parse_cel
+from stockade.evidence.cel import CelRecord, MalformedCel, TruncatedCel, iter_cel
 from stockade.evidence.errors import EvidenceError
-from stockade.evidence.execution import EXECUTION_PCR, ContainerStart, ExecutionRecord
+from stockade.evidence.execution import (
+    ABANDONED_CONTENT_TYPE,
+    CONTENT_TYPE,
+    EXECUTION_PCR,
+    STATUS_CONTENT_TYPES,
+    ContainerStart,
+    ExecutionRecord,
+    with_status,
+)
 from stockade.evidence.pcr_values import PcrValues
 from stockade.translog.entries import execution_record_entry
 from stockade.verifier.errors import BadRequest
@@ -41,6 +57,7 @@ class ExecutionOutcome:
     records: tuple[tuple[int, ExecutionRecord, bytes], ...]  # recnum, record, its CEL bytes
     next_recnum: int  # where the agent continues next time
     boot: tuple[int, int]  # (resetCount, restartCount) of the quote
+    not_started: tuple[int, ...] = ()  # recnums that were never extended
 
     @property
     def ok(self) -> bool:
@@ -80,25 +97,48 @@ def appraise_node_executions(
 
     if log_from > expected:
         return refused(f"records {expected} to {log_from - 1} were not sent")
+    complete: list[CelRecord] = []
+    torn = None
+    offset = 0
     try:
-        records = [r for r in parse_cel(log) if r.recnum >= expected]
-    except EvidenceError as error:
-        return refused(str(error))
+        for record in iter_cel(log):
+            complete.append(record)
+            offset += record.size
+    except MalformedCel as error:
+        kind = "torn tail" if isinstance(error, TruncatedCel) else "malformed tail"
+        recnum = complete[-1].recnum + 1 if complete else log_from
+        where = f"byte offset {offset}" + (
+            "" if log_from == 0 else f" of the records sent from record {log_from}"
+        )
+        torn = (
+            f"{kind}: record {recnum} at {where} is incomplete ({len(log) - offset} bytes:"
+            f" {error.reason}): the node crashed or ran out of space mid-append"
+        )
+    records = [r for r in complete if r.recnum >= expected]
     new_log = b"".join(record.marshal() for record in records)
     appraisal = appraise_executions(
         previous if same_boot else None, reset_count, restart_count, new_log, pcr13, forbidden
     )
-    if not appraisal.ok:
+    if torn is not None or not appraisal.ok:
+        reasons = ([torn] if torn else []) + list(appraisal.reasons)
         return ExecutionOutcome(
-            tuple(f"execution log: {reason}" for reason in appraisal.reasons),
-            None,
-            (),
-            expected,
-            boot,
+            tuple(f"execution log: {reason}" for reason in reasons), None, (), expected, boot
         )
-    raw = {record.recnum: record.marshal() for record in records}
+    not_started = frozenset(appraisal.not_started)
+    raw = {record.recnum: _final(record, record.recnum in not_started) for record in records}
     decoded = tuple((recnum, record, raw[recnum]) for recnum, record in appraisal.records)
-    return ExecutionOutcome((), appraisal.state, decoded, appraisal.state.next_recnum, boot)
+    return ExecutionOutcome(
+        (), appraisal.state, decoded, appraisal.state.next_recnum, boot, appraisal.not_started
+    )
+
+
+def _final(record: CelRecord, not_started: bool) -> bytes:
+    """The record's CEL bytes with its final status: abandoned if it never started, else
+    done (a pending record whose extend the quote proved)."""
+    if record.content_type not in STATUS_CONTENT_TYPES:
+        return record.marshal()
+    status = ABANDONED_CONTENT_TYPE if not_started else CONTENT_TYPE
+    return record._replace(content=with_status(record.content, status)).marshal()
 
 
 def store_executions(
@@ -124,9 +164,12 @@ def store_executions(
         )
     entries = []
     reset_count, restart_count = outcome.boot
+    not_started = frozenset(outcome.not_started)
     for recnum, record, cel in outcome.records:
         start = record if isinstance(record, ContainerStart) else None
         kind = "container-start" if start is not None else "trust-policy-loaded"
+        if recnum in not_started:
+            kind += "-not-started"
         connection.execute(
             insert(Execution).values(
                 node_id=node_id,
@@ -206,6 +249,8 @@ def list_executions(
         query = query.where((Node.id == node) | (Node.name == node))
     if since:
         query = query.where(Execution.created_at >= _since(since))
+    # Records that never started are kept for the boot's replay, not listed as executions.
+    query = query.where(Execution.kind.not_like("%-not-started"))
     if image:
         query = query.where(
             (Execution.image_reference == image)
