@@ -352,8 +352,9 @@ def test_running_monitor_alerts_when_the_log_is_rewritten(
     verifier: Verifier, tmp_path: Path
 ) -> None:
     """The monitor runs; the log grows (one line per checkpoint); then it is rewritten
-    behind the verifier's back. The running verifier refuses to sign the rewritten tree; a
-    restarted one signs it, and the monitor stops with an ALERT."""
+    behind the verifier's back. The running verifier refuses to sign the rewritten tree (and
+    would refuse to start on it); one restarted without its remembered checkpoint signs it,
+    and the monitor stops with an ALERT."""
     key = str(verifier.data_dir / "keys" / "log-key.pub")
     entries = [_entry(n) for n in range(4)]
     verifier.append(entries)
@@ -375,6 +376,7 @@ def test_running_monitor_alerts_when_the_log_is_rewritten(
         refused = verifier.get("/v1/log/checkpoint")
         assert refused.status_code == 503 and refused.json()["error"] == "log-corrupted"
         verifier.stop()
+        (verifier.data_dir / "state" / "latest-checkpoint").unlink()
         verifier.start()
         assert monitor.wait(timeout=30) == 1
         stderr = monitor.stderr.read() if monitor.stderr else ""

@@ -275,25 +275,118 @@ def test_append_on_a_connection_commits_and_rolls_back_with_the_caller(make_log)
         log.append_on(connection, [])
 
 
-def test_append_on_reuses_the_peaks_of_a_committed_append_of_the_same_size(make_log):
+def _lose_tail(log: MerkleLog, size: int) -> None:
+    """What a restore, a failover or a crash with asynchronous commit leaves: the log as it
+    was at ``size``, every later commit gone (leaves, the subtrees they completed, size)."""
+    leaves, subtrees = translog_store.leaves, translog_store.subtrees
+    with log.engine.begin() as connection:
+        connection.execute(leaves.delete().where(leaves.c.leaf_index >= size))
+        for level in range(1, 64):
+            connection.execute(
+                subtrees.delete().where(
+                    subtrees.c.level == level, subtrees.c.node_index >= size >> level
+                )
+            )
+        connection.execute(update(translog_store.state).values(size=size))
+
+
+def _head(log: MerkleLog) -> translog_store.TreeHead:
+    return translog_store.TreeHead(*log.head())
+
+
+def test_append_on_proves_the_expected_head_in_the_query_that_reads_the_peaks(make_log):
+    """An append checks the stored tree against the newest signed head in one SELECT (the
+    peaks it extends, plus the consistency proof when the log grew past that head)."""
     log = make_log()
     _grow(log, ENTRIES[:13])
-    with log.engine.begin() as connection:
-        first = log.append_on(connection, [ENTRIES[13]])
+    signed = _head(log)
     statements = _count_statements(log.engine)
     with log.engine.begin() as connection:
-        second = log.append_on(connection, [ENTRIES[14]], known=first)
-    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert (second.size, second.root) == log.head() == (15, root_of(ENTRIES[:15]))
-    # Known peaks of another size are not used: the log grew meanwhile.
-    log.append_many(ENTRIES[15:20])
+        first = log.append_on(connection, [ENTRIES[13]], expect=signed)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+    assert (first.start, first.base_root, first.checked) == (13, signed.root, signed)
+    assert (first.size, first.root) == log.head() == (14, root_of(ENTRIES[:14]))
+    log.append_many(ENTRIES[14:20])  # another replica appends
+    statements.clear()
     with log.engine.begin() as connection:
-        third = log.append_on(connection, [ENTRIES[20]], known=second)
+        third = log.append_on(connection, [ENTRIES[20]], expect=signed)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
     assert (third.size, third.root) == (21, root_of(ENTRIES[:21]))
+
+
+def test_append_on_refuses_a_log_that_lost_its_tail(make_log):
+    """The stored log lost commits after a head was signed: the append is refused before it
+    writes anything, and keeps being refused."""
+    log = make_log()
+    _grow(log, ENTRIES[:40])
+    signed = _head(log)
+    _lose_tail(log, 33)
+    for _ in range(2):
+        with (
+            pytest.raises(translog_store.LogRolledBack, match=r"has 33 entries.*checkpoint of 40"),
+            log.engine.begin() as connection,
+        ):
+            log.append_on(connection, [b"after the loss"], expect=signed)
+    assert log.size() == 33 and log.root() == root_of(ENTRIES[:33])
+
+
+def test_append_on_refuses_a_rewritten_tail_of_the_same_size(make_log):
+    """Lost and regrown to the signed size with other entries (what reusing cached peaks
+    used to hide): the stored tree is not the signed one."""
+    log = make_log()
+    _grow(log, ENTRIES[:40])
+    signed = _head(log)
+    _lose_tail(log, 37)
+    log.append_many([b"other 37", b"other 38", b"other 39"])
+    assert log.size() == 40
+    with (
+        pytest.raises(
+            translog_store.LogForked, match="does not extend the signed checkpoint of 40"
+        ),
+        log.engine.begin() as connection,
+    ):
+        log.append_on(connection, [b"next"], expect=signed)
+    assert log.size() == 40
+
+
+def test_append_on_refuses_a_rewritten_log_that_grew_past_the_signed_head(make_log):
+    log = make_log()
+    _grow(log, ENTRIES[:40])
+    signed = _head(log)
+    _lose_tail(log, 38)
+    log.append_many([b"other %d" % n for n in range(10)])
+    with (
+        pytest.raises(translog_store.LogForked, match="log of 48 entries"),
+        log.engine.begin() as connection,
+    ):
+        log.append_on(connection, [b"next"], expect=signed)
+    # the honest extension of the same head is accepted
+    honest = make_log("honest")
+    _grow(honest, ENTRIES[:48])
+    with honest.engine.begin() as connection:
+        appended = honest.append_on(connection, [ENTRIES[48]], expect=signed)
+    assert (appended.size, appended.root) == (49, root_of(ENTRIES[:49]))
+
+
+def test_extension_and_check_newest_read_the_stored_tail(make_log):
+    log = make_log()
+    _grow(log, ENTRIES[:20])
+    signed = _head(log)
+    log.append_many(ENTRIES[20:30])
+    head, proof = log.extension(signed)
+    verify_consistency(20, 30, signed.root, head.root, proof)
+    assert log.check_newest() == 30
     with log.engine.begin() as connection:
-        fourth = log.append_on(connection, [ENTRIES[21]], known=third)
-    assert (fourth.size, fourth.root) == log.head() == (22, root_of(ENTRIES[:22]))
-    assert log.consistency_proof(13, 22) and log.inclusion_proof(21) == list(fourth.last_proof)
+        connection.execute(
+            update(translog_store.leaves)
+            .where(translog_store.leaves.c.leaf_index == 29)
+            .values(entry=b"altered")
+        )
+    with pytest.raises(LogCorrupted, match="entry 29 does not hash"):
+        log.check_newest()
+    _lose_tail(log, 10)
+    with pytest.raises(translog_store.LogRolledBack, match="has 10 entries"):
+        log.extension(signed)
 
 
 def test_concurrent_appenders_get_distinct_consecutive_indices(make_log):

@@ -166,3 +166,92 @@ def test_migration_0006_carries_nodes_names_grants_and_history(
     # History is kept, and nobody has a channel key yet: agents enroll again.
     assert sum(1 for e in events if e.to_state == "enrolled") == 4
     assert all(node.channel_key_public is None for node in nodes.values())
+
+
+def test_migration_0007_keeps_event_ids_and_webhook_cursors(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Existing events keep their id as their stream position, so stored webhook cursors and
+    clients' ``Last-Event-ID`` keep their meaning; new events are placed after them."""
+    from stockade.verifier.events import sequence_events
+
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'old.db'}")
+    _upgrade(engine, "0006")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as connection:
+        node = _node(
+            connection, "web-1", rsa_ek(rsa.generate_private_key(65537, 2048)), "2026-01-01"
+        )
+        for state in ("trusted", "revoked"):
+            connection.execute(
+                text(
+                    "INSERT INTO events (node_id, name, from_state, to_state, reason, time) "
+                    "VALUES (:id, 'web-1', NULL, :state, 'x', :now)"
+                ),
+                {"id": node, "state": state, "now": now},
+            )
+        connection.execute(
+            text("INSERT INTO webhook_cursors (url, last_event_id) VALUES ('https://r/', 2)")
+        )
+        ids = connection.execute(text("SELECT id FROM events ORDER BY id")).scalars().all()
+
+    migrate(engine)
+    with engine.begin() as connection:
+        placed = connection.execute(text("SELECT id, position FROM events ORDER BY id")).all()
+        cursor = connection.execute(
+            text("SELECT last_event_id, claimed_by, lease_until FROM webhook_cursors")
+        ).one()
+        connection.execute(
+            text(
+                "INSERT INTO events (node_id, name, from_state, to_state, reason, time) "
+                "VALUES (:id, 'web-1', 'revoked', 'enrolled', 'allowed', :now)"
+            ),
+            {"id": node, "now": now},
+        )
+    assert sequence_events(engine) == 1
+    with engine.connect() as connection:
+        newest = connection.execute(text("SELECT max(position) FROM events")).scalar_one()
+    engine.dispose()
+
+    assert [(row.id, row.position) for row in placed] == [(i, i) for i in ids]
+    assert tuple(cursor) == (2, None, None)
+    assert newest == max(ids) + 1
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(database_url):
+    """Two replicas on one empty PostgreSQL used to race in `alembic upgrade` (duplicate
+    type/table errors); the advisory lock makes the second wait and find nothing to do."""
+    import threading
+
+    import pytest
+
+    if database_url is None:
+        pytest.skip("PostgreSQL only (set STOCKADE_TEST_DATABASE_URL): SQLite has one writer")
+    # Without the lock the race deadlocks in PostgreSQL's catalog: bound every statement so
+    # that shows up as an error here rather than as a hung test.
+    bounded = database_url + ("&" if "?" in database_url else "?")
+    bounded += "options=-c%20statement_timeout%3D20000%20-c%20lock_timeout%3D20000"
+    engines = [make_engine(bounded) for _ in range(3)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(engines))
+
+    def run(engine: Engine) -> None:
+        start.wait()
+        try:
+            migrate(engine)
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        heads = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    engine.dispose()
+    assert len(heads) == 1

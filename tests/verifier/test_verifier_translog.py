@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import stat
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, delete, select, update
+from sqlalchemy import create_engine, delete, select, text, update
 from verifier_support import DevAgent, policy_document, read, reader_headers
 
 from stockade.translog import (
@@ -23,6 +24,7 @@ from stockade.translog import (
     NoteVerifier,
     ProofError,
     leaf_hash,
+    root_of,
     sign_checkpoint,
     verify_consistency,
 )
@@ -31,6 +33,7 @@ from stockade.translog.checkpoint import Checkpoint, open_checkpoint
 from stockade.translog.errors import EntryMismatch
 from stockade.translog.monitor import Alert, observe
 from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
+from stockade.verifier.errors import ConfigurationError
 
 pytestmark = pytest.mark.swtpm
 
@@ -238,6 +241,10 @@ def _rebuild(url: str, entries: list[bytes]) -> None:
         engine.dispose()
 
 
+def _forget_checkpoint(config) -> None:
+    (config.data_dir / "state" / "latest-checkpoint").unlink()
+
+
 def _stored_entries(url: str) -> list[bytes]:
     engine = create_engine(url)
     try:
@@ -264,7 +271,12 @@ def test_rewritten_log_is_detected_by_the_monitor(make_client, attested, verifie
     # The running verifier remembers the root it signed for size 3 and will not sign another.
     refused = client.get("/v1/log/checkpoint")
     assert refused.status_code == 503 and refused.json()["error"] == "log-corrupted"
-    # A restarted one has forgotten and signs the rewritten tree: the monitor sees the fork.
+    # Nor will it start again on the rewritten tree: it remembers the checkpoint on disk.
+    with pytest.raises(ConfigurationError, match="does not extend the signed checkpoint of 3"):
+        make_client()
+    # A verifier whose remembered checkpoint was deleted signs the rewritten tree: the
+    # monitor sees the fork.
+    _forget_checkpoint(verifier_config)
     restarted = make_client()
     with pytest.raises(Alert) as same_size:
         observe(ClientSource(restarted), key, state)
@@ -308,7 +320,10 @@ def test_truncated_log_is_refused_and_detected(make_client, attested, verifier_c
     state = observe(ClientSource(client), key, None).state
     _rebuild(url, _stored_entries(url)[:2])
     refused = client.get("/v1/log/checkpoint")
-    assert refused.status_code == 503 and "rollback" in refused.json()["detail"]
+    assert refused.status_code == 503 and "checkpoint of 3" in refused.json()["detail"]
+    with pytest.raises(ConfigurationError, match="has 2 entries, but a checkpoint of 3"):
+        make_client()
+    _forget_checkpoint(verifier_config)
     with pytest.raises(Alert) as caught:
         observe(ClientSource(make_client()), key, state)
     assert caught.value.kind == "rollback"
@@ -336,11 +351,160 @@ def test_a_result_and_its_log_entry_commit_together(make_client, software_tpm, v
 
 
 def test_log_key_is_kept_across_restarts_and_bound_to_its_origin(make_client, verifier_config):
-    from dataclasses import replace
-
-    from stockade.verifier.errors import ConfigurationError
-
     first = _key(make_client())
     assert _key(make_client()) == first
     with pytest.raises(ConfigurationError, match="transparency log key"):
         make_client(replace(verifier_config, log_origin="other.example/log"))
+
+
+# -- a database that lost commits (issue 21) --------------------------------------------------
+
+
+def _result_count(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return len(connection.execute(text("SELECT id FROM results")).all())
+    finally:
+        engine.dispose()
+
+
+def test_an_attestation_on_a_log_that_lost_its_tail_is_refused_and_rolled_back(
+    make_client, attested, verifier_config
+):
+    """The database lost the newest log commits under the running verifier: the next
+    attestation answers 503 ``log-corrupted``, stores nothing, and so do the ones after."""
+    client = make_client()
+    agent, _ = attested
+    url = verifier_config.resolved_database_url
+    _rebuild(url, _stored_entries(url)[:2])
+    results = _result_count(url)
+    for _ in range(2):
+        refused = agent.attest(client)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "log-corrupted"
+        assert "has 2 entries, but a checkpoint of 3" in refused.json()["detail"]
+    assert _result_count(url) == results and len(_stored_entries(url)) == 2
+
+
+def test_a_log_regrown_to_the_signed_size_is_refused_not_extended_from_cached_peaks(
+    make_client, attested, verifier_config
+):
+    """Lost, then regrown to the size this verifier signed with other entries: reusing the
+    peaks cached from the lost tree used to write subtrees its leaves do not hash to and
+    answer 200. The stored tree is checked instead, and the append refused."""
+    client = make_client()
+    agent, _ = attested
+    url = verifier_config.resolved_database_url
+    stored = _stored_entries(url)
+    _rebuild(url, [*stored[:2], stored[2].replace(b"affirming", b"contraindicated")])
+    refused = agent.attest(client)
+    assert refused.status_code == 503 and refused.json()["error"] == "log-corrupted"
+    assert "does not extend the signed checkpoint of 3" in refused.json()["detail"]
+    engine = create_engine(url)
+    try:
+        log = MerkleLog(engine)
+        assert log.size() == 3 and log.root() == root_of(_stored_entries(url))
+    finally:
+        engine.dispose()
+
+
+def test_the_newest_checkpoint_is_on_disk_when_its_receipt_is_returned(
+    client, attested, verifier_config
+):
+    _, bodies = attested
+    key = _key(client)
+    remembered = (verifier_config.data_dir / "state" / "latest-checkpoint").read_bytes()
+    checkpoint, _ = open_checkpoint(remembered, [key], origin=ORIGIN)
+    receipt = Receipt.from_json(bodies[-1]["inclusion_proof"])
+    assert checkpoint.size == receipt.tree_size == 3 and remembered == receipt.checkpoint
+    state = verifier_config.data_dir / "state"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "latest-checkpoint").stat().st_mode) == 0o600
+
+
+def test_replicas_sharing_a_database_accept_each_others_growth(
+    make_client, attested, verifier_config, tmp_path
+):
+    """Two replicas, one database, the same keys, a remembered checkpoint each: each signs
+    only heads that extend its own newest, and accepts the other's appends."""
+    first = make_client()
+    other_dir = tmp_path / "replica-2"
+    (other_dir / "keys").mkdir(parents=True, mode=0o700)
+    other_dir.chmod(0o700)
+    for source in (verifier_config.data_dir / "keys").iterdir():  # replicas share the keys
+        (other_dir / "keys" / source.name).write_bytes(source.read_bytes())
+        (other_dir / "keys" / source.name).chmod(0o600)
+    shared = verifier_config.resolved_database_url
+    second = make_client(replace(verifier_config, data_dir=other_dir, database_url=shared))
+    key = _key(first)
+    assert _key(second) == key
+    agent, _ = attested
+    heads: list[Checkpoint] = []
+    for round_ in range(6):
+        replica = (first, second)[round_ % 2]
+        body = agent.attest(replica).json()
+        verified = verify_receipt(Receipt.from_json(body["inclusion_proof"]), [key])
+        assert verified.checkpoint.size == 4 + round_
+        heads.append(verified.checkpoint)
+        head = replica.get("/v1/log/checkpoint")
+        assert head.status_code == 200
+    last = heads[-1]
+    for head in heads[:-1]:
+        proof = ClientSource(first).consistency_proof(head.size, last.size)
+        verify_consistency(head.size, last.size, head.root, last.root, proof)
+    for data_dir, size in ((verifier_config.data_dir, 8), (other_dir, 9)):
+        remembered = (data_dir / "state" / "latest-checkpoint").read_bytes()
+        assert open_checkpoint(remembered, [key])[0].size == size
+
+
+def _entry_named(name: str) -> bytes:
+    return b'{"name":"%s","type":"test"}' % name.encode()
+
+
+def test_receipts_signed_out_of_order_stay_on_one_chain_and_a_lost_commit_is_never_signed(
+    tmp_path,
+):
+    """Receipts are signed after their commits, in any order: each checkpoint is signed only
+    when it is consistent with the newest one signed. An append whose commit the database
+    then lost is refused its receipt once another tree of that size was signed."""
+    from datetime import UTC, datetime
+
+    from stockade.translog import create_tables
+    from stockade.verifier.db import make_engine
+    from stockade.verifier.integrity import CheckpointFile
+    from stockade.verifier.transparency import LogUnavailable, TransparencyLog
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    create_tables(engine)
+    state = CheckpointFile(tmp_path)
+    log = TransparencyLog(engine, NoteSigner.generate(ORIGIN), lambda: datetime.now(UTC), state)
+
+    def committed(entry: bytes):
+        with engine.begin() as connection:
+            return log.append(connection, entry)
+
+    first, second = committed(_entry_named("a0")), committed(_entry_named("a1"))
+    later = log.receipt(second, _entry_named("a1"))  # the later commit is signed first
+    earlier = log.receipt(first, _entry_named("a0"))
+    key = log.signer.verifier
+    for receipt in (later, earlier):
+        verify_receipt(receipt, [key])
+    assert open_checkpoint(state.path.read_bytes(), [key])[0].size == 2
+
+    lost = committed(
+        _entry_named("lost")
+    )  # committed, then lost by the database before its receipt
+    with engine.begin() as connection:
+        connection.execute(
+            delete(translog_store.leaves).where(translog_store.leaves.c.leaf_index == 2)
+        )
+        connection.execute(update(translog_store.state).values(size=2))
+    replacement = committed(
+        _entry_named("replacement")
+    )  # the database still extends what was signed
+    verify_receipt(log.receipt(replacement, _entry_named("replacement")), [key])
+    with pytest.raises(LogUnavailable, match="refuses to append or sign"):
+        log.receipt(lost, _entry_named("lost"))
+    assert log.latest is not None and log.latest.root == replacement.root
+    engine.dispose()

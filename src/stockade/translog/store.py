@@ -16,6 +16,12 @@ several processes sharing the database are serialized and each batch gets the ne
 indices. It reads the O(log n) peaks of the current tree and writes the new leaves and
 the subtrees they complete, in one transaction. Roots and proofs are read from O(log n)
 stored hashes (``stockade.translog.merkle``).
+
+Nothing is taken from a cache: an append reads the peaks it extends inside its own
+transaction, and, given the newest tree head its caller has published (``expect``), proves
+in the same query that the stored tree still extends it. A database that lost commits (a
+crash with asynchronous commit, a failover, a restore, a lost SQLite WAL) is refused before
+anything is written (``LogRolledBack``, ``LogForked``).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from sqlalchemy import (
 
 from stockade.translog import merkle
 from stockade.translog.checkpoint import Checkpoint
-from stockade.translog.errors import LogCorrupted, LogRangeError
+from stockade.translog.errors import LogCorrupted, LogRangeError, ProofError
 from stockade.translog.merkle import NodeId
 
 STATE_ROW = 1
@@ -164,33 +170,90 @@ def _read_subtrees(connection: Connection, ids: Sequence[NodeId]) -> dict[NodeId
 
 
 @dataclass(frozen=True)
+class TreeHead:
+    """A tree of ``size`` entries with root ``root``."""
+
+    size: int
+    root: bytes
+
+
+class LogRolledBack(LogCorrupted):
+    """The stored log is smaller than a tree head already published for it."""
+
+
+class LogForked(LogCorrupted):
+    """The stored log does not extend a tree head already published for it."""
+
+
+def _rolled_back(size: int, expected: TreeHead) -> LogRolledBack:
+    return LogRolledBack(
+        f"the stored log has {size} entries, but a checkpoint of {expected.size} was "
+        "already signed: committed entries were lost (a restore, a failover or a crash with "
+        "asynchronous commit)"
+    )
+
+
+def _forked(size: int, expected: TreeHead, why: str) -> LogForked:
+    return LogForked(
+        f"the stored log of {size} entries does not extend the signed checkpoint of "
+        f"{expected.size} (root {expected.root.hex()[:16]}...): it was rewritten ({why})"
+    )
+
+
+@dataclass(frozen=True)
 class Appended:
-    """What one append did: entries ``start <= i < size`` were added, making the tree of
-    ``size`` entries with root ``root``; ``last_proof`` is the audit path of entry
-    ``size - 1`` in that tree (``merkle.verify_inclusion`` checks it against ``root``)."""
+    """What one append did: entries ``start <= i < size`` were added to the tree of
+    ``start`` entries with root ``base_root``, making the tree of ``size`` entries with root
+    ``root``; ``last_proof`` is the audit path of entry ``size - 1`` in that tree
+    (``merkle.verify_inclusion`` checks it against ``root``). ``checked`` is the tree head
+    the append proved the stored tree extends (``append_on(expect=)``), if any."""
 
     start: int
     size: int
     root: bytes
     last_proof: tuple[bytes, ...]
-    peaks: tuple[bytes, ...] = ()  # the new tree's complete subtrees, largest first
+    base_root: bytes = merkle.EMPTY_ROOT
+    checked: TreeHead | None = None
 
     @property
     def indices(self) -> range:
         return range(self.start, self.size)
 
 
-def _read_peaks(connection: Connection, size: int) -> list[bytes]:
-    """The hashes of the complete subtrees of the tree of ``size`` leaves, largest first."""
+def _read_base(
+    connection: Connection, size: int, expect: TreeHead | None
+) -> tuple[list[bytes], list[bytes]]:
+    """In one query: the peaks of the stored tree of ``size`` leaves (largest first) and,
+    when ``expect`` is smaller, the consistency proof from ``expect.size`` to ``size``."""
     peak_ids = merkle.subtree_ids(0, size)
-    found = _read_subtrees(connection, peak_ids)
-    missing = [node for node in peak_ids if node not in found]
+    proof_ids: list[list[NodeId]] = []
+    if expect is not None and 0 < expect.size < size:
+        proof_ids = [
+            merkle.subtree_ids(begin, end)
+            for begin, end in merkle.consistency_ranges(expect.size, size)
+        ]
+    wanted = peak_ids + [node for ids in proof_ids for node in ids]
+    found = _read_subtrees(connection, wanted) if wanted else {}
+    missing = [node for node in wanted if node not in found]
     if missing:
         raise LogCorrupted(
             f"stored subtree hash missing at size {size}: level {missing[0][0]} "
             f"index {missing[0][1]}"
         )
-    return [found[node] for node in peak_ids]
+    peaks = [found[node] for node in peak_ids]
+    proof = [merkle.fold_right([found[node] for node in ids]) for ids in proof_ids]
+    return peaks, proof
+
+
+def check_extends(size: int, root: bytes, expect: TreeHead, proof: Sequence[bytes]) -> None:
+    """``LogRolledBack`` or ``LogForked`` unless the tree of ``size`` entries with ``root``
+    extends ``expect`` (``proof``: the consistency proof between them)."""
+    if size < expect.size:
+        raise _rolled_back(size, expect)
+    try:
+        merkle.verify_consistency(expect.size, size, expect.root, root, proof)
+    except ProofError as error:
+        raise _forked(size, expect, str(error)) from None
 
 
 class MerkleLog:
@@ -302,6 +365,42 @@ class MerkleLog:
                 )
             return merkle.consistency_proof(old_size, new_size, self._reader(connection))
 
+    def extension(self, expect: TreeHead | None) -> tuple[TreeHead, list[bytes]]:
+        """The current head, and the consistency proof from ``expect`` to it, read together;
+        ``LogRolledBack`` when the stored log is smaller than ``expect``."""
+        with self.engine.connect() as connection:
+            size = self._size(connection)
+            start = 0 if expect is None else expect.size
+            if size < start:
+                assert expect is not None
+                raise _rolled_back(size, expect)
+            peaks, proof = _read_base(connection, size, expect)
+        return TreeHead(size, merkle.fold_right(peaks) if peaks else merkle.EMPTY_ROOT), proof
+
+    def check_newest(self) -> int:
+        """Read the newest stored entry and check it against its stored leaf hash (and the
+        state row against the leaves): the log's newest rows are readable and agree. The
+        log's size."""
+        with self.engine.connect() as connection:
+            size = self._size(connection)
+            if size == 0:
+                return 0
+            row = connection.execute(
+                select(leaves.c.leaf_hash, leaves.c.entry).where(leaves.c.leaf_index == size - 1)
+            ).first()
+            beyond = connection.execute(
+                select(leaves.c.leaf_index).where(leaves.c.leaf_index >= size).limit(1)
+            ).first()
+        if row is None:
+            raise LogCorrupted(f"the log's size is {size}, but entry {size - 1} is not stored")
+        if merkle.leaf_hash(bytes(row.entry)) != bytes(row.leaf_hash):
+            raise LogCorrupted(f"entry {size - 1} does not hash to its stored leaf hash")
+        if beyond is not None:
+            raise LogCorrupted(
+                f"the log's size is {size}, but entry {beyond.leaf_index} is stored beyond it"
+            )
+        return size
+
     # -- appending --------------------------------------------------------------------
 
     def append(self, entry: bytes, *, now: datetime | None = None) -> int:
@@ -324,7 +423,7 @@ class MerkleLog:
         entries: Sequence[bytes],
         *,
         now: datetime | None = None,
-        known: Appended | None = None,
+        expect: TreeHead | None = None,
     ) -> Appended:
         """Append ``entries`` inside the caller's transaction on ``connection``, so they are
         logged exactly when whatever else that transaction writes commits (and not at all if
@@ -335,10 +434,11 @@ class MerkleLog:
         the O(log n) hashes the append reads anyway: signing a checkpoint for the entry and
         proving its inclusion need no further query.
 
-        ``known`` is an earlier append to this log that has committed: when the log's size
-        before this append is ``known.size``, its peaks are used instead of being read (a
-        committed tree never changes; any other size is read, so several appenders sharing
-        the database stay correct). Pass it only after its transaction committed."""
+        ``expect`` is a tree head already published for this log (the newest signed
+        checkpoint): the stored tree this append extends must be it or extend it, which the
+        same query that reads the peaks proves. Otherwise nothing is written and
+        ``LogRolledBack`` (the stored log is smaller) or ``LogForked`` (it differs) is raised;
+        the caller's transaction must then roll back."""
         if not entries:
             raise LogRangeError("nothing to append: no entries given")
         hashes = [merkle.leaf_hash(entry) for entry in entries]
@@ -351,10 +451,12 @@ class MerkleLog:
                 "(run the verifier's migrations or stockade.translog.store.create_tables)"
             )
         old_size = int(new_size) - count
-        if known is not None and known.size == old_size:
-            old_peaks = list(known.peaks)
-        else:
-            old_peaks = _read_peaks(connection, old_size)
+        if expect is not None and old_size < expect.size:
+            raise _rolled_back(old_size, expect)
+        old_peaks, proof = _read_base(connection, old_size, expect)
+        base_root = merkle.fold_right(old_peaks) if old_peaks else merkle.EMPTY_ROOT
+        if expect is not None:
+            check_extends(old_size, base_root, expect, proof)
         # The last entry's audit path in the new tree is the complete subtrees before it,
         # smallest first (it is the rightmost leaf: every left sibling on its way up is one).
         rows, before_last = merkle.compact_append(old_size, old_peaks, hashes[:-1])
@@ -385,5 +487,6 @@ class MerkleLog:
             size=old_size + count,
             root=merkle.fold_right(peaks),
             last_proof=tuple(reversed(before_last)),
-            peaks=tuple(peaks),
+            base_root=base_root,
+            checked=expect,
         )

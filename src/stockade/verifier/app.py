@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,7 +38,12 @@ from stockade.verifier.appraiser import Appraiser, default_appraiser
 from stockade.verifier.config import VerifierConfig
 from stockade.verifier.datadir import prepare_data_dir, prepare_database_file
 from stockade.verifier.db import make_engine, migrate, session_factory
-from stockade.verifier.errors import ConfigurationError, VerifierError
+from stockade.verifier.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    VerifierError,
+    is_database_unavailable,
+)
 from stockade.verifier.operator_auth import (
     Authority,
     load_or_create_operator_token,
@@ -54,6 +62,8 @@ from stockade.verifier.webhooks import WebhookWorker
 log = logging.getLogger(__name__)
 
 _DEFAULT = object()
+READY_TIMEOUT_SECONDS = 2.0
+SWEEPER_STOP_SECONDS = 10.0
 
 
 def error_body(code: str, detail: str) -> dict[str, str]:
@@ -143,12 +153,37 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers=getattr(error, "headers", None),
         )
 
+    # Handled here (not by the catch-all below, which Starlette re-raises to the server: a
+    # traceback and a closed connection per request): 503 with Retry-After, one log line per
+    # outage (service.outage).
+    async def database_error(request: Request, error: Exception) -> JSONResponse:
+        if not is_database_unavailable(error):
+            log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+            return JSONResponse(
+                error_body("internal", "internal error; see the verifier log"), status_code=500
+            )
+        service_of(request).outage.failed(error, f"{request.method} {request.url.path}")
+        unavailable = DatabaseUnavailable("the database is unavailable; retry later")
+        return JSONResponse(
+            error_body(unavailable.code, unavailable.detail),
+            status_code=unavailable.status,
+            headers=unavailable.headers,
+        )
+
+    app.add_exception_handler(SQLAlchemyError, database_error)
+    app.add_exception_handler(sqlite3.Error, database_error)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=error)
         return JSONResponse(
             error_body("internal", "internal error; see the verifier log"), status_code=500
         )
+
+
+def _select_one(service: Service) -> None:
+    with service.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFAULT) -> FastAPI:
@@ -191,10 +226,14 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         security_limiter=SecurityEventLimiter(),
     )
     check_secrets_readable(service)
+    service.refresh_clock_floor()
+    with contextlib.suppress(VerifierError):
+        service.issuing_now()  # logs, once, a clock behind the newest stored time
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(run_sweeper(service))
+        stop_sweeper = asyncio.Event()
+        sweeper = asyncio.create_task(run_sweeper(service, stop_sweeper))
         webhooks: WebhookWorker | None = None
         if config.webhook_urls:
             webhooks = WebhookWorker(
@@ -204,9 +243,11 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            stop_sweeper.set()
+            try:
+                await asyncio.wait_for(sweeper, SWEEPER_STOP_SECONDS)
+            except TimeoutError:  # a sweep stuck on the database: leave it to its thread
+                log.warning("the stale sweeper did not stop within %s s", SWEEPER_STOP_SECONDS)
             if webhooks is not None:
                 await asyncio.to_thread(webhooks.stop)
             engine.dispose()
@@ -259,6 +300,32 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
 
     @app.get("/v1/health", tags=["operator"])
     def health() -> dict[str, str]:
+        """Liveness: the process serves HTTP. It does not touch the database (see /readyz)."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operator"])
+    async def ready() -> JSONResponse:
+        """Readiness: the database answers ``SELECT 1`` within READY_TIMEOUT_SECONDS and the
+        clock is not behind the newest stored time; else 503 with Retry-After."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(_select_one, service), READY_TIMEOUT_SECONDS)
+        except (TimeoutError, SQLAlchemyError, sqlite3.Error) as error:
+            service.outage.failed(error, "GET /readyz")
+            unavailable = DatabaseUnavailable("the database is unavailable")
+            return JSONResponse(
+                error_body(unavailable.code, unavailable.detail),
+                status_code=unavailable.status,
+                headers=unavailable.headers,
+            )
+        service.outage.succeeded()
+        try:
+            service.issuing_now()
+        except VerifierError as error:
+            return JSONResponse(
+                error_body(error.code, error.detail),
+                status_code=error.status,
+                headers=getattr(error, "headers", None),
+            )
+        return JSONResponse({"status": "ready"})
 
     return app

@@ -331,7 +331,7 @@ def _submit(
     *,
     optimistic: bool,
 ) -> EvidenceResponse:
-    now = service.now()
+    now = service.issuing_now()
     prepared: _Prepared | None = None
     snapshot: tuple[_NodeRow, _ExecutionInput] | None = None
     if optimistic:

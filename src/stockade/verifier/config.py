@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from stockade.cluster.secret_store import KeyRing
+from stockade.verifier.clock import SteadyClock
 from stockade.verifier.errors import ConfigurationError
 
 DEFAULT_PORT = 8443
@@ -98,7 +99,13 @@ class VerifierConfig:
     # the key in <data_dir>/keys/ is made for it on first start and refuses another.
     log_origin: str = DEFAULT_LOG_ORIGIN
     verifier_build: str = field(default_factory=_version)
-    clock: Callable[[], datetime] = utc_now
+    # Every deadline is measured with this clock; the default never steps back (a wall-clock
+    # step back is ignored, a forward step adopted: stockade.verifier.clock).
+    clock: Callable[[], datetime] = field(default_factory=SteadyClock)
+    # How far this verifier's clock may be behind the newest time stored (by it before a
+    # restart, or by another replica) before it refuses to issue nonces, results and signed
+    # statuses (503 clock-behind).
+    clock_skew_seconds: float = 5.0
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,7 +5,16 @@ bounded: ``max_event_streams_per_client`` at once per credential and address,
 ``max_event_streams`` in all (429 ``too-many-streams`` beyond), and each ends after
 ``event_stream_max_seconds`` (the client resumes with ``Last-Event-ID``).
 
-Webhook delivery reads the same table (another module's job).
+Event order is commit order. Event ids are allocated before commit and transactions commit
+out of order (PostgreSQL), so a reader that resumed after the highest id it saw would skip an
+event whose transaction took a lower id and committed later. Instead each committed event is
+given a ``position`` afterwards by ``sequence_events``: one sequencer at a time (a PostgreSQL
+advisory transaction lock, which dies with its holder's connection; SQLite has one writer),
+positions above every earlier one, in one transaction. Readers and webhooks page by position,
+so whatever commits late is placed after the cursor, never below it. Writers never touch a
+shared row: results do not serialize on the sequencer. The position is the public event id.
+
+Webhook delivery reads the same table (webhooks.py).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -21,7 +31,8 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy import BigInteger, literal, select
+from sqlalchemy import BigInteger, Engine, bindparam, func, literal, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -46,6 +57,10 @@ BATCH = 500
 HARD_STOP_SECONDS = 30.0
 MAX_CURSOR = 2**63 - 1  # event ids are 64-bit signed integers in every database
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
+SEQUENCE_BATCH = 1000
+# pg_try_advisory_xact_lock key of the event sequencer ("STKDSEQ" in ASCII).
+SEQUENCER_LOCK = 0x53544B44534551
+_in_process = threading.Lock()
 
 
 def record_event(
@@ -74,9 +89,60 @@ def record_event(
     return event
 
 
+def sequence_events(engine: Engine, limit: int = SEQUENCE_BATCH) -> int:
+    """Give committed events that have no position the next positions, in id order; returns
+    how many. Returns 0 at once when another sequencer holds the lock (it does the work)."""
+    with _in_process:
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    locked = connection.execute(
+                        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK}
+                    ).scalar()
+                    if not locked:
+                        return 0
+                elif connection.dialect.name == "sqlite":
+                    # The write lock before the first read: another process's sequencer
+                    # waits, and this one reads what every earlier one wrote.
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                pending = (
+                    connection.execute(
+                        select(Event.id)
+                        .where(Event.position.is_(None))
+                        .order_by(Event.id)
+                        .limit(limit)
+                    )
+                    .scalars()
+                    .all()
+                )
+                if not pending:
+                    return 0
+                # Read after taking the lock: every earlier sequencer's positions are visible.
+                top = connection.execute(select(func.max(Event.position))).scalar() or 0
+                placed = connection.execute(
+                    update(Event)
+                    .where(Event.id == bindparam("event_id"), Event.position.is_(None))
+                    .values(position=bindparam("new_position")),
+                    [
+                        {"event_id": event_id, "new_position": top + offset}
+                        for offset, event_id in enumerate(pending, 1)
+                    ],
+                ).rowcount
+                if placed != len(pending):
+                    raise _Raced  # an event went (deleted) or was placed meanwhile: roll back
+                return len(pending)
+        except (_Raced, IntegrityError, OperationalError):
+            # Another sequencer won, or the database is busy: the next pass places what is left.
+            return 0
+
+
+class _Raced(Exception):
+    pass
+
+
 def event_json(event: Event) -> dict[str, Any]:
     return {
-        "id": event.id,
+        "id": event.position,
         "time": rfc3339(event.time),
         "node_id": event.node_id,
         "name": event.name,
@@ -89,14 +155,21 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 def events_after(service: Service, after: int, limit: int = BATCH) -> list[dict[str, Any]]:
+    sequence_events(service.engine)
     with service.sessions() as session:
-        rows = session.scalars(
+        return [event_json(row) for row in events_page(session, after, limit)]
+
+
+def events_page(session: Session, after: int, limit: int) -> list[Event]:
+    """Sequenced events after position ``after``, in stream order."""
+    return list(
+        session.scalars(
             select(Event)
-            .where(Event.id > literal(after, BigInteger))
-            .order_by(Event.id)
+            .where(Event.position > literal(after, BigInteger))
+            .order_by(Event.position)
             .limit(limit)
-        ).all()
-        return [event_json(row) for row in rows]
+        )
+    )
 
 
 def parse_cursor(text: str, where: str) -> int:

@@ -44,10 +44,13 @@ def _log(request: Request) -> TransparencyLog:
 
 
 def _head(translog: TransparencyLog) -> SignedHead:
-    try:
-        return translog.signed_head()
-    except LogCorrupted as error:
-        raise Unavailable(str(error), code="log-corrupted") from None
+    """The signed head; 503 ``log-corrupted`` when the stored log does not extend the newest
+    checkpoint this verifier signed (``TransparencyLog.signed_head``)."""
+    return translog.signed_head()
+
+
+def _corrupted(error: LogCorrupted) -> Unavailable:
+    return Unavailable(str(error), code="log-corrupted")
 
 
 def _head_json(translog: TransparencyLog, head: SignedHead) -> dict[str, Any]:
@@ -110,6 +113,8 @@ def entries(
         hashes = store.leaf_hashes(start, stop)
     except LogRangeError as error:
         raise _range(error) from None
+    except LogCorrupted as error:
+        raise _corrupted(error) from None
     return {
         "start": start,
         "end": stop,
@@ -140,6 +145,8 @@ def inclusion_proof(
         entry = translog.store.entry(index)
     except LogRangeError as error:
         raise _range(error) from None
+    except LogCorrupted as error:
+        raise _corrupted(error) from None
     return Receipt(index, size, entry, tuple(proof), note).to_json()
 
 
@@ -162,6 +169,8 @@ def consistency_proof(
         proof = translog.store.consistency_proof(old, new)
     except LogRangeError as error:
         raise _range(error) from None
+    except LogCorrupted as error:
+        raise _corrupted(error) from None
     answer.update(
         {"old_size": old, "new_size": new, "proof": [encode_b64(element) for element in proof]}
     )

@@ -139,7 +139,7 @@ def issue_certificate(
 def node_status(node_id: NodeId, request: Request) -> dict[str, Any]:
     """A signed, short-lived statement of the node's standing (verify with /v1/keys)."""
     service = service_of(request)
-    now = service.now()
+    now = service.issuing_now()
     with service.engine.connect() as connection:
         standing = node_standing(connection, node_id, now)
     problem = standing.problem(now)

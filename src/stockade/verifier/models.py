@@ -144,6 +144,12 @@ class Event(Base):
     # Who caused the transition: an operator credential's name, or None for the node's own
     # evidence and the verifier's sweeper.
     actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The event's place in the stream and the public event id: given after commit, in the
+    # order events become visible (events.sequence_events). Ids are allocated before commit
+    # and commit out of order, so a cursor over ``id`` would skip late commits.
+    position: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (Index("ix_events_position", "position", unique=True),)
 
 
 class ChannelReplay(Base):

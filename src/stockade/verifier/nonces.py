@@ -72,7 +72,7 @@ def consume_nonce(session: Session | Connection, node_id: str, value: bytes, now
 )
 def issue_nonce(node_id: Annotated[str, Path(max_length=64)], request: Request) -> NonceResponse:
     service = service_of(request)
-    now = service.now()
+    now = service.issuing_now()
     # Looked up before the transaction (it may need its own connection: never hold two), but
     # reported after the node checks, as before.
     policy_error: Conflict | None = None

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
 from stockade.cluster.secret_store import KeyRing
 from stockade.verifier.appraiser import Appraiser, PolicyLike
 from stockade.verifier.config import VerifierConfig
-from stockade.verifier.errors import Conflict, VerifierError
-from stockade.verifier.models import Policy
+from stockade.verifier.errors import ClockBehind, Conflict, OutageLog, VerifierError
+from stockade.verifier.models import Event, Nonce, Policy, SecurityEvent
 from stockade.verifier.tls import SigningKey
+
+log = logging.getLogger(__name__)
 
 
 class AppraisalUnavailable(VerifierError):
@@ -53,9 +57,51 @@ class Service:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _active: ActivePolicy | None = None
     _active_checked: float = 0.0
+    outage: OutageLog = field(default_factory=OutageLog)
+    # The newest time found stored (stored_time_floor); None until first read.
+    _clock_floor: datetime | None = None
+    _clock_behind: bool = False
 
     def now(self) -> datetime:
         return self.config.clock()
+
+    def issuing_now(self) -> datetime:
+        """``now()`` for a nonce, result or signed status: 503 ``clock-behind`` while the
+        clock is more than ``clock_skew_seconds`` behind the newest time stored, so nothing
+        issued is dated (and expires) by a clock that went back."""
+        now = self.now()
+        floor = self._clock_floor
+        if floor is None:
+            self._clock_behind = False
+            return now
+        lag = (floor - now).total_seconds() - self.config.clock_skew_seconds
+        if lag <= 0:
+            if self._clock_behind:
+                self._clock_behind = False
+                log.warning("clock caught up with the newest stored time; issuing again")
+            return now
+        if not self._clock_behind:
+            self._clock_behind = True
+            log.error(
+                "clock is %.1f s behind the newest stored time %s; refusing nonces, results "
+                "and statuses until it catches up",
+                (floor - now).total_seconds(),
+                floor.isoformat(),
+            )
+        raise ClockBehind(
+            f"the verifier's clock is {lag:.0f} s behind the newest time it stored "
+            "(a clock stepped back, or a replica's clock is skewed)",
+            retry_after=min(60, math.ceil(lag)),
+        )
+
+    def refresh_clock_floor(self) -> datetime | None:
+        """Read the newest time stored (cheap: indexed reads) and remember it."""
+        with self.sessions() as session:
+            floor = stored_time_floor(session, self.config.nonce_ttl_seconds)
+        with self._lock:
+            if floor is not None and (self._clock_floor is None or floor > self._clock_floor):
+                self._clock_floor = floor
+            return self._clock_floor
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -134,6 +180,23 @@ class Service:
         with self._lock:
             self._references[key] = active
         return active
+
+
+def stored_time_floor(session: Session, nonce_ttl_seconds: float) -> datetime | None:
+    """The newest time this database holds, from reads an index answers: the last event's
+    time (by id), the newest security event, and the newest nonce's issue time (its expiry
+    less the nonce lifetime)."""
+    times: list[datetime] = []
+    event_time = session.scalar(select(Event.time).order_by(Event.id.desc()).limit(1))
+    if event_time is not None:
+        times.append(event_time)
+    security_time = session.scalar(select(func.max(SecurityEvent.time)))
+    if security_time is not None:
+        times.append(security_time)
+    nonce_expiry = session.scalar(select(func.max(Nonce.expires_at)))
+    if nonce_expiry is not None:
+        times.append(nonce_expiry - timedelta(seconds=nonce_ttl_seconds))
+    return max(times, default=None)
 
 
 def service_of(request: Request) -> Service:

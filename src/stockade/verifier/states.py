@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime
 from enum import StrEnum
@@ -13,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from stockade.verifier.db import rows_changed
+from stockade.verifier.errors import is_database_unavailable
 from stockade.verifier.events import record_event
 from stockade.verifier.models import ChannelReplay, Enrollment, Event, Node, Nonce
 from stockade.verifier.service import Service
@@ -122,11 +124,28 @@ def _sweep_pending(session: Session, now: datetime) -> None:
     session.execute(delete(Node).where(Node.id.in_(expired), Node.state == NodeState.PENDING))
 
 
-async def run_sweeper(service: Service) -> None:
-    """Sweep every ``sweep_interval_seconds`` until cancelled; errors are logged, not fatal."""
-    while True:
+async def run_sweeper(service: Service, stop: asyncio.Event | None = None) -> None:
+    """Sweep every ``sweep_interval_seconds`` until ``stop`` is set (or cancelled); errors are
+    logged, not fatal (a database outage once per burst, through ``service.outage``).
+
+    Stop with ``stop``, not by cancelling: a cancelled task leaves its sweep running in its
+    thread, against a database the app is closing."""
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
         try:
-            await anyio.to_thread.run_sync(sweep_stale, service)
-        except Exception:
-            log.exception("stale sweep failed; retrying")
-        await asyncio.sleep(service.config.sweep_interval_seconds)
+            await anyio.to_thread.run_sync(_sweep_once, service)
+        except Exception as error:
+            if is_database_unavailable(error):
+                service.outage.failed(error, "sweeper")
+            else:
+                log.exception("stale sweep failed; retrying")
+        else:
+            service.outage.succeeded()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), service.config.sweep_interval_seconds)
+
+
+def _sweep_once(service: Service) -> None:
+    sweep_stale(service)
+    # Another replica's newer writes raise the floor this one's clock must not be behind.
+    service.refresh_clock_floor()

@@ -1,11 +1,17 @@
 """Webhook delivery: every stored event, POSTed as JSON to each configured URL, signed.
 
-Delivery is at least once and in event order per URL: the last event id each URL
-acknowledged (any 2xx) is stored in the ``webhook_cursors`` table of the verifier's
-database, so a restarted verifier resumes where it stopped and never skips an
-event (a receiver may see one twice; ``Stockade-Event-Id`` lets it deduplicate).
-A failed POST is retried with capped exponential backoff; the URL's later events
-wait behind it.
+Delivery is at least once and in stream order per URL (the event position, which is commit
+order: see events.py): the last event each URL acknowledged (any 2xx) is stored in the
+``webhook_cursors`` table of the verifier's database, so a restarted verifier resumes where it
+stopped and never skips an event (a receiver may see one twice; ``Stockade-Event-Id`` lets it
+deduplicate). A failed POST is retried with capped exponential backoff; the URL's later
+events wait behind it.
+
+Replicas sharing a database deliver each URL from one of them: a replica claims the URL's
+cursor row for ``lease_seconds`` (database clock) and renews the claim as it delivers; a
+replica that dies stops renewing and another takes the URL over when the lease runs out,
+resuming after the last acknowledged event. The cursor only moves forward, and only for the
+claim holder (a conditional UPDATE), so a replica that lost its lease cannot move it.
 
 ``Stockade-Signature`` is the base64 JWS-style ES256 signature (raw r || s, 64
 bytes) over the exact body bytes, made with the verifier's EAR signing key; the
@@ -20,6 +26,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +39,20 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from stockade.verifier.models import Event
@@ -50,7 +69,18 @@ cursors = Table(
     _metadata,
     Column("url", String(2048), primary_key=True),
     Column("last_event_id", BigInteger, nullable=False),
+    Column("claimed_by", String(64), nullable=True),
+    Column("lease_until", BigInteger, nullable=True),  # ms since the epoch, database clock
 )
+
+
+def database_now_ms(connection: Connection) -> int:
+    """The database's clock: replicas whose clocks differ still agree on when a lease ends."""
+    if connection.dialect.name == "postgresql":
+        query = "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+    else:
+        query = "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    return int(connection.execute(text(query)).scalar_one())
 
 
 def sign_body(key: ec.EllipticCurvePrivateKey, body: bytes) -> str:
@@ -107,6 +137,8 @@ class WebhookWorker:
     max_backoff: float = 60.0
     timeout: float = 5.0
     clock: Callable[[], float] = time.monotonic
+    lease_seconds: float = 10.0
+    replica: str = field(default_factory=lambda: uuid.uuid4().hex)
     _targets: list[_Target] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -126,6 +158,7 @@ class WebhookWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._release()
 
     def _run(self) -> None:
         with httpx.Client(verify=self.verify, timeout=self.timeout, trust_env=False) as http:
@@ -150,14 +183,14 @@ class WebhookWorker:
         return delivered
 
     def _deliver(self, http: httpx.Client, target: _Target) -> int:
-        after = self._cursor(target.url)
+        from stockade.verifier.events import events_page, sequence_events
+
+        sequence_events(self.engine)
+        after = self._claim(target.url)
+        if after is None:
+            return 0  # another replica holds this URL
         with Session(self.engine) as session:
-            events = [
-                event_document(event)
-                for event in session.scalars(
-                    select(Event).where(Event.id > after).order_by(Event.id).limit(BATCH)
-                )
-            ]
+            events = [event_document(event) for event in events_page(session, after, BATCH)]
         delivered = 0
         for document in events:
             if self._stop.is_set():
@@ -174,7 +207,9 @@ class WebhookWorker:
                 )  # fmt: skip
                 break
             target.failures = 0
-            self._advance(target.url, int(document["id"]))
+            if not self._advance(target.url, int(document["id"])):
+                log.warning("webhook %s: lease lost to another replica", target.url)
+                break
             delivered += 1
         return delivered
 
@@ -192,17 +227,66 @@ class WebhookWorker:
             return f"HTTP {response.status_code}"
         return None
 
-    def _cursor(self, url: str) -> int:
-        with self.engine.connect() as connection:
+    def _claim(self, url: str) -> int | None:
+        """Claim (or renew) ``url`` for this replica; its cursor, or None if another replica's
+        lease on it is still running."""
+        with self.engine.begin() as connection:
+            exists = connection.execute(select(cursors.c.url).where(cursors.c.url == url)).first()
+        if exists is None:
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(cursors.insert().values(url=url, last_event_id=0))
+            except IntegrityError:
+                pass  # another replica made it
+        with self.engine.begin() as connection:
+            now = database_now_ms(connection)
+            claimed = connection.execute(
+                update(cursors)
+                .where(
+                    cursors.c.url == url,
+                    or_(
+                        cursors.c.claimed_by.is_(None),
+                        cursors.c.claimed_by == self.replica,
+                        cursors.c.lease_until < now,
+                    ),
+                )
+                .values(claimed_by=self.replica, lease_until=now + self._lease_ms)
+            ).rowcount
+            if not claimed:
+                return None
             value = connection.execute(
                 select(cursors.c.last_event_id).where(cursors.c.url == url)
-            ).scalar()
-        return int(value) if value is not None else 0
+            ).scalar_one()
+        return int(value)
 
-    def _advance(self, url: str, event_id: int) -> None:
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.lease_seconds * 1000)
+
+    def _advance(self, url: str, position: int) -> bool:
+        """Move ``url``'s cursor forward to ``position`` and renew the lease; False if this
+        replica no longer holds the URL."""
         with self.engine.begin() as connection:
+            now = database_now_ms(connection)
             changed = connection.execute(
-                update(cursors).where(cursors.c.url == url).values(last_event_id=event_id)
+                update(cursors)
+                .where(
+                    cursors.c.url == url,
+                    cursors.c.claimed_by == self.replica,
+                    cursors.c.last_event_id < position,
+                )
+                .values(last_event_id=position, lease_until=now + self._lease_ms)
             ).rowcount
-            if not changed:
-                connection.execute(cursors.insert().values(url=url, last_event_id=event_id))
+        return bool(changed)
+
+    def _release(self) -> None:
+        """Give this replica's URLs back at once (a clean stop need not wait out the lease)."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(cursors)
+                    .where(cursors.c.claimed_by == self.replica)
+                    .values(claimed_by=None, lease_until=None)
+                )
+        except SQLAlchemyError as error:
+            log.warning("webhooks: cannot release leases: %s", error)
