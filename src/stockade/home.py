@@ -18,13 +18,8 @@ def stockade_home() -> Path:
     return Path(home) if home else Path.home() / ".stockade"
 
 
-def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``content`` so readers see the old file or the new one, never
-    a torn write; the data is on disk before the rename."""
-    data = content.encode() if isinstance(content, str) else content
-    if path.exists() and path.read_bytes() == data:
-        os.chmod(path, mode)  # the content stands; the mode asked for still applies
-        return
+def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
+    """``data`` in a temporary file beside ``path`` (mode ``mode``), on disk."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -35,7 +30,30 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` so readers see the old file or the new one, never
+    a torn write; the data is on disk before the rename."""
+    data = content.encode() if isinstance(content, str) else content
+    if path.exists() and path.read_bytes() == data:
+        os.chmod(path, mode)  # the content stands; the mode asked for still applies
+        return
+    os.replace(_write_temporary(path, data, mode), path)
+
+
+def create_exclusive(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Write ``path`` whole unless it exists; False when it did (it is never replaced). The
+    data is written to a temporary file first and linked into place, so it is never torn."""
+    tmp = _write_temporary(path, data, mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 @contextmanager

@@ -6,13 +6,11 @@ agent pinned: written once, never replaced by the agent."""
 from __future__ import annotations
 
 import json
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from stockade.errors import InputError
-from stockade.home import write_atomic
+from stockade.home import create_exclusive, write_atomic
 from stockade.statements import VerifierKeys
 
 NODE_FILE = "node.json"
@@ -65,7 +63,7 @@ class AgentState:
         if pinned is None:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                created = _create_exclusive(self.verifier_keys_path, keys.pem())
+                created = create_exclusive(self.verifier_keys_path, keys.pem())
             except OSError as error:
                 raise InputError(
                     f"cannot pin the verifier key in {self.verifier_keys_path}: {error}"
@@ -126,25 +124,3 @@ class AgentState:
 
 def _kids(keys: VerifierKeys) -> str:
     return ", ".join(f"kid {kid}" for kid in sorted(keys.keys))
-
-
-def _create_exclusive(path: Path, data: bytes) -> bool:
-    """Write ``path`` whole (0644) unless it exists; False when it did. The data is written
-    to a temporary file first and linked into place, so the file is never seen torn."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
-    return True
