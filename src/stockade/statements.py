@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from stockade.errors import InputError, VerificationFailed
 from stockade.strict_json import loads_strict
 
+# The EAR profile (draft-fv-rats-ear) every Stockade EAR declares.
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 ISSUER = "stockade-verifier"
 FLEET_TRUST_TYPE = "stockade-fleet-trust+jwt"

@@ -11,8 +11,8 @@ import datetime as dt
 from typing import Any
 
 from stockade.appraisal.appraise import CLAIMS, Appraisal, NodeView
+from stockade.statements import EAR_PROFILE
 
-EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 VERIFIER_DEVELOPER = "stockade"
 
 

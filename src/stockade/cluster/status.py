@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stockade.errors import VerificationFailed
-from stockade.statements import StatementInvalid, VerifierKeys
+from stockade.statements import ISSUER, StatementInvalid, VerifierKeys
 
 STATUS_TYPE = "stockade-node-status+jwt"
-ISSUER = "stockade-verifier"
 
 
 @dataclass(frozen=True)

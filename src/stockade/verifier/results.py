@@ -10,9 +10,9 @@ from typing import Any
 import jwt
 from jwt.algorithms import ECAlgorithm
 
+from stockade.statements import EAR_PROFILE
 from stockade.verifier.tls import SigningKey
 
-EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 AR4SI = {"none": 0, "affirming": 2, "warning": 32, "contraindicated": 96}
 TRUST_CLAIMS = ("instance-identity", "configuration", "executables", "hardware", "file-system")
 

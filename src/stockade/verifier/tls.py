@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from stockade.home import write_atomic
 from stockade.keyfiles import KeyFileError, load_private_key, write_private_key
+from stockade.statements import spki_kid
 from stockade.verifier.errors import ConfigurationError
 
 CA_VALIDITY = datetime.timedelta(days=3650)
@@ -46,13 +46,6 @@ class SigningKey:
     @property
     def kid(self) -> str:
         return spki_kid(self.private_key.public_key())
-
-
-def spki_kid(public_key: ec.EllipticCurvePublicKey) -> str:
-    spki = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
 
 
 _write_private = write_private_key
