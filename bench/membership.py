@@ -41,7 +41,7 @@ import httpx
 
 from bench.timing import Row, median_seconds
 from bench.verifier import cpu_seconds
-from stockade.cli.demo_cluster import (
+from stockade.demo.cluster import (
     VerifierProcess,
     ek_ca_bundle,
     make_org_material,

@@ -57,7 +57,7 @@ from bench.verifier_load import (
     signed_post,
     software_signer,
 )
-from stockade.cli.demo_cluster import (
+from stockade.demo.cluster import (
     QUOTED_PCRS,
     OrgMaterial,
     VerifierProcess,

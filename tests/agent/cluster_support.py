@@ -20,7 +20,8 @@ from stockade.agent import Agent, AgentConfig
 from stockade.agent.client import VerifierClient
 from stockade.agent.membership import MEMORY_FILESYSTEMS, filesystem_type
 from stockade.agent.source import NodeSource
-from stockade.cli.demo_cluster import (
+from stockade.cluster.secret_store import KeyEncryptionKey
+from stockade.demo.cluster import (
     KERNEL_STUB,
     OrgMaterial,
     VerifierProcess,
@@ -28,7 +29,6 @@ from stockade.cli.demo_cluster import (
     make_org_material,
     policy_document,
 )
-from stockade.cluster.secret_store import KeyEncryptionKey
 from stockade.tpm.ekca import EkCa
 from stockade.tpm.swtpm import SoftwareTpm
 

@@ -36,7 +36,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from stockade.agent.channel_key import ChannelSigner
 from stockade.agent.client import VerifierClient
 from stockade.agent.state import AgentState
-from stockade.cli.demo_cluster import (
+from stockade.cluster.ca import verify_node_certificate
+from stockade.cluster.secret_store import KeyEncryptionKey
+from stockade.cluster.status import verify_status
+from stockade.demo.cluster import (
     KERNEL_STUB,
     OrgMaterial,
     VerifierProcess,
@@ -45,9 +48,6 @@ from stockade.cli.demo_cluster import (
     policy_document,
     stockade_executable,
 )
-from stockade.cluster.ca import verify_node_certificate
-from stockade.cluster.secret_store import KeyEncryptionKey
-from stockade.cluster.status import verify_status
 from stockade.evidence.duplication import SealedSecret
 from stockade.statements import VerifierKeys
 from stockade.tpm.device import Tpm

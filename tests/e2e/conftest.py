@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from stockade.cli.demo_cluster import (
+from stockade.demo.cluster import (
     KERNEL_STUB,
     OrgMaterial,
     ek_ca_bundle,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from stockade.boot import DevelopmentPlatform, boot_node, load_release
-from stockade.cli.demo_cluster import (
+from stockade.demo.cluster import (
     AgentProcess,
     ClusterError,
     OrgMaterial,

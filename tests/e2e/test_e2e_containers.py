@@ -9,7 +9,7 @@ import io
 import pytest
 from rich.console import Console
 
-from stockade.cli.demo_containers import APP, containers_story
+from stockade.demo.containers import APP, containers_story
 
 
 @pytest.fixture(scope="module")

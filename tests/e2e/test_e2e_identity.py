@@ -37,7 +37,8 @@ from stockade.agent.source import NodeSource
 from stockade.boot import DevelopmentPlatform, boot_node, load_release
 from stockade.boot.chain import event_log_path
 from stockade.channel import sign_request
-from stockade.cli.demo_cluster import (
+from stockade.cluster.secret_store import KeyEncryptionKey
+from stockade.demo.cluster import (
     AgentProcess,
     OrgMaterial,
     VerifierProcess,
@@ -45,7 +46,6 @@ from stockade.cli.demo_cluster import (
     stockade_executable,
     wait_for,
 )
-from stockade.cluster.secret_store import KeyEncryptionKey
 from stockade.evidence.public import TpmPublic
 from stockade.evidence.templates import KeyKind
 from stockade.tpm.device import Tpm

@@ -12,7 +12,7 @@ import re
 import pytest
 from rich.console import Console
 
-from stockade.cli.demo_membership import membership_story
+from stockade.demo.membership import membership_story
 
 
 @pytest.fixture(scope="module")

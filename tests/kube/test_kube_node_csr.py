@@ -13,9 +13,9 @@ import pytest
 import yaml
 from kube_support import StaticTrust
 
-from stockade.cli.demo_cluster import stockade_executable
 from stockade.cluster.ca import ClusterCa
 from stockade.cluster.names import InvalidNodeName
+from stockade.demo.cluster import stockade_executable
 from stockade.errors import InputError
 from stockade.kube.csr import CsrRequest, decide_csr
 from stockade.kube.node_csr import csr_manifest, tpm_signed_request

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 from rich.console import Console
 
-from stockade.cli.demo_cluster import (
+from stockade.demo.cluster import (
     STORY_INTERVAL,
     AgentProcess,
     ClusterError,

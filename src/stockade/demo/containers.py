@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from stockade.cli.demo_cluster import (
+from stockade.demo.cluster import (
     QUOTED_PCRS,
     STORY_INTERVAL,
     AgentProcess,
