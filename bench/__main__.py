@@ -17,6 +17,7 @@ MODULES.append("bench.membership")
 MODULES.append("bench.executions")
 MODULES.append("bench.oci_hook")
 MODULES.append("bench.kube")
+MODULES.append("bench.cli")
 
 
 def main() -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 from stockade.agent.client import ChannelAuth
+from stockade.appraisal.appraise import AFFIRMING, CLAIMS, CONTRAINDICATED, NO_CLAIM
+from stockade.appraisal.executions import Forbidden
 from stockade.channel import channel_certify_nonce
 from stockade.evidence import PcrSelection, QuoteInvalid, Signature, verify_quote
-from stockade.evidence.attest import ClockInfo
 from stockade.evidence.clock import is_new_boot
 from stockade.evidence.credential import CredentialBlob
 from stockade.evidence.templates import KeyKind
@@ -23,8 +23,7 @@ from stockade.tpm.ek import read_endorsement
 from stockade.tpm.node_key import NodeKey, certify_node_key, create_node_key, sign_digest
 from stockade.tpm.quote import quote
 from stockade.tpm.swtpm import SoftwareTpm
-from stockade.verifier.appraiser import NodeView, Status
-from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims
+from stockade.verifier.appraiser import Appraisal, Status
 
 PCRS = "sha256:0,1,2,3,4,5,6,7"
 _TPM_LOCKS: dict[str, threading.Lock] = {}
@@ -41,15 +40,8 @@ class QuotePolicy:
     result_validity_seconds: float
     # {"sha256": {"7": hex}}: a verified quote with other values there is contraindicated.
     reference: Mapping[str, Mapping[str, str]] | None = None
-
-
-@dataclass(frozen=True)
-class QuoteAppraisal:
-    status: Status
-    trust_vector: Mapping[str, int]
-    reasons: tuple[str, ...]
-    clock: ClockInfo | None
-    new_boot: bool
+    executions_quoted: bool = False
+    forbidden: Forbidden = field(default_factory=Forbidden)
 
 
 class QuoteOnlyAppraiser:
@@ -66,7 +58,10 @@ class QuoteOnlyAppraiser:
     def build_references(self, policy: QuotePolicy) -> None:
         return None
 
-    def appraise(self, policy, references, node, evidence, expected_nonce) -> QuoteAppraisal:
+    def appraise(self, policy, references, node, evidence, expected_nonce) -> Appraisal:
+        def appraisal(status, vector, reasons, clock=None, new_boot=False) -> Appraisal:
+            return Appraisal(status, vector, tuple(reasons), clock, new_boot, policy.ref, None)
+
         try:
             verified = verify_quote(
                 node.ak_public,
@@ -78,12 +73,12 @@ class QuoteOnlyAppraiser:
                 previous_clock=node.last_clock,
             )
         except QuoteInvalid as error:
-            vector = {claim: 0 for claim in TRUST_CLAIMS}
-            vector["instance-identity"] = AR4SI["contraindicated"]
-            return QuoteAppraisal(Status.CONTRAINDICATED, vector, (f"quote: {error}",), None, False)
+            vector = {claim: NO_CLAIM for claim in CLAIMS}
+            vector["instance-identity"] = CONTRAINDICATED
+            return appraisal(Status.CONTRAINDICATED, vector, [f"quote: {error}"])
         clock = verified.clock_info
         new_boot = node.last_clock is None or is_new_boot(node.last_clock, clock)
-        vector = {claim: AR4SI["affirming"] for claim in TRUST_CLAIMS}
+        vector = {claim: AFFIRMING for claim in CLAIMS}
         quoted = evidence.pcrs.to_json()
         differ = [
             f"quoted PCR {bank}:{index} is {quoted.get(bank, {}).get(index)}, not the reference"
@@ -92,37 +87,9 @@ class QuoteOnlyAppraiser:
             if quoted.get(bank, {}).get(index) != value
         ]
         if differ:
-            vector["configuration"] = AR4SI["contraindicated"]
-            return QuoteAppraisal(Status.CONTRAINDICATED, vector, tuple(differ), clock, new_boot)
-        return QuoteAppraisal(Status.AFFIRMING, vector, (), clock, new_boot)
-
-    def ear_claims(
-        self,
-        appraisal: QuoteAppraisal,
-        node: NodeView,
-        result_id: str,
-        nonce: bytes,
-        issued_at: datetime,
-        not_after: datetime,
-        verifier_build: str,
-    ) -> dict[str, Any]:
-        clock = appraisal.clock or node.last_clock
-        return ear_claims(
-            node_id=node.node_id,
-            node_name=node.name,
-            result_id=result_id,
-            status=appraisal.status,
-            trust_vector=appraisal.trust_vector,
-            reasons=list(appraisal.reasons),
-            policy_ref="quote-only",
-            nonce=nonce,
-            issued_at=issued_at,
-            not_after=not_after,
-            verifier_build=verifier_build,
-            reset_count=clock.reset_count if clock else 0,
-            restart_count=clock.restart_count if clock else 0,
-            new_boot=appraisal.new_boot,
-        )
+            vector["configuration"] = CONTRAINDICATED
+            return appraisal(Status.CONTRAINDICATED, vector, differ, clock, new_boot)
+        return appraisal(Status.AFFIRMING, vector, [], clock, new_boot)
 
 
 def policy_document(

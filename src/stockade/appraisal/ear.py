@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from stockade.appraisal.appraise import CLAIMS, Appraisal, NodeView
-from stockade.statements import EAR_PROFILE
+from stockade.statements import EAR_PROFILE, evidence_claims
 
 VERIFIER_DEVELOPER = "stockade"
+
+
+@dataclass(frozen=True)
+class SignedEvidence:
+    """What the node's TPM signed, as received: the AK (TPM2B_PUBLIC, as enrolled) and the
+    quote (TPMS_ATTEST)."""
+
+    ak_public: bytes
+    quote: bytes
 
 
 def _seconds(moment: dt.datetime, what: str) -> int:
@@ -30,31 +40,39 @@ def ear_claims(
     issued_at: dt.datetime,
     not_after: dt.datetime,
     verifier_build: str,
+    signed_evidence: SignedEvidence | None = None,
 ) -> dict[str, Any]:
-    """The EAR claims of one result; ``stockade.boot`` counters are null when the quote
-    did not verify (no clock is known)."""
+    """The EAR claims of one result, built once from the final ``Appraisal``
+    (``decision.conclude``) and never edited. ``stockade.boot`` counters are null when the
+    quote did not verify (no clock is known); ``stockade.evidence`` names the AK and quote
+    only when it did."""
     clock = appraisal.clock
+    submod: dict[str, Any] = {
+        "ear.status": appraisal.status.value,
+        "ear.trustworthiness-vector": {
+            claim: appraisal.trust_vector.get(claim, 0) for claim in CLAIMS
+        },
+        "ear.appraisal-policy-id": appraisal.policy_ref,
+        "stockade.node-id": node.node_id,
+        "stockade.result-id": result_id,
+        "stockade.reasons": list(appraisal.reasons),
+        "stockade.boot": {
+            "reset_count": clock.reset_count if clock is not None else None,
+            "restart_count": clock.restart_count if clock is not None else None,
+            "new_boot": appraisal.new_boot,
+        },
+    }
+    if clock is not None and signed_evidence is not None:
+        # The quote verified: an auditor holding the AK and quote (GET /v1/executions) can
+        # tie them to this node with the pinned verifier key.
+        submod["stockade.evidence"] = evidence_claims(
+            signed_evidence.ak_public, signed_evidence.quote
+        )
     return {
         "eat_profile": EAR_PROFILE,
         "iat": _seconds(issued_at, "issued_at"),
         "exp": _seconds(not_after, "not_after"),
         "ear.verifier-id": {"developer": VERIFIER_DEVELOPER, "build": verifier_build},
         "eat_nonce": base64.urlsafe_b64encode(nonce).rstrip(b"=").decode("ascii"),
-        "submods": {
-            node.name: {
-                "ear.status": appraisal.status.value,
-                "ear.trustworthiness-vector": {
-                    claim: appraisal.trust_vector.get(claim, 0) for claim in CLAIMS
-                },
-                "ear.appraisal-policy-id": appraisal.policy_ref,
-                "stockade.node-id": node.node_id,
-                "stockade.result-id": result_id,
-                "stockade.reasons": list(appraisal.reasons),
-                "stockade.boot": {
-                    "reset_count": clock.reset_count if clock is not None else None,
-                    "restart_count": clock.restart_count if clock is not None else None,
-                    "new_boot": appraisal.new_boot,
-                },
-            }
-        },
+        "submods": {node.name: submod},
     }

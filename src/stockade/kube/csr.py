@@ -44,7 +44,7 @@ from cryptography.x509.oid import NameOID
 
 from stockade.cluster.ca import KUBE_NODES_GROUP, NodeCertificateRejected, verify_node_certificate
 from stockade.cluster.names import KUBE_NODE_PREFIX, InvalidNodeName, validate_node_name
-from stockade.kube.trust import TrustSource, TrustUnavailable
+from stockade.kube.trust import TrustSource, TrustUnavailable, refusal
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +234,9 @@ def decide_csr(
             "wait", name, (f"Stockade cannot tell whether {name} is trusted: {error}",)
         )
     found = nodes.get(name)
-    if found is None:
-        reasons.append(f"node {name} is not enrolled with the Stockade verifier")
-    else:
-        trusted, why = found.verdict(now)
-        if not trusted:
-            reasons.append(why)
+    why = refusal(nodes, name, now)
+    if why is not None:
+        reasons.append(why)
 
     reasons += _certificate_problems(
         csr, request, name, found.node_id if found else None, cluster_ca, now

@@ -18,11 +18,11 @@ is read once per call. When it cannot be read, ``Error`` says why and no node pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from stockade.kube.trust import NodeTrust, TrustSource, TrustUnavailable
+from stockade.kube.trust import TrustSource, TrustUnavailable, refusal
 
 
 class _Malformed(Exception):
@@ -37,16 +37,6 @@ def _node_name(item: Any, index: int) -> str:
     if not isinstance(name, str) or not name:
         raise _Malformed(f"Nodes.items[{index}].metadata.name is missing")
     return name
-
-
-def _verdict(nodes: Mapping[str, NodeTrust], name: str, now: datetime) -> str | None:
-    found = nodes.get(name)
-    if found is None:
-        return f"Stockade: node {name} is not enrolled with the Stockade verifier"
-    if found.is_trusted(now):
-        return None  # the common case, without formatting a reason nobody reads
-    trusted, reason = found.verdict(now)
-    return None if trusted else f"Stockade: {reason}"
 
 
 def _result(
@@ -107,9 +97,9 @@ def filter_nodes(
     now = clock()
     failed: dict[str, str] = {}
     for name in candidates:
-        refusal = _verdict(trust, name, now)
-        if refusal is not None:
-            failed[name] = refusal
+        why = refusal(trust, name, now)
+        if why is not None:
+            failed[name] = f"Stockade: {why}"
     names_out = [n for n in names_in if n not in failed] if names_in is not None else None
     list_out = None
     if isinstance(nodes_in, dict):

@@ -54,6 +54,17 @@ class TrustUnavailable(Exception):
     """The verifier's view could not be obtained: every decision is a refusal."""
 
 
+def refusal(nodes: Mapping[str, NodeTrust], name: str, now: datetime) -> str | None:
+    """None when Kubernetes node ``name`` is trusted at ``now``, else why not: the one rule
+    that admission, the scheduler extender, the node controller and the CSR approver ask."""
+    found = nodes.get(name)
+    if found is None:
+        return f"node {name} is not enrolled with the Stockade verifier"
+    if found.is_trusted(now):
+        return None  # the common case, without formatting a reason nobody reads
+    return found.verdict(now)[1]
+
+
 def decide(source: TrustSource, node: str, now: datetime | None = None) -> tuple[bool, str]:
     """(trusted, reason) for Kubernetes node ``node``; never raises."""
     moment = now or datetime.now(UTC)
@@ -61,10 +72,10 @@ def decide(source: TrustSource, node: str, now: datetime | None = None) -> tuple
         nodes = source.snapshot()
     except TrustUnavailable as error:
         return False, f"Stockade cannot tell whether node {node} is trusted: {error}"
-    found = nodes.get(node)
-    if found is None:
-        return False, f"node {node} is not enrolled with the Stockade verifier"
-    return found.verdict(moment)
+    why = refusal(nodes, node, moment)
+    if why is not None:
+        return False, why
+    return nodes[node].verdict(moment)
 
 
 def parse_fleet(answer: Any, keys: VerifierKeys, now: datetime) -> FleetView:

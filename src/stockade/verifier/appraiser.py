@@ -1,25 +1,35 @@
 """The seam between the service and the pure appraisal core (``stockade.appraisal``).
 
-The service only needs four calls; :class:`CoreAppraiser` makes them on the
-core. Tests may pass another :class:`Appraiser` to ``create_app``.
+The service needs three calls; :class:`CoreAppraiser` makes them on the core. Tests may
+pass another :class:`Appraiser` to ``create_app`` (one that, say, appraises only the quote),
+but it returns the core's ``Appraisal``: the final decision and the EAR are built by the core
+(``stockade.appraisal.decision``, ``stockade.appraisal.ear``) whatever the appraiser.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, Protocol
 
 from stockade.appraisal import appraise as core_appraise
-from stockade.appraisal import ear as core_ear
 from stockade.appraisal import policy as core_policy
-from stockade.appraisal.appraise import Evidence, NodeView, Status
-from stockade.evidence.attest import ClockInfo
+from stockade.appraisal.appraise import Appraisal, Evidence, NodeView, Status
+from stockade.appraisal.executions import Forbidden
 
-__all__ = ["Appraiser", "CoreAppraiser", "Evidence", "NodeView", "PolicyLike", "Status"]
+__all__ = [
+    "Appraisal",
+    "Appraiser",
+    "CoreAppraiser",
+    "Evidence",
+    "NodeView",
+    "PolicyLike",
+    "Status",
+]
 
 
 class PolicyLike(Protocol):
+    """What the service reads of an appraisal policy."""
+
     @property
     def ref(self) -> str: ...
 
@@ -29,21 +39,18 @@ class PolicyLike(Protocol):
     @property
     def result_validity_seconds(self) -> float: ...
 
-
-class AppraisalLike(Protocol):
-    """The fields of ``stockade.appraisal.appraise.Appraisal`` the service reads."""
+    @property
+    def executions_quoted(self) -> bool: ...
 
     @property
-    def status(self) -> str: ...
-
-    @property
-    def reasons(self) -> Any: ...
-
-    @property
-    def clock(self) -> ClockInfo | None: ...  # set only when the quote verified
+    def forbidden(self) -> Forbidden: ...
 
 
 class Appraiser(Protocol):
+    """Parses policies, predicts references and appraises boot evidence into the core's
+    ``Appraisal``; everything after that (the execution log, the final status, the EAR) is
+    ``stockade.appraisal.decision`` and ``stockade.appraisal.ear``, whatever the appraiser."""
+
     def parse_policy(self, document: Mapping[str, Any], version: int) -> PolicyLike: ...
 
     def build_references(self, policy: PolicyLike) -> Any: ...
@@ -52,21 +59,10 @@ class Appraiser(Protocol):
         self,
         policy: PolicyLike,
         references: Any,
-        node: Any,
-        evidence: Any,
+        node: NodeView,
+        evidence: Evidence,
         expected_nonce: bytes,
-    ) -> AppraisalLike: ...
-
-    def ear_claims(
-        self,
-        appraisal: AppraisalLike,
-        node: Any,
-        result_id: str,
-        nonce: bytes,
-        issued_at: datetime,
-        not_after: datetime,
-        verifier_build: str,
-    ) -> dict[str, Any]: ...
+    ) -> Appraisal: ...
 
 
 def _core_policy(policy: PolicyLike) -> core_policy.Policy:
@@ -87,29 +83,16 @@ class CoreAppraiser:
         return core_appraise.build_references(_core_policy(policy))
 
     def appraise(
-        self, policy: PolicyLike, references: Any, node: Any, evidence: Any, expected_nonce: bytes
-    ) -> AppraisalLike:
-        result: AppraisalLike = core_appraise.appraise(
+        self,
+        policy: PolicyLike,
+        references: Any,
+        node: NodeView,
+        evidence: Evidence,
+        expected_nonce: bytes,
+    ) -> Appraisal:
+        return core_appraise.appraise(
             _core_policy(policy), references, node, evidence, expected_nonce
         )
-        return result
-
-    def ear_claims(
-        self,
-        appraisal: AppraisalLike,
-        node: Any,
-        result_id: str,
-        nonce: bytes,
-        issued_at: datetime,
-        not_after: datetime,
-        verifier_build: str,
-    ) -> dict[str, Any]:
-        if not isinstance(appraisal, core_appraise.Appraisal):
-            raise TypeError(f"the core signs its own appraisals, not {type(appraisal).__name__}")
-        claims: dict[str, Any] = core_ear.ear_claims(
-            appraisal, node, result_id, nonce, issued_at, not_after, verifier_build
-        )
-        return claims
 
 
 def default_appraiser() -> Appraiser:

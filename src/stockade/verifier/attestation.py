@@ -12,27 +12,23 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, insert, select, update
 
+from stockade.appraisal.decision import conclude, failed_appraisal
+from stockade.appraisal.ear import SignedEvidence, ear_claims
 from stockade.appraisal.executions import ExecutionState
-from stockade.appraisal.executions import Forbidden as ForbiddenImages
+from stockade.appraisal.node_executions import ExecutionOutcome, appraise_node_executions
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
-from stockade.statements import evidence_claims
 from stockade.translog.entries import attestation_result_entry
-from stockade.verifier.appraiser import Evidence, NodeView, Status
+from stockade.verifier.appraiser import Appraisal, Evidence, NodeView, Status
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
-from stockade.verifier.executions import (
-    ExecutionOutcome,
-    appraise_node_executions,
-    load_state,
-    store_executions,
-)
+from stockade.verifier.executions import load_state, store_executions
 from stockade.verifier.models import Event, Node, Result
 from stockade.verifier.node_auth import require_node_spending_a_nonce
 from stockade.verifier.nonces import consume_nonce, nonce_usable
-from stockade.verifier.results import AR4SI, TRUST_CLAIMS, ear_claims, sign_ear
+from stockade.verifier.results import sign_ear
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import ActivePolicy, Service, service_of
 from stockade.verifier.states import NodeState
@@ -173,16 +169,6 @@ class _ExecutionInput:
         return None if self.previous is None else self.previous.to_json()
 
 
-def _contraindicate_executables(claims: dict[str, Any], reasons: list[str]) -> None:
-    """The EAR says what the execution log showed: executables contraindicated."""
-    for submod in claims.get("submods", {}).values():
-        submod["ear.status"] = str(Status.CONTRAINDICATED)
-        submod.setdefault("ear.trustworthiness-vector", {})["executables"] = AR4SI[
-            "contraindicated"
-        ]
-        submod["stockade.reasons"] = list(reasons)
-
-
 class _StaleNode(Exception):
     """The node's appraisal inputs changed between the read and the write: appraise again."""
 
@@ -205,30 +191,31 @@ def _prepare(
     )
     result_id = str(uuid.uuid4())
     not_after = now + timedelta(seconds=float(active.policy.result_validity_seconds))
-    status, reasons, clock, claims = _appraise(
-        service, active, view, evidence, result_id, now, not_after
-    )
+    appraisal = _appraise(service, active, view, evidence)
     outcome = None
-    if getattr(active.policy, "executions_quoted", False) and clock is not None:
+    if active.policy.executions_quoted and appraisal.clock is not None:
         outcome = appraise_node_executions(
             executions.previous,
-            clock.reset_count,
-            clock.restart_count,
+            appraisal.clock.reset_count,
+            appraisal.clock.restart_count,
             evidence.pcrs,
             executions.log,
             executions.log_from,
-            getattr(active.policy, "forbidden", ForbiddenImages()),
+            active.policy.forbidden,
         )
-        if not outcome.ok:
-            status = Status.CONTRAINDICATED
-            reasons = [*reasons, *outcome.reasons]
-            _contraindicate_executables(claims, reasons)
+    final = conclude(appraisal, outcome)
+    status, reasons, clock = final.status, list(final.reasons), final.clock
     policy_ref = f"{active.policy_id}@{active.version}"
-    if clock is not None:
-        # The quote verified: the EAR names the AK and quote it appraised, so an auditor
-        # holding them (GET /v1/executions) can tie them to this node with the pinned key.
-        for submod in claims.get("submods", {}).values():
-            submod["stockade.evidence"] = evidence_claims(node.ak_public, evidence.quote)
+    claims = ear_claims(
+        final,
+        view,
+        result_id,
+        evidence.nonce,
+        now,
+        not_after,
+        service.config.verifier_build,
+        SignedEvidence(node.ak_public, evidence.quote),
+    )
     ear = sign_ear(service.signing_key, claims)
     attested = None
     selection = active.policy.pcrs
@@ -451,58 +438,16 @@ def _reason(reasons: list[str]) -> str:
 
 
 def _appraise(
-    service: Service,
-    active: ActivePolicy,
-    view: NodeView,
-    evidence: Evidence,
-    result_id: str,
-    now: datetime,
-    not_after: datetime,
-) -> tuple[str, list[str], ClockInfo | None, dict[str, Any]]:
-    """Status, reasons, the verified quote's clock (None unless it verified) and EAR claims.
-
-    Whatever goes wrong inside appraisal ends as contraindicated: fail closed.
-    """
-    appraiser = service.require_appraiser()
+    service: Service, active: ActivePolicy, view: NodeView, evidence: Evidence
+) -> Appraisal:
+    """The appraiser's finding; whatever goes wrong inside it ends as contraindicated."""
     try:
-        node = view
-        appraisal = appraiser.appraise(
-            active.policy, active.references, node, evidence, evidence.nonce
+        return service.require_appraiser().appraise(
+            active.policy, active.references, view, evidence, evidence.nonce
         )
-        status = Status(str(appraisal.status))
-        reasons = [str(reason) for reason in appraisal.reasons]
-        claims = appraiser.ear_claims(
-            appraisal,
-            node,
-            result_id,
-            evidence.nonce,
-            now,
-            not_after,
-            service.config.verifier_build,
-        )
-        return status, reasons, appraisal.clock, claims
     except EvidenceError as error:
         reason = f"evidence: {error}"
     except Exception:
         log.exception("appraisal of node %s raised", view.node_id)
         reason = "internal: appraisal failed; see the verifier log"
-    claims = ear_claims(
-        node_id=view.node_id,
-        node_name=view.name,
-        result_id=result_id,
-        status=Status.CONTRAINDICATED,
-        trust_vector={
-            claim: AR4SI["contraindicated"] if claim == "instance-identity" else AR4SI["none"]
-            for claim in TRUST_CLAIMS
-        },
-        reasons=[reason],
-        policy_ref=f"{active.policy_id}@{active.version}",
-        nonce=evidence.nonce,
-        issued_at=now,
-        not_after=not_after,
-        verifier_build=service.config.verifier_build,
-        reset_count=view.last_clock.reset_count if view.last_clock else 0,
-        restart_count=view.last_clock.restart_count if view.last_clock else 0,
-        new_boot=False,
-    )
-    return Status.CONTRAINDICATED, [reason], None, claims
+    return failed_appraisal(reason, f"{active.policy_id}@{active.version}")
