@@ -1,15 +1,139 @@
-"""The ``stockade`` command: one module per command group, each thin."""
+"""The ``stockade`` command: one module per command group, each thin, each imported only when
+its command runs (``LazyGroup``), so that ``stockade --version`` or ``stockade nodes list``
+never pays for the verifier's web and database stack or the TPM stack."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
 
 import typer
+from typer import _click as click
+from typer.core import TyperCommand, TyperGroup
 
 from stockade.errors import StockadeError
 
+
+@dataclass(frozen=True)
+class _Entry:
+    """A top-level command: where it lives and its one-line help for the command list
+    (``tests/cli/test_cli_startup.py`` checks it against the command's own help)."""
+
+    module: str
+    attribute: str  # a typer.Typer (a command group) or a command function
+    short_help: str
+    extra: tuple[tuple[str, str, str], ...] = ()  # (command name, module, function) added
+
+
+COMMANDS: dict[str, _Entry] = {
+    "demo": _Entry(
+        "stockade.cli.demo",
+        "run",
+        "Start software TPMs, a verifier and agents; show attestation and attacks rejected.",
+    ),
+    "join": _Entry(
+        "stockade.cli.join",
+        "join",
+        "Enroll (once), attest, and when the verifier affirms this node, obtain a certificate"
+        " for a key that lives only in this TPM. Exit 1 with the reasons when the node is not"
+        " trusted.",
+    ),
+    "run": _Entry(
+        "stockade.cli.run",
+        "run",
+        "Unpack IMAGE with umoci into a bundle and run it with runc; the hook verifies the"
+        " image's signature against the trust policy, extends PCR 13 and appends to the"
+        " execution log before the container starts, or refuses it.",
+    ),
+    "tpm": _Entry(
+        "stockade.cli.tpm",
+        "app",
+        "Software TPMs (swtpm) for development nodes, and TPM commands.",
+        (("quote", "stockade.cli.tpm_quote", "quote"),),
+    ),
+    "quote": _Entry("stockade.cli.quote", "app", "Verify TPM quotes."),
+    "eventlog": _Entry(
+        "stockade.cli.eventlog", "app", "Parse and replay TCG PC Client event logs."
+    ),
+    "keys": _Entry("stockade.cli.keys", "app", "Organization signing keys."),
+    "release": _Entry("stockade.cli.release", "app", "Build, sign and verify OS releases."),
+    "boot": _Entry(
+        "stockade.cli.boot",
+        "app",
+        "Verified, measured boot of development nodes on a software TPM; reference values.",
+    ),
+    "agent": _Entry("stockade.cli.agent", "app", "The node agent: enrollment and attestation."),
+    "nodes": _Entry(
+        "stockade.cli.nodes", "app", "Nodes known to a verifier, and their trust state."
+    ),
+    "results": _Entry("stockade.cli.results", "app", "Attestation results (EAR) of nodes."),
+    "policy": _Entry("stockade.cli.policy", "app", "Appraisal policies (versioned documents)."),
+    "secrets": _Entry("stockade.cli.secrets", "app", "Secrets released only to attested nodes."),
+    "verifier": _Entry("stockade.cli.verifier", "app", "The verifier service."),
+    "kube": _Entry(
+        "stockade.cli.kube",
+        "app",
+        "Kubernetes: admission webhook, scheduler extender.",
+        (
+            ("controller", "stockade.cli.kube_controller", "controller"),
+            ("approve-csrs", "stockade.cli.kube_controller", "approve_csrs"),
+        ),
+    ),
+    "audit": _Entry("stockade.cli.audit", "app", "Audit what nodes ran, from their quotes."),
+    "log": _Entry(
+        "stockade.cli.log",
+        "app",
+        "The verifier's transparency log: checkpoints, receipts, monitor.",
+    ),
+    "image": _Entry("stockade.cli.image", "app", "Sign and verify container images (OCI layouts)."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """Import command ``name``'s module and build its Click command."""
+    entry = COMMANDS[name]
+    target: Any = getattr(import_module(entry.module), entry.attribute)
+    if isinstance(target, typer.Typer):
+        for command, module, function in entry.extra:
+            if not any(info.name == command for info in target.registered_commands):
+                target.command(command)(getattr(import_module(module), function))
+        return typer.main.get_group(target)
+    single = typer.Typer(add_completion=False)
+    single.command(name)(target)
+    return typer.main.get_command(single)
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: commands are imported when they run; the command list in
+    ``--help`` comes from ``COMMANDS`` without importing any of them."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing:
+            return TyperCommand(cmd_name, help=COMMANDS[cmd_name].short_help)
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = load_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
     name="stockade",
+    cls=LazyGroup,
     help="Distributed Trusted Computing: TPM-attested nodes and provable containers.",
     no_args_is_help=True,
     add_completion=False,
@@ -37,51 +161,12 @@ def _options(
     """Distributed Trusted Computing: TPM-attested nodes and provable containers."""
 
 
-def _register() -> None:
-    from stockade.cli import boot, demo, eventlog, keys, quote, release, tpm, tpm_quote
-
-    tpm.app.command("quote")(tpm_quote.quote)
-    app.add_typer(tpm.app, name="tpm")
-    app.add_typer(quote.app, name="quote")
-    app.add_typer(eventlog.app, name="eventlog")
-    app.add_typer(keys.app, name="keys")
-    app.add_typer(release.app, name="release")
-    app.add_typer(boot.app, name="boot")
-    app.command("demo")(demo.run)
-
-    from stockade.cli import agent, nodes, policy, results
-
-    app.add_typer(agent.app, name="agent")
-    app.add_typer(nodes.app, name="nodes")
-    app.add_typer(results.app, name="results")
-    app.add_typer(policy.app, name="policy")
-
-    from stockade.cli import join, secrets, verifier
-
-    app.add_typer(secrets.app, name="secrets")
-    app.command("join")(join.join)
-
-    app.add_typer(verifier.app, name="verifier")
-
-    from stockade.cli import audit, image, kube, kube_controller, log, run
-
-    kube.app.command("controller")(kube_controller.controller)
-    kube.app.command("approve-csrs")(kube_controller.approve_csrs)
-    app.add_typer(kube.app, name="kube")
-
-    app.add_typer(audit.app, name="audit")
-    app.add_typer(log.app, name="log")
-    app.add_typer(image.app, name="image")
-    app.command("run")(run.run)
-
-
 def main() -> None:
     """Console entry point: typed errors become one line on stderr and an exit code.
 
     Usage errors are Click's own (exit 2 with a usage line); anything Stockade
     raises on purpose is a ``StockadeError`` carrying its exit code.
     """
-    _register()
     try:
         app()
     except StockadeError as error:

@@ -7,8 +7,6 @@ import sqlite3
 import threading
 import time
 
-from sqlalchemy import exc as sa_exc
-
 from stockade.errors import StockadeError
 
 log = logging.getLogger(__name__)
@@ -106,6 +104,8 @@ class ConfigurationError(StockadeError):
 def is_database_unavailable(error: BaseException) -> bool:
     """Whether ``error`` says the database cannot be reached or written now (stopped,
     restarting, connection lost, pool exhausted, disk full), not that a statement is wrong."""
+    from sqlalchemy import exc as sa_exc  # here, so that `stockade --help` never loads it
+
     if isinstance(
         error,
         sa_exc.OperationalError
