@@ -9,16 +9,16 @@ from rich.console import Console
 from rich.table import Table
 
 from stockade.cli._input import emit_json
-from stockade.cli.nodes import (
+from stockade.cli.options import (
     CaOption,
     FormatOption,
+    OutputFormat,
     ReadTokenOption,
     VerifierKeyOption,
     VerifierOption,
     client,
     pinned_keys,
 )
-from stockade.cli.quote import OutputFormat
 from stockade.errors import VerificationFailed
 
 app = typer.Typer(no_args_is_help=True, help="Audit what nodes ran, from their quotes.")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import FormatOption, HomeOption, OutputFormat
 from stockade.errors import InputError
 
 app = typer.Typer(
@@ -17,11 +17,6 @@ app = typer.Typer(
     help="Verified, measured boot of development nodes on a software TPM; reference values.",
 )
 
-FormatOption = Annotated[OutputFormat, typer.Option("--format")]
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help="Stockade home [default: $STOCKADE_HOME or ~/.stockade]"),
-]
 PlatformOption = Annotated[Path, typer.Option(help="platform directory (stockade boot init)")]
 ReleaseOption = Annotated[Path, typer.Option(help="release directory (stockade release build)")]
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import OutputFormat
 from stockade.evidence.algorithms import HASHES
 from stockade.evidence.event_data import RawData, decode
 from stockade.evidence.event_digests import digest_mismatches

@@ -10,7 +10,7 @@ import typer
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.errors import InputError, VerificationFailed
 from stockade.images.errors import ImageRejected
 from stockade.images.layout import ImageLayout, parse_image_ref
@@ -31,7 +31,6 @@ app = typer.Typer(no_args_is_help=True, help="Sign and verify container images (
 policy_app = typer.Typer(no_args_is_help=True, help="The org-signed image trust policy.")
 app.add_typer(policy_app, name="policy")
 
-FormatOption = Annotated[OutputFormat, typer.Option("--format")]
 ImageArgument = Annotated[
     str, typer.Argument(metavar="LAYOUT:TAG", help="OCI image layout directory and tag")
 ]

@@ -20,7 +20,7 @@ from stockade.cli.agent import (
 from stockade.cli.agent import (
     VerifierKeyOption as AgentVerifierKeyOption,
 )
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import OutputFormat
 from stockade.errors import VerificationFailed
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import emit_json
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import OutputFormat
 from stockade.release.keys import KeyType, generate_key_set
 
 app = typer.Typer(no_args_is_help=True, help="Organization signing keys.")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import read_file
-from stockade.cli.nodes import VerifierKeyOption, pinned_keys
+from stockade.cli.options import VerifierKeyOption, pinned_keys
 from stockade.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: admission webhook, scheduler extender.")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from stockade.cli.nodes import VerifierKeyOption, pinned_keys
+from stockade.cli.options import VerifierKeyOption, pinned_keys
 from stockade.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: node controller, kubelet CSR approver.")

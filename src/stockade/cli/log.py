@@ -20,8 +20,13 @@ from typing import Annotated, Any
 import typer
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.nodes import CaOption, ReadTokenOption, VerifierOption
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import (
+    CaOption,
+    FormatOption,
+    OutputFormat,
+    ReadTokenOption,
+    VerifierOption,
+)
 from stockade.errors import InputError
 from stockade.strict_json import loads_strict
 from stockade.translog.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
@@ -33,7 +38,6 @@ app = typer.Typer(
     no_args_is_help=True, help="The verifier's transparency log: checkpoints, receipts, monitor."
 )
 
-FormatOption = Annotated[OutputFormat, typer.Option("--format")]
 KeyOption = Annotated[
     str | None,
     typer.Option(

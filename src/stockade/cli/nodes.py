@@ -10,20 +10,21 @@ from rich.console import Console
 from rich.table import Table
 
 from stockade.cli._input import emit_json
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import (
+    CaOption,
+    FormatOption,
+    NodeArgument,
+    OutputFormat,
+    ReadTokenOption,
+    TokenFileOption,
+    VerifierKeyOption,
+    VerifierOption,
+    client,
+    pinned_keys,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Nodes known to a verifier, and their trust state.")
 
-VerifierOption = Annotated[
-    str | None,
-    typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier base URL"),
-]
-CaOption = Annotated[
-    Path | None,
-    typer.Option("--ca", envvar="STOCKADE_CA", help="CA certificate of the verifier's TLS"),
-]
-FormatOption = Annotated[OutputFormat, typer.Option("--format")]
-NodeArgument = Annotated[str, typer.Argument(help="node id or name")]
 
 STATE_STYLES = {
     "trusted": "green",
@@ -33,51 +34,6 @@ STATE_STYLES = {
     "failed": "red",
     "revoked": "magenta",
 }
-
-
-TokenFileOption = Annotated[
-    Path | None,
-    typer.Option("--token-file", help="operator token file [default: $STOCKADE_OPERATOR_TOKEN]"),
-]
-# Reads of trust state need a reader or operator credential (<data dir>/reader-token, or a
-# named credential); the variable keeps its name for both.
-ReadTokenOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--token-file",
-        help="reader or operator token file [default: $STOCKADE_OPERATOR_TOKEN]",
-    ),
-]
-VerifierKeyOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--verifier-key",
-        envvar="STOCKADE_VERIFIER_KEY",
-        help="the verifier's statement key to pin: its <data dir>/keys/verifier-key.pub.pem "
-        "(or a JWK set saved from a channel you trust)",
-    ),
-]
-
-
-def pinned_keys(path: Path | None) -> Any:
-    """The relying party's pinned verifier keys (``statements.VerifierKeys``). Keys fetched
-    from the verifier on the call being checked prove nothing, so there is no default."""
-    from stockade.errors import InputError
-    from stockade.statements import VerifierKeys
-
-    if path is None:
-        raise InputError(
-            "no verifier key pinned: pass --verifier-key FILE (the verifier's "
-            "keys/verifier-key.pub.pem) or set $STOCKADE_VERIFIER_KEY; a key fetched from the "
-            "answer being checked would prove nothing"
-        )
-    return VerifierKeys.load(path)
-
-
-def client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
-    from stockade.verifier_client import VerifierClient
-
-    return VerifierClient.from_options(verifier, ca, token_file)
 
 
 def node_id(node: dict[str, Any]) -> str:

@@ -12,15 +12,15 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.nodes import (
+from stockade.cli.options import (
     CaOption,
     FormatOption,
+    OutputFormat,
     ReadTokenOption,
     TokenFileOption,
     VerifierOption,
     client,
 )
-from stockade.cli.quote import OutputFormat
 from stockade.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="Appraisal policies (versioned documents).")

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from stockade.cli._input import emit_json, parse_hex, read_file
+from stockade.cli.options import OutputFormat
 from stockade.evidence import PcrSelection, QuoteInvalid, Signature, TpmPublic, verify_quote
 from stockade.evidence.tpm2_tools_files import read_pcr_file, read_public_key_file
 
 app = typer.Typer(no_args_is_help=True, help="Verify TPM quotes.")
-
-
-class OutputFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
 
 
 @app.command("verify")

@@ -13,7 +13,7 @@ from uuid import UUID
 import typer
 
 from stockade.cli._input import emit_json, parse_hex, read_file
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.errors import InputError, VerificationFailed
 from stockade.release import dsse
 from stockade.release.build import (
@@ -32,8 +32,6 @@ from stockade.release.manifest import (
 from stockade.release.verity import Progress
 
 app = typer.Typer(no_args_is_help=True, help="Build, sign and verify OS releases.")
-
-FormatOption = Annotated[OutputFormat, typer.Option("--format")]
 
 
 @contextmanager

@@ -16,8 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 from stockade.cli._input import emit_json
-from stockade.cli.nodes import CaOption, FormatOption, TokenFileOption, VerifierOption
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import (
+    CaOption,
+    FormatOption,
+    OutputFormat,
+    TokenFileOption,
+    VerifierOption,
+)
 from stockade.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="Secrets released only to attested nodes.")

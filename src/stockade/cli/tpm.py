@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from stockade.cli._input import emit_json
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import FormatOption, HomeOption, OutputFormat
 
 app = typer.Typer(
     no_args_is_help=True,
     help="Software TPMs (swtpm) for development nodes, and TPM commands.",
 )
-
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help="Stockade home [default: $STOCKADE_HOME or ~/.stockade]"),
-]
-FormatOption = Annotated[OutputFormat, typer.Option("--format")]
 
 
 @app.command("start")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import emit_json, parse_hex
-from stockade.cli.quote import OutputFormat
+from stockade.cli.options import OutputFormat
 from stockade.evidence import PcrSelection
 from stockade.evidence.templates import KeyKind
 from stockade.evidence.tpm2_tools_files import write_pcr_file
