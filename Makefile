@@ -2,13 +2,24 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 BOOTSTRAP_STAMP := $(VENV)/.stockade-installed
+# The OCI hook's C client: built here, at install time, never on a node at first use.
+HOOK_CLIENT := $(VENV)/bin/stockade-oci-hook-client
+HOOK_CLIENT_SRC := src/stockade/agent/stockade_oci_hook_client.c
+HOOK_CFLAGS := -std=c11 -O2 -D_DEFAULT_SOURCE -D_FORTIFY_SOURCE=2 -Wall -Wextra -Werror \
+	-Wpedantic -Wformat=2 -Wconversion -fanalyzer
 
 .PHONY: demo test test-core bench lint typecheck bootstrap clean
 
-bootstrap: $(BOOTSTRAP_STAMP)
+bootstrap: $(BOOTSTRAP_STAMP) $(HOOK_CLIENT)
 
 $(BOOTSTRAP_STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 	./scripts/bootstrap.sh
+
+.PHONY: hook-client
+hook-client: $(HOOK_CLIENT)
+
+$(HOOK_CLIENT): $(HOOK_CLIENT_SRC) | $(BOOTSTRAP_STAMP)
+	gcc $(HOOK_CFLAGS) -static -s -o $@.tmp $< && chmod 0755 $@.tmp && mv -f $@.tmp $@
 
 demo: bootstrap
 	$(VENV)/bin/stockade demo
@@ -24,6 +35,7 @@ lint: bootstrap
 	$(VENV)/bin/ruff check src tests bench fuzz
 	$(VENV)/bin/ruff format --check src tests bench fuzz
 	$(VENV)/bin/lint-imports
+	gcc $(HOOK_CFLAGS) -c -o /dev/null $(HOOK_CLIENT_SRC)
 
 typecheck: bootstrap
 	$(VENV)/bin/mypy

@@ -7,9 +7,9 @@ medians over ``rounds`` runs each:
 - ``runc run`` of ``/probe`` without any hook (the baseline);
 - the same with the hook as ``stockade-oci-hook`` (verifies, extends PCR 13 on the swtpm,
   appends to the execution log, all in the hook's own Python process);
-- the same with the fast hook: a ``python3 -I -S -c`` client of a few lines that forwards
-  the state to an admission server on a Unix socket (here a thread of this process), which
-  does the same work;
+- the same with the fast hook: the installed C client (``make hook-client``), else the
+  ``python3 -I -S`` fallback client, forwarding the state to an admission server on a Unix
+  socket (here a thread of this process), which does the same work;
 - each hook process alone (state on stdin, as runc gives it), the bare interpreter start
   (``python3 -I -S -c pass``: the floor for any Python hook), and the server's admission
   work alone (verify, TPM open + extend in every bank, append + fsync).
@@ -32,7 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.timing import Row, median_seconds
-from stockade.agent.hook_client import compiled_client
+from stockade.agent.hook_client import FALLBACK_CLIENT, ClientUnavailable, installed_client
 
 PROBE_SOURCE = "int main(void) { return 0; }\n"
 REFERENCE = "registry.example/bench/true:1.0"
@@ -121,7 +121,6 @@ def run(rounds: int) -> list[Row]:
         print(f"bench.oci_hook: skipped (needs root and {', '.join(missing) or 'tools'})")
         return []
     from stockade.agent.oci_hook import (
-        CLIENT_SOURCE,
         HookSettings,
         admit_state,
         serving_hook_requests,
@@ -173,9 +172,15 @@ def run(rounds: int) -> list[Row]:
         hook_alone = _time_process(
             [str(hook_executable()), *settings.to_args()], state.encode(), rounds
         )
-        client_alone = _time_process([str(compiled_client()), str(sock)], state.encode(), rounds)
+        try:
+            c_client = installed_client()
+        except ClientUnavailable as error:
+            print(f"bench.oci_hook: no C client row: {error} (make hook-client)")
+            client_alone = None
+        else:
+            client_alone = _time_process([str(c_client), str(sock)], state.encode(), rounds)
         python_client_alone = _time_process(
-            [sys.executable, "-I", "-S", "-c", CLIENT_SOURCE, str(sock)], state.encode(), rounds
+            [sys.executable, "-I", "-S", str(FALLBACK_CLIENT), str(sock)], state.encode(), rounds
         )
         interpreter = _time_process([sys.executable, "-I", "-S", "-c", "pass"], b"", rounds)
 
@@ -198,7 +203,10 @@ def run(rounds: int) -> list[Row]:
         ("oci_hook start overhead, stockade-oci-hook", (with_direct - base) * ms, "ms"),
         ("oci_hook start overhead, fast hook (target 15)", (with_fast - base) * ms, "ms"),
         ("oci_hook stockade-oci-hook process alone", hook_alone * ms, "ms"),
-        ("oci_hook fast client process alone (C)", client_alone * ms, "ms"),
+    ]
+    if client_alone is not None:
+        rows.append(("oci_hook fast client process alone (C)", client_alone * ms, "ms"))
+    rows += [
         ("oci_hook fast client process alone (python -I -S)", python_client_alone * ms, "ms"),
         ("oci_hook python3 -I -S -c pass", interpreter * ms, "ms"),
         ("oci_hook admission in the agent (verify+extend+fsync)", admit_alone * ms, "ms"),

@@ -8,7 +8,7 @@ DEB_PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   runc umoci skopeo docker-registry cryptsetup-bin postgresql sbsigntool pesign systemd-boot-efi
   shim-unsigned grub-efi-amd64-bin tpm2-openssl
-  python3-venv python3-dev gcc openssl faketime
+  python3-venv python3-dev gcc libc6-dev openssl faketime
 )
 
 missing=()

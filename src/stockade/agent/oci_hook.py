@@ -506,52 +506,44 @@ def admit_state(state_bytes: bytes, settings: HookSettings) -> tuple[int | None,
 
 # -- the agent socket (fast path) ---------------------------------------------------------------
 
-# The fast hook: run as ``python3 -I -S -c CLIENT_SOURCE SOCKET`` it imports nothing but the
-# built-in ``_socket`` and ``posix`` (no site, no package), so it costs about one bare
-# interpreter start. It forwards the state and exits 0 only on ``OK``; anything else,
-# including an unreachable or silent server, exits 1 with one line on stderr.
-CLIENT_SOURCE = """\
-import _socket,posix,sys
-p=sys.argv[1];d=sys.stdin.buffer.read(1<<20)
-try:
- s=_socket.socket(_socket.AF_UNIX,_socket.SOCK_STREAM);s.settimeout(60);s.connect(p)
- s.sendall(d);s.shutdown(1);r=b''
- while c:=s.recv(65536):r+=c
-except OSError as e:r=b'ERR refused container: the hook agent at %s cannot be reached (%s)'%(\
-p.encode(),str(e).encode())
-r=r.decode(errors='replace').strip()
-if r[:3]=='OK ' and r[3:].isdigit():posix._exit(0)
-sys.stderr.write('stockade-oci-hook: '+(r[4:] if r[:4]=='ERR ' else 'refused container: the \
-hook agent answered '+repr(r[:200]))+'\\n');sys.stderr.flush();posix._exit(1)
-"""
-
 
 def oci_hook_entry(
     settings: HookSettings, executable: Path, python: Path, timeout: int = 60
 ) -> dict[str, Any]:
     """The OCI ``hooks`` entry (path, args, env, timeout) for these settings.
 
-    With an agent socket it is the tiny client above run by ``python``; otherwise the full
-    ``stockade-oci-hook`` console script ``executable``, which admits in its own process.
+    With an agent socket it is a small client (``stockade.agent.hook_client``): the installed
+    C client if there is a safe one, else the Python client file run by ``python`` as
+    ``python -I -S FILE SOCKET`` (it imports only ``_socket``, ``posix`` and ``sys``). Without
+    one it is the full ``stockade-oci-hook`` console script ``executable``, which admits in its
+    own process. A C client that is installed but unsafe is not used, and says why on stderr.
     """
     env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     if settings.agent_socket is not None:
-        from stockade.agent.hook_client import ClientUnavailable, compiled_client
+        from stockade.agent.hook_client import (
+            FALLBACK_CLIENT,
+            ClientRefused,
+            ClientUnavailable,
+            installed_client,
+        )
 
+        socket_path = str(settings.agent_socket)
         try:
-            client = compiled_client()
+            client = installed_client()
+        except ClientRefused as error:
+            print(f"{PROG}: {error}; using the Python client", file=sys.stderr, flush=True)
         except ClientUnavailable:
             pass  # the Python client below: slower, same answers
         else:
             return {
                 "path": str(client),
-                "args": [str(client), str(settings.agent_socket)],
+                "args": [str(client), socket_path],
                 "env": env,
                 "timeout": timeout,
             }
         return {
             "path": str(python),
-            "args": [str(python), "-I", "-S", "-c", CLIENT_SOURCE, str(settings.agent_socket)],
+            "args": [str(python), "-I", "-S", str(FALLBACK_CLIENT), socket_path],
             "env": env,
             "timeout": timeout,
         }
