@@ -116,6 +116,25 @@ def loads_canonical(
     return document
 
 
+def read_object(
+    value: Any,
+    where: str,
+    keys: set[str] | frozenset[str] | None = None,
+    *,
+    error: type[Exception] = StrictJsonError,
+    optional: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """A JSON object; with ``keys``, having each of them and nothing outside ``keys`` and
+    ``optional``."""
+    return Fields(value, where, error=error, required=keys, optional=optional).value
+
+
+def read_array(value: Any, where: str, *, error: type[Exception] = StrictJsonError) -> list[Any]:
+    if not isinstance(value, list):
+        raise error(f"{where} is not a JSON array")
+    return value
+
+
 class Fields:
     """Typed reading of one JSON object, naming ``where`` (a JSON path) in each error."""
 
@@ -156,10 +175,7 @@ class Fields:
         return Fields(self._get(name), self.path(name), error=self.error, **kwargs)
 
     def array(self, name: str) -> list[Any]:
-        value = self._get(name)
-        if not isinstance(value, list):
-            raise self.error(f"{self.path(name)} is not a JSON array")
-        return value
+        return read_array(self._get(name), self.path(name), error=self.error)
 
     def string(self, name: str, *, empty: bool = False) -> str:
         return read_string(self._get(name), self.path(name), error=self.error, empty=empty)

@@ -16,6 +16,7 @@ import base64
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from stockade.appraisal.measured_boot import (
@@ -39,6 +40,14 @@ from stockade.evidence.efi_signatures import (
 from stockade.evidence.eventlog import EventLog
 from stockade.evidence.pcr_values import PcrValues, bank_name
 from stockade.evidence.replay import replay
+from stockade.strict_json import (
+    read_array,
+    read_base64,
+    read_hex,
+    read_integer,
+    read_object,
+    read_string,
+)
 
 PLATFORM_SCHEMA = "stockade.platform-reference.v1"
 _SIGNATURE_TYPES = {"x509": EFI_CERT_X509_GUID, "sha256": EFI_CERT_SHA256_GUID}
@@ -306,49 +315,14 @@ def platform_from_json(document: Any) -> PlatformReference:
     )
 
 
-def _object(value: Any, where: str, keys: set[str] | None = None) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ReferenceMalformed(f"{where} is not a JSON object")
-    if keys is not None:
-        missing = sorted(keys - value.keys())
-        if missing:
-            raise ReferenceMalformed(f"{where} lacks {', '.join(missing)}")
-        unknown = sorted(value.keys() - keys)
-        if unknown:
-            raise ReferenceMalformed(f"{where} has unknown field(s) {', '.join(unknown)}")
-    return value
-
-
-def _array(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ReferenceMalformed(f"{where} is not a JSON array")
-    return value
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ReferenceMalformed(f"{where} is not a string")
-    return value
-
-
-def _integer(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ReferenceMalformed(f"{where} is not a non-negative integer")
-    return value
-
-
-def _hex(value: Any, where: str) -> bytes:
-    try:
-        return bytes.fromhex(_string(value, where))
-    except ValueError:
-        raise ReferenceMalformed(f"{where} is not hexadecimal") from None
-
-
-def _base64(value: Any, where: str) -> bytes:
-    try:
-        return base64.b64decode(_string(value, where), validate=True)
-    except ValueError:  # binascii.Error, and non-ASCII text (a plain ValueError)
-        raise ReferenceMalformed(f"{where} is not base64") from None
+# The strict readers (stockade.strict_json), raising this module's error. Hex may be any
+# case: platform references are captured from machines, not signed by us.
+_object = partial(read_object, error=ReferenceMalformed)
+_array = partial(read_array, error=ReferenceMalformed)
+_string = partial(read_string, error=ReferenceMalformed, empty=True)
+_integer = partial(read_integer, error=ReferenceMalformed)
+_hex = partial(read_hex, error=ReferenceMalformed, lowercase=False)
+_base64 = partial(read_base64, error=ReferenceMalformed)
 
 
 def _uuid(value: Any, where: str) -> uuid.UUID:

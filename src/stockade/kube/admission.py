@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -34,6 +35,7 @@ from stockade.images.policy import TrustPolicy
 from stockade.images.reference import parse_reference
 from stockade.images.verify import verify_image
 from stockade.kube.trust import TrustSource, decide
+from stockade.strict_json import read_object, read_string
 
 API_VERSION: Final = "admission.k8s.io/v1"
 KIND: Final = "AdmissionReview"
@@ -90,18 +92,14 @@ def response(uid: str, allowed: bool, code: int, message: str) -> dict[str, Any]
     }
 
 
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise Malformed(f"{where} is not a JSON object")
-    return value
+_object = partial(read_object, error=Malformed)
 
 
 def _string(value: Any, where: str, *, required: bool = True) -> str:
+    """A string (``Malformed`` if not); an absent optional one is ``""``."""
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or (required and not value):
-        raise Malformed(f"{where} is missing or not a string")
-    return value
+    return read_string(value, where, error=Malformed, empty=not required)
 
 
 def pod_images(pod: Mapping[str, Any], where: str = "pod") -> list[str]:

@@ -27,6 +27,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -40,15 +41,20 @@ from stockade.release.cmdline import (
 )
 from stockade.release.errors import ManifestMalformed, ReleaseInvalid
 from stockade.release.keys import SigningKey, VerifyingKey
-from stockade.strict_json import canonical_json, loads_strict
+from stockade.strict_json import (
+    canonical_json,
+    loads_strict,
+    read_hex,
+    read_integer,
+    read_object,
+    read_string,
+)
 
 SCHEMA_VERSION = 1
 PAYLOAD_TYPE = "application/vnd.stockade.release-manifest.v1+json"
 USRHASH_PARAMETER = USRHASH
 MAX_SECURITY_VERSION = 2**63 - 1
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_HEX = re.compile(r"(?:[0-9a-f]{2})*")
-_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 # A release's name and version: printable ASCII (they are measured as text into PCR 12 and
 # shown in reasons and logs), so every field of a manifest is ASCII and its canonical bytes
@@ -354,42 +360,13 @@ def open_signed_manifest(
     return manifest, verified
 
 
-def _object(value: Any, where: str, keys: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ManifestMalformed(f"{where} is not a JSON object")
-    missing = sorted(keys - value.keys())
-    if missing:
-        raise ManifestMalformed(f"{where} lacks {', '.join(missing)}")
-    unknown = sorted(value.keys() - keys)
-    if unknown:
-        raise ManifestMalformed(f"{where} has unknown field(s) {', '.join(unknown)}")
-    return value
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ManifestMalformed(f"{where} is not a string")
-    return value
-
-
-def _integer(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ManifestMalformed(f"{where} is not a non-negative integer")
-    return value
-
-
-def _hex(value: Any, where: str) -> bytes:
-    text = _string(value, where)
-    if not _HEX.fullmatch(text):
-        raise ManifestMalformed(f"{where} is not lowercase hex")
-    return bytes.fromhex(text)
-
-
-def _digest(value: Any, where: str) -> bytes:
-    text = _string(value, where)
-    if not _HEX_DIGEST.fullmatch(text):
-        raise ManifestMalformed(f"{where} is not a lowercase hex SHA-256 digest")
-    return bytes.fromhex(text)
+# The strict readers (stockade.strict_json), raising this module's error; a signed manifest
+# has one spelling per value, so hex is lowercase.
+_object = partial(read_object, error=ManifestMalformed)
+_string = partial(read_string, error=ManifestMalformed, empty=True)
+_integer = partial(read_integer, error=ManifestMalformed)
+_hex = partial(read_hex, error=ManifestMalformed)
+_digest = partial(read_hex, error=ManifestMalformed, length=32)
 
 
 def _file_name(value: Any, where: str) -> str:

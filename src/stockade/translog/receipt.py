@@ -15,11 +15,11 @@ Pure: no I/O.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stockade.strict_json import read_base64, read_integer
 from stockade.translog.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from stockade.translog.entries import ATTESTATION_RESULT, ear_digest, parse_entry
 from stockade.translog.errors import EntryMismatch, MalformedReceipt, ProofError
@@ -27,18 +27,11 @@ from stockade.translog.merkle import leaf_hash, verify_inclusion
 
 
 def _b64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise MalformedReceipt(f"inclusion receipt: {what} is not a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise MalformedReceipt(f"inclusion receipt: {what} is not base64") from None
+    return read_base64(value, f"inclusion receipt: {what}", error=MalformedReceipt)
 
 
 def _count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise MalformedReceipt(f"inclusion receipt: {what} is not a non-negative integer")
-    return value
+    return read_integer(value, f"inclusion receipt: {what}", error=MalformedReceipt)
 
 
 @dataclass(frozen=True)
