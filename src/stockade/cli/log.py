@@ -9,11 +9,13 @@ at the first bad signature, rollback, fork or rewritten entry.
 from __future__ import annotations
 
 import base64
-import binascii
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,12 +28,21 @@ from stockade.cli.options import (
     OutputFormat,
     ReadTokenOption,
     VerifierOption,
+    client,
 )
-from stockade.errors import InputError
-from stockade.strict_json import loads_strict
+from stockade.errors import InputError, StockadeError
+from stockade.strict_json import loads_strict, read_base64
 from stockade.translog.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from stockade.translog.errors import MalformedKey
-from stockade.translog.monitor import Alert, MonitorState, Observation, observe
+from stockade.translog.monitor import (
+    Alert,
+    MonitorState,
+    Observation,
+    SourceUnavailable,
+    Watch,
+    Withheld,
+    observe,
+)
 from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
 
 app = typer.Typer(
@@ -54,13 +65,7 @@ PinOption = Annotated[
 ]
 
 
-def _b64(text: object, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise InputError(f"{what} is not a base64 string")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InputError(f"{what} is not base64") from None
+_b64 = partial(read_base64, error=InputError)
 
 
 def parse_key(value: str) -> NoteVerifier:
@@ -80,47 +85,65 @@ def _member(document: object, name: str, what: str) -> Any:
     return document[name]
 
 
+class _Unanswered(SourceUnavailable):
+    """The verifier did not answer a log request; ``cause`` is the CLI's own error."""
+
+    def __init__(self, cause: StockadeError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class HttpLogSource:
-    """The transparency log API of a verifier (``stockade.translog.monitor.LogSource``)."""
+    """The transparency log API of a verifier (``stockade.translog.monitor.LogSource``).
+    For the monitor, anything that is not a well-formed answer is ``SourceUnavailable``."""
 
     def __init__(self, api: Any) -> None:
         self.api = api
 
-    def checkpoint(self) -> bytes:
-        document = self.api.request("GET", "/v1/log/checkpoint", format="json")
-        note = _member(document, "checkpoint", "checkpoint")
-        if not isinstance(note, str):
-            raise InputError("the verifier's checkpoint is not a string")
-        return note.encode()
-
     def key(self) -> str:
         return str(_member(self.api.request("GET", "/v1/log/key", format="json"), "key", "key"))
 
+    def checkpoint(self) -> bytes:
+        with _answering():
+            document = self.api.request("GET", "/v1/log/checkpoint", format="json")
+            note = _member(document, "checkpoint", "checkpoint")
+            if not isinstance(note, str):
+                raise InputError("the verifier's checkpoint is not a string")
+            return note.encode()
+
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
-        document = self.api.request("GET", "/v1/log/proof/consistency", old=old_size, new=new_size)
-        proof = _member(document, "proof", "consistency proof")
-        if not isinstance(proof, list):
-            raise InputError("the verifier's consistency proof is not a list")
-        return [_b64(element, "consistency proof element") for element in proof]
+        with _answering():
+            document = self.api.request(
+                "GET", "/v1/log/proof/consistency", old=old_size, new=new_size
+            )
+            proof = _member(document, "proof", "consistency proof")
+            if not isinstance(proof, list):
+                raise InputError("the verifier's consistency proof is not a list")
+            return [_b64(element, "consistency proof element") for element in proof]
 
     def entries(self, start: int, end: int) -> list[tuple[bytes, bytes]]:
-        document = self.api.request("GET", "/v1/log/entries", start=start, end=end)
-        rows = _member(document, "entries", "entries")
-        if not isinstance(rows, list):
-            raise InputError("the verifier's entries are not a list")
-        return [
-            (
-                _b64(_member(row, "entry", "entry"), "entry"),
-                _b64(_member(row, "leaf_hash", "entry"), "leaf hash"),
-            )
-            for row in rows
-        ]
+        with _answering():
+            document = self.api.request("GET", "/v1/log/entries", start=start, end=end)
+            rows = _member(document, "entries", "entries")
+            if not isinstance(rows, list):
+                raise InputError("the verifier's entries are not a list")
+            return [
+                (
+                    _b64(_member(row, "entry", "entry"), "entry"),
+                    _b64(_member(row, "leaf_hash", "entry"), "leaf hash"),
+                )
+                for row in rows
+            ]
 
 
-def _client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> Any:
-    from stockade.verifier_client import VerifierClient
+@contextlib.contextmanager
+def _answering() -> Iterator[None]:
+    from stockade.verifier_client import VerifierRefused, VerifierUnavailable
 
-    return VerifierClient.from_options(verifier, ca, token_file)
+    try:
+        yield
+    except (VerifierUnavailable, VerifierRefused, InputError) as error:
+        raise _Unanswered(error) from None
 
 
 def _trusted_key(key: str | None, pin: Path | None, source: HttpLogSource) -> NoteVerifier:
@@ -162,10 +185,13 @@ def checkpoint_command(
 ) -> None:
     """Fetch the log's current checkpoint and verify its signature. Exit 1 when it does
     not verify."""
-    with _client(verifier, ca) as api:
+    with client(verifier, ca) as api:
         source = HttpLogSource(api)
         trusted = _trusted_key(key, pin, source)
-        note = source.checkpoint()
+        try:
+            note = source.checkpoint()
+        except _Unanswered as error:
+            raise error.cause from None
     head, _ = open_checkpoint(note, [trusted], required=[trusted.name], origin=trusted.name)
     if out is not None:
         out.write_bytes(note)
@@ -298,40 +324,69 @@ def monitor_command(
             help="also fetch the new entries and check them against the signed root",
         ),
     ] = True,
+    proof_retries: Annotated[
+        int,
+        typer.Option(
+            "--proof-retries",
+            min=1,
+            help="attempts in a row after which a signed checkpoint served without its "
+            "consistency proof or entries is an ALERT (withholding)",
+        ),
+    ] = 3,
+    max_age: Annotated[
+        float | None,
+        typer.Option(
+            "--max-age",
+            min=1,
+            help="seconds without a verified checkpoint larger than the last one before an "
+            "ALERT (stale); longer than the fleet's attestation interval [default: no bound]",
+        ),
+    ] = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Follow the log's checkpoints: each must be signed by the log's key and extend the
     last verified one (a consistency proof). One line per new checkpoint; on a bad
     signature, a rollback, a fork or a rewritten entry, an ALERT line on stderr and exit 1
-    (the state file keeps the last good checkpoint). Checkpoints and proofs are public;
-    fetching the entries (``--entries``, the default) needs a reader token."""
-    from stockade.verifier_client import VerifierRefused, VerifierUnavailable
+    (the state file keeps the last good checkpoint). A log that signs a newer checkpoint but
+    does not serve its proof (--proof-retries attempts in a row, also with --once) or that
+    stops growing (--max-age) is an ALERT too. Checkpoints and proofs are public; fetching
+    the entries (``--entries``, the default) needs a reader token."""
 
-    with _client(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         source = HttpLogSource(api)
         trusted = _trusted_key(key, pin, source)
         state = _load_state(state_file, trusted)
+        watch = Watch(started=time.monotonic(), proof_retries=proof_retries, max_age=max_age)
+
+        def alert(raised: Alert) -> typer.Exit:
+            print(
+                f"ALERT: transparency log {trusted.name} at {api.url}: {raised.kind.upper()}: "
+                f"{raised.detail}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return typer.Exit(1)
+
         while True:
+            now = time.monotonic()
             try:
-                observation = observe(source, trusted, state, check_entries=entries)
-            except Alert as alert:
-                print(
-                    f"ALERT: transparency log {trusted.name} at {api.url}: {alert.kind.upper()}: "
-                    f"{alert.detail}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                raise typer.Exit(1) from None
-            except (VerifierUnavailable, VerifierRefused, InputError) as error:
-                if once:
-                    raise
-                print(f"stockade: {error}; retrying in {interval:g} s", file=sys.stderr)
-            else:
-                if observation.grew or once:
-                    _report(observation, output)
-                if state_file is not None and observation.state != state:
-                    _save_state(state_file, observation.state)
-                state = observation.state
+                try:
+                    observation = observe(source, trusted, state, check_entries=entries)
+                    watch.succeeded(observation, now)
+                except (Withheld, SourceUnavailable) as error:
+                    watch.failed(error, now, state.checkpoint.size if state else None)
+                    if once and isinstance(error, _Unanswered):
+                        raise error.cause from None
+                    print(f"stockade: {error}; retrying in {interval:g} s", file=sys.stderr)
+                    time.sleep(interval)
+                    continue
+            except Alert as raised:
+                raise alert(raised) from None
+            if observation.grew or once:
+                _report(observation, output)
+            if state_file is not None and observation.state != state:
+                _save_state(state_file, observation.state)
+            state = observation.state
             if once:
                 return
             time.sleep(interval)

@@ -7,7 +7,14 @@ not the logged one).
 ``observe`` does one step against a ``LogSource`` (the verifier's HTTP API in
 ``stockade log monitor``, anything in tests) and returns the new ``MonitorState`` to
 persist; it raises ``Alert`` (exit 1), naming what was seen, and then the last verified
-state must be kept. Pure apart from the source.
+state must be kept.
+
+A log can also misbehave by saying nothing: serving a signed checkpoint and then never the
+proof that it extends the last one verified (a fork it hides), or freezing. ``observe``
+raises ``Withheld`` when the source fails after a newer signed checkpoint was seen, and
+``Watch`` turns that, after ``proof_retries`` failed attempts in a row, into an ``Alert``
+(``withholding``); with ``max_age`` it alerts (``stale``) when no checkpoint larger than the
+last verified one has been verified for that long. Pure apart from the source; time is given.
 """
 
 from __future__ import annotations
@@ -47,6 +54,23 @@ class Alert(TranslogError, VerificationFailed):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class SourceUnavailable(Exception):
+    """The source did not answer (unreachable, refused, malformed): a ``LogSource`` raises
+    it, or a subclass, for anything that is not an answer."""
+
+
+class Withheld(Exception):
+    """A signed checkpoint newer than the last verified one was served, but not what proves
+    it (its consistency proof or its entries)."""
+
+    def __init__(self, head: Checkpoint, what: str, error: Exception) -> None:
+        super().__init__(
+            f"checkpoint {head.size} was signed, but its {what} was not served: {error}"
+        )
+        self.head = head
+        self.what = what
 
 
 class LogSource(Protocol):
@@ -176,7 +200,10 @@ def observe(
                     f"{head.root.hex()}",
                 )
         else:
-            proof = source.consistency_proof(previous.size, head.size)
+            try:
+                proof = source.consistency_proof(previous.size, head.size)
+            except SourceUnavailable as error:
+                raise Withheld(head, f"consistency proof from {previous.size}", error) from None
             try:
                 verify_consistency(previous.size, head.size, previous.root, head.root, proof)
             except ProofError as error:
@@ -191,6 +218,60 @@ def observe(
             start, known = state.checkpoint.size, state.peaks
         else:
             start, known = 0, ()
-        peaks = _check_entries(source, start, known, head)
+        try:
+            peaks = _check_entries(source, start, known, head)
+        except SourceUnavailable as error:
+            if previous is None or head.size == previous.size:
+                raise  # nothing new was signed: an outage, not a withholding
+            raise Withheld(head, f"entries {start} to {head.size}", error) from None
         checked = head.size - start
     return Observation(MonitorState(note, head, peaks), previous, checked)
+
+
+@dataclass
+class Watch:
+    """What a running monitor remembers between steps to notice a log that goes quiet.
+
+    ``proof_retries``: failed attempts in a row, after a newer signed checkpoint, before the
+    withholding is an alert. ``max_age``: seconds without a verified checkpoint larger than the
+    last one (``None``: no bound); a Stockade log grows with every attestation, so a bound
+    longer than the fleet's attestation interval catches a frozen log.
+    """
+
+    started: float
+    proof_retries: int = 3
+    max_age: float | None = None
+    failures: int = 0
+    last_growth: float | None = None
+
+    def succeeded(self, observation: Observation, now: float) -> None:
+        """After a verified step; ``Alert`` (``stale``) when the log has not grown in time."""
+        self.failures = 0
+        if observation.grew:
+            self.last_growth = now
+        self._check_age(now, observation.state.checkpoint.size)
+
+    def failed(self, error: Exception, now: float, size: int | None) -> None:
+        """After a step that could not complete: ``Alert`` once a withholding has lasted
+        ``proof_retries`` attempts, or when the log has not grown in time; else nothing (the
+        caller retries)."""
+        if isinstance(error, Withheld):
+            self.failures += 1
+            if self.failures >= self.proof_retries:
+                raise Alert(
+                    "withholding",
+                    f"{error} ({self.failures} attempts in a row): the log may be hiding a fork",
+                )
+        self._check_age(now, size)
+
+    def _check_age(self, now: float, size: int | None) -> None:
+        if self.max_age is None:
+            return
+        since = self.last_growth if self.last_growth is not None else self.started
+        if now - since > self.max_age:
+            at = f"{size} entries" if size is not None else "no verified checkpoint"
+            raise Alert(
+                "stale",
+                f"no checkpoint larger than the last verified ({at}) for {now - since:.0f} s "
+                f"(--max-age {self.max_age:g} s): the log is frozen or withheld from this monitor",
+            )
