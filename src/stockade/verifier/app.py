@@ -237,7 +237,10 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         webhooks: WebhookWorker | None = None
         if config.webhook_urls:
             webhooks = WebhookWorker(
-                service.engine, config.webhook_urls, service.signing_key.private_key
+                service.engine,
+                config.webhook_urls,
+                service.signing_key.private_key,
+                outage=service.outage,
             )
             webhooks.start()
         try:

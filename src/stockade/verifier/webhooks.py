@@ -55,6 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from stockade.verifier.errors import OutageLog, is_database_unavailable
 from stockade.verifier.models import Event
 
 SIGNATURE_HEADER = "Stockade-Signature"
@@ -139,6 +140,8 @@ class WebhookWorker:
     clock: Callable[[], float] = time.monotonic
     lease_seconds: float = 10.0
     replica: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The service's outage log: a database outage is one line per burst, not one per poll.
+    outage: OutageLog = field(default_factory=OutageLog)
     _targets: list[_Target] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -166,8 +169,13 @@ class WebhookWorker:
                 try:
                     delivered = self.deliver_pending(http)
                 except SQLAlchemyError as error:  # the database is down: try again later
-                    log.warning("webhooks: cannot read events: %s", error)
+                    if is_database_unavailable(error):
+                        self.outage.failed(error, "webhooks")
+                    else:
+                        log.warning("webhooks: cannot read events: %s", error)
                     delivered = 0
+                else:
+                    self.outage.succeeded()
                 if not delivered:
                     self._stop.wait(self.poll_seconds)
 
