@@ -82,7 +82,8 @@ def test_a_default_tag_is_not_invented():
     assert parse_reference("registry.example/app:latest").tag == "latest"
 
 
-_component = st.from_regex(r"[a-z0-9]{1,8}(?:[._-][a-z0-9]{1,8}){0,2}", fullmatch=True)
+# no "." in components: with no domain, a first component with a dot would be a domain
+_component = st.from_regex(r"[a-z0-9]{1,8}(?:[_-][a-z0-9]{1,8}){0,2}", fullmatch=True)
 _domain = st.sampled_from(
     ["", "docker.io/", "index.docker.io/", "registry.example/", "localhost:5000/"]
 )
