@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from stockade.agent.client import VerifierClient, VerifierRefused, VerifierUnava
 from stockade.agent.source import NodeSource
 from stockade.agent.state import Enrolled
 from stockade.errors import InputError, TpmUnavailable
+from support.cli import stockade_command
 
 
 def _closed_port() -> int:
@@ -222,13 +222,11 @@ def test_a_rate_limited_agent_waits_as_long_as_it_is_told(tmp_path: Path) -> Non
 
 
 def test_sigterm_stops_the_agent_cleanly(tmp_path: Path) -> None:
-    stockade = Path(sys.executable).with_name("stockade")
-    command = [
-        str(stockade), "agent", "run", "--name", "n1",
-        "--verifier", f"http://127.0.0.1:{_closed_port()}",
-        "--tcti", "swtpm:port=1", "--event-log", str(tmp_path / "log"),
-        "--state-dir", str(tmp_path / "state"), "--max-backoff", "0.2",
-    ]  # fmt: skip
+    command = stockade_command(
+        "agent", "run", "--name", "n1", "--verifier", f"http://127.0.0.1:{_closed_port()}",
+        "--tcti", "swtpm:port=1", "--event-log", tmp_path / "log",
+        "--state-dir", tmp_path / "state", "--max-backoff", "0.2",
+    )  # fmt: skip
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

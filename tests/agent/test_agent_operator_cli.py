@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.statements import VerifierKeys
+from support.cli import run_stockade
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 KID = next(iter(VerifierKeys.of(KEY.public_key()).keys))
@@ -149,8 +149,7 @@ def stockade(
         env["STOCKADE_VERIFIER"] = verifier
     if token:
         env["STOCKADE_OPERATOR_TOKEN"] = token
-    command = [str(Path(sys.executable).with_name("stockade")), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    return run_stockade(*args, env=env)
 
 
 def test_nodes_list_and_show(verifier: str) -> None:

@@ -25,8 +25,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -70,6 +68,7 @@ from stockade.tpm.ek import read_endorsement
 from stockade.tpm.node_key import NodeKey, create_node_key, save_node_key
 from stockade.tpm.sealed import unseal_secret
 from stockade.tpm.swtpm import SoftwareTpm
+from support.cli import run_stockade
 
 pytestmark = pytest.mark.swtpm
 
@@ -583,12 +582,11 @@ def test_a_verifier_key_given_explicitly_is_pinned_and_must_match(
     # The same through the CLI, the key from $STOCKADE_VERIFIER_KEY: one line, exit 2.
     env = {**os.environ, "STOCKADE_VERIFIER_KEY": str(wrong)}
     env.pop("STOCKADE_VERIFIER", None)
-    command = [
-        str(Path(sys.executable).with_name("stockade")), "agent", "run", "--name", "pin-3",
-        "--verifier", cluster.verifier.url, "--ca", str(cluster.verifier.ca),
-        "--tcti", tpm.tcti, "--event-log", str(log), "--state-dir", str(state),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+    done = run_stockade(
+        "agent", "run", "--name", "pin-3", "--verifier", cluster.verifier.url,
+        "--ca", cluster.verifier.ca, "--tcti", tpm.tcti, "--event-log", log, "--state-dir", state,
+        env=env, timeout=60,
+    )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     (message,) = done.stderr.strip().splitlines()
     assert message.startswith("stockade: --verifier-key") and pinned_kid in message

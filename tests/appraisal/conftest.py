@@ -38,8 +38,10 @@ from stockade.tpm.ekca import EkCa
 from stockade.tpm.swtpm import start_swtpm
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _require_tools() -> None:
+    """The tools the development world is built with; only tests that use it need them (the
+    pure decision and execution tests run without)."""
     missing = [tool for tool in ("sbsign", "sbverify", "swtpm") if not shutil.which(tool)]
     missing += [str(path) for path in (DEBIAN_SHIM, DEBIAN_GRUB, KERNEL_STUB) if not path.exists()]
     if missing:
@@ -47,7 +49,7 @@ def _require_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory, _require_tools: None) -> World:
     base = tmp_path_factory.mktemp("appraisal")
     keys = generate_key_set(base / "keys", KeyType.ECDSA_P256, "Stockade Test", NOW)
     rogue = generate_key_set(base / "rogue", KeyType.ED25519, "Rogue", NOW)

@@ -4,20 +4,14 @@ by Secure Boot, 2 bad input)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from stockade.release.build import ENVELOPE_NAME
-
-STOCKADE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "stockade"
+from support.cli import run_stockade as stockade
 
 pytestmark = pytest.mark.swtpm
-
-
-def stockade(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(STOCKADE), *args], capture_output=True, text=True, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,10 @@ exit 1 for a failed verification, never a traceback."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
-STOCKADE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "stockade"
-
-
-def stockade(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(STOCKADE), *args], capture_output=True, text=True, check=False)
+from support.cli import run_stockade as stockade
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) -> None:
@@ -98,15 +93,8 @@ def test_usage_error_exits_2():
 
 
 def test_version_prints_the_package_version_and_exits_0():
-    import subprocess
-    import sys
     from importlib.metadata import version
 
-    done = subprocess.run(
-        [sys.executable, "-c", "from stockade.cli import main; main()", "--version"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = stockade("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"stockade {version('stockade')}"

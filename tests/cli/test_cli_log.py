@@ -14,13 +14,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
 import ssl
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,6 +35,8 @@ from stockade.translog import (
 from stockade.translog import store as translog_store
 from stockade.translog.keys import load_signer
 from stockade.translog.receipt import Receipt
+from support.cli import run_stockade, stockade_command
+from support.verifier_serve import ServedVerifier
 
 ORIGIN = "stockade.local/verifier-log"
 CONTROLLED = ("STOCKADE_VERIFIER", "STOCKADE_CA", "STOCKADE_OPERATOR_TOKEN")
@@ -45,10 +44,7 @@ CONTROLLED = ("STOCKADE_VERIFIER", "STOCKADE_CA", "STOCKADE_OPERATOR_TOKEN")
 
 def stockade(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
-    command = [str(Path(sys.executable).with_name("stockade")), *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, env={**clean, **(env or {})}, check=False
-    )
+    return run_stockade(*args, env={**clean, **(env or {})})
 
 
 def _entry(number: int) -> bytes:
@@ -160,67 +156,17 @@ def test_verify_offline_refusals(offline, tmp_path: Path) -> None:
 # -- against a running verifier ----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Verifier:
-    """``stockade verifier serve`` in a child process, restartable on the same port."""
-
-    def __init__(self, data_dir: Path, ek_ca: EkCa, home: Path) -> None:
-        self.data_dir = data_dir
-        self.port = _free_port()
-        self.ek_ca = ek_ca
-        self.home = home
-        self.process: subprocess.Popen[bytes] | None = None
+@dataclass
+class Verifier(ServedVerifier):
+    """``stockade verifier serve`` in a child process, restartable on the same port; its log
+    written behind its back."""
 
     @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def ca(self) -> Path:
-        return self.data_dir / "tls" / "ca.pem"
-
-    @property
-    def database(self) -> str:
+    def database_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'verifier.db'}"
 
-    def start(self) -> None:
-        command = [
-            str(Path(sys.executable).with_name("stockade")), "verifier", "serve",
-            "--data-dir", str(self.data_dir), "--port", str(self.port),
-            "--ek-ca", str(self.ek_ca.root_cert_path), "--enrollment-mode", "open",
-        ]  # fmt: skip
-        log = (self.data_dir.parent / "verifier.log").open("ab")
-        env = {**os.environ, "STOCKADE_HOME": str(self.home)}
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.data_dir.parent / "verifier.log").read_text()
-            if self.ca.exists():
-                try:
-                    httpx.get(
-                        f"{self.url}/v1/health",
-                        verify=ssl.create_default_context(cafile=str(self.ca)),
-                        timeout=1,
-                    )
-                    return
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.1)
-        raise AssertionError("verifier did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=15)
-
     def append(self, entries: list[bytes]) -> None:
-        engine = create_engine(self.database)
+        engine = create_engine(self.database_url)
         try:
             MerkleLog(engine).append_many(entries)
         finally:
@@ -228,7 +174,7 @@ class Verifier:
 
     def rebuild(self, entries: list[bytes]) -> None:
         """Replace the stored log with a fresh tree of ``entries`` (behind its back)."""
-        engine = create_engine(self.database)
+        engine = create_engine(self.database_url)
         try:
             with engine.begin() as connection:
                 connection.execute(delete(translog_store.leaves))
@@ -256,12 +202,9 @@ class Verifier:
 
 @pytest.fixture
 def verifier(tmp_path: Path, ek_ca: EkCa) -> Iterator[Verifier]:
-    running = Verifier(tmp_path / "verifier", ek_ca, tmp_path / "home")
-    running.start()
-    try:
+    home = {"STOCKADE_HOME": str(tmp_path / "home")}
+    with Verifier(tmp_path / "verifier", ek_ca=ek_ca.root_cert_path, env=home) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _monitor(
@@ -358,12 +301,11 @@ def test_running_monitor_alerts_when_the_log_is_rewritten(
     key = str(verifier.data_dir / "keys" / "log-key.pub")
     entries = [_entry(n) for n in range(4)]
     verifier.append(entries)
-    command = [
-        str(Path(sys.executable).with_name("stockade")), "log", "monitor",
-        "--verifier", verifier.url, "--ca", str(verifier.ca), "--key", key,
-        "--state", str(tmp_path / "state.json"), "--interval", "0.2",
-        "--token-file", str(verifier.reader_token),
-    ]  # fmt: skip
+    command = stockade_command(
+        "log", "monitor", "--verifier", verifier.url, "--ca", verifier.ca, "--key", key,
+        "--state", tmp_path / "state.json", "--interval", "0.2",
+        "--token-file", verifier.reader_token,
+    )  # fmt: skip
     monitor = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert monitor.stdout is not None

@@ -46,7 +46,6 @@ from stockade.demo.cluster import (
     ek_ca_bundle,
     make_org_material,
     policy_document,
-    stockade_executable,
 )
 from stockade.evidence.duplication import SealedSecret
 from stockade.statements import VerifierKeys
@@ -54,6 +53,7 @@ from stockade.tpm.device import Tpm
 from stockade.tpm.ekca import EkCa
 from stockade.tpm.node_key import load_node_key
 from stockade.tpm.swtpm import SoftwareTpm
+from support.cli import stockade_command
 
 pytestmark = pytest.mark.swtpm
 
@@ -72,9 +72,6 @@ def _require_tools() -> None:
         pytest.skip(f"missing {', '.join(missing)} (scripts/bootstrap.sh)")
 
 
-_registered: list[bool] = []
-
-
 def run(
     *args: str,
     env: dict[str, str] | None = None,
@@ -91,7 +88,7 @@ def run(
         environment = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
         environment.update(env or {})
         done = subprocess.run(
-            [stockade_executable(), *args],
+            stockade_command(*args),
             input=stdin,
             capture_output=True,
             env=environment,
@@ -105,10 +102,6 @@ def run(
         )
     import stockade.cli
 
-    if not _registered:  # main() registers the command groups on every call: once is enough
-        stockade.cli._register()
-        stockade.cli._register = lambda: None  # type: ignore[assignment]
-        _registered.append(True)
     saved = {name: os.environ.pop(name, None) for name in CONTROLLED}
     os.environ.update(env or {})
     out, err = io.StringIO(), io.StringIO()

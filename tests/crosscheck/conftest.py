@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-STOCKADE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "stockade"
+from support.cli import run_stockade
+
+__all__ = ["Tools", "make_tools", "run_stockade"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,7 +43,3 @@ def make_tools(tcti: str, cwd: Path) -> Tools:
         return result
 
     return run
-
-
-def run_stockade(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(STOCKADE), *args], capture_output=True, text=True, check=False)

@@ -41,7 +41,11 @@ def test_every_name_the_map_puts_in_a_module_is_defined_there():
             continue  # the file test reports it
         text = found.read_text()
         for part in name.split("."):
-            pattern = rf"(?m)^\s*(?:async\s+)?(?:def|class)\s+{re.escape(part)}\b|^\s*{re.escape(part)}\s*[:=]|\b{re.escape(part)}\s*="
+            word = re.escape(part)
+            pattern = (
+                rf"(?m)^\s*(?:async\s+)?(?:def|class)\s+{word}\b"  # a def or class
+                rf"|^\s*{word}\s*[:=]|\b{word}\s*="  # an assignment or a field
+            )
             if not re.search(pattern, text):
                 missing.append(f"{module} {name}")
                 break

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ from stockade.demo.cluster import (
     OrgMaterial,
     ek_ca_bundle,
     make_org_material,
-    stockade_executable,
 )
 from stockade.tpm.ekca import EkCa
+from support.cli import run_stockade
 
 DATABASE_ENV = "STOCKADE_TEST_DATABASE_URL"
 
@@ -33,9 +32,7 @@ def _require_cluster_tools() -> None:
     missing += [str(p) for p in (DEBIAN_SHIM, DEBIAN_GRUB, KERNEL_STUB) if not p.exists()]
     if missing:
         pytest.skip(f"missing {', '.join(missing)} (scripts/bootstrap.sh)")
-    serve = subprocess.run(
-        [stockade_executable(), "verifier", "serve", "--help"], capture_output=True, check=False
-    )
+    serve = run_stockade("verifier", "serve", "--help")
     if serve.returncode != 0:
         pytest.skip("`stockade verifier serve` is not available yet")
 

@@ -6,7 +6,6 @@ verifier restart loses no node, result or event."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,20 +20,19 @@ from stockade.demo.cluster import (
     OrgMaterial,
     VerifierProcess,
     policy_document,
-    stockade_executable,
     wait_for,
 )
+from support.cli import run_stockade
 
 VALIDITY = 4  # seconds a result stays valid; agents attest every second
 
 
 def cli(verifier: VerifierProcess, *args: str) -> Any:
     """A reading command, with the reader token (reads of trust state need a credential)."""
-    result = subprocess.run(
-        [stockade_executable(), *args, "--verifier", verifier.url, "--ca", str(verifier.ca),
-         "--token-file", str(verifier.reader_token_file), "--format", "json",
-         *(("--verifier-key", str(verifier.verifier_key)) if args[0] == "results" else ())],
-        capture_output=True, text=True, check=False,
+    result = run_stockade(
+        *args, "--verifier", verifier.url, "--ca", verifier.ca,
+        "--token-file", verifier.reader_token_file, "--format", "json",
+        *(("--verifier-key", verifier.verifier_key) if args[0] == "results" else ()),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -43,7 +42,6 @@ from stockade.demo.cluster import (
     OrgMaterial,
     VerifierProcess,
     policy_document,
-    stockade_executable,
     wait_for,
 )
 from stockade.evidence.public import TpmPublic
@@ -52,6 +50,7 @@ from stockade.tpm.device import Tpm
 from stockade.tpm.ek import read_endorsement
 from stockade.tpm.swtpm import EXECUTION_LOG_NAME, SoftwareTpm
 from stockade.verifier.security_events import PER_KEY_PER_MINUTE
+from support.cli import run_stockade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "verifier"))
 from verifier_support import DevAgent, b64
@@ -176,10 +175,9 @@ class Stand:
 
     def cli(self, *args: str) -> Any:
         env = {**os.environ, "STOCKADE_OPERATOR_TOKEN": self.token("operator")}
-        result = subprocess.run(
-            [stockade_executable(), *args, "--verifier", self.verifier.url,
-             "--ca", str(self.verifier.ca), "--format", "json"],
-            capture_output=True, text=True, check=False, env=env, timeout=120,
+        result = run_stockade(
+            *args, "--verifier", self.verifier.url, "--ca", self.verifier.ca, "--format", "json",
+            env=env, timeout=120,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)

@@ -34,10 +34,10 @@ from stockade.evidence.event_data import (
     decode_load_option,
 )
 from stockade.evidence.eventlog import Event, EventType
+from support.cli import stockade_command
 
 PROJECT = Path(__file__).resolve().parents[2]
 FIXTURES = PROJECT.parent / "shared" / "fixtures" / "eventlogs"
-STOCKADE = PROJECT / ".venv" / "bin" / "stockade"
 
 # Every log the fixtures README lists. A fixture folder that lost one of them is an error,
 # not a smaller test.
@@ -171,12 +171,6 @@ def run_tpm2_eventlog(name: str, version: int | None = None) -> Tpm2EventlogOutp
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, f"{' '.join(command)}: {result.stderr}"
     return parse_tpm2_eventlog_yaml(result.stdout, result.stderr)
-
-
-def run_stockade(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(STOCKADE), *args], capture_output=True, text=True, check=False, timeout=120
-    )
 
 
 # -- comparing Stockade's events with tpm2_eventlog's --------------------------------------
@@ -543,7 +537,7 @@ def run_stockade_many(
     second; together they use every core)."""
     processes = {
         key: subprocess.Popen(
-            [str(STOCKADE), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            stockade_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for key, args in commands.items()
     }

@@ -119,6 +119,7 @@ def test_target_on_a_short_spec_id_header(target):
     )
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(
     importlib.util.find_spec("atheris") is not None, reason="atheris is installed: it would fuzz"
 )

@@ -306,6 +306,7 @@ def test_exact_signature_base(request_, expected):
     KEY.public_key().verify(der, expected, ec.ECDSA(hashes.SHA256()))
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_signature_verifies_with_openssl(signed, tmp_path: Path):
     """An independent ECDSA implementation: r || s re-encoded as DER, over the hand-written

@@ -353,6 +353,7 @@ def test_a_duplicated_extension_is_an_evidence_error(ek_templates):
 # -- the project's own EK CA and swtpm's certificates ---------------------------------------------
 
 
+@pytest.mark.swtpm
 @pytest.mark.skipif(shutil.which("swtpm_localca") is None, reason="swtpm_localca not installed")
 @pytest.mark.parametrize("curve", [None, ec.SECP256R1()], ids=["rsa", "ecc-p256"])
 def test_ek_certificates_from_the_dev_ek_ca_are_accepted(tmp_path, ek_templates, curve):

@@ -228,6 +228,7 @@ def test_certificate_seeds_reach_a_validated_chain_and_untyped_errors_are_crashe
         target.test_one_input(leaf)
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(
     importlib.util.find_spec("atheris") is not None, reason="atheris is installed: it would fuzz"
 )

@@ -9,26 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from images_support import TAG, public_pem
 
 from stockade.images.layout import ImageLayout
 from stockade.images.policy import TrustPolicy, load_trust_policy, sign_trust_policy
 
-TAG = "v1"
-REFERENCE = "registry.example/org/app:v1"
-
 
 def _run(*args: object) -> None:
     subprocess.run([str(arg) for arg in args], check=True, capture_output=True)
-
-
-def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
 
 
 @pytest.fixture(scope="session")

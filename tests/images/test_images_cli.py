@@ -1,9 +1,5 @@
 """``stockade image sign|verify|policy``, as subprocesses: exit 0 valid, 1 rejected (one
-line naming the check), 2 unreadable input.
-
-The sub-app is mounted as ``image`` here the way ``stockade.cli`` mounts its groups, so
-these tests run whether or not ``stockade.cli`` registers it yet.
-"""
+line naming the check), 2 unreadable input."""
 
 from __future__ import annotations
 
@@ -14,35 +10,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from images_support import REFERENCE, TAG
 
-from conftest import REFERENCE, TAG
 from stockade.release.keys import private_pem, public_pem
-
-RUNNER = """
-import sys
-import stockade.cli as cli
-from stockade.cli import image
-
-register = cli._register
-
-def register_with_image():
-    register()
-    if not any(group.name == "image" for group in cli.app.registered_groups):
-        cli.app.add_typer(image.app, name="image")
-
-cli._register = register_with_image
-sys.argv = ["stockade", *sys.argv[1:]]
-cli.main()
-"""
-
-
-def stockade(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", RUNNER, *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+from support.cli import run_stockade as stockade
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int) -> str:

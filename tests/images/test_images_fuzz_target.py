@@ -10,8 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from images_support import REFERENCE, TAG
 
-from conftest import REFERENCE, TAG
 from stockade.images.errors import ImageError
 from stockade.images.reference import check_scope
 from stockade.images.signature import sign_image, simple_signing_payload

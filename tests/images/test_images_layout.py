@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from images_support import TAG
 
-from conftest import TAG
 from stockade.images.errors import ImageError, ImageRejected
 from stockade.images.layout import (
     REF_NAME,

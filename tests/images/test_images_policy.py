@@ -8,8 +8,8 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from images_support import public_pem
 
-from conftest import public_pem
 from stockade.images.errors import ImageError, ImageRejected
 from stockade.images.policy import (
     PAYLOAD_TYPE,

@@ -30,13 +30,15 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from images_support import TAG
 
-from conftest import TAG
 from stockade.images.layout import ImageLayout, parse_manifest
 from stockade.images.signature import SIGNATURE_ANNOTATION, sign_image, signature_tag
 from stockade.images.verify import verify_image
 
 REGISTRY = "/usr/bin/docker-registry"
+
+pytestmark = pytest.mark.tools  # skopeo and docker-registry
 
 
 def free_port() -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from images_support import REFERENCE, TAG, public_pem
 
-from conftest import REFERENCE, TAG, public_pem
 from stockade.images.errors import ImageError, ImageRejected
 from stockade.images.layout import OCI_MANIFEST, Descriptor, ImageLayout, parse_manifest
 from stockade.images.reference import parse_reference

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from kube_emulator import KubeEmulator
 from kube_support import PINNED, T0, FakeClock, fleet_answer, node_trust
 from kubernetes import client
 
@@ -28,6 +27,7 @@ from stockade.kube.controller import (
     reconcile,
 )
 from stockade.statements import FleetEntry
+from support.kube_emulator import KubeEmulator
 
 GRACE = timedelta(minutes=5)
 OTHER_TAINT = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}

@@ -15,7 +15,6 @@ from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from kube_emulator import KubeEmulator
 from kube_support import T0, FakeClock, StaticTrust, node_trust
 from kubernetes import client
 
@@ -37,6 +36,7 @@ from stockade.kube.csr import (
     CsrRequest,
     decide_csr,
 )
+from support.kube_emulator import KubeEmulator
 
 CLIENT_USAGES = ["digital signature", "client auth"]
 SERVING_USAGES = ["digital signature", "key encipherment", "server auth"]

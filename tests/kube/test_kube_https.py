@@ -20,6 +20,7 @@ from kube_support import (
 )
 
 from stockade.kube.server import ServerTls, create_app, uvicorn_config
+from support.cli import stockade_command
 
 
 @pytest.fixture
@@ -108,10 +109,10 @@ def test_plain_http_is_not_served(https):
         plain.get(f"{url}/healthz").raise_for_status()
 
 
+@pytest.mark.tools
 def test_kube_serve_command_fails_closed_without_a_verifier(tmp_path: Path, images):
     import socket
     import subprocess
-    import sys
     import time
 
     cert, key = self_signed(tmp_path)
@@ -123,13 +124,13 @@ def test_kube_serve_command_fails_closed_without_a_verifier(tmp_path: Path, imag
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = sock.getsockname()[1]  # nothing listens here: the verifier is down
-    command = [
-        sys.executable, "-c", "from stockade.cli.kube import app; app()", "serve",
-        "--verifier", f"https://127.0.0.1:{dead}", "--tls-cert", str(cert), "--tls-key", str(key),
-        "--image-store", str(images.directory), "--trust-policy", str(images.policy_path),
-        "--org-pub", str(images.org_pub), "--exempt-namespace", "stockade-system",
-        "--port", str(port), "--verifier-key", str(pinned),
-    ]  # fmt: skip
+    command = stockade_command(
+        "kube", "serve",
+        "--verifier", f"https://127.0.0.1:{dead}", "--tls-cert", cert, "--tls-key", key,
+        "--image-store", images.directory, "--trust-policy", images.policy_path,
+        "--org-pub", images.org_pub, "--exempt-namespace", "stockade-system",
+        "--port", port, "--verifier-key", pinned,
+    )  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         context = ssl.create_default_context(cafile=str(cert))

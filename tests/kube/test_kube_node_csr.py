@@ -15,13 +15,13 @@ from kube_support import StaticTrust
 
 from stockade.cluster.ca import ClusterCa
 from stockade.cluster.names import InvalidNodeName
-from stockade.demo.cluster import stockade_executable
 from stockade.errors import InputError
 from stockade.kube.csr import CsrRequest, decide_csr
 from stockade.kube.node_csr import csr_manifest, tpm_signed_request
 from stockade.kube.trust import NodeTrust
 from stockade.tpm.device import Tpm
 from stockade.tpm.node_key import create_node_key, save_node_key, tpm2_provider_module
+from support.cli import run_stockade
 
 
 @pytest.fixture
@@ -49,11 +49,9 @@ def pki(software_tpm, tmp_path: Path) -> tuple[Path, ClusterCa]:
 
 
 def node_csr(pki_dir: Path, tcti: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [stockade_executable(), "kube", "node-csr", "--name", "node-a", "--pki-dir",
-         str(pki_dir), "--tcti", tcti, *extra],
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
+    return run_stockade(
+        "kube", "node-csr", "--name", "node-a", "--pki-dir", pki_dir, "--tcti", tcti, *extra
+    )
 
 
 def trusted() -> StaticTrust:
@@ -145,12 +143,12 @@ def test_an_address_that_is_not_a_host_name_or_ip_makes_no_request(tmp_path, add
         tpm_signed_request(tmp_path / "no-such-key.pem", "swtpm:port=1", "node-a", [address])
 
 
+@pytest.mark.tools
 def test_the_cli_refuses_a_name_that_is_not_a_node_name(tmp_path):
     (tmp_path / "node.pem").write_text("not read further\n")
-    done = subprocess.run(
-        [stockade_executable(), "kube", "node-csr", "--name", "x/o=system:masters",
-         "--pki-dir", str(tmp_path), "--tcti", "swtpm:port=1"],
-        capture_output=True, text=True, check=False, timeout=120,
+    done = run_stockade(
+        "kube", "node-csr", "--name", "x/o=system:masters",
+        "--pki-dir", tmp_path, "--tcti", "swtpm:port=1",
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "node name 'x/o=system:masters' is not valid" in done.stderr

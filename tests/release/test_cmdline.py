@@ -270,6 +270,7 @@ def usr_root_hash_systemd_opens(cmdline: str, out: Path, *, initrd: bool = False
     return match.group(1)
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     ("text", "initrd", "opened"),
     [
@@ -287,6 +288,7 @@ def test_systemd_opens_usr_with_a_root_hash_the_old_check_never_saw(tmp_path, te
         usrhash_parameter(text)
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     "text",
     [
@@ -303,6 +305,7 @@ def test_the_usrhash_accepted_is_the_one_systemd_opens(tmp_path, text):
     assert usr_root_hash_systemd_opens(text, tmp_path / "units") == usrhash.value == GOOD
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     ("parameter", "field", "value"),
     [

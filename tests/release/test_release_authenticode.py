@@ -96,6 +96,7 @@ def sbsign(keys, unsigned: Path, signed: Path) -> None:
     assert verified.returncode == 0, verified.stderr
 
 
+@pytest.mark.tools
 @needs_pesign
 @pytest.mark.parametrize("binary", REAL_BINARIES, ids=lambda path: path.name)
 def test_digest_of_real_efi_binary_equals_pesign(binary):
@@ -103,6 +104,7 @@ def test_digest_of_real_efi_binary_equals_pesign(binary):
     assert authenticode_digest(path.read_bytes()).hex() == pesign_digest(path)
 
 
+@pytest.mark.tools
 @needs_pesign
 @needs_sbsign
 @pytest.mark.parametrize("binary", REAL_BINARIES, ids=lambda path: path.name)
@@ -123,6 +125,7 @@ def test_signed_real_binary_digest_equals_pesign_and_the_signed_digest(
     assert digest in signed[len(padded) :]
 
 
+@pytest.mark.tools
 @needs_sbsign
 def test_signing_an_aligned_image_leaves_the_digest_unchanged(tmp_path, secure_boot_keys):
     image = synthetic_pe(trailing=b"T" * 16)
@@ -138,6 +141,7 @@ def test_signing_an_aligned_image_leaves_the_digest_unchanged(tmp_path, secure_b
     assert authenticode_digest((tmp_path / "a.twice").read_bytes()) == authenticode_digest(image)
 
 
+@pytest.mark.tools
 @needs_pesign
 def test_synthetic_image_with_trailing_data_equals_pesign(tmp_path):
     for trailing in (b"", b"trailing bytes after the last section"):
@@ -146,6 +150,7 @@ def test_synthetic_image_with_trailing_data_equals_pesign(tmp_path):
         assert authenticode_digest(path.read_bytes()).hex() == pesign_digest(path)
 
 
+@pytest.mark.tools
 @needs_sbsign
 def test_sections_are_hashed_in_file_order_as_sbsign_and_firmware_do(tmp_path, secure_boot_keys):
     in_order = synthetic_pe(table_in_file_order=True)

@@ -14,16 +14,10 @@ import pytest
 from stockade.release import dsse
 from stockade.release.keys import load_signing_key
 from stockade.release.manifest import PAYLOAD_TYPE, canonical_json
+from support.cli import run_stockade as stockade
 
-STOCKADE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "stockade"
 EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 OTHER_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
-
-
-def stockade(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(STOCKADE), *map(str, args)], capture_output=True, text=True, check=False
-    )
 
 
 def ok(*args: object) -> subprocess.CompletedProcess[str]:

@@ -93,6 +93,7 @@ def test_existing_keys_are_never_overwritten(tmp_path):
     assert not (tmp_path / "other" / "org.key").exists()
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 def test_keyid_is_sha256_of_the_der_spki_as_openssl_computes_it(tmp_path):
     generated = generate_key_set(tmp_path, KeyType.ECDSA_P256, "Acme", NOW)

@@ -56,6 +56,7 @@ def veritysetup_verify(data: Path, hash_path: Path, root: bytes) -> int:
     ).returncode  # fmt: skip
 
 
+@pytest.mark.tools
 @needs_veritysetup
 @pytest.mark.parametrize(
     "blocks",
@@ -75,6 +76,7 @@ def test_hash_file_is_byte_identical_to_veritysetup(tmp_path, blocks):
     assert verify_hash_device(data, ours_path, tree.root_hash) == tree
 
 
+@pytest.mark.tools
 @needs_veritysetup
 @pytest.mark.parametrize(
     ("algorithm", "data_block", "hash_block", "blocks"),
@@ -100,6 +102,7 @@ def test_other_parameters_match_veritysetup(tmp_path, algorithm, data_block, has
     verify_hash_device(data, tmp_path / "ours", tree.root_hash)
 
 
+@pytest.mark.tools
 @needs_veritysetup
 def test_veritysetup_tree_verifies_with_stockade_and_random_salt_differs(tmp_path):
     data = write_image(tmp_path / "data", 40 * BLOCK)
@@ -110,6 +113,7 @@ def test_veritysetup_tree_verifies_with_stockade_and_random_salt_differs(tmp_pat
     assert len(fresh.salt) == 32 and fresh.salt != SALT and fresh.root_hash != root
 
 
+@pytest.mark.tools
 @needs_veritysetup
 @pytest.mark.parametrize("blocks", [1, 129, 1025])
 def test_one_flipped_data_byte_fails_both_and_stockade_names_the_block(tmp_path, blocks):
@@ -126,6 +130,7 @@ def test_one_flipped_data_byte_fails_both_and_stockade_names_the_block(tmp_path,
     assert f"data block {bad_block} " in str(failure.value)
 
 
+@pytest.mark.tools
 @needs_veritysetup
 def test_a_flipped_hash_tree_byte_fails_both_and_names_the_hash_block(tmp_path):
     data = write_image(tmp_path / "data", 300 * BLOCK)

@@ -33,6 +33,7 @@ from stockade.tpm.swtpm import (
     start_swtpm,
     stop_swtpm,
 )
+from support.cli import run_stockade
 
 pytestmark = pytest.mark.swtpm
 
@@ -412,20 +413,10 @@ def test_cli_rejects_a_bad_name(stockade_home: Path) -> None:
 
 
 def test_console_script_lists_as_json(stockade_home: Path) -> None:
-    script = Path(sys.executable).parent / "stockade"
-    if not script.exists():
-        pytest.skip("stockade console script not installed")
-    result = subprocess.run(
-        [str(script), "tpm", "list", "--home", str(stockade_home), "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_stockade("tpm", "list", "--home", stockade_home, "--format", "json")
     assert result.returncode == 0, result.stderr
     assert isinstance(json.loads(result.stdout)["tpms"], list)
-    bad = subprocess.run(
-        [str(script), "tpm", "stop", "no/such"], capture_output=True, text=True, check=False
-    )
+    bad = run_stockade("tpm", "stop", "no/such")
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "invalid TPM name" in bad.stderr
 
@@ -449,6 +440,7 @@ def test_fails_with_a_fixture_tpm(software_tpm, pid_log):
     raise AssertionError("deliberately failing")
 
 
+@pytest.mark.swtpm  # it starts a program: tests/conftest.py refuses that to unmarked tests
 def test_fails_leaving_a_detached_tpm(stockade_home, pid_log):
     tpm = start_swtpm("left-running", stockade_home, detach=True)
     pid_log.write(f"{tpm.pid} ")

@@ -428,6 +428,7 @@ for batch in range(20):
 """
 
 
+@pytest.mark.tools
 def test_two_processes_append_to_one_sqlite_log(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     engine = make_engine(url)

@@ -9,8 +9,6 @@ import hashlib
 import os
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 
@@ -32,6 +30,7 @@ from stockade.verifier.rate_limit import (
     limit_enrollment,
 )
 from stockade.verifier.server import prepare
+from support.cli import run_stockade
 
 
 def _json_error(response: httpx.Response, statuses: tuple[int, ...], code: str | None = None):
@@ -342,15 +341,12 @@ def test_database_files_a_previous_version_left_open_are_closed(sqlite_config):
         engine.dispose()
 
 
+@pytest.mark.tools
 def test_serve_refuses_a_world_readable_data_dir(tmp_path):
     data_dir = tmp_path / "open"
     data_dir.mkdir()
     data_dir.chmod(0o755)
-    done = subprocess.run(
-        [sys.executable, "-c", "from stockade.cli import main; main()", "verifier", "serve",
-         "--data-dir", str(data_dir), "--port", "1"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    done = run_stockade("verifier", "serve", "--data-dir", data_dir, "--port", "1", timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"chmod 700 {data_dir}" in done.stderr
     assert "Traceback" not in done.stderr

@@ -8,13 +8,8 @@ import base64
 import dataclasses
 import json
 import logging
-import os
 import shutil
-import signal
 import ssl
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,7 +19,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from test_verifier_serve import _free_port, _wait_ready
 from verifier_support import DevAgent, policy_document, read, reader_headers
 
 from stockade.cluster.status import verify_status
@@ -33,6 +27,7 @@ from stockade.verifier.clock import SteadyClock
 from stockade.verifier.models import Event
 from stockade.verifier.service import stored_time_floor
 from stockade.verifier.states import sweep_stale
+from support.verifier_serve import QUOTE_ONLY_APPRAISER, ServedVerifier, ek_ca_files
 
 HOUR = 3600.0
 
@@ -249,62 +244,30 @@ def test_served_verifier_keeps_real_deadlines_across_a_step_back(
     validity = 8
     nonce_ttl = 4
     policy.write_text(json.dumps(policy_document("clock", validity=validity)))
-    port = _free_port()
     data_dir = tmp_path / "data"
-    command = [
-        sys.executable,
-        "-c",
-        # `stockade verifier serve` as shipped but for its appraiser: the tests' quote-only
-        # one, so a dev swtpm without a signed release is trusted.
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        "import verifier_support, stockade.verifier.app as app; "
-        "app.default_appraiser = verifier_support.QuoteOnlyAppraiser; "
+    verifier = ServedVerifier(
+        data_dir,
+        ek_ca=ek_ca_files(ek_ca),
+        policy=policy,
+        database=database_url,
+        # `stockade verifier serve` as shipped but for its appraiser (the tests' quote-only
+        # one: a dev swtpm without a signed release is trusted) and a short nonce lifetime.
+        prelude=f"{QUOTE_ONLY_APPRAISER}; "
         "import dataclasses; create = app.create_app; "
         "app.create_app = lambda config: create(dataclasses.replace(config, "
-        f"nonce_ttl_seconds={nonce_ttl})); "
-        "from stockade.cli import main; main()",
-        "verifier",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--ek-ca",
-        str(ek_ca.root_cert_path),
-        "--ek-ca",
-        str(ek_ca.issuer_cert_path),
-        "--enrollment-mode",
-        "open",
-        "--policy",
-        str(policy),
-    ]
-    if database_url:
-        command += ["--database", database_url]
-    environment = {
-        **os.environ,
-        "LD_PRELOAD": library,
-        "FAKETIME_TIMESTAMP_FILE": str(control),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "FAKETIME_DONT_RESET": "1",
-    }
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+        f"nonce_ttl_seconds={nonce_ttl}))",
+        env={
+            "LD_PRELOAD": library,
+            "FAKETIME_TIMESTAMP_FILE": str(control),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_DONT_RESET": "1",
+        },
     )
-    stderr: list[str] = []
-    try:
-        printed = _wait_ready(process, [], "")
-        assert process.stderr is not None
-        stream = process.stderr
-        threading.Thread(target=lambda: stderr.extend(stream), daemon=True).start()
+    with verifier:
+        printed = verifier.banner()
         context = ssl.create_default_context(cafile=printed["TLS CA cert"])
         with httpx.Client(base_url=printed["verifier"], verify=context, timeout=10) as client:
-            for _ in range(200):
-                try:
-                    if client.get("/v1/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
             agent = DevAgent.create(software_tpm)
             node_id = agent.enroll(client, "node-faketime")
             attested = agent.attest(client)
@@ -337,14 +300,8 @@ def test_served_verifier_keeps_real_deadlines_across_a_step_back(
                 f"/v1/nodes/{node_id}/evidence", json=agent.evidence(nonce), auth=agent.auth
             )
             assert late.status_code == 409 and late.json()["error"] == "nonce", late.text
+        stderr = verifier.stderr_lines()
         step_lines = [line for line in stderr if "stepped back" in line]
         assert len(step_lines) == 1, stderr
         stepped_by = float(step_lines[0].split("stepped back ")[1].split(" s")[0])
         assert 3500 < stepped_by < 3700, step_lines
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -17,10 +17,6 @@ import json
 import os
 import random
 import signal
-import socket
-import ssl
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -50,6 +46,7 @@ from stockade.verifier.webhooks import (
     cursors,
     verify_signature,
 )
+from support.verifier_serve import ServedVerifier, ek_ca_files
 
 
 @dataclass
@@ -91,7 +88,9 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(  # polling 0.05 s: shutdown() within that, not 0.5 s
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -249,67 +248,28 @@ def test_events_inserted_by_old_code_paths_get_positions_in_order(engine: Engine
 # --- Two real replicas on one database, one killed mid-way ---------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
-class Replica:
-    data_dir: Path
-    process: subprocess.Popen[bytes]
-    url: str
-    context: ssl.SSLContext | None = None
+class Replica(ServedVerifier):
     key: ec.EllipticCurvePublicKey | None = None
 
     @classmethod
-    def start(cls, tmp_path: Path, name: str, ek_ca: EkCa, database: str, webhook: str) -> Replica:
-        port = _free_port()
-        data_dir = tmp_path / name
-        command = [
-            sys.executable, "-c", "from stockade.cli import main; main()", "verifier", "serve",
-            "--data-dir", str(data_dir), "--port", str(port),
-            "--ek-ca", str(ek_ca.root_cert_path), "--ek-ca", str(ek_ca.issuer_cert_path),
-            "--webhook", webhook, "--database", database, "--enrollment-mode", "open",
-        ]  # fmt: skip
-        with (tmp_path / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        return cls(data_dir, process, f"https://127.0.0.1:{port}")
-
-    def log(self) -> str:
-        return (self.data_dir.parent / f"{self.data_dir.name}.log").read_text()
+    def launched(
+        cls, tmp_path: Path, name: str, ek_ca: EkCa, database: str, webhook: str
+    ) -> Replica:
+        """Started, not yet waited for: replicas start together."""
+        replica = cls(
+            tmp_path / name, ek_ca_files(ek_ca), database=database, extra=("--webhook", webhook)
+        )
+        replica.launch()
+        return replica
 
     def wait_ready(self, timeout: float = 40.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.log()
-            assert time.monotonic() < deadline, self.log()
-            ca = self.data_dir / "tls" / "ca.pem"
-            if ca.exists():
-                context = ssl.create_default_context(cafile=str(ca))
-                try:
-                    if httpx.get(f"{self.url}/v1/health", verify=context, timeout=2).is_success:
-                        self.context = context
-                        break
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.05)
-        (jwk,) = httpx.get(f"{self.url}/v1/keys", verify=self.context).json()["keys"]
+        super().wait_ready(timeout)
+        (jwk,) = httpx.get(f"{self.url}/v1/keys", verify=self.ssl_context()).json()["keys"]
         self.key = _public_key(jwk)
 
     def client(self) -> httpx.Client:
-        assert self.context is not None
-        return httpx.Client(base_url=self.url, verify=self.context, timeout=20)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        return self.httpx_client(timeout=20)
 
 
 def _public_key(jwk: dict[str, str]) -> ec.EllipticCurvePublicKey:
@@ -351,7 +311,7 @@ def test_two_replicas_deliver_every_event_under_load_and_a_kill(
     # Replicas starting together on an empty PostgreSQL race to create the tables.
     migrate(engine)
     replicas = {
-        name: Replica.start(tmp_path, name, ek_ca, database, receiver.url) for name in ("a", "b")
+        name: Replica.launched(tmp_path, name, ek_ca, database, receiver.url) for name in ("a", "b")
     }
     stop_load = threading.Event()
     failures: list[str] = []

@@ -15,10 +15,7 @@ import os
 import re
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,89 +35,26 @@ from stockade.tpm.swtpm import start_swtpm
 from stockade.translog import NoteVerifier, root_of
 from stockade.translog.checkpoint import open_checkpoint
 from stockade.translog.receipt import Receipt, verify_receipt
-
-SUPPORT = str(Path(__file__).parent)
-LAUNCHER = (
-    f"import sys; sys.path.insert(0, {SUPPORT!r}); import stockade.verifier.app as app; "
-    "from verifier_support import QuoteOnlyAppraiser; app.default_appraiser = QuoteOnlyAppraiser; "
-    "from stockade.cli import main; main()"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from support.verifier_serve import QUOTE_ONLY_APPRAISER, ServedVerifier, ek_ca_files, free_port
 
 
 @dataclass
-class Verifier:
-    """``stockade verifier serve`` as a child process."""
+class Verifier(ServedVerifier):
+    """``stockade verifier serve`` as a child process, with the tests' quote-only appraiser."""
 
-    data_dir: Path
-    ek_ca: Any
-    policy: Path
-    database: str | None = None
-    port: int = field(default_factory=_free_port)
-    process: subprocess.Popen[str] | None = None
-
-    def command(self) -> list[str]:
-        command = [sys.executable, "-c", LAUNCHER, "verifier", "serve"]
-        command += ["--data-dir", str(self.data_dir), "--port", str(self.port)]
-        command += ["--ek-ca", str(self.ek_ca.root_cert_path)]
-        command += ["--ek-ca", str(self.ek_ca.issuer_cert_path)]
-        command += ["--enrollment-mode", "open", "--policy", str(self.policy)]
-        if self.database:
-            command += ["--database", self.database]
-        return command
+    prelude: str = QUOTE_ONLY_APPRAISER
 
     @property
     def stderr_file(self) -> Path:
-        return self.data_dir.parent / "verifier.stderr"
-
-    def start(self) -> None:
-        with self.stderr_file.open("a") as stderr:  # a file: a full pipe would block it
-            self.process = subprocess.Popen(
-                self.command(), stdout=subprocess.PIPE, stderr=stderr, text=True
-            )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        while True:
-            assert time.monotonic() < deadline, "no startup banner"
-            line = self.process.stdout.readline()
-            if not line:
-                exited = self.process.wait()
-                pytest.fail(f"verifier exited ({exited}): {self.stderr_file.read_text()}")
-            if line.startswith("JWKS"):
-                break
-        with self.client() as client:
-            for _ in range(200):
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/v1/health").status_code == 200:
-                        return
-                time.sleep(0.05)
-        pytest.fail("the verifier never answered /v1/health")
+        return self.log_path
 
     def refused_start(self) -> tuple[int, str]:
         """Start expecting a refusal: the exit code and stderr."""
-        done = subprocess.run(
-            self.command(), check=False, capture_output=True, text=True, timeout=60
-        )
+        done = self.run_to_exit()
         return done.returncode, done.stderr
 
     def client(self) -> httpx.Client:
-        context = ssl.create_default_context(cafile=str(self.data_dir / "tls" / "ca.pem"))
-        return httpx.Client(base_url=f"https://127.0.0.1:{self.port}", verify=context, timeout=20)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        return self.httpx_client(timeout=20)
 
 
 def _policy_file(directory: Path) -> Path:
@@ -136,13 +70,15 @@ def make_verifier(tmp_path, ek_ca) -> Iterator[Any]:
     made: list[Verifier] = []
 
     def make(database: str | None = None) -> Verifier:
-        verifier = Verifier(tmp_path / "verifier", ek_ca, _policy_file(tmp_path), database)
+        verifier = Verifier(
+            tmp_path / "verifier", ek_ca_files(ek_ca), _policy_file(tmp_path), database
+        )
         made.append(verifier)
         return verifier
 
     yield make
     for verifier in made:
-        verifier.stop(signal.SIGKILL)
+        verifier.stop(sig=signal.SIGKILL)
 
 
 @pytest.fixture
@@ -281,7 +217,7 @@ class Postgres:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.dir = Path(tempfile.mkdtemp(prefix="stockade-durability-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         self.plain = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         if os.getuid() == 0:
@@ -465,7 +401,7 @@ def test_sqlite_wal_deleted_between_runs_is_refused_at_start(make_verifier, make
     verifier.start()
     with verifier.client() as client:
         sizes = [agent.attest(client).json()["inclusion_proof"]["tree_size"] for _ in range(4)]
-    verifier.stop(signal.SIGKILL)  # the acknowledged results live only in the WAL
+    verifier.stop(sig=signal.SIGKILL)  # the acknowledged results live only in the WAL
     wal = database.with_name("verifier.db-wal")
     assert wal.stat().st_size > 0 and sizes == [4, 5, 6, 7]
     wal.unlink()

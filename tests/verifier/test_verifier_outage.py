@@ -9,20 +9,17 @@ import json
 import logging
 import os
 import shutil
-import signal
-import ssl
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event
-from test_verifier_serve import _free_port, _wait_ready
 from verifier_support import operator_headers, policy_document, reader_headers
+
+from support.verifier_serve import ServedVerifier
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,74 +81,32 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 
 
 @dataclass
-class Served:
-    process: subprocess.Popen[str]
-    host: str
-    port: int
-    context: ssl.SSLContext
-    data_dir: Path
-    stderr: list[str] = field(default_factory=list)
+class Served(ServedVerifier):
+    """The verifier with its log (stderr) read as lines, and a keep-alive connection."""
+
+    @property
+    def stderr(self) -> list[str]:
+        return self.stderr_lines()
 
     def connection(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=10)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=self.ssl_context(), timeout=10
+        )
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[callable]:
+def serve(tmp_path: Path) -> Iterator[Callable[[str | None], Served]]:
     started: list[Served] = []
 
     def start(database_url: str | None) -> Served:
-        port = _free_port()
-        data_dir = tmp_path / "data"
-        command = [
-            sys.executable,
-            "-c",
-            "from stockade.cli import main; main()",
-            "verifier",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--enrollment-mode",
-            "open",
-        ]
-        if database_url:
-            command += ["--database", database_url]
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        printed = _wait_ready(process, [], "")
-        context = ssl.create_default_context(cafile=printed["TLS CA cert"])
-        served = Served(process, "127.0.0.1", port, context, data_dir)
-        assert process.stderr is not None
-        stream = process.stderr
-
-        def drain() -> None:
-            for line in stream:
-                served.stderr.append(line)
-
-        threading.Thread(target=drain, daemon=True).start()
-        for _ in range(200):  # the banner comes before uvicorn listens
-            try:
-                probe = served.connection()
-                probe.request("GET", "/v1/health")
-                probe.getresponse().read()
-                probe.close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        served = Served(tmp_path / "data", database=database_url)
         started.append(served)
+        served.start()
         return served
 
     yield start
     for served in started:
-        served.process.send_signal(signal.SIGTERM)
-        try:
-            served.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            served.process.kill()
-            served.process.wait()
+        served.stop()
 
 
 @dataclass

@@ -12,12 +12,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import signal
-import socket
-import ssl
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -31,6 +25,7 @@ from stockade.verifier.errors import ConfigurationError
 from stockade.verifier.events import record_event
 from stockade.verifier.models import Event, Node
 from stockade.verifier.operator_auth import SESSION_COOKIE, load_credentials
+from support.verifier_serve import ServedVerifier
 
 SECRET_NODE = "node-inventory-secret-7"
 
@@ -367,37 +362,13 @@ def test_tokens_and_session_key_are_owner_only(make_client, verifier_config):
 # -- the real process ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_real_verifier_refuses_anonymous_reads_and_reader_writes(tmp_path, ek_ca):
     """``stockade verifier serve`` over TLS: the reads need a credential, the reader token and
     the session cookie change nothing, and the database files are owner-only."""
-    port = _free_port()
     data_dir = tmp_path / "data"
-    command = [
-        sys.executable, "-c", "from stockade.cli import main; main()", "verifier", "serve",
-        "--data-dir", str(data_dir), "--port", str(port), "--ek-ca", str(ek_ca.root_cert_path),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ca_cert = data_dir / "tls" / "ca.pem"
-        url = f"https://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the verifier did not start"
-            if ca_cert.exists():
-                try:
-                    context = ssl.create_default_context(cafile=str(ca_cert))
-                    if httpx.get(f"{url}/v1/health", verify=context, timeout=2).is_success:
-                        break
-                except (httpx.TransportError, ssl.SSLError, OSError):
-                    pass
-            time.sleep(0.1)
+    verifier = ServedVerifier(data_dir, ek_ca=ek_ca.root_cert_path, enrollment_mode=None)
+    with verifier:
+        url, context = verifier.url, verifier.ssl_context()
         reader = reader_headers(data_dir)
         operator = operator_headers(data_dir)
         with httpx.Client(base_url=url, verify=context, timeout=10) as client:
@@ -441,11 +412,4 @@ def test_real_verifier_refuses_anonymous_reads_and_reader_writes(tmp_path, ek_ca
         for name in ("verifier.db", "verifier.db-wal", "verifier.db-shm"):
             assert (data_dir / name).stat().st_mode & 0o077 == 0, name
         assert data_dir.stat().st_mode & 0o077 == 0
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert "Traceback" not in process.stderr.read()
+    assert "Traceback" not in "".join(verifier.stderr_lines())

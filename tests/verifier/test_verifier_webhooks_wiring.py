@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
-import socket
-import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,12 +21,7 @@ from verifier_support import DevAgent
 from stockade.tpm.ekca import EkCa
 from stockade.tpm.swtpm import SoftwareTpm
 from stockade.verifier.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from support.verifier_serve import ServedVerifier, ek_ca_files
 
 
 class Receiver:
@@ -62,7 +52,9 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(  # polling 0.05 s: shutdown() within that, not 0.5 s
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> Receiver:
         self.thread.start()
@@ -99,36 +91,15 @@ def test_serve_posts_signed_events_to_webhook(
     receiver: Receiver,
     database_url: str | None,  # on PostgreSQL: reset, so only this test's events exist
 ) -> None:
-    port = _free_port()
-    data_dir = tmp_path / "data"
-    command = [
-        sys.executable, "-c", "from stockade.cli import main; main()", "verifier", "serve",
-        "--data-dir", str(data_dir), "--port", str(port),
-        "--ek-ca", str(ek_ca.root_cert_path), "--ek-ca", str(ek_ca.issuer_cert_path),
-        "--webhook", receiver.url, "--webhook", receiver.url,  # the same URL once
-        "--enrollment-mode", "open",
-    ]  # fmt: skip
-    if database_url:
-        command += ["--database", database_url]
-    log = tmp_path / "verifier.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    url = f"https://127.0.0.1:{port}"
-    try:
-        ca_cert = data_dir / "tls" / "ca.pem"
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            if ca_cert.exists():
-                context = ssl.create_default_context(cafile=str(ca_cert))
-                try:
-                    if httpx.get(f"{url}/v1/health", verify=context, timeout=2).is_success:
-                        break
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.05)
-        assert f"webhook:          {receiver.url}" in log.read_text()
+    verifier = ServedVerifier(
+        tmp_path / "data",
+        ek_ca=ek_ca_files(ek_ca),
+        database=database_url,
+        extra=("--webhook", receiver.url, "--webhook", receiver.url),  # the same URL once
+    )
+    with verifier:
+        url, context = verifier.url, verifier.ssl_context()
+        assert f"webhook:          {receiver.url}" in verifier.stdout()
 
         with httpx.Client(base_url=url, verify=context, timeout=10) as client:
             (jwk,) = client.get("/v1/keys").json()["keys"]
@@ -136,16 +107,9 @@ def test_serve_posts_signed_events_to_webhook(
 
         deadline = time.monotonic() + 15
         while not receiver.received():
-            assert time.monotonic() < deadline, f"nothing delivered: {log.read_text()}"
+            assert time.monotonic() < deadline, f"nothing delivered: {verifier.output()}"
             time.sleep(0.05)
         headers, body = receiver.received()[0]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
     assert receiver.refused == 1  # the first attempt was refused and retried
     event = json.loads(body)
