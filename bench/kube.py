@@ -1,16 +1,19 @@
 """The Kubernetes doors: admission webhook decisions and scheduler extender filtering.
 
-A verifier view of 5,000 trusted nodes behind the same ``CachedTrustSource`` the server
-uses (``GET /v1/nodes`` answered from memory, re-parsed once a second), a signed-image
-store with one signed image, and real documents: an AdmissionReview v1 for a pod with
-``spec.nodeName`` preset to a trusted node and a digest-pinned signed image, and
-ExtenderArgs for 5,000 nodes (``NodeNames``, and full ``Nodes`` objects).
+A verifier view of 5,000 nodes behind the same ``CachedTrustSource`` the server uses
+(``GET /v1/trust``: a signed fleet statement answered from memory, verified and parsed
+again once a second), a signed-image store with one signed image, and real documents:
+an AdmissionReview v1 for a pod with ``spec.nodeName`` preset to a trusted node and a
+digest-pinned signed image, and ExtenderArgs for 5,000 nodes (``NodeNames``, and full
+``Nodes`` objects).
 
 Timed:
 
 - webhook decisions per second and p50/p99 latency, in process (``review``) and over
   HTTPS with one keep-alive connection (uvicorn in a thread of this process; the client's
   time included);
+- the same over HTTPS as the API server sends it: 2,000 reviews from 8 threads, each with
+  its own keep-alive connection (p50/p99 per request, the image rule on);
 - the extender's filter for 5,000 nodes, both modes, in process and over HTTPS (JSON both
   ways included).
 """
@@ -107,20 +110,37 @@ def _image_store(directory: Path) -> tuple[Any, str]:
     return SignedImageStore(directory / "store", policy), f"{REPOSITORY}@{stored.digest}"
 
 
-def _verifier_nodes() -> dict[str, Any]:
-    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    return {
-        "nodes": [
-            {
-                "name": f"node-{index:05d}",
-                "node_id": str(uuid.uuid4()),
-                "state": "trusted" if index % 10 else "failed",
-                "trusted_until": until if index % 10 else None,
-                "latest_result_id": str(uuid.uuid4()),
-            }
-            for index in range(NODES)
-        ]
-    }
+def _verifier_nodes() -> tuple[dict[str, Any], Any]:
+    """``GET /v1/trust`` as the verifier answers it (a fleet statement signed by a fresh
+    verifier key), and the pinned keys that verify it."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stockade.statements import (
+        FLEET_TRUST_TYPE,
+        FleetEntry,
+        VerifierKeys,
+        fleet_trust_claims,
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    keys = VerifierKeys.of(key.public_key())
+    now = datetime.now(UTC)
+    until = now + timedelta(hours=1)
+    entries = [
+        FleetEntry(
+            node_id=str(uuid.uuid4()),
+            name=f"node-{index:05d}",
+            state="trusted" if index % 10 else "failed",
+            trusted_until=until if index % 10 else None,
+            result_id=str(uuid.uuid4()),
+        )
+        for index in range(NODES)
+    ]
+    claims = fleet_trust_claims(entries, now, until)
+    headers = {"kid": next(iter(keys.keys)), "typ": FLEET_TRUST_TYPE}
+    statement = jwt.encode(claims, key, algorithm="ES256", headers=headers)
+    return {"statement": statement, "nodes": NODES}, keys
 
 
 def _review(image: str) -> dict[str, Any]:
@@ -211,6 +231,55 @@ def _wait_listening(port: int) -> None:
     raise RuntimeError("the kube server did not start")
 
 
+CONCURRENT_REQUESTS = 2000
+CONCURRENT_THREADS = 8
+
+
+def _concurrent_rows(port: int, context: ssl.SSLContext, raw: bytes, headers: Any) -> list[Row]:
+    """The API server's view: ``CONCURRENT_REQUESTS`` signed-image pod CREATE reviews (the
+    image rule on) from ``CONCURRENT_THREADS`` threads, each its own keep-alive HTTPS
+    connection; latency per request as the client sees it."""
+    import threading
+
+    import httpx
+
+    per_thread = CONCURRENT_REQUESTS // CONCURRENT_THREADS
+    samples: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(CONCURRENT_THREADS + 1)
+
+    def client_thread() -> None:
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{port}", verify=context, timeout=30
+        ) as client:
+            for _ in range(10):  # connect and warm, untimed
+                client.post("/validate", content=raw, headers=headers)
+            start.wait()
+            mine = []
+            for _ in range(per_thread):
+                begin = time.perf_counter()
+                reply = client.post("/validate", content=raw, headers=headers)
+                mine.append(time.perf_counter() - begin)
+                assert reply.status_code == 200 and reply.json()["response"]["allowed"]
+            with lock:
+                samples.extend(mine)
+
+    threads = [threading.Thread(target=client_thread) for _ in range(CONCURRENT_THREADS)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    total = time.perf_counter() - began
+    where = f"(HTTPS, {CONCURRENT_THREADS} threads keep-alive, image rule on)"
+    return [
+        (f"kube webhook decisions/s {where}", len(samples) / total, "1/s"),
+        (f"kube webhook p50 {where}", _percentile(samples, 0.5) * 1e3, "ms"),
+        (f"kube webhook p99 {where}", _percentile(samples, 0.99) * 1e3, "ms"),
+    ]
+
+
 def run(rounds: int) -> list[Row]:
     import httpx
     import uvicorn
@@ -224,8 +293,8 @@ def run(rounds: int) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="stockade-bench-kube-") as temporary:
         work = Path(temporary)
         store, image = _image_store(work)
-        nodes_document = _verifier_nodes()
-        trust = CachedTrustSource(lambda: nodes_document, ttl=1.0)
+        nodes_document, keys = _verifier_nodes()
+        trust = CachedTrustSource(lambda: nodes_document, keys, ttl=1.0)
         policy = AdmissionPolicy(trust=trust, images=store)
         document = _review(image)
         first = review(copy.deepcopy(document), policy)["response"]
@@ -277,6 +346,7 @@ def run(rounds: int) -> list[Row]:
                 rows.append(
                     ("kube webhook p99 (HTTPS keep-alive)", _percentile(samples, 0.99) * 1e3, "ms")
                 )
+                rows += _concurrent_rows(port, context, raw, headers)
                 for mode, body in args.items():
                     encoded = json.dumps(body).encode()
 

@@ -115,6 +115,79 @@ def _time_process(command: list[str], stdin: bytes, rounds: int) -> float:
     return median_seconds(once, rounds)
 
 
+def _time_podman(stack: ExitStack, work: Path, layout: Path, settings: object, rounds: int):
+    """Median ``podman run --rm IMAGE /probe`` (a private store: overlay, runc, no network)
+    without a hook and with the shipped hooks.d entry (the C client, else the Python one)
+    asking an admission server bound to podman's store; ``None`` without podman."""
+    if shutil.which("podman") is None or shutil.which("conmon") is None:
+        print("bench.oci_hook: no podman rows (apt-get install podman)")
+        return None
+    from dataclasses import replace
+
+    from stockade.agent.oci_hook import HookSettings, hooks_d_config, serving_hook_requests
+
+    base = work / "pm"
+    podman = ["podman", "--root", str(base / "root"), "--runroot", str(base / "run")]
+    podman += ["--tmpdir", str(base / "tmp"), "--storage-driver", "overlay", "--runtime", "runc"]
+    podman += ["--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+    image_id = subprocess.run(
+        [*podman, "pull", "-q", f"oci:{layout}:{TAG}"], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    _run(*podman, "tag", image_id, REFERENCE)
+    cache = work / "cache"  # the layout, its image tagged by its full reference
+    shutil.copytree(layout, cache)
+    index = json.loads((cache / "index.json").read_text())
+    for entry in index["manifests"]:
+        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == TAG:
+            entry["annotations"]["org.opencontainers.image.ref.name"] = REFERENCE
+    (cache / "index.json").write_text(json.dumps(index))
+    assert isinstance(settings, HookSettings)
+    served = replace(settings, layout_cache=cache, containers_storage=base / "root")
+    sock = stack.enter_context(serving_hook_requests(base / "hook.sock", served))
+    config = hooks_d_config(HookSettings(agent_socket=sock))
+    try:
+        client = installed_client()
+    except ClientUnavailable:
+        python = [sys.executable, "-I", "-S", str(FALLBACK_CLIENT), str(sock)]
+        config["hook"].update(path=sys.executable, args=python)
+    else:
+        config["hook"].update(path=str(client), args=[str(client), str(sock)])
+    hooks = {"none": base / "no-hooks", "hook": base / "hooks"}
+    for directory in hooks.values():
+        directory.mkdir(parents=True)
+    (hooks["hook"] / "stockade.json").write_text(json.dumps(config))
+    run_flags = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+    samples: dict[str, list[float]] = {name: [] for name in hooks}
+    for number in range(rounds + 1):  # round 0 warms up, untimed
+        for name in list(hooks) if number % 2 else list(hooks)[::-1]:
+            start = time.perf_counter()
+            _run(
+                *podman, "--hooks-dir", hooks[name], "run", "--rm", *run_flags, REFERENCE, "/probe"
+            )
+            if number:
+                samples[name].append(time.perf_counter() - start)
+    # The admission alone for a podman container (its records read and bound): a container
+    # podman created and initialised (the hook ran once), admitted again and again.
+    from stockade.agent.oci_hook import admit_state
+
+    created = subprocess.run(
+        [*podman, "--hooks-dir", hooks["hook"], "create", *run_flags, REFERENCE, "/probe"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()[-1]  # fmt: skip
+    stack.callback(subprocess.run, [*podman, "rm", "-af"], capture_output=True, check=False)
+    stack.callback(subprocess.run, [*podman, "rmi", "-af"], capture_output=True, check=False)
+    _run(*podman, "--hooks-dir", hooks["hook"], "init", created)
+    bundle = base / "root" / "overlay-containers" / created / "userdata"
+    state = json.dumps({"ociVersion": "1.0.2", "id": created, "bundle": str(bundle)}).encode()
+
+    def admission() -> None:
+        if admit_state(state, served)[0] is None:
+            raise RuntimeError(admit_state(state, served)[1])
+
+    admit = median_seconds(admission, rounds)
+    return statistics.median(samples["none"]), statistics.median(samples["hook"]), admit
+
+
 def run(rounds: int) -> list[Row]:
     missing = [t for t in ("runc", "umoci", "gcc", "swtpm") if shutil.which(t) is None]
     if missing or os.geteuid() != 0:
@@ -194,6 +267,7 @@ def run(rounds: int) -> list[Row]:
 
         admission()
         admit_alone = median_seconds(admission, rounds)
+        podman = _time_podman(stack, work, layout, settings, rounds)
 
     ms = 1000.0
     rows += [
@@ -211,6 +285,18 @@ def run(rounds: int) -> list[Row]:
         ("oci_hook python3 -I -S -c pass", interpreter * ms, "ms"),
         ("oci_hook admission in the agent (verify+extend+fsync)", admit_alone * ms, "ms"),
     ]
+    if podman is not None:
+        rows += [
+            ("oci_hook podman run --rm /probe (true), no hook", podman[0] * ms, "ms"),
+            ("oci_hook podman run, hooks.d fast hook + binding", podman[1] * ms, "ms"),
+            ("oci_hook podman start overhead (target 15)", (podman[1] - podman[0]) * ms, "ms"),
+            ("oci_hook podman run ratio hooked/plain", podman[1] / podman[0], "x"),
+            (
+                "oci_hook admission of a podman container (bound+verify+extend)",
+                podman[2] * ms,
+                "ms",
+            ),
+        ]
     return rows
 
 

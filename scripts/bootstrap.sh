@@ -9,6 +9,7 @@ DEB_PACKAGES=(
   runc umoci skopeo docker-registry cryptsetup-bin postgresql sbsigntool pesign systemd-boot-efi
   shim-unsigned grub-efi-amd64-bin tpm2-openssl
   python3-venv python3-dev gcc libc6-dev openssl faketime
+  podman containerd
 )
 
 missing=()

@@ -314,11 +314,12 @@ def test_container_start_encodes_as_canonical_json_and_decodes_back():
 
 
 def test_trust_policy_loaded_round_trips():
-    record = TrustPolicyLoaded("sha256:" + "22" * 32, "2025-01-02T03:04:05.123456789Z")
+    record = TrustPolicyLoaded("sha256:" + "22" * 32, "2025-01-02T03:04:05.123456789Z", 7)
     content = encode_record(record)
     assert json.loads(content[5:]) == {
         "type": "trust_policy_loaded",
         "digest": record.digest,
+        "serial": 7,
         "time": record.time,
     }
     assert decode_record(content) == record

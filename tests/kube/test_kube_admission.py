@@ -150,15 +150,18 @@ def test_verifier_unreachable_refuses_every_judged_request(policy, trust, images
         assert "unreachable" in answer["status"]["message"]
 
 
-def test_delete_other_resources_and_subresources_are_not_judged(policy):
+def test_requests_the_webhook_does_not_judge_are_refused(policy):
+    """Registered for more than it understands: fail closed, not allowed unjudged."""
     deleted = admission_review(None, operation="DELETE", old=pod(node_name="node-bad"))
-    assert _answer(policy, deleted)["allowed"] is True
+    assert _answer(policy, deleted)["allowed"] is False
     status = admission_review(pod(node_name="node-bad"), operation="UPDATE",
                               sub_resource="status", old=pod(node_name="node-bad"))  # fmt: skip
-    assert _answer(policy, status)["allowed"] is True
+    assert _answer(policy, status)["allowed"] is False
     configmap = admission_review({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}})
     configmap["request"]["resource"] = {"group": "", "version": "v1", "resource": "configmaps"}
-    assert _answer(policy, configmap)["allowed"] is True
+    answer = _answer(policy, configmap)
+    assert answer["allowed"] is False
+    assert "does not judge" in answer["status"]["message"]
 
 
 def test_update_that_swaps_in_an_unsigned_image_is_refused(policy, images):

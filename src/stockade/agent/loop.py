@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from stockade.agent.client import (
     b64,
 )
 from stockade.agent.membership import Membership, ReleaseRefused
+from stockade.agent.oci_hook import HookSettings, serving_hook_requests
 from stockade.agent.secret_socket import serving_secrets
 from stockade.agent.source import NodeSource
 from stockade.agent.state import AgentState, Enrolled
@@ -73,6 +74,19 @@ class AgentConfig:
     secrets_socket: Path | None = None  # serve the secrets here, unsealed on every read
     # The verifier's statement keys (PEM or JWK set); None: trust on first use (module doc).
     verifier_key: Path | None = None
+    # Admit containers for the OCI hook's clients on this socket while the agent runs
+    # (agent/oci_hook.py serving_hook_requests), extending this node's TPM and execution log.
+    hook_socket: Path | None = None
+    hook_settings: HookSettings = field(default_factory=HookSettings)
+
+    def admission_settings(self) -> HookSettings:
+        """The hook settings, with the TPM and execution log this agent attests."""
+        return replace(
+            self.hook_settings,
+            tcti=self.source.tcti,
+            log_path=self.source.execution_log,
+            agent_socket=None,
+        )
 
 
 def _timestamp(text: object) -> float | None:
@@ -124,6 +138,11 @@ class Agent:
                     )
                 )
                 self.log(f"secrets served on {config.secrets_socket} (unsealed per read)")
+            if config.hook_socket is not None:
+                stack.enter_context(
+                    serving_hook_requests(config.hook_socket, config.admission_settings())
+                )
+                self.log(f"container admissions served on {config.hook_socket}")
             self._loop(
                 stack.enter_context(VerifierClient(config.verifier, config.ca)), max_attestations
             )

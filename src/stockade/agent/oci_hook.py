@@ -13,8 +13,10 @@ Admission, in this order, under one lock so that record numbers follow extend or
 2. resolve a *pending* record a crashed hook left at the end of the log: PCR 13 read and
    compared with the log replayed with and without it says whether its extend happened;
    it is marked done (0xC5) or abandoned (0xC7, the container never started);
-3. if the trust policy's digest differs from the last ``TrustPolicyLoaded`` in the execution
-   log, record a new ``TrustPolicyLoaded`` as in 4-6;
+3. refuse a trust policy older than the newest this boot's log has loaded (a lower serial, or
+   another policy with the same serial; an expired policy was refused when it was read); if
+   its digest differs from the last ``TrustPolicyLoaded`` in the execution log, check that the
+   log replays to PCR 13 and record a new ``TrustPolicyLoaded`` (digest and serial) as in 4-6;
 4. append the canonical ``ContainerStart`` record to the execution log as pending (fsync'd);
 5. extend PCR 13 with it (CEL content bytes, type 0xC5);
 6. mark it done (one byte rewritten in place, fsync'd), and exit 0.
@@ -30,7 +32,11 @@ or any unexpected exception prints one line on stderr and exits 1 before the con
 Configuration comes from the hook's ``args`` in config.json (or ``hooks.d``), with environment
 fallbacks: ``--tcti`` (``STOCKADE_TCTI``), ``--log`` (``STOCKADE_EXECUTION_LOG``), ``--policy``
 (``STOCKADE_TRUST_POLICY``), ``--org-key`` repeated (``STOCKADE_ORG_KEYS``, ``:``-separated),
-``--layout-cache`` (``STOCKADE_LAYOUT_CACHE``) and ``--agent-socket`` (``STOCKADE_HOOK_SOCKET``).
+``--layout-cache`` (``STOCKADE_LAYOUT_CACHE``) and ``--agent-socket`` (``STOCKADE_HOOK_SOCKET``),
+and where the runtimes keep their records: ``--containers-storage``, ``--containers-runroot``,
+``--containerd-state``, ``--containerd-address``. Before step 1 the runtime's own records say
+which image it resolved for the container (``runtime_binding.runtime_image``; none: refused),
+and after it that image must be the verified one.
 
 With ``--agent-socket`` the hook is only a small client: it forwards the state to a process
 running :func:`serving_hook_requests` (``stockade-oci-hook serve``) and exits 0 only on its
@@ -83,6 +89,23 @@ class HookSettings:
     org_keys: tuple[Path, ...] = (DEFAULT_ORG_KEY,)
     layout_cache: Path | None = None
     agent_socket: Path | None = None
+    # Where the runtimes keep their records (agent/runtime_binding.py): a bundle of a runtime
+    # not configured here, with no umoci.json, is refused.
+    containers_storage: Path | None = None
+    containers_runroot: Path | None = None
+    containerd_state: Path | None = None
+    containerd_address: Path | None = None
+
+    def runtime_stores(self) -> Any:
+        """The stores as ``runtime_binding.RuntimeStores``."""
+        from stockade.agent.runtime_binding import RuntimeStores
+
+        return RuntimeStores(
+            self.containers_storage,
+            self.containers_runroot,
+            self.containerd_state,
+            self.containerd_address,
+        )
 
     def to_args(self) -> list[str]:
         """The hook arguments (after argv[0]) that reproduce these settings."""
@@ -93,7 +116,19 @@ class HookSettings:
             args += ["--layout-cache", str(self.layout_cache)]
         if self.agent_socket is not None:
             args += ["--agent-socket", str(self.agent_socket)]
+        for flag, value in _STORE_FLAGS.items():
+            if (path := getattr(self, value[0])) is not None:
+                args += [flag, str(path)]
         return args
+
+
+# The runtime stores: flag -> (HookSettings field, environment variable).
+_STORE_FLAGS = {
+    "--containers-storage": ("containers_storage", "STOCKADE_CONTAINERS_STORAGE"),
+    "--containers-runroot": ("containers_runroot", "STOCKADE_CONTAINERS_RUNROOT"),
+    "--containerd-state": ("containerd_state", "STOCKADE_CONTAINERD_STATE"),
+    "--containerd-address": ("containerd_address", "STOCKADE_CONTAINERD_ADDRESS"),
+}
 
 
 _FLAGS = {
@@ -104,6 +139,7 @@ _FLAGS = {
     "--layout-cache",
     "--agent-socket",
     "--socket",
+    *_STORE_FLAGS,
 }
 
 
@@ -134,6 +170,11 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> HookSetti
     ]
     cache = one("layout-cache", "STOCKADE_LAYOUT_CACHE")
     agent = one("agent-socket", "STOCKADE_HOOK_SOCKET")
+    stores = {
+        field_name: Path(store)
+        for flag, (field_name, env) in _STORE_FLAGS.items()
+        if (store := one(flag.removeprefix("--"), env))
+    }
     return HookSettings(
         tcti=one("tcti", "STOCKADE_TCTI") or DEFAULT_TCTI,
         log_path=Path(one("log", "STOCKADE_EXECUTION_LOG") or DEFAULT_LOG),
@@ -141,6 +182,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> HookSetti
         org_keys=tuple(Path(k) for k in keys) or (DEFAULT_ORG_KEY,),
         layout_cache=Path(cache) if cache else None,
         agent_socket=Path(agent) if agent else None,
+        **stores,
     )
 
 
@@ -157,6 +199,8 @@ class ContainerRequest:
     args: tuple[str, ...]
     env_names: tuple[str, ...]
     mounts: tuple[tuple[str, str, str, tuple[str, ...]], ...] = field(default=())
+    root_path: str | None = None
+    """config.json's ``root.path``, made absolute against the bundle."""
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
@@ -227,6 +271,10 @@ def read_request(state_bytes: bytes) -> ContainerRequest:
             raise HookRefused(f"{config_path}: mount {mount['destination']} is malformed")
         options = _strings(mount.get("options"), f"mount {mount['destination']} options")
         mounts.append((mount["destination"], source_value, type_value, options))
+    root = config.get("root")
+    root_path = root.get("path") if isinstance(root, dict) else None
+    if root_path is not None and not isinstance(root_path, str):
+        raise HookRefused(f"{config_path}: root.path is not a string")
     return ContainerRequest(
         container_id=container_id,
         bundle=Path(bundle),
@@ -234,6 +282,7 @@ def read_request(state_bytes: bytes) -> ContainerRequest:
         args=args,
         env_names=env_names,
         mounts=tuple(mounts),
+        root_path=os.path.join(bundle, root_path) if root_path else None,
     )
 
 
@@ -244,12 +293,16 @@ class ImageIdentity:
     reference: str
 
 
-def image_identity(request: ContainerRequest, settings: HookSettings) -> ImageIdentity:
+def image_identity(
+    request: ContainerRequest, settings: HookSettings, runtime_name: str | None = None
+) -> ImageIdentity:
     """Which image the container claims to be, from its annotations.
 
     ``stockade run`` sets the three ``dev.stockade.image.*`` annotations. Under containerd or
-    CRI-O, whose annotations carry only the image name, a configured layout cache (an OCI
-    layout whose tags are full image references) supplies the layout and tag.
+    CRI-O, whose annotations carry only the image name, or podman, which sets none (its
+    image name ``runtime_name`` comes from its records: agent/runtime_binding.py), a
+    configured layout cache (an OCI layout whose tags are full image references) supplies
+    the layout and tag.
     """
     notes = request.annotations
     reference = notes.get(ANNOTATION_REFERENCE)
@@ -257,6 +310,7 @@ def image_identity(request: ContainerRequest, settings: HookSettings) -> ImageId
     tag = notes.get(ANNOTATION_TAG)
     if reference is None and settings.layout_cache is not None:
         reference = next((notes[k] for k in CRI_IMAGE_NAME_ANNOTATIONS if k in notes), None)
+        reference = reference or runtime_name
         if reference is not None and layout is None and tag is None:
             layout, tag = str(settings.layout_cache), reference
     missing = [
@@ -282,8 +336,11 @@ def image_identity(request: ContainerRequest, settings: HookSettings) -> ImageId
 # -- admission ----------------------------------------------------------------------------------
 
 
-def _load_policy(settings: HookSettings) -> Any:
+def _load_policy(settings: HookSettings, now: datetime.datetime | None = None) -> Any:
+    """The org-signed trust policy, refused (``HookRefused``) if it has expired at ``now``
+    (default: the clock): no container starts under an expired policy."""
     from stockade.images import load_trust_policy
+    from stockade.images.policy import format_expires
     from stockade.release.keys import load_verifying_key
 
     try:
@@ -301,7 +358,16 @@ def _load_policy(settings: HookSettings) -> Any:
                 f"cannot read the org public key {path}: {error.strerror or error}"
             ) from None
         keys.append(load_verifying_key(pem, f"org public key {path}"))
-    return load_trust_policy(envelope, keys)
+    policy = load_trust_policy(envelope, keys)
+    moment = now or datetime.datetime.now(datetime.UTC)
+    if policy.expired(moment):
+        assert policy.expires is not None
+        raise HookRefused(
+            f"the trust policy {settings.policy_path} ({policy.digest}, serial {policy.serial})"
+            f" expired at {format_expires(policy.expires)} (now {format_expires(moment)}):"
+            " no container starts under an expired policy; install a current one"
+        )
+    return policy
 
 
 def admit(
@@ -312,16 +378,19 @@ def admit(
     Raises ``HookRefused`` or a ``StockadeError`` (and nothing is extended or appended) when
     the image is refused or the TPM cannot be reached.
     """
-    identity = image_identity(request, settings)
-
+    from stockade.agent.runtime_binding import runtime_image
     from stockade.evidence.execution import ContainerStart, Mount, encode_record
     from stockade.images import ImageLayout, verify_image
 
-    policy = _load_policy(settings)
+    moment = now or datetime.datetime.now(datetime.UTC)
+    policy = _load_policy(settings, moment)
+    # What the runtime resolved for this container, from its own records (refused if none).
+    resolved = runtime_image(request, settings.runtime_stores(), request.root_path)
+    identity = image_identity(request, settings, resolved.reference)
     layout = ImageLayout.open(identity.layout)
     image = verify_image(layout, identity.tag, identity.reference, policy)
-    _check_unpacked_from(request, image.manifest_digest)
-    moment = now or datetime.datetime.now(datetime.UTC)
+    # The rootfs about to start must be the image just verified.
+    resolved.require(request.container_id, image.manifest_digest, layout.blob(image.config_digest))
     when = moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     start = ContainerStart(
         container_id=request.container_id,
@@ -341,14 +410,23 @@ def admit(
     log = ExecutionLog(settings.log_path)
     # The lock before the TPM: a swtpm serves one connection at a time.
     with log.locked(), Tpm(settings.tcti) as tpm:
-        return measure_and_log(log, tpm, encode_record(start), policy.digest, when)
+        return measure_and_log(
+            log, tpm, encode_record(start), policy.digest, when, serial=policy.serial
+        )
 
 
-def measure_and_log(log: Any, tpm: Any, start: bytes, policy_digest: str, when: str) -> int:
+def measure_and_log(
+    log: Any, tpm: Any, start: bytes, policy_digest: str, when: str, *, serial: int = 0
+) -> int:
     """Steps 2-6 of the module doc for one ``ContainerStart`` content TLV ``start``: the
     record number of its record. The log's lock is held throughout, so record numbers
     follow extend order across concurrent hooks, and the agent's quote never sees a
-    record between its append and its mark."""
+    record between its append and its mark.
+
+    ``serial`` is the trust policy's (``policy_digest``): one older than the newest this
+    boot's log has loaded is refused (``_check_not_rolled_back``), and before a new
+    ``TrustPolicyLoaded`` is recorded the log must replay to PCR 13, so that log, the
+    node's memory of the policies it loaded, cannot have been cut short."""
     from stockade.evidence.execution import (
         CONTENT_TYPE,
         EXECUTION_PCR,
@@ -359,9 +437,13 @@ def measure_and_log(log: Any, tpm: Any, start: bytes, policy_digest: str, when: 
     with log.locked():
         banks = tpm.active_banks()
         logged = _resolve_pending(log, tpm, banks)
+        last, newest = _loaded_policies(logged)
+        _check_not_rolled_back(policy_digest, serial, newest)
         records = []
-        if _last_policy_digest(logged) != policy_digest:
-            records.append(encode_record(TrustPolicyLoaded(digest=policy_digest, time=when)))
+        if last is None or last.digest != policy_digest:
+            _check_log_replays(logged, tpm, banks)
+            loaded = TrustPolicyLoaded(digest=policy_digest, time=when, serial=serial)
+            records.append(encode_record(loaded))
         records.append(start)
         recnum = -1
         for content in records:
@@ -425,38 +507,22 @@ def _replay(records: list[Any], algs: list[int]) -> dict[int, bytes]:
     return values
 
 
-def _check_unpacked_from(request: ContainerRequest, manifest_digest: str) -> None:
-    """A bundle umoci unpacked records the manifest it came from (``umoci.json``); it must be
-    the manifest just verified, or the rootfs is not the signed image's."""
-    path = request.bundle / "umoci.json"
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES)
-    except FileNotFoundError:
-        return  # not unpacked by umoci (containerd, CRI-O): see docs/oci-hook.md
-    except OSError as error:
-        raise HookRefused(f"cannot read {path}: {error.strerror or error}") from None
-    document = _json_object(raw, str(path))
-    walk = (document.get("from_descriptor_path") or {}).get("descriptor_walk")
-    digests = [d.get("digest") for d in walk or [] if isinstance(d, dict)]
-    if not digests or not isinstance(digests[-1], str):
-        raise HookRefused(f"{path} names no manifest the bundle was unpacked from")
-    if digests[-1] != manifest_digest:
-        raise HookRefused(
-            f"container {request.container_id}: the bundle was unpacked from manifest "
-            f"{digests[-1]}, not the verified {manifest_digest}"
-        )
-
-
 def _digests(content: bytes, banks: Any) -> dict[int, bytes]:
     from stockade.evidence.algorithms import hash_algorithm
 
     return {b.hash_alg: hash_algorithm(b.hash_alg).digest(content) for b in banks.banks}
 
 
-def _last_policy_digest(records: list[Any]) -> str | None:
-    """The digest in the last ``TrustPolicyLoaded`` record of this boot's log (abandoned
-    records never took effect)."""
+# Decoded execution records by their measured content: the log is re-read at every admission,
+# and decoding a record (~50 us with its mounts) would grow the container start path with it.
+_DECODED: dict[bytes, Any] = {}
+_DECODED_MAX = 65536
+
+
+def _loaded_policies(records: list[Any]) -> tuple[Any, tuple[int, Any] | None]:
+    """The last ``TrustPolicyLoaded`` of this boot's log, and the one with the highest
+    serial (the latest of equals) with its record number (abandoned records never took
+    effect). A record that does not decode refuses: the log is the node's memory."""
     from stockade.evidence.execution import (
         ABANDONED_CONTENT_TYPE,
         TrustPolicyLoaded,
@@ -465,13 +531,64 @@ def _last_policy_digest(records: list[Any]) -> str | None:
     )
 
     last = None
+    newest: tuple[int, Any] | None = None
     for record in records:
         if record.content_type == ABANDONED_CONTENT_TYPE:
             continue
-        event = decode_record(measured_content(record.content))
+        content = measured_content(record.content)
+        event = _DECODED.get(content)
+        if event is None:  # decoding is pure: a hook server decodes each record once
+            event = decode_record(content)
+            if len(_DECODED) >= _DECODED_MAX:
+                _DECODED.clear()
+            _DECODED[content] = event
         if isinstance(event, TrustPolicyLoaded):
-            last = event.digest
-    return last
+            last = event
+            if newest is None or event.serial >= newest[1].serial:
+                newest = (record.recnum, event)
+    return last, newest
+
+
+def _last_policy_digest(records: list[Any]) -> str | None:
+    """The digest in the last ``TrustPolicyLoaded`` record of this boot's log."""
+    last, _ = _loaded_policies(records)
+    return None if last is None else str(last.digest)
+
+
+def _check_not_rolled_back(digest: str, serial: int, newest: tuple[int, Any] | None) -> None:
+    """Refuse the trust policy (``digest``, ``serial``) if this boot's log has loaded a
+    newer one: a lower serial, or the same serial (from 1) as another policy. Version 1
+    policies are serial 0: they replace each other freely and never a version 2 policy."""
+    if newest is None:
+        return
+    recnum, loaded = newest
+    if serial < loaded.serial:
+        raise HookRefused(
+            f"the trust policy {digest} has serial {serial}, older than serial {loaded.serial}"
+            f" ({loaded.digest}) loaded at record {recnum} of this boot's execution log:"
+            " a rolled-back trust policy is refused"
+        )
+    if serial == loaded.serial and serial > 0 and digest != loaded.digest:
+        raise HookRefused(
+            f"the trust policy {digest} has serial {serial}, which record {recnum} of this"
+            f" boot's execution log loaded as another policy ({loaded.digest}): a new policy"
+            " needs a higher serial"
+        )
+
+
+def _check_log_replays(records: list[Any], tpm: Any, banks: Any) -> None:
+    """Refuse unless ``records`` (abandoned ones skipped) replay to PCR 13 as the TPM holds
+    it: a log cut short could hide the newest trust policy this boot loaded."""
+    from stockade.evidence.execution import EXECUTION_PCR
+    from stockade.evidence.pcr_selection import BankSelection, PcrSelection
+
+    algs = [bank.hash_alg for bank in banks.banks]
+    read = tpm.read_pcrs(PcrSelection(tuple(BankSelection(a, (EXECUTION_PCR,)) for a in algs)))
+    if _replay(records, algs) != {alg: read.banks[alg][EXECUTION_PCR] for alg in algs}:
+        raise HookRefused(
+            f"the execution log does not replay to PCR {EXECUTION_PCR}, so which trust"
+            " policies this boot loaded cannot be told; the node must reboot"
+        )
 
 
 def refusal(error: BaseException, request: ContainerRequest | None) -> str:
@@ -552,6 +669,36 @@ def oci_hook_entry(
         "args": [PROG, *settings.to_args()],
         "env": env,
         "timeout": timeout,
+    }
+
+
+# Where a node package installs the C client, and where the agent serves admissions.
+SYSTEM_HOOK_CLIENT = Path("/usr/lib/stockade/stockade-oci-hook-client")
+DEFAULT_HOOK_SOCKET = Path("/run/stockade/hook.sock")
+HOOK_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
+def hooks_d_config(
+    settings: HookSettings, hook: Path = SYSTEM_HOOK_CLIENT, timeout: int = 60
+) -> dict[str, Any]:
+    """The ``hooks.d`` file podman and CRI-O read (``/etc/containers/oci/hooks.d/*.json``,
+    shipped as ``deploy/oci-hooks.d/stockade.json``): the hook at ``createRuntime`` for every
+    container (``when.always``; a container of no signed image is refused, not skipped).
+
+    With an agent socket ``hook`` is the C client, run as ``hook SOCKET`` (the agent, started
+    with ``--hook-socket``, admits); without one it is ``stockade-oci-hook`` with the settings
+    as arguments. ``stages`` is plural: podman 4 refuses every container under a file with the
+    older ``stage`` key.
+    """
+    if settings.agent_socket is not None:
+        args = [str(hook), str(settings.agent_socket)]
+    else:
+        args = [PROG, *settings.to_args()]
+    return {
+        "version": "1.0.0",
+        "hook": {"path": str(hook), "args": args, "env": list(HOOK_ENV), "timeout": timeout},
+        "when": {"always": True},
+        "stages": ["createRuntime"],
     }
 
 

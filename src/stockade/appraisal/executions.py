@@ -15,6 +15,11 @@ PCR 13 value per bank), and tells exactly what is wrong, naming the record:
   show up here;
 - no ``ContainerStart`` runs a forbidden image (by manifest or config digest, or by
   reference: the reference as recorded, without its digest, or its repository);
+- with a trust-policy requirement (``TrustPolicyRequirement``: a minimum serial, or the
+  exact digest), no ``TrustPolicyLoaded`` loads an older (or other) image trust policy and
+  no ``ContainerStart`` starts under one: a node whose policy file was rolled back to an
+  older, validly signed policy is named, with the serial or digest loaded and the one
+  required;
 - write-ahead status (``evidence.execution``): an abandoned record (0xC7) is never
   replayed; a pending record (0xC6) may only be the last one, and is replayed both with
   and without its digest: exactly one must give the quoted PCR 13 in every bank (with:
@@ -62,6 +67,8 @@ class ExecutionState:
     next_recnum: int  # records < this were already appraised
     pcr: Mapping[int, bytes]  # running PCR 13 value per bank (TPM_ALG_ID -> digest)
     policy_digest: str | None  # last TrustPolicyLoaded seen in this boot
+    # Its serial; None when none was loaded, or the state predates serials (unknown).
+    policy_serial: int | None = None
 
     @classmethod
     def new_boot(cls, reset_count: int, restart_count: int, banks: Iterable[int]) -> ExecutionState:
@@ -82,6 +89,7 @@ class ExecutionState:
             "next_recnum": self.next_recnum,
             "pcr": {HASHES[alg].name: value.hex() for alg, value in sorted(self.pcr.items())},
             "policy_digest": self.policy_digest,
+            "policy_serial": self.policy_serial,
         }
 
     @classmethod
@@ -102,17 +110,61 @@ class ExecutionState:
             policy = document["policy_digest"]
             if policy is not None and type(policy) is not str:
                 raise MalformedStructure(where, 0, "policy_digest must be a string or null")
+            # States kept before serials were recorded have none: unknown.
+            serial = document.get("policy_serial")
+            if serial is not None and (type(serial) is not int or serial < 0):
+                raise MalformedStructure(
+                    where, 0, "policy_serial must be a non-negative integer or null"
+                )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise MalformedStructure(where, 0, f"not an execution state: {error!r}") from None
-        return cls(counts[0], counts[1], counts[2], pcr, policy)
+        return cls(counts[0], counts[1], counts[2], pcr, policy, serial)
+
+
+@dataclass(frozen=True)
+class TrustPolicyRequirement:
+    """Which image trust policy a node's hook must enforce (the verifier's policy
+    ``executions.trust_policy``): at least serial ``min_serial``, and/or exactly ``digest``.
+    Neither set: no requirement."""
+
+    min_serial: int | None = None
+    digest: str | None = None  # "sha256:<hex>" of the policy payload
+
+    @property
+    def required(self) -> bool:
+        return self.min_serial is not None or self.digest is not None
+
+    def refusal(self, digest: str | None, serial: int | None) -> str | None:
+        """Why a hook enforcing the policy (``digest``, ``serial``) does not meet the
+        requirement (a phrase: ``trust policy serial 1 (sha256:...), older than ...``), or
+        ``None``. ``serial`` ``None`` is unknown, which fails a minimum."""
+        if self.digest is not None and digest != self.digest:
+            return (
+                f"trust policy {digest or '(none)'}, not {self.digest}, the one the appraisal"
+                " policy requires"
+            )
+        if self.min_serial is not None:
+            if serial is None:
+                return (
+                    f"trust policy {digest or '(none)'} of unknown serial; the appraisal policy"
+                    f" requires serial {self.min_serial} or newer"
+                )
+            if serial < self.min_serial:
+                return (
+                    f"trust policy serial {serial} ({digest}), older than serial"
+                    f" {self.min_serial}, the minimum the appraisal policy requires"
+                )
+        return None
 
 
 @dataclass(frozen=True)
 class Forbidden:
-    """Images the verifier's policy forbids."""
+    """What the verifier's policy forbids a node to run: images, and (``trust_policy``)
+    containers admitted under an image trust policy older than (or other than) required."""
 
     digests: frozenset[str] = frozenset()  # "sha256:<hex>": manifest or config digests
     references: frozenset[str] = frozenset()  # repository, or repository:tag, normal form
+    trust_policy: TrustPolicyRequirement = field(default_factory=TrustPolicyRequirement)
 
     def match(self, record: ContainerStart) -> str | None:
         """What makes ``record`` forbidden (the digest or reference), or ``None``. The
@@ -158,6 +210,8 @@ class ExecutionAppraisal:
     state: ExecutionState  # the state to keep (only meaningful when ok)
     forbidden: tuple[int, ...] = field(default=())  # recnums that ran forbidden images
     not_started: tuple[int, ...] = field(default=())  # recnums never extended (abandoned)
+    # recnums that loaded, or started a container under, a trust policy the requirement refuses
+    refused_policy: tuple[int, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -170,7 +224,7 @@ class ExecutionReplay:
 
     problems: tuple[tuple[int, str], ...]
     records: tuple[CelRecord, ...]  # in log order
-    state: ExecutionState  # policy_digest is the previous one: only decoding updates it
+    state: ExecutionState  # policy_digest/serial are the previous: only decoding updates them
     # Positions (in ``records``) of records never extended: abandoned ones, and a last
     # pending one when the quote shows it was not extended.
     not_started: frozenset[int] = frozenset()
@@ -197,6 +251,7 @@ def replay_executions(
     )
     start = previous.next_recnum if previous is not None and same_boot else 0
     policy_digest = previous.policy_digest if previous is not None and same_boot else None
+    policy_serial = previous.policy_serial if previous is not None and same_boot else None
 
     # Banks: (alg, name, hash constructor); the running value per bank.
     banks: list[tuple[int, str, Callable[[bytes], Any]]] = []
@@ -344,7 +399,7 @@ def replay_executions(
     return ExecutionReplay(
         tuple(problems),
         tuple(records),
-        ExecutionState(reset_count, restart_count, expected, running, policy_digest),
+        ExecutionState(reset_count, restart_count, expected, running, policy_digest, policy_serial),
         frozenset(not_started),
     )
 
@@ -360,12 +415,16 @@ def appraise_executions(
     """Appraise the records of ``new_log`` (the node's execution log from the record
     after the last appraised one) against PCR 13 as quoted (``quoted``: TPM_ALG_ID ->
     value) in boot (``reset_count``, ``restart_count``): ``replay_executions``, then
-    every record decoded and checked against ``forbidden``."""
+    every record decoded and checked against ``forbidden`` (images, and the trust policy
+    each container started under)."""
     replay = replay_executions(previous, reset_count, restart_count, new_log, quoted)
     policy_digest = replay.state.policy_digest
+    policy_serial = replay.state.policy_serial
+    requirement = forbidden.trust_policy
     decoded: list[tuple[int, ExecutionRecord]] = []
     by_position: list[ExecutionRecord | None] = []
     forbidden_recnums: list[int] = []
+    refused_policy: list[int] = []
     not_started = replay.not_started
     # (sort key, text): a record's reasons follow its position in the log.
     later: list[tuple[int, str]] = []
@@ -385,8 +444,20 @@ def appraise_executions(
         if position in not_started:
             continue  # never extended: it never took effect
         if type(record) is TrustPolicyLoaded:
-            policy_digest = record.digest
+            policy_digest, policy_serial = record.digest, record.serial
+            if requirement.required:
+                refusal = requirement.refusal(policy_digest, policy_serial)
+                if refusal is not None:
+                    refused_policy.append(recnum)
+                    later.append((position, f"{_label(recnum, record)}: loads an image {refusal}"))
         elif type(record) is ContainerStart:
+            if requirement.required:
+                refusal = _started_under(requirement, record, policy_digest, policy_serial)
+                if refusal is not None:
+                    refused_policy.append(recnum)
+                    later.append(
+                        (position, f"{_label(recnum, record)}: started under an image {refusal}")
+                    )
             matched = forbidden.match(record)
             if matched is not None:
                 forbidden_recnums.append(recnum)
@@ -414,10 +485,31 @@ def appraise_executions(
         ok=not result,
         reasons=result,
         records=tuple(decoded),
-        state=replace(replay.state, policy_digest=policy_digest),
+        state=replace(replay.state, policy_digest=policy_digest, policy_serial=policy_serial),
         forbidden=tuple(forbidden_recnums),
         not_started=tuple(replay.records[p].recnum for p in sorted(not_started)),
+        refused_policy=tuple(refused_policy),
     )
+
+
+def _started_under(
+    requirement: TrustPolicyRequirement,
+    record: ContainerStart,
+    loaded_digest: str | None,
+    loaded_serial: int | None,
+) -> str | None:
+    """Why ``record`` started under a trust policy ``requirement`` refuses, or ``None``.
+    It names its policy's digest; the serial is the one its boot's last
+    ``TrustPolicyLoaded`` carried, when that loaded the same digest (else unknown)."""
+    digest = record.trust_policy_digest
+    serial = loaded_serial if digest is not None and digest == loaded_digest else None
+    if digest != loaded_digest and requirement.min_serial is not None:
+        return (
+            f"trust policy {digest or '(none)'} of unknown serial (the last one this boot"
+            f" loaded is {loaded_digest or '(none)'}); the appraisal policy requires serial"
+            f" {requirement.min_serial} or newer"
+        )
+    return requirement.refusal(digest, serial)
 
 
 def _order(key: int) -> int:

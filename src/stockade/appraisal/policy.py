@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from stockade.appraisal.executions import Forbidden
+from stockade.appraisal.executions import Forbidden, TrustPolicyRequirement
 from stockade.appraisal.measured_boot import RELEASE_PCR, PlatformReference
 from stockade.appraisal.reference import platform_from_json
 from stockade.errors import InputError, StockadeError
@@ -82,8 +82,14 @@ class Policy:
     platforms: tuple[PlatformReference, ...]
     secure_boot: SecureBootPolicy
     enforce: Mapping[str, Enforcement]
-    # Images a node must never have run (a node that ran one is contraindicated).
+    # Images a node must never have run, and the image trust policy its hook must enforce
+    # (a node that ran one, or started a container under another policy, is contraindicated).
     forbidden: Forbidden = field(default_factory=Forbidden)
+
+    @property
+    def trust_policy(self) -> TrustPolicyRequirement:
+        """The image trust policy a node's hook must enforce (``executions.trust_policy``)."""
+        return self.forbidden.trust_policy
 
     @property
     def executions_quoted(self) -> bool:
@@ -139,14 +145,16 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
         platforms=_platforms(_required(document, "platforms")),
         secure_boot=_secure_boot(document.get("secure_boot", {})),
         enforce=_enforce(document.get("enforce", {})),
-        forbidden=_forbidden(document.get("executions", {})),
+        forbidden=parse_executions(document.get("executions", {})),
     )
 
 
-def _forbidden(value: Any) -> Forbidden:
-    """``executions: {forbid: {digests: [sha256:...], references: [repo or repo:tag]}}``."""
+def parse_executions(value: Any) -> Forbidden:
+    """The ``executions`` section: ``{forbid: {digests: [sha256:...], references: [repo or
+    repo:tag]}, trust_policy: {min_serial: N, digest: sha256:...}}``; ``PolicyInvalid``
+    names the field that is wrong."""
     section = _mapping(value, "executions")
-    _no_unknown(section, "executions", {"forbid"})
+    _no_unknown(section, "executions", {"forbid", "trust_policy"})
     forbid = _mapping(section.get("forbid", {}), "executions.forbid")
     _no_unknown(forbid, "executions.forbid", {"digests", "references"})
     lists: dict[str, frozenset[str]] = {}
@@ -170,7 +178,31 @@ def _forbidden(value: Any) -> Forbidden:
                 except ImageError as error:
                     raise PolicyInvalid(field, str(error)) from None
             lists[key] = frozenset(normal)
-    return Forbidden(lists["digests"], lists["references"])
+    return Forbidden(
+        lists["digests"], lists["references"], _trust_policy(section.get("trust_policy", {}))
+    )
+
+
+_forbidden = parse_executions  # the name tests and older callers use
+
+
+def _trust_policy(value: Any) -> TrustPolicyRequirement:
+    """``executions.trust_policy``: ``min_serial`` (a positive integer: the oldest image
+    trust policy serial a node may load) and/or ``digest`` (``sha256:<hex>``: the one policy
+    it must load); at least one."""
+    section = _mapping(value, "executions.trust_policy")
+    _no_unknown(section, "executions.trust_policy", {"min_serial", "digest"})
+    if not section:
+        return TrustPolicyRequirement()
+    min_serial = section.get("min_serial")
+    if min_serial is not None:
+        min_serial = _positive_int(min_serial, "executions.trust_policy.min_serial")
+    digest = section.get("digest")
+    if digest is not None and (not isinstance(digest, str) or not _IMAGE_DIGEST.fullmatch(digest)):
+        raise PolicyInvalid("executions.trust_policy.digest", f"{digest!r} is not sha256:<64 hex>")
+    if min_serial is None and digest is None:
+        raise PolicyInvalid("executions.trust_policy", "needs min_serial or digest")
+    return TrustPolicyRequirement(min_serial, digest)
 
 
 def _required(document: Mapping[str, Any], key: str, parent: str = "") -> Any:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from stockade.agent.oci_hook import HookSettings
 
 app = typer.Typer(no_args_is_help=True, help="The node agent: enrollment and attestation.")
 
@@ -89,6 +92,25 @@ def run(
         ),
     ] = None,
     verifier_key: VerifierKeyOption = None,
+    hook_socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--hook-socket",
+            help="admit containers for the OCI hook's client on this Unix socket (0600), in "
+            "this process, measuring into this agent's TPM and execution log "
+            "(docs/oci-hook.md)",
+        ),
+    ] = None,
+    hook_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hook-option",
+            help="a stockade-oci-hook setting for the admissions, as NAME=VALUE (repeatable): "
+            "policy, org-key, layout-cache, containers-storage, containers-runroot, "
+            "containerd-state, containerd-address; unset ones come from the environment "
+            "(STOCKADE_TRUST_POLICY, ...) or the defaults",
+        ),
+    ] = None,
 ) -> None:
     """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM.
 
@@ -102,6 +124,7 @@ def run(
     from stockade.home import stockade_home
 
     source = resolve_source(tcti=tcti, tpm_name=tpm, event_log=event_log, home=home)
+    hook_settings = _hook_settings(hook_option or [])
     agent = Agent(
         AgentConfig(
             verifier=verifier,
@@ -118,6 +141,8 @@ def run(
             secrets_dir=secrets_dir,
             secrets_socket=secrets_socket,
             verifier_key=verifier_key,
+            hook_socket=hook_socket,
+            hook_settings=hook_settings,
         )
     )
 
@@ -127,3 +152,37 @@ def run(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     agent.run()
+
+
+# The admission settings an agent may take; its TPM and execution log are its own.
+_HOOK_OPTIONS = frozenset(
+    {
+        "--policy",
+        "--org-key",
+        "--layout-cache",
+        "--containers-storage",
+        "--containers-runroot",
+        "--containerd-state",
+        "--containerd-address",
+    }
+)
+
+
+def _hook_settings(options: list[str]) -> HookSettings:
+    import os
+
+    from stockade.agent.oci_hook import HookRefused, parse_settings
+    from stockade.errors import InputError
+
+    options = [o if o.startswith("--") else f"--{o}" for o in options]  # policy=... too
+    for option in options:
+        flag, eq, _value = option.partition("=")
+        if flag not in _HOOK_OPTIONS or not eq:
+            raise InputError(
+                f"--hook-option {option!r}: expected FLAG=VALUE with FLAG one of "
+                f"{', '.join(sorted(_HOOK_OPTIONS))}"
+            )
+    try:
+        return parse_settings(options, os.environ)
+    except HookRefused as error:
+        raise InputError(f"--hook-option: {error}") from None

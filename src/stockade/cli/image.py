@@ -3,6 +3,7 @@ image signatures in OCI image layouts, checked against an org-signed trust polic
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,8 +16,10 @@ from stockade.errors import InputError, VerificationFailed
 from stockade.images.errors import ImageRejected
 from stockade.images.layout import ImageLayout, parse_image_ref
 from stockade.images.policy import (
+    LEGACY_VERSION,
     MAX_POLICY,
     TrustPolicy,
+    format_expires,
     load_trust_policy,
     policy_summary,
     sign_trust_policy,
@@ -39,9 +42,20 @@ OrgPubOption = Annotated[
 ]
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
 def _load_policy(path: Path, org_pub: list[Path]) -> TrustPolicy:
+    """The policy at ``path`` signed by an org key, refused if it has expired."""
     keys = [load_verifying_key(read_file(p, "org public key"), f"key '{p}'") for p in org_pub]
-    return load_trust_policy(read_file(path, "trust policy"), keys)
+    return load_trust_policy(read_file(path, "trust policy"), keys, now=_now())
+
+
+def _validity(policy: TrustPolicy) -> str:
+    if policy.expires is None:
+        return "version 1: no serial, never expires, no rollback protection"
+    return f"serial {policy.serial}, expires {format_expires(policy.expires)}"
 
 
 def _fail_json(failure: VerificationFailed) -> None:
@@ -118,7 +132,9 @@ def policy_sign(
     out: Annotated[Path, typer.Option(help="envelope to write (POLICY.dsse.json)")],
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Sign a trust policy (canonicalised first) into a DSSE envelope."""
+    """Sign a trust policy (canonicalised first) into a DSSE envelope. A version 2 policy
+    carries its serial (higher than the policy it replaces) and its expiry; one already
+    expired is refused."""
     content = loads_strict(
         read_file(document, "trust policy"),
         f"trust policy '{document}'",
@@ -129,15 +145,28 @@ def policy_sign(
         raise InputError(f"trust policy '{document}' is not a JSON object")
     org_key = load_signing_key(read_file(key, "org signing key"), f"key '{key}'")
     envelope = sign_trust_policy(content, org_key)
+    summary = load_trust_policy(envelope, [org_key.public_key()])
+    now = _now()
+    if summary.expired(now):
+        assert summary.expires is not None
+        raise InputError(
+            f"trust policy '{document}' expires {format_expires(summary.expires)}, which is "
+            f"already past (now {format_expires(now)}): nodes would refuse it"
+        )
+    if summary.version == LEGACY_VERSION:
+        typer.echo(
+            f"stockade: warning: trust policy '{document}' is format version 1, without serial "
+            "or expiry: nodes cannot refuse it as a rollback (write version 2, docs/images.md)",
+            err=True,
+        )
     try:
         out.write_bytes(envelope)
     except OSError as error:
         raise InputError(f"cannot write '{out}': {error.strerror or error}") from None
-    summary = load_trust_policy(envelope, [org_key.public_key()])
     if output is OutputFormat.JSON:
         emit_json({**policy_summary(summary), "envelope": str(out)})
         return
-    typer.echo(f"signed trust policy {summary.digest}: {out}")
+    typer.echo(f"signed trust policy {summary.digest} ({_validity(summary)}): {out}")
 
 
 @policy_app.command("verify")
@@ -146,7 +175,8 @@ def policy_verify(
     org_pub: OrgPubOption,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Check a trust policy envelope and print its digest (what a node measures)."""
+    """Check a trust policy envelope (signature, form, not expired) and print its digest
+    (what a node measures), serial and expiry."""
     try:
         trust = _load_policy(envelope, org_pub)
     except VerificationFailed as failure:
@@ -157,6 +187,6 @@ def policy_verify(
     if output is OutputFormat.JSON:
         emit_json({"valid": True, **summary})
         return
-    typer.echo(f"trust policy {trust.digest} valid")
+    typer.echo(f"trust policy {trust.digest} valid ({_validity(trust)})")
     for scope in summary["scopes"]:
         typer.echo(f"  {scope['prefix']}: {', '.join(scope['keys']) or '(reject)'}")

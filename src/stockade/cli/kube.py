@@ -75,13 +75,18 @@ def serve(
 ) -> None:
     """Serve POST /validate (AdmissionReview v1), POST /filter (extender) and GET /healthz.
     Reading the verifier's node list needs a reader token."""
+    from datetime import UTC, datetime
+
     from stockade.images.policy import load_trust_policy
     from stockade.kube.admission import AdmissionPolicy, Exemptions, SignedImageStore
     from stockade.kube.server import ServerTls, create_app, serve_app
     from stockade.kube.trust import verifier_trust_source
     from stockade.release.keys import load_verifying_key
 
-    for path, what in ((tls_cert, "--tls-cert"), (tls_key, "--tls-key")):
+    files = [(tls_cert, "--tls-cert"), (tls_key, "--tls-key")]
+    if client_ca is not None:
+        files.append((client_ca, "--client-ca"))
+    for path, what in files:
         if not path.is_file():
             raise InputError(f"{what} '{path}' is not a file")
     images = None
@@ -92,7 +97,9 @@ def serve(
         if not image_store.is_dir():
             raise InputError(f"--image-store '{image_store}' is not a directory")
         keys = [load_verifying_key(read_file(p, "org public key"), f"key '{p}'") for p in org_pub]
-        policy_document = load_trust_policy(read_file(trust_policy, "trust policy"), keys)
+        policy_document = load_trust_policy(
+            read_file(trust_policy, "trust policy"), keys, now=datetime.now(UTC)
+        )
         images = SignedImageStore(image_store, policy_document)
     policy = AdmissionPolicy(
         trust=verifier_trust_source(

@@ -220,22 +220,36 @@ class ContainerStart:
         return f"container {self.container_id}, image {self.image_reference}"
 
 
+MAX_POLICY_SERIAL = 2**53 - 1  # stockade.images.policy.MAX_SERIAL
+
+
 @dataclass(frozen=True, slots=True)
 class TrustPolicyLoaded:
-    """The image trust policy the runtime hook enforces from now on (its digest)."""
+    """The image trust policy the runtime hook enforces from now on: its digest and its
+    serial (the policy's release number; 0 for a format version 1 policy, which has none)."""
 
     digest: str
     time: str
+    serial: int = 0
 
     def __post_init__(self) -> None:
         _digest("digest", self.digest)
         _time(self.time)
+        if type(self.serial) is not int or not 0 <= self.serial <= MAX_POLICY_SERIAL:
+            raise InvalidExecutionRecord(
+                "serial", f"must be an integer from 0 to {MAX_POLICY_SERIAL}, not {self.serial!r}"
+            )
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": TRUST_POLICY_LOADED, "digest": self.digest, "time": self.time}
+        return {
+            "type": TRUST_POLICY_LOADED,
+            "digest": self.digest,
+            "serial": self.serial,
+            "time": self.time,
+        }
 
     def describe(self) -> str:
-        return f"trust policy {self.digest}"
+        return f"trust policy {self.digest}, serial {self.serial}"
 
 
 ExecutionRecord = ContainerStart | TrustPolicyLoaded
@@ -256,7 +270,7 @@ _CONTAINER_KEYS = frozenset(
     )
 )
 _MOUNT_KEYS = frozenset(("destination", "options", "source", "type"))
-_POLICY_KEYS = frozenset(("type", "digest", "time"))
+_POLICY_KEYS = frozenset(("type", "digest", "serial", "time"))
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:
@@ -295,7 +309,7 @@ def _canonical(record: ExecutionRecord) -> bytes:
     else:
         assert type(record) is TrustPolicyLoaded
         text = (
-            f'{{"digest":{q(record.digest)},"time":{q(record.time)},'
+            f'{{"digest":{q(record.digest)},"serial":{record.serial:d},"time":{q(record.time)},'
             f'"type":"{TRUST_POLICY_LOADED}"}}'
         )
     try:
@@ -384,7 +398,7 @@ def _from_json(document: dict[str, Any]) -> ExecutionRecord:
     if kind == TRUST_POLICY_LOADED:
         if document.keys() != _POLICY_KEYS:
             raise MalformedExecutionRecord(_key_difference(document, _POLICY_KEYS))
-        return TrustPolicyLoaded(document["digest"], document["time"])
+        return TrustPolicyLoaded(document["digest"], document["time"], document["serial"])
     raise MalformedExecutionRecord(f"unknown record type {kind!r}")
 
 

@@ -3,19 +3,29 @@
 ``review(document, policy)`` takes the JSON the API server POSTs (an ``AdmissionReview``
 of ``admission.k8s.io/v1`` with a ``request``) and returns the ``AdmissionReview`` to send
 back: ``response.uid`` echoes ``request.uid``, ``allowed`` and ``status {code, message}``.
-It never raises, and everything it cannot read is a refusal (fail closed):
+It never raises, and everything it cannot read is a refusal (fail closed). The doors
+(``DOORS``; ``deploy/kubernetes/40-webhook.yaml`` registers exactly these):
 
 - ``pods`` ``CREATE``: a pod whose ``spec.nodeName`` is preset (bypassing the scheduler)
   must name a node the verifier trusts now (:func:`stockade.kube.trust.decide`); every
   image (containers, init containers, ephemeral containers) must be pinned by digest and
   signed under the trust policy (:class:`SignedImageStore`);
-- ``pods/binding`` ``CREATE`` (the scheduler, or anyone, binding a pod to a node): the
-  Binding's ``target`` must be a trusted Node;
-- ``pods`` and ``pods/ephemeralcontainers`` ``UPDATE``: images the update introduces (not
-  in ``oldObject``) must pass the image rule (a pod's images are mutable in place);
-- anything else (DELETE, other resources and subresources) is allowed;
+- ``pods`` ``UPDATE`` (``kubectl set image``) and ``pods/ephemeralcontainers`` ``UPDATE``
+  (``kubectl debug``): every container of the new object whose image is not exactly the
+  one the same container (same list, same name) had in ``oldObject`` must pass the image
+  rule; a container whose image string is unchanged is not restarted by the update, and
+  any change of the string is (so ``nginx`` -> ``docker.io/library/nginx`` is judged). A
+  ``spec.nodeName`` the update changes must name a trusted node;
+- ``pods/binding`` ``CREATE`` and core ``bindings`` ``CREATE``
+  (``POST /api/v1/namespaces/NS/bindings``): the Binding's ``target`` must be a trusted
+  Node;
+- anything else that reaches the webhook (another operation, resource, subresource,
+  group or version) is refused: it is registered for something it does not understand;
 - requests from an exempt namespace or user (the Stockade components themselves, which
   must run before any node is trusted) are allowed with a message saying so.
+
+Image strings are parsed and normalised by :mod:`stockade.images.reference` alone
+(``alpine``, ``docker.io/alpine``, ``index.docker.io/library/alpine`` are one repository).
 """
 
 from __future__ import annotations
@@ -102,11 +112,11 @@ def _string(value: Any, where: str, *, required: bool = True) -> str:
     return read_string(value, where, error=Malformed, empty=not required)
 
 
-def pod_images(pod: Mapping[str, Any], where: str = "pod") -> list[str]:
-    """Every image a pod spec names, in spec order; ``Malformed`` when the spec is not
-    a pod spec."""
+def pod_containers(pod: Mapping[str, Any], where: str = "pod") -> list[tuple[str, str, str]]:
+    """``(list, container name, image)`` for every container a pod spec names, in spec
+    order; ``Malformed`` when the spec is not a pod spec."""
     spec = _object(pod.get("spec"), f"{where}.spec")
-    images: list[str] = []
+    found: list[tuple[str, str, str]] = []
     for name in CONTAINER_FIELDS:
         containers = spec.get(name)
         if containers is None:
@@ -114,9 +124,17 @@ def pod_images(pod: Mapping[str, Any], where: str = "pod") -> list[str]:
         if not isinstance(containers, list):
             raise Malformed(f"{where}.spec.{name} is not a list")
         for index, container in enumerate(containers):
-            entry = _object(container, f"{where}.spec.{name}[{index}]")
-            images.append(_string(entry.get("image"), f"{where}.spec.{name}[{index}].image"))
-    return images
+            at = f"{where}.spec.{name}[{index}]"
+            entry = _object(container, at)
+            image = _string(entry.get("image"), f"{at}.image")
+            found.append((name, _string(entry.get("name"), f"{at}.name", required=False), image))
+    return found
+
+
+def pod_images(pod: Mapping[str, Any], where: str = "pod") -> list[str]:
+    """Every image a pod spec names, in spec order; ``Malformed`` when the spec is not
+    a pod spec."""
+    return [image for _, _, image in pod_containers(pod, where)]
 
 
 def _judge_images(images: Iterable[str], checker: ImageChecker | None) -> str | None:
@@ -136,70 +154,134 @@ def _judge_node(policy: AdmissionPolicy, node: str, what: str) -> str | None:
     return None if trusted else f"{what} names node {node}, which Stockade refuses: {reason}"
 
 
+@dataclass(frozen=True)
+class _Request:
+    operation: str
+    resource: str
+    sub: str
+    namespace: str
+    name: str
+    raw: Mapping[str, Any]
+
+    @property
+    def door(self) -> str:
+        return f"{self.operation} {self.resource}{'/' + self.sub if self.sub else ''}"
+
+
+def _judge_binding(request: _Request, policy: AdmissionPolicy) -> tuple[bool, int, str]:
+    """``pods/binding`` and core ``bindings``: the target Node must be trusted."""
+    obj = _object(request.raw.get("object"), "request.object")
+    kind = obj.get("kind")
+    if kind not in (None, "Binding"):
+        raise Malformed(f"request.object is a {kind!r}, not a Binding")
+    target = _object(obj.get("target"), "Binding.target")
+    if target.get("kind") not in (None, "", "Node"):
+        raise Malformed(f"Binding.target is a {target.get('kind')!r}, not a Node")
+    node = _string(target.get("name"), "Binding.target.name")
+    metadata = _object(obj.get("metadata", {}), "Binding.metadata")
+    pod = _string(metadata.get("name"), "Binding.metadata.name", required=False)
+    pod = pod or request.name
+    refusal = _judge_node(policy, node, f"binding of pod {request.namespace}/{pod}")
+    if refusal is not None:
+        return False, 403, refusal
+    return True, 200, f"binding to node {node} allowed: it is trusted"
+
+
+def _pod_object(value: Any, where: str) -> Mapping[str, Any]:
+    obj = _object(value, where)
+    if obj.get("kind") not in (None, "Pod"):
+        raise Malformed(f"{where} is a {obj.get('kind')!r}, not a Pod")
+    return obj
+
+
+def _node_name(pod: Mapping[str, Any], where: str) -> str:
+    spec = _object(pod.get("spec"), f"{where}.spec")
+    return _string(spec.get("nodeName"), f"{where}.spec.nodeName", required=False)
+
+
+def _judge_pod(request: _Request, policy: AdmissionPolicy) -> tuple[bool, int, str]:
+    """``pods`` ``CREATE``/``UPDATE`` and ``pods/ephemeralcontainers`` ``UPDATE``."""
+    obj = _pod_object(request.raw.get("object"), "request.object")
+    containers = pod_containers(obj, "request.object")
+    node_name = _node_name(obj, "request.object")
+    judged = [image for _, _, image in containers]
+    if request.operation == "UPDATE":
+        old = _pod_object(request.raw.get("oldObject"), "request.oldObject")
+        before = {
+            (field, name): image for field, name, image in pod_containers(old, "request.oldObject")
+        }
+        judged = [
+            image
+            for field, name, image in containers
+            if not name or before.get((field, name)) != image
+        ]
+        if node_name == _node_name(old, "request.oldObject"):
+            node_name = ""
+    refusals = []
+    if node_name:
+        refusal = _judge_node(policy, node_name, "spec.nodeName")
+        if refusal is not None:
+            refusals.append(refusal)
+    image_refusal = _judge_images(judged, policy.images)
+    if image_refusal is not None:
+        refusals.append(image_refusal)
+    what = "pod" if request.operation == "CREATE" else "pod update"
+    if refusals:
+        return False, 403, f"{what} refused: " + "; ".join(refusals)
+    where = f" on trusted node {node_name}" if node_name else ""
+    if policy.images is None:
+        checked = "image rule off"
+    elif request.operation == "CREATE":
+        checked = "images signed"
+    else:
+        checked = f"{len(dict.fromkeys(judged))} new or changed image(s), all signed"
+    return True, 200, f"{what} allowed{where} ({checked})"
+
+
+DOORS: Final[
+    Mapping[tuple[str, str, str], Callable[[_Request, AdmissionPolicy], tuple[bool, int, str]]]
+] = {
+    ("CREATE", "pods", ""): _judge_pod,
+    ("UPDATE", "pods", ""): _judge_pod,
+    ("UPDATE", "pods", "ephemeralcontainers"): _judge_pod,
+    ("CREATE", "pods", "binding"): _judge_binding,
+    ("CREATE", "bindings", ""): _judge_binding,
+}
+"""(operation, core v1 resource, subresource) -> its judge: every door the webhook is
+registered for. Anything else is refused."""
+
+
 def _judge(request: Mapping[str, Any], policy: AdmissionPolicy) -> tuple[bool, int, str]:
     operation = _string(request.get("operation"), "request.operation")
     resource = _object(request.get("resource"), "request.resource")
     group = _string(resource.get("group"), "request.resource.group", required=False)
+    version = _string(resource.get("version"), "request.resource.version", required=False)
     plural = _string(resource.get("resource"), "request.resource.resource")
     sub = _string(request.get("subResource"), "request.subResource", required=False)
     namespace = _string(request.get("namespace"), "request.namespace", required=False)
+    name = _string(request.get("name"), "request.name", required=False)
     user_info = request.get("userInfo")
     username = ""
     if isinstance(user_info, dict):
         username = _string(user_info.get("username"), "userInfo.username", required=False)
 
-    judged_create = operation == "CREATE" and sub in ("", "binding")
-    judged_update = operation == "UPDATE" and sub in ("", "ephemeralcontainers")
-    if group != "" or plural != "pods" or not (judged_create or judged_update):
-        return True, 200, f"Stockade does not judge {operation} {plural}{'/' + sub if sub else ''}"
     exempt = policy.exemptions.reason(namespace, username)
     if exempt is not None:
         return True, 200, exempt
-    obj = _object(request.get("object"), "request.object")
-
-    if sub == "binding":
-        kind = obj.get("kind")
-        if kind not in (None, "Binding"):
-            raise Malformed(f"request.object is a {kind!r}, not a Binding")
-        target = _object(obj.get("target"), "Binding.target")
-        if target.get("kind") not in (None, "", "Node"):
-            raise Malformed(f"Binding.target is a {target.get('kind')!r}, not a Node")
-        node = _string(target.get("name"), "Binding.target.name")
-        metadata = _object(obj.get("metadata", {}), "Binding.metadata")
-        pod = _string(metadata.get("name"), "Binding.metadata.name", required=False)
-        pod = pod or _string(request.get("name"), "request.name", required=False)
-        refusal = _judge_node(policy, node, f"binding of pod {namespace}/{pod}")
-        if refusal is not None:
-            return False, 403, refusal
-        return True, 200, f"binding to node {node} allowed: it is trusted"
-
-    if obj.get("kind") not in (None, "Pod"):
-        raise Malformed(f"request.object is a {obj.get('kind')!r}, not a Pod")
-    images = pod_images(obj, "request.object")
-    if operation == "UPDATE":
-        old = request.get("oldObject")
-        before = set(pod_images(_object(old, "request.oldObject"), "request.oldObject"))
-        new = [image for image in images if image not in before]
-        refusal = _judge_images(new, policy.images)
-        if refusal is not None:
-            return False, 403, f"pod update refused: {refusal}"
-        return True, 200, "pod update allowed: it adds no unsigned image"
-
-    refusals = []
-    spec = _object(obj.get("spec"), "request.object.spec")
-    node_name = _string(spec.get("nodeName"), "spec.nodeName", required=False)
-    if node_name:
-        refusal = _judge_node(policy, node_name, "spec.nodeName")
-        if refusal is not None:
-            refusals.append(refusal)
-    image_refusal = _judge_images(images, policy.images)
-    if image_refusal is not None:
-        refusals.append(image_refusal)
-    if refusals:
-        return False, 403, "pod refused: " + "; ".join(refusals)
-    where = f" on trusted node {node_name}" if node_name else ""
-    checked = "images signed" if policy.images is not None else "image rule off"
-    return True, 200, f"pod allowed{where} ({checked})"
+    parsed = _Request(operation, plural, sub, namespace, name, request)
+    judge = DOORS.get((operation, plural, sub)) if group == "" and version == "v1" else None
+    if judge is None:
+        api = f"{group}/{version}" if group else version or "(no version)"
+        return (
+            False,
+            403,
+            (
+                f"Stockade refuses {parsed.door} ({api}): the webhook is registered for a "
+                "request it does not judge (fail closed); register only pods CREATE/UPDATE, "
+                "pods/ephemeralcontainers UPDATE, pods/binding and bindings CREATE"
+            ),
+        )
+    return judge(parsed, policy)
 
 
 def review(document: Any, policy: AdmissionPolicy) -> dict[str, Any]:
@@ -291,6 +373,10 @@ class SignedImageStore:
                 f"{reference.repository}@sha256:<manifest digest> (tags are mutable)"
             )
         expected = f"{reference.repository}@{reference.digest}"
+        try:
+            self.policy.check_current(datetime.now(UTC))  # an expired policy admits nothing
+        except ImageRejected as error:
+            return False, f"image '{image}' refused: {error}"
         now = time.monotonic()
         with self._lock:
             cached = self._accepted.get(expected)
