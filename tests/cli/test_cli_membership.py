@@ -430,7 +430,7 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
             ChannelSigner(tpm.tcti, AgentState(tmp_path / "agent").channel_key_path),
         )
         released = client.release_secret(joined["node_id"], "cli-tls")
-        keys = client.keys()
+        keys = VerifierKeys.parse(json.dumps(client.keys()).encode(), "the verifier's keys")
     assert released["granted_by"] == "label:role=web"
     assert SealedSecret.from_json(released["sealed"])
 

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from verifier_support import DevAgent, policy_document, read, reader_headers
 
 from stockade.cluster.status import verify_status
+from stockade.statements import VerifierKeys
 from stockade.verifier import VerifierConfig
 from stockade.verifier.clock import SteadyClock
 from stockade.verifier.models import Event
@@ -30,6 +31,12 @@ from stockade.verifier.states import sweep_stale
 from support.verifier_serve import QUOTE_ONLY_APPRAISER, ServedVerifier, ek_ca_files
 
 HOUR = 3600.0
+
+
+def pinned(jwks: bytes) -> VerifierKeys:
+    """The test pins the key set of the verifier it runs (a relying party pins it from a
+    channel it trusts)."""
+    return VerifierKeys.parse(jwks, "the verifier's keys")
 
 
 class FakeTime:
@@ -145,7 +152,7 @@ def test_a_step_back_does_not_extend_trust_status_or_a_nonce(stepped, fake_time,
     # ... its signed status says so ...
     status = api.get(f"/v1/nodes/{node_id}/status").json()
     assert status["trusted"] is False, status
-    keys = api.get("/v1/keys").json()
+    keys = pinned(api.get("/v1/keys").content)
     assert not verify_status(status["statement"], keys, node_id, service.now()).trusted
     # ... the sweeper marks it stale ...
     sweep_stale(service)
@@ -286,7 +293,7 @@ def test_served_verifier_keeps_real_deadlines_across_a_step_back(
             assert node["state"] == "untrusted", node
             status = client.get(f"/v1/nodes/{node_id}/status").json()
             assert status["trusted"] is False, status
-            keys = client.get("/v1/keys").json()
+            keys = pinned(client.get("/v1/keys").content)
             assert not verify_status(status["statement"], keys, node_id, datetime.now(UTC)).trusted
             # Issued after the step back: still dated by real time.
             issued_at = datetime.fromisoformat(

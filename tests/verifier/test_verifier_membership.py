@@ -24,6 +24,7 @@ from stockade.cluster.status import verify_status
 from stockade.errors import VerificationFailed
 from stockade.evidence.duplication import SealedSecret
 from stockade.evidence.templates import KeyKind
+from stockade.statements import VerifierKeys
 from stockade.tpm.device import Tpm
 from stockade.tpm.node_key import certify_node_key, create_node_key
 from stockade.tpm.sealed import SecretRefused, unseal_secret
@@ -198,7 +199,7 @@ def test_stale_node_is_refused_a_certificate(api, software_tpm, clock):
 
 def test_status_is_signed_short_lived_and_follows_the_node(api, software_tpm):
     agent = trusted_node(api, software_tpm, "web-1")
-    keys = api.get("/v1/keys").json()
+    keys = VerifierKeys.parse(api.get("/v1/keys").content, "the verifier's keys")
     good = api.get(f"/v1/nodes/{agent.node_id}/status").json()
     status = verify_status(good["statement"], keys, agent.node_id, datetime.now(UTC))
     assert status.trusted and status.result_id == good["result_id"]

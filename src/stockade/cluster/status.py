@@ -8,8 +8,6 @@ party pinned.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,19 +54,13 @@ def status_claims(
     }
 
 
-def verify_status(
-    token: str, keys: VerifierKeys | Mapping[str, Any], node: str, now: datetime
-) -> NodeStatus:
+def verify_status(token: str, keys: VerifierKeys, node: str, now: datetime) -> NodeStatus:
     """The statement's content once its signature (under the pinned ``keys``), subject and
     validity at ``now`` check out. ``node`` is the node id asked about, or its name (names
-    are never UUIDs). A JWK set given as a mapping is accepted for callers holding one."""
-    pinned = (
-        keys
-        if isinstance(keys, VerifierKeys)
-        else VerifierKeys.parse(json.dumps(dict(keys)).encode(), "verifier JWK set")
-    )
+    are never UUIDs). Only pinned keys (``VerifierKeys``, loaded from what the relying party
+    pinned): a key set fetched with the statement would prove nothing."""
     try:
-        claims = pinned.verify(token, f"node status for {node}", typ=STATUS_TYPE, now=now)
+        claims = keys.verify(token, f"node status for {node}", typ=STATUS_TYPE, now=now)
     except StatementInvalid as error:
         raise VerificationFailed(str(error)) from None
     if claims.get("iss") != ISSUER or not isinstance(claims.get("sub"), str):
