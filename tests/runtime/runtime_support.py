@@ -175,3 +175,27 @@ def _add_blob(layout: Path, data: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     _blob(layout, digest).write_bytes(data)
     return digest
+
+
+def logged_records(node: Node) -> list:
+    """The node's execution log, decoded (empty before the first record)."""
+    from stockade.evidence.cel import parse_cel
+    from stockade.evidence.execution import decode_record
+
+    if not node.log_path.exists():
+        return []
+    return [decode_record(r.content) for r in parse_cel(node.log_path.read_bytes())]
+
+
+def pcr13(tcti: str) -> dict[int, bytes]:
+    """PCR 13 in every active bank of the TPM at ``tcti``."""
+    from stockade.evidence.execution import EXECUTION_PCR
+    from stockade.evidence.pcr_selection import BankSelection, PcrSelection
+    from stockade.tpm.device import Tpm
+
+    with Tpm(tcti) as tpm:
+        algs = [bank.hash_alg for bank in tpm.active_banks().banks]
+        values = tpm.read_pcrs(
+            PcrSelection(tuple(BankSelection(alg, (EXECUTION_PCR,)) for alg in algs))
+        )
+    return {alg: values.banks[alg][EXECUTION_PCR] for alg in algs}

@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from runtime_support import OTHER_REFERENCE, REFERENCE, TAG, Keys, Node, change_layer_byte, sign
+from runtime_support import (
+    OTHER_REFERENCE,
+    REFERENCE,
+    TAG,
+    Keys,
+    Node,
+    change_layer_byte,
+    logged_records,
+    sign,
+)
 from test_oci_hook_podman import (
     SHIPPED,
     _add_to_cache,
@@ -32,7 +41,6 @@ from test_oci_hook_podman import (
     _assert_never_ran,
     _client_args,
     _manifest_digest,
-    _records,
 )
 
 from stockade.agent.oci_hook import HookSettings, serving_hook_requests
@@ -188,7 +196,7 @@ def test_signed_image_runs_under_containerd_and_is_measured(node, containerd, se
     done = containerd.run(node, REFERENCE, "signed")
     assert done.returncode == 0, done.stderr
     assert (node.out / "ran").read_text() == "ran\n"
-    _policy, start = _records(node)
+    _policy, start = logged_records(node)
     assert isinstance(start, ContainerStart)
     assert start.container_id == "signed"
     assert start.image_reference == REFERENCE

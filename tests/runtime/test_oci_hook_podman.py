@@ -32,6 +32,8 @@ from runtime_support import (
     Keys,
     Node,
     change_layer_byte,
+    logged_records,
+    pcr13,
     sign,
 )
 
@@ -47,7 +49,7 @@ from stockade.agent.oci_hook import (
 )
 from stockade.evidence.algorithms import hash_algorithm
 from stockade.evidence.cel import parse_cel
-from stockade.evidence.execution import EXECUTION_PCR, ContainerStart, decode_record
+from stockade.evidence.execution import ContainerStart
 
 pytestmark = [pytest.mark.swtpm, pytest.mark.tools]
 
@@ -245,27 +247,8 @@ def other_layout(image_layout: Path, tmp_path: Path) -> Path:
     return other
 
 
-def _records(node: Node) -> list:
-    if not node.log_path.exists():
-        return []
-    return [decode_record(r.content) for r in parse_cel(node.log_path.read_bytes())]
-
-
-def _pcr13(tcti: str) -> dict[int, bytes]:
-    from stockade.evidence.pcr_selection import BankSelection, PcrSelection
-    from stockade.tpm.device import Tpm
-
-    with Tpm(tcti) as tpm:
-        banks = tpm.active_banks()
-        selection = PcrSelection(
-            tuple(BankSelection(b.hash_alg, (EXECUTION_PCR,)) for b in banks.banks)
-        )
-        values = tpm.read_pcrs(selection)
-    return {b.hash_alg: values.get(b.hash_alg, EXECUTION_PCR) for b in banks.banks}
-
-
 def _assert_log_matches_tpm(node: Node) -> None:
-    pcrs = _pcr13(node.tcti)
+    pcrs = pcr13(node.tcti)
     records = parse_cel(node.log_path.read_bytes())
     for alg, value in pcrs.items():
         hasher = hash_algorithm(alg)
@@ -279,13 +262,13 @@ def _assert_refused(done: subprocess.CompletedProcess[str], node: Node, why: str
     assert done.returncode != 0, "podman ran a container the hook should refuse"
     assert why in done.stderr, done.stderr
     assert not (node.out / "ran").exists(), "the refused container ran"
-    assert not any(isinstance(r, ContainerStart) for r in _records(node))
+    assert not any(isinstance(r, ContainerStart) for r in logged_records(node))
 
 
 def _assert_never_ran(done: subprocess.CompletedProcess[str], node: Node, why: str) -> None:
     _assert_refused(done, node, why)
-    assert _records(node) == []
-    assert all(v == bytes(len(v)) for v in _pcr13(node.tcti).values()), "PCR 13 was extended"
+    assert logged_records(node) == []
+    assert all(v == bytes(len(v)) for v in pcr13(node.tcti).values()), "PCR 13 was extended"
 
 
 def _manifest_digest(layout: Path) -> str:
@@ -303,7 +286,7 @@ def test_signed_image_runs_under_podman_and_is_measured(
     done = podman.run(node, REFERENCE, name="signed")
     assert done.returncode == 0, done.stderr
     assert (node.out / "ran").read_text() == "ran\n"
-    policy_record, start = _records(node)
+    policy_record, start = logged_records(node)
     assert isinstance(start, ContainerStart)
     assert start.image_reference == REFERENCE
     assert start.manifest_digest == _manifest_digest(image_layout)
@@ -351,12 +334,12 @@ def test_signed_annotations_on_an_unsigned_image_never_run(
 def test_revoked_signer_never_runs_under_podman(node, keys: Keys, podman, serving, signed):
     assert podman.run(node, REFERENCE).returncode == 0
     (node.out / "ran").unlink()
-    before = _records(node)
+    before = logged_records(node)
     node.write_policy(Keys(keys.org, keys.rogue, keys.build))  # build's key no longer trusted
     done = podman.run(node, REFERENCE)
     assert done.returncode != 0 and not (node.out / "ran").exists()
     assert "untrusted-key" in done.stderr, done.stderr
-    assert _records(node) == before
+    assert logged_records(node) == before
 
 
 def test_storage_record_naming_another_image_is_refused(
@@ -457,5 +440,5 @@ def test_concurrent_podman_starts_keep_log_and_pcr_in_step(node, podman, serving
     for thread in threads:
         thread.join()
     assert results == [0, 0, 0, 0]
-    assert sum(isinstance(r, ContainerStart) for r in _records(node)) == 4
+    assert sum(isinstance(r, ContainerStart) for r in logged_records(node)) == 4
     _assert_log_matches_tpm(node)

@@ -15,22 +15,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runtime_support import POLICY_PREFIX, REFERENCE, TAG, Keys, Node, sign
+from runtime_support import POLICY_PREFIX, REFERENCE, TAG, Keys, Node, logged_records, pcr13, sign
 
 from stockade.agent.run import BindMount, ContainerRefused, run_image
 from stockade.appraisal.executions import appraise_executions
 from stockade.appraisal.policy import parse_executions
-from stockade.evidence.cel import parse_cel
 from stockade.evidence.execution import (
-    EXECUTION_PCR,
     ContainerStart,
     TrustPolicyLoaded,
-    decode_record,
 )
-from stockade.evidence.pcr_selection import BankSelection, PcrSelection
 from stockade.images import sign_trust_policy
 from stockade.release.keys import public_pem
-from stockade.tpm.device import Tpm
 
 pytestmark = pytest.mark.swtpm
 
@@ -72,21 +67,6 @@ def _run(node: Node, layout: Path, tmp_path: Path, name: str) -> int:
     )
 
 
-def _records(node: Node) -> list:
-    if not node.log_path.exists():
-        return []
-    return [decode_record(r.content) for r in parse_cel(node.log_path.read_bytes())]
-
-
-def _pcr13(tcti: str) -> dict[int, bytes]:
-    with Tpm(tcti) as tpm:
-        algs = [bank.hash_alg for bank in tpm.active_banks().banks]
-        values = tpm.read_pcrs(
-            PcrSelection(tuple(BankSelection(alg, (EXECUTION_PCR,)) for alg in algs))
-        )
-    return {alg: values.banks[alg][EXECUTION_PCR] for alg in algs}
-
-
 @pytest.fixture
 def old_ci_layout(image_layout: Path, keys: Keys) -> Path:
     """The probe image signed only by old-ci."""
@@ -123,7 +103,7 @@ def test_the_reviews_rollback_is_refused_within_the_boot(
     assert "rolled-back trust policy is refused" in reason
     assert not (node.out / "rolled-back").exists(), "the old-ci image ran"
     assert node.log_path.read_bytes() == before  # nothing appended, nothing extended
-    records = _records(node)
+    records = logged_records(node)
     assert [(type(r).__name__, getattr(r, "serial", None)) for r in records] == [
         ("TrustPolicyLoaded", 1),
         ("ContainerStart", None),
@@ -135,7 +115,7 @@ def test_the_reviews_rollback_is_refused_within_the_boot(
     with pytest.raises(ContainerRefused, match="serial 1, older than serial 2"):
         _run(node, build_layout, tmp_path, "build-under-1")
     # The log, the node's memory of serial 2, still replays to PCR 13.
-    quoted = _pcr13(node.tcti)
+    quoted = pcr13(node.tcti)
     assert appraise_executions(None, 0, 0, before, quoted, parse_executions({})).ok
 
 
@@ -147,7 +127,7 @@ def test_another_policy_with_the_same_serial_is_refused(node, keys: Keys, build_
         _run(node, build_layout, tmp_path, "same-serial")
     install(node, keys, trust_policy(keys, 3, old_ci=False))
     assert _run(node, build_layout, tmp_path, "newer") == 0
-    loads = [r.serial for r in _records(node) if isinstance(r, TrustPolicyLoaded)]
+    loads = [r.serial for r in logged_records(node) if isinstance(r, TrustPolicyLoaded)]
     assert loads == [2, 3]
 
 
@@ -174,8 +154,8 @@ def test_an_expired_policy_is_refused(node, keys: Keys, build_layout, tmp_path):
     assert "serial 5) expired at 2020-01-01T00:00:00Z" in refused.value.reason
     assert "no container starts under an expired policy" in refused.value.reason
     assert not (node.out / "expired").exists()
-    assert _records(node) == []
-    assert all(value == bytes(len(value)) for value in _pcr13(node.tcti).values())
+    assert logged_records(node) == []
+    assert all(value == bytes(len(value)) for value in pcr13(node.tcti).values())
 
 
 def test_expiry_is_checked_at_each_start(node, keys: Keys, build_layout, tmp_path):
@@ -203,12 +183,12 @@ def test_after_a_reboot_the_verifier_sees_the_old_serial(
     software_tpm.power_cycle()  # a reboot: PCR 13 zero, the log (in /run) empty
     install(node, keys, trust_policy(keys, 1, old_ci=True))
     assert _run(node, old_ci_layout, tmp_path, "after-reboot") == 0
-    loaded, start = _records(node)
+    loaded, start = logged_records(node)
     assert isinstance(loaded, TrustPolicyLoaded) and loaded.serial == 1
     assert isinstance(start, ContainerStart) and start.trust_policy_digest == loaded.digest
     requirement = parse_executions({"trust_policy": {"min_serial": 2}})
     result = appraise_executions(
-        None, 1, 0, node.log_path.read_bytes(), _pcr13(node.tcti), requirement
+        None, 1, 0, node.log_path.read_bytes(), pcr13(node.tcti), requirement
     )
     assert not result.ok
     assert result.refused_policy == (0, 1)

@@ -23,6 +23,8 @@ from runtime_support import (
     Node,
     change_blob_byte_in_place,
     change_layer_byte,
+    logged_records,
+    pcr13,
     policy_document,
     sign,
 )
@@ -42,7 +44,6 @@ from stockade.evidence.execution import (
     EXECUTION_PCR,
     ContainerStart,
     TrustPolicyLoaded,
-    decode_record,
 )
 from stockade.images import sign_trust_policy
 
@@ -67,25 +68,6 @@ def _run(node: Node, layout: Path, tmp_path: Path, name: str, **kwargs) -> int:
     )
 
 
-def _records(node: Node) -> list:
-    if not node.log_path.exists():
-        return []
-    return [decode_record(r.content) for r in parse_cel(node.log_path.read_bytes())]
-
-
-def _pcr13(tcti: str) -> dict[int, bytes]:
-    from stockade.evidence.pcr_selection import BankSelection, PcrSelection
-    from stockade.tpm.device import Tpm
-
-    with Tpm(tcti) as tpm:
-        banks = tpm.active_banks()
-        selection = PcrSelection(
-            tuple(BankSelection(b.hash_alg, (EXECUTION_PCR,)) for b in banks.banks)
-        )
-        values = tpm.read_pcrs(selection)
-    return {b.hash_alg: values.get(b.hash_alg, EXECUTION_PCR) for b in banks.banks}
-
-
 def _replay(node: Node, algorithms: list[int]) -> dict[int, bytes]:
     records = parse_cel(node.log_path.read_bytes()) if node.log_path.exists() else ()
     result = {}
@@ -102,13 +84,13 @@ def _replay(node: Node, algorithms: list[int]) -> dict[int, bytes]:
 
 def _assert_never_ran(node: Node) -> None:
     assert not (node.out / "ran").exists(), "the refused container ran"
-    assert _records(node) == []
-    pcrs = _pcr13(node.tcti)
+    assert logged_records(node) == []
+    pcrs = pcr13(node.tcti)
     assert all(value == bytes(len(value)) for value in pcrs.values()), "PCR 13 was extended"
 
 
 def _assert_log_matches_tpm(node: Node) -> None:
-    pcrs = _pcr13(node.tcti)
+    pcrs = pcr13(node.tcti)
     assert pcrs == _replay(node, list(pcrs))
     assert all(value != bytes(len(value)) for value in pcrs.values())
 
@@ -118,7 +100,7 @@ def test_signed_image_runs_and_is_measured(node, keys: Keys, image_layout, tmp_p
     assert _run(node, image_layout, tmp_path, "signed-1") == 0
     assert (node.out / "ran").read_text() == "ran\n"
 
-    policy_record, start = _records(node)
+    policy_record, start = logged_records(node)
     assert isinstance(policy_record, TrustPolicyLoaded)
     assert isinstance(start, ContainerStart)
     manifest = json.loads((image_layout / "index.json").read_text())["manifests"][0]
@@ -140,7 +122,7 @@ def test_policy_measured_again_only_when_it_changes(node, keys: Keys, image_layo
     assert _run(node, image_layout, tmp_path, "p-2", args=("/probe",)) == 0
     node.write_policy(keys, prefix="registry.example")  # a different policy, same key
     assert _run(node, image_layout, tmp_path, "p-3", args=("/probe",)) == 0
-    kinds = [type(r).__name__ for r in _records(node)]
+    kinds = [type(r).__name__ for r in logged_records(node)]
     assert kinds == [
         "TrustPolicyLoaded",
         "ContainerStart",
@@ -148,7 +130,7 @@ def test_policy_measured_again_only_when_it_changes(node, keys: Keys, image_layo
         "TrustPolicyLoaded",
         "ContainerStart",
     ]
-    first, _, _, second, last = _records(node)
+    first, _, _, second, last = logged_records(node)
     assert first.digest != second.digest == last.trust_policy_digest
     _assert_log_matches_tpm(node)
 
@@ -156,7 +138,10 @@ def test_policy_measured_again_only_when_it_changes(node, keys: Keys, image_layo
 def test_container_exit_status_is_returned(node, keys: Keys, image_layout, tmp_path):
     sign(image_layout, REFERENCE, keys.build)
     assert _run(node, image_layout, tmp_path, "exit-7", args=("/probe", "exit", "7")) == 7
-    assert [type(r).__name__ for r in _records(node)] == ["TrustPolicyLoaded", "ContainerStart"]
+    assert [type(r).__name__ for r in logged_records(node)] == [
+        "TrustPolicyLoaded",
+        "ContainerStart",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -274,7 +259,7 @@ def test_without_hook_the_container_runs_unmeasured(node, keys: Keys, image_layo
         )
         assert run_bundle(bundle, "no-hook", runc_root=tmp_path / "runc") == 0
     assert (node.out / "ran").exists()
-    assert _records(node) == []
+    assert logged_records(node) == []
 
 
 # -- the fast path: a tiny hook client and the admission server --------------------------------
@@ -292,8 +277,11 @@ def test_agent_socket_admits_and_refuses(node, keys: Keys, image_layout, tmp_pat
         sign(image_layout, REFERENCE, keys.build)
         assert _run(node, image_layout, tmp_path, "sock-signed", settings=settings) == 0
     assert (node.out / "ran").exists()
-    assert [type(r).__name__ for r in _records(node)] == ["TrustPolicyLoaded", "ContainerStart"]
-    assert _records(node)[1].container_id == "sock-signed"
+    assert [type(r).__name__ for r in logged_records(node)] == [
+        "TrustPolicyLoaded",
+        "ContainerStart",
+    ]
+    assert logged_records(node)[1].container_id == "sock-signed"
     _assert_log_matches_tpm(node)
 
 
@@ -322,9 +310,9 @@ def test_concurrent_starts_keep_log_and_pcr_in_step(node, keys: Keys, image_layo
             pool.map(lambda n: _run(node, image_layout, tmp_path, n, args=("/probe",)), names)
         )
     assert statuses == [0] * len(names)
-    starts = [r for r in _records(node) if isinstance(r, ContainerStart)]
+    starts = [r for r in logged_records(node) if isinstance(r, ContainerStart)]
     assert sorted(r.container_id for r in starts) == names
-    assert [type(r).__name__ for r in _records(node)].count("TrustPolicyLoaded") == 1
+    assert [type(r).__name__ for r in logged_records(node)].count("TrustPolicyLoaded") == 1
     _assert_log_matches_tpm(node)
 
 

@@ -320,6 +320,9 @@ def membership_story(
                 console.print(f"   the verifier releases nothing: {error.status} {error.code}")
             else:
                 raise ClusterStoryFailed("the compromised node-a received the secret again")
+        # The agent stops first: a software TPM has no resource manager, so its objects and
+        # ours would compete for the TPM's few transient slots (TPM_RC_OBJECT_MEMORY).
+        agent.stop()
         try:
             with Tpm(tpm_a.tcti) as tpm:
                 unseal_secret(tpm, membership.ek_kind(), kept, membership.channel_key())
@@ -330,7 +333,6 @@ def membership_story(
             )
         else:
             raise ClusterStoryFailed("node-a's TPM unsealed the secret after its PCRs changed")
-        agent.stop()
         verifier.stop()
         outcome.log_files = [
             verifier.log_path,
