@@ -165,6 +165,13 @@ def test_verifier_deployment_is_replicated_over_postgresql():
     assert any(a.startswith("--kek-file=") for a in container["args"])
     kek = {v["name"]: v for v in spec["volumes"]}["kek"]
     assert kek["secret"]["secretName"] == "stockade-verifier-kek"
+    # The EK CA bundle is mounted and read: without it no real TPM could enroll.
+    assert "--ek-ca-dir=/etc/stockade/ek-roots" in container["args"]
+    roots = {v["name"]: v for v in spec["volumes"]}["ek-roots"]
+    assert roots["configMap"]["name"] == "stockade-ek-roots"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["ek-roots"]["mountPath"] == "/etc/stockade/ek-roots"
+    assert mounts["ek-roots"]["readOnly"] is True
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/health"
     assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
 

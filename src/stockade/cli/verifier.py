@@ -19,6 +19,7 @@ from stockade.verifier.config import (
     DEFAULT_PORT,
     EnrollmentMode,
     VerifierConfig,
+    ca_directory_files,
     load_allowlist,
     load_ca_files,
 )
@@ -64,6 +65,14 @@ def serve(
     ek_ca: Annotated[
         list[Path] | None,
         typer.Option(help="trusted TPM vendor CA certificates (PEM/DER; roots+intermediates)"),
+    ] = None,
+    ek_ca_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ek-ca-dir",
+            help="a bundle of TPM vendor and cloud vTPM EK CA certificates: every .pem, .crt, "
+            ".cer and .der file under the directory (repeatable; docs/real-hardware.md)",
+        ),
     ] = None,
     ek_allowlist: Annotated[
         Path | None,
@@ -131,6 +140,8 @@ def serve(
 
     directory = data_dir or stockade_home() / "verifier"
     ca_files = list(ek_ca or [])
+    for bundle in ek_ca_dir or ():
+        ca_files += ca_directory_files(bundle)
     development = not ca_files
     if development:
         ca_files = _development_ek_ca()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -132,6 +133,49 @@ def load_ca_files(paths: Sequence[Path]) -> tuple[list[x509.Certificate], list[x
         for cert in certs:
             (roots if _self_signed(cert) else intermediates).append(cert)
     return roots, intermediates
+
+
+# What a bundle of EK CA certificates holds: vendors publish PEM (.pem, .crt) and DER (.cer,
+# .der, .crt); anything else in the directory (a README, a signature) is not read.
+CA_SUFFIXES = frozenset((".pem", ".crt", ".cer", ".der"))
+
+
+def ca_directory_files(directory: Path) -> list[Path]:
+    """The certificate files of an EK CA bundle directory (``--ek-ca-dir``), searched
+    recursively in a stable order. The roots decide which TPMs are genuine, so a directory or
+    file others may write is refused (group write only for this process's own group, as a
+    Kubernetes ``fsGroup`` volume has), and so is a bundle with no certificate at all."""
+    try:
+        if not directory.is_dir():
+            raise ConfigurationError(f"--ek-ca-dir {directory} is not a directory")
+        # Hidden entries are skipped: a Kubernetes ConfigMap volume keeps its files in
+        # "..<timestamp>/" behind the visible symlinks, which are what is read.
+        found = sorted(
+            path
+            for path in directory.rglob("*")
+            if path.suffix.lower() in CA_SUFFIXES
+            and path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(directory).parts)
+        )
+        for path in [directory, *{p.parent for p in found}, *found]:
+            _refuse_writable_by_others(path)
+    except OSError as error:
+        raise ConfigurationError(f"cannot read the EK CA bundle {directory}: {error}") from None
+    if not found:
+        raise ConfigurationError(
+            f"--ek-ca-dir {directory} holds no certificate file "
+            f"({', '.join(sorted(CA_SUFFIXES))}): every enrollment would be refused"
+        )
+    return found
+
+
+def _refuse_writable_by_others(path: Path) -> None:
+    status = path.stat()  # through symlinks: what is read is what counts
+    if status.st_mode & 0o002 or (status.st_mode & 0o020 and status.st_gid != os.getegid()):
+        raise ConfigurationError(
+            f"EK CA bundle: {path} is writable by others (mode {status.st_mode & 0o777:04o}): "
+            "whoever can write it decides which TPMs are genuine"
+        )
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
