@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from uuid import UUID
 
 import typer
 
+from stockade.appraisal.uki import BANKS, BOOT_PHASES, measure_json, predict_pcr11, uki_sections
 from stockade.cli._input import emit_json, parse_hex, read_file
 from stockade.cli.options import FormatOption, OutputFormat
 from stockade.errors import InputError, VerificationFailed
@@ -205,3 +207,34 @@ def verify(
     checked = " and its artifacts" if artifacts is not None else ""
     typer.echo(f"release {manifest.name} {manifest.version} (security version "
                f"{manifest.security_version}){checked} valid")  # fmt: skip
+
+
+@app.command("predict-uki")
+def predict_uki(
+    uki: Annotated[Path, typer.Argument(metavar="UKI", help="unified kernel image (.efi)")],
+    bank: Annotated[
+        list[str] | None,
+        typer.Option(help="PCR bank: sha1, sha256, sha384, sha512; repeatable [default: all]"),
+    ] = None,
+    phase: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="boot phase, words joined by ':'; repeatable [default: the four phases "
+            "systemd-pcrphase extends]"
+        ),
+    ] = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Predict PCR 11 of UKI at each boot phase as systemd-stub and systemd-pcrphase
+    (systemd 252) extend it; ``--format json`` prints what ``systemd-measure calculate
+    --json=short`` prints for the UKI's sections."""
+    sections = uki_sections(read_file(uki, "unified kernel image"))
+    banks = sorted({name.lower() for name in bank} if bank else set(BANKS))
+    predictions = {name: predict_pcr11(sections, name, phase or BOOT_PHASES) for name in banks}
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(measure_json(predictions), separators=(",", ":"), ensure_ascii=False))
+        return
+    for label in predictions[banks[0]]:
+        typer.echo(f"# PCR[11] Phase <{label}>", err=True)
+        for name in banks:
+            typer.echo(f"11:{name}={predictions[name][label].hex()}")

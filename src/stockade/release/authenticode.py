@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import NamedTuple
 
 from stockade.release.errors import NotPeImage
 
@@ -26,6 +27,7 @@ _SECTION_HEADER_SIZE = 40
 _PE32_MAGIC = 0x10B
 _PE32_PLUS_MAGIC = 0x20B
 _CHECKSUM_OFFSET = 64  # in the optional header, PE32 and PE32+ alike
+_SIZE_OF_IMAGE_OFFSET = 56
 _SIZE_OF_HEADERS_OFFSET = 60
 # NumberOfRvaAndSizes, then the data directories, per optional header magic
 _DIRECTORY_OFFSETS = {_PE32_MAGIC: 92, _PE32_PLUS_MAGIC: 108}
@@ -44,9 +46,28 @@ def _u32(image: bytes, offset: int, field: str) -> int:
     return int.from_bytes(image[offset : offset + 4], "little")
 
 
-def authenticode_digest(image: bytes, algorithm: str = "sha256") -> bytes:
-    """The Authenticode digest of ``image``; ``NotPeImage`` names the field when it is not
-    a PE/COFF image or its headers point outside the file."""
+class PeSection(NamedTuple):
+    """One section header: its 8-byte name (NUL padding kept) and where its data lies."""
+
+    name: bytes
+    virtual_size: int
+    virtual_address: int
+    raw_size: int
+    raw_pointer: int
+    header_offset: int
+
+
+class _Headers(NamedTuple):
+    checksum: int
+    size_of_headers: int
+    size_of_image: int
+    directory_count: int
+    directories: int
+    section_table: int
+    section_count: int
+
+
+def _headers(image: bytes) -> _Headers:
     if image[:2] != _DOS_MAGIC:
         raise NotPeImage("no 'MZ' DOS header", 0)
     pe_offset = _u32(image, _E_LFANEW_OFFSET, "e_lfanew")
@@ -60,7 +81,7 @@ def authenticode_digest(image: bytes, algorithm: str = "sha256") -> bytes:
     magic = _u16(image, optional, "optional header magic")
     if magic not in _DIRECTORY_OFFSETS:
         raise NotPeImage(f"optional header magic 0x{magic:04x} is neither PE32 nor PE32+", optional)
-    checksum = optional + _CHECKSUM_OFFSET
+    size_of_image = _u32(image, optional + _SIZE_OF_IMAGE_OFFSET, "SizeOfImage")
     size_of_headers = _u32(image, optional + _SIZE_OF_HEADERS_OFFSET, "SizeOfHeaders")
     directory_count_at = optional + _DIRECTORY_OFFSETS[magic]
     directory_count = _u32(image, directory_count_at, "NumberOfRvaAndSizes")
@@ -72,6 +93,51 @@ def authenticode_digest(image: bytes, algorithm: str = "sha256") -> bytes:
         raise NotPeImage("section table extends past SizeOfHeaders", section_table)
     if size_of_headers > len(image):
         raise NotPeImage(f"SizeOfHeaders {size_of_headers} exceeds the file size", optional + 60)
+    return _Headers(
+        optional + _CHECKSUM_OFFSET,
+        size_of_headers,
+        size_of_image,
+        directory_count,
+        directories,
+        section_table,
+        section_count,
+    )
+
+
+def pe_sections(image: bytes) -> tuple[PeSection, ...]:
+    """The section headers of ``image`` in table order; ``NotPeImage`` when the headers do
+    not hold or a section's raw data lies outside the file."""
+    headers = _headers(image)
+    sections = []
+    for index in range(headers.section_count):
+        at = headers.section_table + index * _SECTION_HEADER_SIZE
+        name = image[at : at + 8]
+        virtual_size, virtual_address, raw_size, raw_pointer = struct.unpack_from(
+            "<IIII", image, at + 8
+        )
+        if raw_size and raw_pointer + raw_size > len(image):
+            raise NotPeImage(f"section {index} raw data extends past the end of file", at)
+        sections.append(PeSection(name, virtual_size, virtual_address, raw_size, raw_pointer, at))
+    return tuple(sections)
+
+
+def pe_image_size(image: bytes) -> tuple[int, int]:
+    """``(SizeOfHeaders, SizeOfImage)`` of ``image``: the loader maps the headers, then
+    each section at its virtual address, into ``SizeOfImage`` bytes."""
+    headers = _headers(image)
+    return headers.size_of_headers, headers.size_of_image
+
+
+def authenticode_digest(image: bytes, algorithm: str = "sha256") -> bytes:
+    """The Authenticode digest of ``image``; ``NotPeImage`` names the field when it is not
+    a PE/COFF image or its headers point outside the file."""
+    headers = _headers(image)
+    checksum = headers.checksum
+    size_of_headers = headers.size_of_headers
+    directory_count = headers.directory_count
+    directories = headers.directories
+    section_table = headers.section_table
+    section_count = headers.section_count
 
     digest = hashlib.new(algorithm)
     view = memoryview(image)
