@@ -3,7 +3,11 @@
 - parse + replay of each fixture log (../shared/fixtures/eventlogs, when present), and
   ``tpm2_eventlog`` on the same log in the same run, as a ratio;
 - parse + replay of a synthetic 100-event crypto-agile log (sha1 + sha256) built with the
-  typed encoders: the target is <= 300 us. Parse and replay are also timed apart.
+  typed encoders: the target is <= 300 us. Parse and replay are also timed apart;
+- golden-machine policies (``appraisal/captured.py``) on the 99-event real shim + GRUB log
+  (../shared/fixtures/real-machines, when present): ``stockade appraise`` in process (parse,
+  verify against the PCRs, compare), the comparison alone, the capture, and each fixture
+  log's policy size as YAML.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from bench.timing import Row, median_seconds
+from stockade.appraisal.captured import (
+    appraise_captured,
+    capture_policy,
+    parse_captured_policy,
+    self_replayed,
+)
 from stockade.evidence.event_data import (
     FirmwareBlobData,
     ImageLoadData,
@@ -32,9 +44,11 @@ from stockade.evidence.eventlog import (
     SpecIdEvent,
     parse_event_log,
 )
-from stockade.evidence.replay import replay
+from stockade.evidence.replay import replay, verify_log
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "eventlogs"
+REAL_MACHINES = FIXTURES.parent / "real-machines"
+GOLDEN_LOG = "keylime-shim-grub-secureboot"  # 99 events, sha256, PCRs 0-9 and 14
 SHA1, SHA256 = 0x0004, 0x000B
 TARGET_US = 300.0
 
@@ -109,8 +123,73 @@ def tpm2_eventlog_seconds(path: Path, rounds: int) -> float:
     return median_seconds(action, rounds)
 
 
+def captured_policy_rows(rounds: int) -> list[Row]:
+    """``stockade appraise`` in process on the 99-event real log (200 rounds at least), its
+    comparison alone, the capture (to YAML), and the policy's YAML size per fixture log."""
+    if not REAL_MACHINES.is_dir():
+        return []
+    data = (REAL_MACHINES / f"{GOLDEN_LOG}.bin").read_bytes()
+    log = parse_event_log(data)
+    quoted = self_replayed(log)
+    verified = verify_log(log, quoted)
+    policy = capture_policy(verified, "golden")
+    rounds = max(rounds, 200)
+
+    def appraise_log() -> None:
+        result = appraise_captured(policy, verify_log(parse_event_log(data), quoted))
+        assert not result.findings
+
+    def capture() -> str:
+        parsed = parse_event_log(data)
+        captured = capture_policy(verify_log(parsed, self_replayed(parsed)), "golden")
+        return _yaml(captured.to_document())
+
+    text = capture()
+
+    def load_and_appraise() -> None:
+        loaded = parse_captured_policy(yaml.load(text, Loader=yaml.CSafeLoader))
+        assert not appraise_captured(loaded, verify_log(parse_event_log(data), quoted)).findings
+
+    events = len(log.events)
+    rows: list[Row] = [
+        (
+            f"stockade appraise {GOLDEN_LOG} ({events} events): parse+verify+compare",
+            median_seconds(appraise_log, rounds, inner=_inner(appraise_log)) * 1e6,
+            "us",
+        ),
+        (
+            "  compare only (appraise_captured)",
+            median_seconds(
+                lambda: appraise_captured(policy, verified),
+                rounds,
+                inner=_inner(lambda: appraise_captured(policy, verified)),
+            )
+            * 1e6,
+            "us",
+        ),
+        ("  with the policy's YAML loaded and read each time", median_seconds(
+            load_and_appraise, max(rounds // 10, 20)) * 1e6, "us"),
+        (f"policy capture {GOLDEN_LOG}: parse+verify+capture+YAML", median_seconds(
+            capture, max(rounds // 10, 20)) * 1e6, "us"),
+    ]  # fmt: skip
+    paths = sorted(REAL_MACHINES.glob("*.bin"))
+    if FIXTURES.is_dir():
+        paths += sorted(FIXTURES.glob("*.bin"))
+    for path in paths:
+        parsed = parse_event_log(path.read_bytes())
+        captured = capture_policy(verify_log(parsed, self_replayed(parsed)), path.stem)
+        size = len(_yaml(captured.to_document()).encode())
+        rows.append((f"  policy YAML {path.stem}", size / 1024, "KiB"))
+    return rows
+
+
+def _yaml(document: object) -> str:
+    """As ``stockade policy capture`` writes it."""
+    return yaml.dump(document, Dumper=yaml.CSafeDumper, sort_keys=False, width=100)
+
+
 def run(rounds: int) -> list[Row]:
-    rows: list[Row] = []
+    rows: list[Row] = captured_policy_rows(rounds)
     data = synthetic_log(100)
     log = parse_event_log(data)
     both = parse_and_replay_seconds(data, rounds)

@@ -70,6 +70,11 @@ COMMANDS: dict[str, _Entry] = {
     ),
     "results": _Entry("stockade.cli.results", "app", "Attestation results (EAR) of nodes."),
     "policy": _Entry("stockade.cli.policy", "app", "Appraisal policies (versioned documents)."),
+    "appraise": _Entry(
+        "stockade.cli.appraise",
+        "appraise",
+        "Appraise an event log offline against a captured golden-machine policy.",
+    ),
     "secrets": _Entry("stockade.cli.secrets", "app", "Secrets released only to attested nodes."),
     "verifier": _Entry("stockade.cli.verifier", "app", "The verifier service."),
     "kube": _Entry(

@@ -1,4 +1,5 @@
-"""``stockade policy apply|show|list``: appraisal policy documents at the verifier."""
+"""``stockade policy apply|show|list``: appraisal policy documents at the verifier;
+``stockade policy capture``: a golden-machine policy from a known-good event log, offline."""
 
 from __future__ import annotations
 
@@ -54,6 +55,41 @@ def apply(
         emit_json(stored)
         return
     Console().print(f"policy {stored.get('id', document['id'])} version {stored.get('version')}")
+
+
+@app.command("capture")
+def capture(
+    event_log: Annotated[Path, typer.Option("--event-log", help="known-good TCG event log")],
+    policy_id: Annotated[str, typer.Option("--id", help="the policy's id")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the policy (YAML)")],
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
+) -> None:
+    """Capture a golden-machine policy from a known-good event log (written as YAML).
+
+    For each PCR the log measures (0-9, 11-14), its trusted events in order with their
+    digests, what each measured, and the PCR's value. `stockade appraise` checks logs
+    against it.
+    """
+    from stockade.appraisal.captured import capture_policy, self_replayed
+    from stockade.evidence.eventlog import parse_event_log
+    from stockade.evidence.replay import verify_log
+    from stockade.home import create_exclusive, write_atomic
+
+    log = parse_event_log(read_file(event_log, "event log"))
+    captured = capture_policy(verify_log(log, self_replayed(log)), policy_id)
+    text = yaml.dump(captured.to_document(), Dumper=yaml.CSafeDumper, sort_keys=False, width=100)
+    try:
+        if force:
+            write_atomic(out, text)
+        elif not create_exclusive(out, text.encode()):
+            raise InputError(f"'{out}' exists; pass --force to replace it")
+    except OSError as error:
+        raise InputError(f"cannot write policy '{out}': {error.strerror or error}") from None
+    events = sum(len(pcr.events) for pcr in captured.pcrs.values())
+    print(
+        f"policy {policy_id}: {events} events in PCRs "
+        f"{', '.join(map(str, sorted(captured.pcrs)))} written to {out}"
+    )
 
 
 @app.command("show")
