@@ -46,22 +46,9 @@ from stockade.evidence.eventlog import (
 )
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.replay import VerifiedEventLog, verify_log
+from support.fixtures import EVENT_LOGS, SHARED
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-LOGS = {
-    "event-arch-linux": "eventlogs",
-    "event-bootorder": "eventlogs",
-    "event-gce-ubuntu-2104-log": "eventlogs",
-    "event-moklisttrusted": "eventlogs",
-    "event-postcode": "eventlogs",
-    "event-sd-boot-fedora37": "eventlogs",
-    "event-uefi-sha1-log": "eventlogs",
-    "event-uefiaction": "eventlogs",
-    "event-uefiservices": "eventlogs",
-    "event-uefivar": "eventlogs",
-    "keylime-shim-grub": "real-machines",
-    "keylime-shim-grub-secureboot": "real-machines",
-}
+LOGS = EVENT_LOGS
 NAMES = list(LOGS)
 
 

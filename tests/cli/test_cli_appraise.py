@@ -24,24 +24,11 @@ from stockade.evidence.algorithms import HASHES
 from stockade.evidence.event_data import UefiVariableData, decode
 from stockade.evidence.eventlog import EventLog, EventType, parse_event_log
 from support.cli import run_stockade
+from support.fixtures import EVENT_LOGS, SHARED
 
 pytestmark = pytest.mark.tools
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-LOGS = {
-    "event-arch-linux": "eventlogs",
-    "event-bootorder": "eventlogs",
-    "event-gce-ubuntu-2104-log": "eventlogs",
-    "event-moklisttrusted": "eventlogs",
-    "event-postcode": "eventlogs",
-    "event-sd-boot-fedora37": "eventlogs",
-    "event-uefi-sha1-log": "eventlogs",
-    "event-uefiaction": "eventlogs",
-    "event-uefiservices": "eventlogs",
-    "event-uefivar": "eventlogs",
-    "keylime-shim-grub": "real-machines",
-    "keylime-shim-grub-secureboot": "real-machines",
-}
+LOGS = EVENT_LOGS
 NAMES = list(LOGS)
 REAL = "keylime-shim-grub-secureboot"
 
