@@ -94,7 +94,9 @@ class Node:
     out: Path
     """Bind-mounted into containers at /out."""
 
-    def settings(self, tcti: str | None = None, agent_socket: Path | None = None):
+    def settings(self, tcti: str | None = None, agent_socket: Path | None = None, **more):
+        """The hook settings of this node (its TPM, log, policy and org key), plus ``more``
+        (``layout_cache``, a runtime's store...)."""
         from stockade.agent.oci_hook import HookSettings
 
         return HookSettings(
@@ -103,6 +105,7 @@ class Node:
             policy_path=self.policy_path,
             org_keys=(self.org_pub,),
             agent_socket=agent_socket,
+            **more,
         )
 
     def write_policy(self, keys: Keys, prefix: str = POLICY_PREFIX) -> None:

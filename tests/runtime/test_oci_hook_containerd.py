@@ -163,11 +163,7 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def serving(node: Node, containerd: Containerd, short_dir: Path) -> Iterator[HookSettings]:
-    settings = HookSettings(
-        tcti=node.tcti,
-        log_path=node.log_path,
-        policy_path=node.policy_path,
-        org_keys=(node.org_pub,),
+    settings = node.settings(
         layout_cache=short_dir / "cache",
         containerd_state=containerd.state,
         containerd_address=containerd.address,
@@ -220,13 +216,7 @@ def test_retagged_image_never_runs_under_containerd(
 
 
 def test_containerd_without_its_settings_is_refused(node, containerd, signed, short_dir):
-    settings = HookSettings(
-        tcti=node.tcti,
-        log_path=node.log_path,
-        policy_path=node.policy_path,
-        org_keys=(node.org_pub,),
-        layout_cache=short_dir / "cache",
-    )
+    settings = node.settings(layout_cache=short_dir / "cache")
     with serving_hook_requests(short_dir / "hook.sock", settings):
         _assert_never_ran(containerd.run(node, REFERENCE, "unbound"), node, "no record")
 

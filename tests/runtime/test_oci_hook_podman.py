@@ -134,14 +134,22 @@ class Podman:
         self.ok("tag", image_id, name)
         return image_id
 
+    @staticmethod
+    def _flags(node: Node) -> list[str]:
+        """What every test container gets: no network, the ulimits podman needs here, and
+        the node's output directory at /out."""
+        flags = ["--network", "none", "--ulimit", "nofile=1024:1024"]
+        return [*flags, "--ulimit", "nproc=1024:1024", "-v", f"{node.out}:/out"]
+
     def run(
         self, node: Node, image: str, *extra: str, name: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        flags = ["--network", "none", "--ulimit", "nofile=1024:1024"]
-        flags += ["--ulimit", "nproc=1024:1024", "-v", f"{node.out}:/out"]
-        if name is not None:
-            flags += ["--name", name]
-        return self("run", "--rm", *flags, *extra, image, *WRITE)
+        named = [] if name is None else ["--name", name]
+        return self("run", "--rm", *self._flags(node), *named, *extra, image, *WRITE)
+
+    def create(self, node: Node, image: str, name: str) -> str:
+        """``podman create`` the WRITE probe as ``name`` (started later); its id."""
+        return self.ok("create", "--name", name, *self._flags(node), image, *WRITE)
 
 
 def _require_podman() -> None:
@@ -208,11 +216,7 @@ def _add_to_cache(cache: Path, layout: Path, name: str) -> None:
 @pytest.fixture
 def serving(node: Node, podman: Podman, short_dir: Path) -> Iterator[HookSettings]:
     """The admission server the hooks.d client talks to, bound to podman's store."""
-    settings = HookSettings(
-        tcti=node.tcti,
-        log_path=node.log_path,
-        policy_path=node.policy_path,
-        org_keys=(node.org_pub,),
+    settings = node.settings(
         layout_cache=short_dir / "cache",
         containers_storage=podman.graphroot,
     )
@@ -348,21 +352,7 @@ def test_storage_record_naming_another_image_is_refused(
     """A container created from the signed image whose record is then edited to name
     another image: the binding reads the record, and the record is not the verified image."""
     other_id = podman.load(other_layout, OTHER_REFERENCE)
-    podman.ok(
-        "create",
-        "--name",
-        "edited",
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "-v",
-        f"{node.out}:/out",
-        REFERENCE,
-        *WRITE,
-    )
+    podman.create(node, REFERENCE, "edited")
     records = podman.graphroot / "overlay-containers" / "containers.json"
     containers = json.loads(records.read_text())
     (container,) = containers
@@ -376,21 +366,7 @@ def test_container_layer_on_another_image_is_refused(node, podman, serving, sign
     """The record names the signed image, but the container's layer sits on another
     image's layers: the rootfs is not the signed image's."""
     other_id = podman.load(other_layout, OTHER_REFERENCE)
-    podman.ok(
-        "create",
-        "--name",
-        "moved",
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "-v",
-        f"{node.out}:/out",
-        OTHER_REFERENCE,
-        *WRITE,
-    )
+    podman.create(node, OTHER_REFERENCE, "moved")
     records = podman.graphroot / "overlay-containers" / "containers.json"
     containers = json.loads(records.read_text())
     (container,) = containers
@@ -405,13 +381,7 @@ def test_container_layer_on_another_image_is_refused(node, podman, serving, sign
 
 def test_podman_without_a_store_setting_is_refused(node, podman, short_dir, signed):
     """A hook server that is not told where podman's store is cannot bind: it refuses."""
-    settings = HookSettings(
-        tcti=node.tcti,
-        log_path=node.log_path,
-        policy_path=node.policy_path,
-        org_keys=(node.org_pub,),
-        layout_cache=short_dir / "cache",
-    )
+    settings = node.settings(layout_cache=short_dir / "cache")
     with serving_hook_requests(short_dir / "hook.sock", settings):
         _assert_never_ran(podman.run(node, REFERENCE), node, "no record of the image")
 
