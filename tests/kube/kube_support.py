@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -325,3 +325,26 @@ class ThreadedServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def webhook_over_https(policy: Any, directory: Path) -> Iterator[Any]:
+    """The webhook for ``policy`` served over HTTPS (a self-signed certificate in
+    ``directory``) and an ``httpx.Client`` that trusts it; the server stops after."""
+    import ssl
+
+    import httpx
+
+    from stockade.kube.server import ServerTls, create_app, uvicorn_config
+
+    cert, key = self_signed(directory)
+    server = ThreadedServer(
+        uvicorn_config(create_app(policy), "127.0.0.1", 0, ServerTls(cert, key))
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{server.port}", verify=context, timeout=10
+        ) as client:
+            yield client
+    finally:
+        server.stop()

@@ -6,40 +6,23 @@ repository for the signature and forbid decisions."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from kube_support import ThreadedServer, admission_review, binding, make_layout, pod, self_signed
+from kube_support import admission_review, binding, make_layout, pod, webhook_over_https
 
 from stockade.images.policy import load_trust_policy, sign_trust_policy
 from stockade.images.signature import sign_image
-from stockade.kube.admission import AdmissionPolicy, SignedImageStore
-from stockade.kube.server import ServerTls, create_app, uvicorn_config
+from stockade.kube.admission import SignedImageStore
 from stockade.release.keys import public_pem
-
-
-def _serve(policy: AdmissionPolicy, directory: Path) -> Iterator[httpx.Client]:
-    cert, key = self_signed(directory)
-    server = ThreadedServer(
-        uvicorn_config(create_app(policy), "127.0.0.1", 0, ServerTls(cert, key))
-    )
-    context = ssl.create_default_context(cafile=str(cert))
-    try:
-        with httpx.Client(
-            base_url=f"https://127.0.0.1:{server.port}", verify=context, timeout=10
-        ) as client:
-            yield client
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def https(policy, tmp_path: Path) -> Iterator[httpx.Client]:
-    yield from _serve(policy, tmp_path)
+    yield from webhook_over_https(policy, tmp_path)
 
 
 def _answer(client: httpx.Client, document: dict) -> dict:
@@ -262,7 +245,7 @@ def _aliases(name: str, digest: str) -> list[str]:
 def hub_https(policy, hub, tmp_path: Path) -> Iterator[httpx.Client]:
     from dataclasses import replace
 
-    yield from _serve(replace(policy, images=hub[0]), tmp_path)
+    yield from webhook_over_https(replace(policy, images=hub[0]), tmp_path)
 
 
 def test_every_docker_hub_alias_of_a_signed_image_is_admitted(hub_https, hub):

@@ -11,32 +11,20 @@ import httpx
 import pytest
 from kube_support import (
     PINNED,
-    ThreadedServer,
     admission_review,
     binding,
     extender_args,
     pod,
     self_signed,
+    webhook_over_https,
 )
 
-from stockade.kube.server import ServerTls, create_app, uvicorn_config
 from support.cli import stockade_command
 
 
 @pytest.fixture
 def https(policy, tmp_path: Path) -> Iterator[httpx.Client]:
-    cert, key = self_signed(tmp_path)
-    server = ThreadedServer(
-        uvicorn_config(create_app(policy), "127.0.0.1", 0, ServerTls(cert, key))
-    )
-    context = ssl.create_default_context(cafile=str(cert))
-    try:
-        with httpx.Client(
-            base_url=f"https://127.0.0.1:{server.port}", verify=context, timeout=10
-        ) as client:
-            yield client
-    finally:
-        server.stop()
+    yield from webhook_over_https(policy, tmp_path)
 
 
 def test_webhook_over_https(https, images, trust):
