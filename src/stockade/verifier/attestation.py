@@ -205,7 +205,7 @@ def _prepare(
         )
     final = conclude(appraisal, outcome)
     status, reasons, clock = final.status, list(final.reasons), final.clock
-    policy_ref = f"{active.policy_id}@{active.version}"
+    policy_ref = active.ref
     claims = ear_claims(
         final,
         view,
@@ -450,4 +450,4 @@ def _appraise(
     except Exception:
         log.exception("appraisal of node %s raised", view.node_id)
         reason = "internal: appraisal failed; see the verifier log"
-    return failed_appraisal(reason, f"{active.policy_id}@{active.version}")
+    return failed_appraisal(reason, active.ref)

@@ -38,6 +38,11 @@ class ActivePolicy:
     policy: PolicyLike
     references: Any
 
+    @property
+    def ref(self) -> str:
+        """What results name as their policy (``ear.appraisal-policy-id``): ``id@version``."""
+        return f"{self.policy_id}@{self.version}"
+
 
 @dataclass
 class Service:
