@@ -245,10 +245,9 @@ def label(
 ) -> None:
     """Set a node's labels (secret grants select nodes by label). Needs the operator token."""
     from stockade.cluster.grants import parse_labels
-    from stockade.verifier_client import VerifierClient
 
     wanted = parse_labels(labels)
-    with VerifierClient.from_options(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         document = api.set_labels(node, wanted)
     if output is OutputFormat.JSON:
         emit_json(document)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ from stockade.cli.options import (
     OutputFormat,
     TokenFileOption,
     VerifierOption,
+    client,
 )
 from stockade.errors import InputError
 
@@ -29,12 +30,6 @@ app = typer.Typer(no_args_is_help=True, help="Secrets released only to attested 
 
 TokenOption = TokenFileOption
 NameArgument = Annotated[str, typer.Argument(help="secret name")]
-
-
-def _client(verifier: str | None, ca: Path | None, token_file: Path | None) -> Any:
-    from stockade.verifier_client import VerifierClient
-
-    return VerifierClient.from_options(verifier, ca, token_file)
 
 
 def _read_value(source: str) -> bytes:
@@ -59,7 +54,7 @@ def put(
 ) -> None:
     """Store a new version of a secret (encrypted at rest under the verifier's KEK)."""
     value = _read_value(value_from)
-    with _client(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         answer = api.put_secret(name, value)
     if output is OutputFormat.JSON:
         emit_json(answer)
@@ -76,7 +71,7 @@ def list_secrets(
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Names, versions and grants (never values)."""
-    with _client(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         secrets = api.secrets()
     if output is OutputFormat.JSON:
         emit_json({"secrets": secrets})
@@ -105,7 +100,7 @@ def grant(
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Let the selected nodes receive the secret (while they are trusted)."""
-    with _client(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         answer = api.grant(name, selector)
     if output is OutputFormat.JSON:
         emit_json(answer)
@@ -123,7 +118,7 @@ def revoke(
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Remove a grant: the selected nodes get no further releases."""
-    with _client(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         answer = api.revoke_grant(name, selector)
     if output is OutputFormat.JSON:
         emit_json(answer)
@@ -140,7 +135,7 @@ def delete(
     token_file: TokenOption = None,
 ) -> None:
     """Delete a secret and its grants."""
-    with _client(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         api.delete_secret(name)
     typer.echo(f"secret {name}: deleted")
 
@@ -153,7 +148,7 @@ def rekey(
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Re-encrypt every secret under the verifier's current KEK (after a rotation)."""
-    with _client(verifier, ca, token_file) as api:
+    with client(verifier, ca, token_file) as api:
         answer = api.rekey_secrets()
     if output is OutputFormat.JSON:
         emit_json(answer)
