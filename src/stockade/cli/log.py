@@ -85,12 +85,11 @@ def _member(document: object, name: str, what: str) -> Any:
     return document[name]
 
 
-class _Unanswered(SourceUnavailable):
-    """The verifier did not answer a log request; ``cause`` is the CLI's own error."""
+class _Unanswered(SourceUnavailable, StockadeError):
+    """The verifier did not answer a log request (unreachable, refused, malformed): for the
+    monitor a source failure, for the CLI an error like the one it wraps (exit 2)."""
 
-    def __init__(self, cause: StockadeError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+    exit_code = 2
 
 
 class HttpLogSource:
@@ -143,7 +142,7 @@ def _answering() -> Iterator[None]:
     try:
         yield
     except (VerifierUnavailable, VerifierRefused, InputError) as error:
-        raise _Unanswered(error) from None
+        raise _Unanswered(str(error)) from None
 
 
 def _trusted_key(key: str | None, pin: Path | None, source: HttpLogSource) -> NoteVerifier:
@@ -188,10 +187,7 @@ def checkpoint_command(
     with client(verifier, ca) as api:
         source = HttpLogSource(api)
         trusted = _trusted_key(key, pin, source)
-        try:
-            note = source.checkpoint()
-        except _Unanswered as error:
-            raise error.cause from None
+        note = source.checkpoint()
     head, _ = open_checkpoint(note, [trusted], required=[trusted.name], origin=trusted.name)
     if out is not None:
         out.write_bytes(note)
@@ -376,7 +372,7 @@ def monitor_command(
                 except (Withheld, SourceUnavailable) as error:
                     watch.failed(error, now, state.checkpoint.size if state else None)
                     if once and isinstance(error, _Unanswered):
-                        raise error.cause from None
+                        raise
                     print(f"stockade: {error}; retrying in {interval:g} s", file=sys.stderr)
                     time.sleep(interval)
                     continue
