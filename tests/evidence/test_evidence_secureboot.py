@@ -123,4 +123,4 @@ def test_quote_of_another_bank_only_is_rejected():
 def test_verified_log_cannot_be_made_by_hand():
     log = load("event-arch-linux.bin")
     with pytest.raises(TypeError, match="only from verify_log"):
-        VerifiedEventLog(log, frozenset({7}), (SHA256,))
+        VerifiedEventLog(log, frozenset({7}), (SHA256,), PcrValues({}))

@@ -442,18 +442,13 @@ def _extend(initial: bytes, digests: Iterable[bytes], bank: int) -> bytes:
     return value
 
 
-def _initial_value(log: EventLog, bank: int) -> bytes:
-    """PCR 0's value before its first measurement: zero, or the StartupLocality's."""
-    zero = bytes(HASHES[bank].digest_size)
+def _startup_locality(log: EventLog) -> int:
+    """The locality PCR 0 started at (its StartupLocality event, else 0)."""
     for event in log.events:
-        if event.pcr != 0:
-            continue
-        if event.type != EventType.EV_NO_ACTION:
-            break
         locality = startup_locality(event)
         if locality is not None:
-            return zero[:-1] + bytes([locality])
-    return zero
+            return locality
+    return 0
 
 
 def _shown(digest: bytes | None) -> str:
@@ -500,15 +495,16 @@ def appraise_captured(policy: CapturedPolicy, log: VerifiedEventLog) -> Captured
             # The same digests in the same order extend to the same value from the same
             # start; only PCR 0 starts elsewhere (its StartupLocality). The other values
             # were checked against their events when the policy was read.
-            initial = _initial_value(log.log, bank)
-            value = _extend(initial, (e.digest(bank) or b"" for e in events), bank)
+            # PCR 0 is verified: its value is what the log replayed to (from its
+            # StartupLocality), which verify_log checked against the quote.
+            value = log.replayed.get(bank, 0) or b""
             if value != captured.value:
                 findings.append(
                     Finding(
                         index,
                         f"PCR {index}: {name} replays to {_shown(value)}, the policy captured "
                         f"{_shown(captured.value)} (the events match: the initial value, "
-                        f"StartupLocality {initial[-1]}, differs)",
+                        f"StartupLocality {_startup_locality(log.log)}, differs)",
                     )
                 )
     status = CapturedStatus.CONTRAINDICATED if findings else CapturedStatus.AFFIRMING

@@ -100,6 +100,7 @@ class VerifiedEventLog:
     log: EventLog
     trusted_pcrs: frozenset[int]
     banks: tuple[int, ...]  # the banks the replay was checked in: quoted, logged and computable
+    replayed: PcrValues  # what the log replays to in ``banks``: the quoted values there
     _issued_by: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -197,4 +198,4 @@ def verify_log(
                 )
     if problems:
         raise EventLogMismatch("replay", "; ".join(problems), tuple(mismatches))
-    return VerifiedEventLog(log, frozenset(wanted), banks, _VERIFIED)
+    return VerifiedEventLog(log, frozenset(wanted), banks, replayed, _VERIFIED)
