@@ -18,7 +18,7 @@ from stockade.appraisal.captured import (
     self_replayed,
 )
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.options import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.errors import InputError
 from stockade.evidence.errors import EventLogMismatch, EvidenceError
 from stockade.evidence.eventlog import parse_event_log
@@ -90,7 +90,7 @@ def appraise(
             "--format json`); without it, the log's own replay",
         ),
     ] = None,
-    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.JSON,
+    output: FormatOption = OutputFormat.JSON,
 ) -> None:
     """Appraise an event log offline against a captured golden-machine policy.
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from stockade.cli._input import emit_json, read_file
-from stockade.cli.options import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.evidence.algorithms import HASHES
 from stockade.evidence.event_data import RawData, decode
 from stockade.evidence.event_digests import digest_mismatches
@@ -58,9 +58,7 @@ def _event_json(log: EventLog) -> list[dict[str, Any]]:
 
 
 @app.command("show")
-def show(
-    log_file: LogFile, output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT
-) -> None:
+def show(log_file: LogFile, output: FormatOption = OutputFormat.TEXT) -> None:
     """Every event: PCR, type, digests per bank and decoded data."""
     log = _load(log_file)
     warnings = _warn_mismatches(log)
@@ -85,9 +83,7 @@ def show(
 
 
 @app.command("replay")
-def replay_command(
-    log_file: LogFile, output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT
-) -> None:
+def replay_command(log_file: LogFile, output: FormatOption = OutputFormat.TEXT) -> None:
     """The PCR values the log replays to, per bank (StartupLocality honoured)."""
     log = _load(log_file)
     _warn_mismatches(log)

@@ -20,7 +20,7 @@ from stockade.cli.agent import (
 from stockade.cli.agent import (
     VerifierKeyOption as AgentVerifierKeyOption,
 )
-from stockade.cli.options import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.errors import VerificationFailed
 
 
@@ -45,7 +45,7 @@ def join(
         typer.Option("--home", help="Stockade home [default: $STOCKADE_HOME or ~/.stockade]"),
     ] = None,
     verifier_key: AgentVerifierKeyOption = None,
-    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Enroll (once), attest, and when the verifier affirms this node, obtain a certificate for
     a key that lives only in this TPM. Exit 1 with the reasons when the node is not trusted."""

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import emit_json
-from stockade.cli.options import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.release.keys import KeyType, generate_key_set
 
 app = typer.Typer(no_args_is_help=True, help="Organization signing keys.")
@@ -24,7 +24,7 @@ def generate(
     name: Annotated[
         str, typer.Option(help="organization name, used in the Secure Boot certificate")
     ] = "Stockade",
-    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Write org.key/org.pub (DSSE signing) and secureboot.key/secureboot.crt (RSA-2048,
     self-signed, codeSigning; for the firmware db and sbsign). Never overwrites (exit 2)."""

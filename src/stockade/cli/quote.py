@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import emit_json, parse_hex, read_file
-from stockade.cli.options import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.evidence import PcrSelection, QuoteInvalid, Signature, TpmPublic, verify_quote
 from stockade.evidence.tpm2_tools_files import read_pcr_file, read_public_key_file
 
@@ -35,7 +35,7 @@ def verify(
             "key cannot show it; any unrestricted or software key can sign a TPMS_ATTEST)",
         ),
     ] = False,
-    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Exit 0 when the quote is valid, 1 with the failed check when not, 2 on unreadable input.
     The AK is its TPM2B_PUBLIC, whose attributes show it is a restricted signing key; a bare

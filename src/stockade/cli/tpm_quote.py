@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from stockade.cli._input import emit_json, parse_hex
-from stockade.cli.options import OutputFormat
+from stockade.cli.options import FormatOption, OutputFormat
 from stockade.evidence import PcrSelection
 from stockade.evidence.templates import KeyKind
 from stockade.evidence.tpm2_tools_files import write_pcr_file
@@ -28,7 +28,7 @@ def quote(
         typer.Option(help="AK directory (ak.pub, ak.priv); created there if absent [default: OUT]"),
     ] = None,
     ak_type: Annotated[KeyKind, typer.Option(help="key type for a new AK")] = KeyKind.RSA,
-    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Quote with the AK in AK_DIR (creating one under the EK if there is none)."""
     from stockade.tpm.ak import AK_PUBLIC_FILE, AttestationKey, create_ak
