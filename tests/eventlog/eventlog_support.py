@@ -35,9 +35,10 @@ from stockade.evidence.event_data import (
 )
 from stockade.evidence.eventlog import Event, EventType
 from support.cli import stockade_command
+from support.fixtures import SHARED
 
 PROJECT = Path(__file__).resolve().parents[2]
-FIXTURES = PROJECT.parent / "shared" / "fixtures" / "eventlogs"
+FIXTURES = SHARED / "eventlogs"
 
 # Every log the fixtures README lists. A fixture folder that lost one of them is an error,
 # not a smaller test.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from stockade.evidence.errors import EventLogMismatch
@@ -11,8 +9,9 @@ from stockade.evidence.eventlog import EventLog, parse_event_log
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.replay import VerifiedEventLog, replay, verify_log
 from stockade.evidence.secureboot import SecureBootUnknown, secure_boot_state
+from support.fixtures import SHARED
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "eventlogs"
+FIXTURES = SHARED / "eventlogs"
 SHA256 = 0x000B
 
 pytestmark = pytest.mark.skipif(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -36,8 +35,9 @@ from stockade.evidence.eventlog import (
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.replay import replay, verify_log
 from stockade.evidence.secureboot import secure_boot_state
+from support.fixtures import SHARED
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "eventlogs"
+FIXTURES = SHARED / "eventlogs"
 SHA1, SHA256, SHA384, SM3 = 0x0004, 0x000B, 0x000C, 0x0012
 HASHLIB = {SHA1: "sha1", SHA256: "sha256", SHA384: "sha384"}
 EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
