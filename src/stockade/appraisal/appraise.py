@@ -21,9 +21,17 @@ PCR        claim                                        enforce
 0, 2       hardware (firmware code)                     firmware
 1, 3, 5, 6 configuration (firmware settings, GPT)       firmware
 7          configuration (Secure Boot)                  secure_boot
+14         configuration (shim's MOK lists)             secure_boot
 4, 8, 9    executables (boot applications, GRUB)        release
+11         executables (a Unified Kernel Image)         release
 12         executables (release), file-system (/usr)    release
 =========  ===========================================  ===========
+
+Under a policy with a captured platform (``Policy.captured``) the boot is appraised event
+by event (``appraisal.captured.appraise_captured``) against the capture, or against the
+capture combined with each accepted release (``appraisal.captured_release``); each finding
+fails the claim of its PCR, and the result carries the findings (``Appraisal.findings``:
+PCR, event, expected and found) as well as their reasons.
 
 A failed quote is instance-identity 96 (the evidence is not from this node's TPM
 now); a clock that went back is instance-identity 96 or 32 (``enforce.clock``).
@@ -38,7 +46,20 @@ import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
+from stockade.appraisal.captured import (
+    CapturedAppraisal,
+    CapturedPolicy,
+    CapturedStatus,
+    appraise_captured,
+    replay_failure,
+)
+from stockade.appraisal.captured_release import (
+    ReleaseNotCombinable,
+    captured_with_release,
+    release_label,
+)
 from stockade.appraisal.measured_boot import (
     RELEASE_EVENT_PREFIX,
     RELEASE_PCR,
@@ -56,7 +77,7 @@ from stockade.appraisal.release_reference import (
 from stockade.evidence.algorithms import Alg
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.clock import check_clock_progression, is_new_boot
-from stockade.evidence.errors import ClockRollback, EvidenceError, QuoteInvalid
+from stockade.evidence.errors import ClockRollback, EventLogMismatch, EvidenceError, QuoteInvalid
 from stockade.evidence.event_data import TextData, UefiVariableData, decode
 from stockade.evidence.event_digests import data_is_measured
 from stockade.evidence.eventlog import Event, EventLog, EventType, parse_event_log
@@ -84,11 +105,13 @@ CLAIMS = (INSTANCE_IDENTITY, CONFIGURATION, EXECUTABLES, HARDWARE, FILE_SYSTEM)
 _PCR_CLAIMS: Mapping[int, tuple[str, ...]] = {
     0: (HARDWARE,), 1: (CONFIGURATION,), 2: (HARDWARE,), 3: (CONFIGURATION,),
     4: (EXECUTABLES,), 5: (CONFIGURATION,), 6: (CONFIGURATION,), 7: (CONFIGURATION,),
-    8: (EXECUTABLES,), 9: (EXECUTABLES,), RELEASE_PCR: (EXECUTABLES, FILE_SYSTEM),
+    8: (EXECUTABLES,), 9: (EXECUTABLES,), 11: (EXECUTABLES,),
+    RELEASE_PCR: (EXECUTABLES, FILE_SYSTEM), 14: (CONFIGURATION,),
 }  # fmt: skip
 _PCR_CHECK: Mapping[int, str] = {
     0: "firmware", 1: "firmware", 2: "firmware", 3: "firmware", 4: "release", 5: "firmware",
-    6: "firmware", 7: "secure_boot", 8: "release", 9: "release", RELEASE_PCR: "release",
+    6: "firmware", 7: "secure_boot", 8: "release", 9: "release", 11: "release",
+    RELEASE_PCR: "release", 14: "secure_boot",
 }  # fmt: skip
 _DIGEST_SHOWN = 16  # hex characters of a digest in a reason
 
@@ -183,15 +206,31 @@ class Appraisal:
     policy_ref: str
     matched_release: str | None  # "name version" of the reference the PCRs equal
     matched_reference: ReferenceEntry | None = None
+    # Event-level findings of a captured-platform appraisal, as
+    # ``appraisal.captured.Finding.to_json`` gives them (PCR, reason, event).
+    findings: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class CapturedReferences:
+    """What a policy with a captured platform is appraised against: the capture itself, or
+    the capture combined with each accepted release (labelled ``name version``)."""
+
+    policy_ref: str
+    pcrs: tuple[int, ...]  # the quoted boot PCRs, in the captured policy's bank
+    variants: tuple[tuple[str | None, CapturedPolicy], ...]
+    skipped: tuple[str, ...] = ()
 
 
 # -- references ------------------------------------------------------------------------
 
 
-def build_references(policy: Policy) -> ReferenceSet:
+def build_references(policy: Policy) -> ReferenceSet | CapturedReferences:
     """Predict every (platform, release) pair of ``policy``. A release a platform would
     refuse is skipped (noted in ``skipped``); ``PolicyInvalid`` when no pair remains."""
     pcrs = policy.pcr_indices
+    if policy.captured is not None:
+        return _captured_references(policy, policy.captured)
     entries: list[ReferenceEntry] = []
     skipped: list[str] = []
     for platform_index, platform in enumerate(policy.platforms):
@@ -226,6 +265,24 @@ def build_references(policy: Policy) -> ReferenceSet:
             "no (platform, release) pair has reference values: " + "; ".join(skipped),
         )
     return ReferenceSet(policy.ref, pcrs, tuple(entries), tuple(skipped))
+
+
+def _captured_references(policy: Policy, captured: CapturedPolicy) -> CapturedReferences:
+    pcrs = policy.pcr_indices
+    if not policy.releases:
+        return CapturedReferences(policy.ref, pcrs, ((None, captured),))
+    variants: list[tuple[str | None, CapturedPolicy]] = []
+    skipped: list[str] = []
+    for manifest in policy.releases:
+        try:
+            variants.append((release_label(manifest), captured_with_release(captured, manifest)))
+        except ReleaseNotCombinable as error:
+            skipped.append(f"{release_label(manifest)}: {error}")
+    if not variants:
+        raise PolicyInvalid(
+            "releases", "no release combines with the captured platform: " + "; ".join(skipped)
+        )
+    return CapturedReferences(policy.ref, pcrs, tuple(variants), tuple(skipped))
 
 
 def _describe_platform(index: int, platform: PlatformReference) -> str:
@@ -342,6 +399,9 @@ class _Findings:
         clock: ClockInfo | None,
         new_boot: bool,
         matched: ReferenceEntry | None = None,
+        *,
+        release: str | None = None,
+        findings: tuple[Mapping[str, Any], ...] = (),
     ) -> Appraisal:
         worst = max(self.vector.values())
         status = (
@@ -358,14 +418,15 @@ class _Findings:
             clock=clock,
             new_boot=new_boot,
             policy_ref=policy.ref,
-            matched_release=matched.release if matched is not None else None,
+            matched_release=matched.release if matched is not None else release,
             matched_reference=matched,
+            findings=findings,
         )
 
 
 def appraise(
     policy: Policy,
-    references: ReferenceSet,
+    references: ReferenceSet | CapturedReferences,
     node: NodeView,
     evidence: Evidence,
     expected_nonce: bytes,
@@ -411,6 +472,10 @@ def appraise(
 
     # The log says what was measured, once it replays to the quoted PCRs.
     quoted = quote.pcr_values
+    if isinstance(references, CapturedReferences):
+        return _appraise_captured(
+            findings, policy, references, node, quoted, evidence.event_log, clock, new_boot
+        )
     try:
         log = parse_event_log(evidence.event_log)
         verified = verify_log(log, quoted, references.pcrs)
@@ -432,6 +497,71 @@ def appraise(
     for failure in _secure_boot_failures(verified, policy.secure_boot):
         findings.fail(CONFIGURATION, "secure_boot", failure)
     return findings.result(policy, clock, new_boot)
+
+
+def _appraise_captured(
+    findings: _Findings,
+    policy: Policy,
+    references: CapturedReferences,
+    node: NodeView,
+    quoted: PcrValues,
+    event_log: bytes,
+    clock: ClockInfo,
+    new_boot: bool,
+) -> Appraisal:
+    """The boot event by event against the captured platform (each release's variant):
+    the first variant without findings matches; otherwise the closest one's findings."""
+    closest: tuple[str | None, CapturedAppraisal] | None = None
+    verified: VerifiedEventLog | None = None
+    try:
+        log = parse_event_log(event_log)
+        verified = verify_log(log, quoted, references.pcrs)
+    except EventLogMismatch as mismatch:
+        closest = (None, replay_failure(references.variants[0][1], mismatch))
+    except EvidenceError as error:
+        findings.fail(CONFIGURATION, None, f"event log {error}")
+        findings.fail(EXECUTABLES, None, "the boot cannot be appraised without a valid event log")
+        return findings.result(policy, clock, new_boot)
+    else:
+        for label, variant in references.variants:
+            result = appraise_captured(variant, verified)
+            if result.status is CapturedStatus.AFFIRMING:
+                for failure in _secure_boot_failures(verified, policy.secure_boot):
+                    findings.fail(CONFIGURATION, "secure_boot", failure)
+                _affirm_pcrs(findings, references.pcrs, set())
+                return findings.result(policy, clock, new_boot, release=label)
+            if closest is None or len(result.findings) < len(closest[1].findings):
+                closest = (label, result)
+    assert closest is not None
+    label, result = closest
+    if len(references.variants) > 1:
+        findings.reasons.append(
+            f"no accepted release matches on the captured platform; closest: {label} "
+            f"({len(result.findings)} findings)"
+        )
+    failed: set[str] = set()
+    for finding in result.findings:
+        pcr = finding.pcr
+        claim = _PCR_CLAIMS[pcr][0] if pcr is not None and pcr in _PCR_CLAIMS else CONFIGURATION
+        findings.fail(claim, _PCR_CHECK.get(pcr) if pcr is not None else None, finding.reason)
+        failed.add(claim)
+    if verified is not None:
+        for failure in _secure_boot_failures(verified, policy.secure_boot):
+            findings.fail(CONFIGURATION, "secure_boot", failure)
+    _affirm_pcrs(findings, references.pcrs, failed)
+    return findings.result(
+        policy,
+        clock,
+        new_boot,
+        findings=tuple(finding.to_json() for finding in result.findings),
+    )
+
+
+def _affirm_pcrs(findings: _Findings, pcrs: Iterable[int], failed: set[str]) -> None:
+    for index in pcrs:
+        for claim in _PCR_CLAIMS.get(index, ()):
+            if claim not in failed:
+                findings.affirm(claim)
 
 
 # -- explaining a mismatch (the slow path) -------------------------------------------------
@@ -478,10 +608,7 @@ def _explain_mismatch(
             claim = _PCR_CLAIMS[index][0]
             findings.fail(claim, _PCR_CHECK[index], f"PCR {index} differs from the reference")
             failed.add(claim)
-    for index in references.pcrs:
-        for claim in _PCR_CLAIMS[index]:
-            if claim not in failed:
-                findings.affirm(claim)
+    _affirm_pcrs(findings, references.pcrs, failed)
 
 
 def _events_by_pcr(events: Sequence[Event]) -> dict[int, list[Event]]:

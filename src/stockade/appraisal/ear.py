@@ -62,6 +62,10 @@ def ear_claims(
             "new_boot": appraisal.new_boot,
         },
     }
+    if appraisal.findings:
+        # A captured-platform appraisal's findings, each naming its PCR and event (index,
+        # type, what it measured, expected and found digest).
+        submod["stockade.findings"] = [dict(finding) for finding in appraisal.findings]
     if clock is not None and signed_evidence is not None:
         # The quote verified: an auditor holding the AK and quote (GET /v1/executions) can
         # tie them to this node with the pinned verifier key.

@@ -436,8 +436,24 @@ def measured_boot(
     chain = _Chain(m, platform, authorize)
     for stage in platform.stages:
         yield from chain.load(stage)
+    yield from _bootloader(m, release, lambda: chain.load(kernel_stage(platform, release)))
+    yield m.efi_action(5, EXIT_BOOT_SERVICES_INVOCATION)
+    yield m.efi_action(5, EXIT_BOOT_SERVICES_SUCCESS)
 
-    # The bootloader, measuring as GRUB 2 does.
+
+def release_measurements(release: ReleaseReference, banks: Sequence[int]) -> list[Measurement]:
+    """What the bootloader measures of ``release`` into PCRs 8, 9 and 12, whatever the
+    platform: the part of a boot a signed release predicts on a captured (real) platform.
+    The kernel's own PCR 4 event is the platform's (it loads it); its digest is
+    ``release.kernel_authenticode``."""
+    return list(_bootloader(_Measurer(banks), release, lambda: iter(())))
+
+
+def _bootloader(
+    m: _Measurer, release: ReleaseReference, load_kernel: Callable[[], Iterator[Measurement]]
+) -> Iterator[Measurement]:
+    """The bootloader, measuring as GRUB 2 does; ``load_kernel`` runs the kernel image
+    through the firmware (PCR 7 authority, PCR 4 application) when it is loaded."""
     config = grub_config(release)
     yield m.grub_file(
         GRUB_ESP_DEVICE + GRUB_CONFIG_PATH,
@@ -446,7 +462,7 @@ def measured_boot(
     linux = f"{release.kernel_path} {release.cmdline}"
     yield m.grub_string(GRUB_COMMAND_PREFIX, f"linux {linux}")
     yield m.grub_file(release.kernel_path, release.kernel_file)
-    yield from chain.load(kernel_stage(platform, release))
+    yield from load_kernel()
     yield m.grub_string(GRUB_KERNEL_CMDLINE_PREFIX, linux)
     yield m.grub_string(GRUB_COMMAND_PREFIX, f"initrd {release.initrd_path}")
     yield m.grub_file(release.initrd_path, release.initrd_file)
@@ -454,8 +470,6 @@ def measured_boot(
     yield m.of_data(
         RELEASE_PCR, EventType.EV_IPL, usr_verity_event_text(release.usr_root_hash).encode()
     )
-    yield m.efi_action(5, EXIT_BOOT_SERVICES_INVOCATION)
-    yield m.efi_action(5, EXIT_BOOT_SERVICES_SUCCESS)
 
 
 # -- the log -----------------------------------------------------------------------

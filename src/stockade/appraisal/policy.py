@@ -18,14 +18,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stockade.appraisal.captured import (
+    KIND as CAPTURED_KIND,
+)
+from stockade.appraisal.captured import (
+    CapturedPolicy,
+    parse_captured_policy,
+)
 from stockade.appraisal.executions import Forbidden, TrustPolicyRequirement
 from stockade.appraisal.measured_boot import RELEASE_PCR, PlatformReference
 from stockade.appraisal.reference import platform_from_json
 from stockade.errors import InputError, StockadeError
-from stockade.evidence.algorithms import Alg
+from stockade.evidence.algorithms import HASHES, Alg
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.execution import EXECUTION_PCR
-from stockade.evidence.pcr_selection import PcrSelection
+from stockade.evidence.pcr_selection import BankSelection, PcrSelection
 from stockade.images.errors import ImageError
 from stockade.images.reference import parse_reference
 from stockade.release.dsse import Envelope
@@ -40,8 +47,13 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _FIELDS = {
     "id", "pcrs", "result_validity_seconds", "releases", "platforms", "secure_boot", "enforce",
-    "executions",
+    "executions", "captured",
 }  # fmt: skip
+# What a release predicts on a captured platform (``appraisal.captured_release``).
+RELEASE_PCRS_ON_CAPTURED = frozenset((8, 9, RELEASE_PCR))
+# The validity of a result under a bare captured document (``kind: captured``), which has no
+# ``result_validity_seconds`` of its own: the agents' default attestation interval is 60 s.
+CAPTURED_RESULT_VALIDITY_SECONDS = 300
 
 
 class PolicyInvalid(InputError):
@@ -85,6 +97,10 @@ class Policy:
     # Images a node must never have run, and the image trust policy its hook must enforce
     # (a node that ran one, or started a container under another policy, is contraindicated).
     forbidden: Forbidden = field(default_factory=Forbidden)
+    # A golden machine's boot (``policy capture``/``merge``) instead of ``platforms``: the
+    # boot is appraised event by event against it, with ``releases`` (optional then)
+    # predicting PCRs 8, 9 and 12 and the kernel in PCR 4.
+    captured: CapturedPolicy | None = None
 
     @property
     def trust_policy(self) -> TrustPolicyRequirement:
@@ -115,6 +131,13 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
     """A policy from its document; ``PolicyInvalid`` names the first field that is wrong."""
     if not isinstance(document, Mapping):
         raise PolicyInvalid("document", "is not a mapping (YAML or JSON object)")
+    if document.get("kind") == CAPTURED_KIND:
+        # A captured document applied as it is: its id, its PCRs, nothing else required.
+        document = {
+            "id": document.get("id"),
+            "result_validity_seconds": CAPTURED_RESULT_VALIDITY_SECONDS,
+            "captured": document,
+        }
     unknown = sorted(set(document) - _FIELDS)
     if unknown:
         raise PolicyInvalid(unknown[0], f"unknown field (known: {', '.join(sorted(_FIELDS))})")
@@ -126,27 +149,103 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
     validity = _positive_int(
         _required(document, "result_validity_seconds"), "result_validity_seconds"
     )
-    releases = _mapping(_required(document, "releases"), "releases")
-    _no_unknown(releases, "releases", {"signers", "min_security_version", "manifests"})
-    signers = _signers(_required(releases, "signers", "releases"))
-    min_security_version = _non_negative_int(
-        _required(releases, "min_security_version", "releases"), "releases.min_security_version"
-    )
+    captured = _captured(document["captured"]) if "captured" in document else None
+    if captured is not None and "platforms" in document:
+        raise PolicyInvalid(
+            "platforms", "a policy holds either platform references or a captured platform"
+        )
+    if captured is not None and "releases" not in document:
+        signers: tuple[VerifyingKey, ...] = ()
+        min_security_version = 0
+        manifests: tuple[Manifest, ...] = ()
+    else:
+        releases = _mapping(_required(document, "releases"), "releases")
+        _no_unknown(releases, "releases", {"signers", "min_security_version", "manifests"})
+        signers = _signers(_required(releases, "signers", "releases"))
+        min_security_version = _non_negative_int(
+            _required(releases, "min_security_version", "releases"),
+            "releases.min_security_version",
+        )
+        manifests = _manifests(
+            _required(releases, "manifests", "releases"), signers, min_security_version
+        )
+    if captured is None:
+        pcrs = _pcrs(_required(document, "pcrs"))
+        platforms = _platforms(_required(document, "platforms"))
+    else:
+        pcrs = _captured_pcrs(document.get("pcrs"), captured, with_releases=bool(manifests))
+        platforms = ()
     return Policy(
         id=policy_id,
         version=version,
-        pcrs=_pcrs(_required(document, "pcrs")),
+        pcrs=pcrs,
         result_validity_seconds=validity,
         signers=signers,
         min_security_version=min_security_version,
-        releases=_manifests(
-            _required(releases, "manifests", "releases"), signers, min_security_version
-        ),
-        platforms=_platforms(_required(document, "platforms")),
+        releases=manifests,
+        platforms=platforms,
         secure_boot=_secure_boot(document.get("secure_boot", {})),
         enforce=_enforce(document.get("enforce", {})),
         forbidden=parse_executions(document.get("executions", {})),
+        captured=captured,
     )
+
+
+def _captured(value: Any) -> CapturedPolicy:
+    if not isinstance(value, Mapping):
+        raise PolicyInvalid("captured", "is not a captured policy document (a mapping)")
+    try:
+        captured = parse_captured_policy(dict(value))
+    except StockadeError as error:
+        raise PolicyInvalid("captured", str(error)) from None
+    if EXECUTION_PCR in captured.pcrs:
+        raise PolicyInvalid(
+            f"captured.pcrs.{EXECUTION_PCR}",
+            f"PCR {EXECUTION_PCR} is the execution PCR here (the container log accounts for "
+            "it); remove it from the captured policy",
+        )
+    return captured
+
+
+def _captured_pcrs(value: Any, captured: CapturedPolicy, *, with_releases: bool) -> PcrSelection:
+    """The quoted PCRs of a captured policy: every PCR it holds (with releases, also 8, 9
+    and 12, which they predict), in its bank, plus the execution PCR if ``pcrs`` names it."""
+    held = set(captured.pcrs)
+    if with_releases:
+        if captured.bank != Alg.SHA256:
+            raise PolicyInvalid(
+                "releases",
+                f"releases predict sha256 values; the captured policy is in "
+                f"{HASHES[captured.bank].name}",
+            )
+        held |= RELEASE_PCRS_ON_CAPTURED
+    wanted = sorted(held)
+    if value is not None:
+        if not isinstance(value, str):
+            raise PolicyInvalid("pcrs", f"{value!r} is not a selection like sha256:0,1,2,7")
+        try:
+            selection = PcrSelection.parse(value)
+        except EvidenceError as error:
+            raise PolicyInvalid("pcrs", str(error)) from None
+        banks = [bank for bank in selection.banks if bank.pcrs]
+        name = HASHES[captured.bank].name
+        if len(banks) != 1 or banks[0].hash_alg != captured.bank:
+            raise PolicyInvalid("pcrs", f"{value!r}: the captured policy is in the {name} bank")
+        chosen = set(banks[0].pcrs)
+        unheld = sorted(chosen - held - {EXECUTION_PCR})
+        if unheld:
+            raise PolicyInvalid(
+                "pcrs", f"PCR {', '.join(map(str, unheld))} is not held by the captured policy"
+            )
+        unquoted = sorted(held - chosen)
+        if unquoted:
+            raise PolicyInvalid(
+                "pcrs",
+                f"PCR {', '.join(map(str, unquoted))} is held by the captured policy but not "
+                "quoted (remove it from the captured policy to leave it unappraised)",
+            )
+        wanted = sorted(chosen)
+    return PcrSelection((BankSelection(captured.bank, tuple(wanted)),))
 
 
 def parse_executions(value: Any) -> Forbidden:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
+from stockade.cli._input import read_document
 from stockade.cluster.secret_store import KeyEncryptionKey, load_key_ring
 from stockade.errors import InputError
 from stockade.home import stockade_home
@@ -42,13 +41,9 @@ def _development_ek_ca() -> list[Path]:
 
 
 def _read_policy(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise InputError(f"cannot read policy {path}: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
-        raise InputError(f"policy {path} must be a mapping with an 'id'")
+    document = read_document(path, "policy")
+    if not isinstance(document.get("id"), str):
+        raise InputError(f"policy '{path}' must be a mapping with an 'id'")
     return document
 
 

@@ -152,6 +152,9 @@ class VerifierProcess:
     enrollment_mode: str = "open"
     extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    # The whole `verifier serve` option list instead of the one built from the fields above
+    # (a test starting the verifier exactly as a manifest does); the port must be ``port``.
+    serve_args: tuple[str, ...] | None = None
 
     @property
     def url(self) -> str:
@@ -187,6 +190,8 @@ class VerifierProcess:
             "--enrollment-mode", self.enrollment_mode,
             *(("--database", self.database) if self.database else ()), *self.extra,
         ]  # fmt: skip
+        if self.serve_args is not None:
+            command = [stockade_executable(), "verifier", "serve", *self.serve_args]
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner-only, or refused
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

@@ -28,7 +28,10 @@ def parse_document(raw: bytes, content_type: str) -> dict[str, Any]:
     """A policy document from JSON or (``application/yaml``) YAML; must be a mapping."""
     try:
         document = yaml.safe_load(raw) if "yaml" in content_type else json.loads(raw)
-    except (ValueError, yaml.YAMLError) as error:
+        # Stored as JSON: YAML's integer keys (a captured policy's PCRs) become strings, as
+        # they would over JSON, so the same document is the same version either way.
+        document = json.loads(json.dumps(document, allow_nan=False))
+    except (ValueError, TypeError, yaml.YAMLError) as error:
         raise Unprocessable(
             f"policy document is not valid JSON/YAML: {error}", code="policy"
         ) from None
