@@ -119,6 +119,14 @@ class Enrollment:
 
 
 @dataclass(frozen=True)
+class AkEnrollment:
+    """An enrollment by AK certificate: the AK certifies the channel key over ``challenge``."""
+
+    enrollment_id: str
+    challenge: bytes
+
+
+@dataclass(frozen=True)
 class Nonce:
     nonce: bytes
     pcr_selection: str
@@ -240,6 +248,26 @@ class VerifierClient:
             unb64(answer["credential_blob"], "credential_blob"),
             unb64(answer["encrypted_secret"], "encrypted_secret"),
         )
+
+    def enroll_by_ak_certificate(
+        self,
+        name: str,
+        ak_certificate: bytes,
+        ak_public: bytes,
+        intermediates: tuple[bytes, ...] = (),
+    ) -> AkEnrollment:
+        """Enroll a cloud vTPM by its AK certificate (docs/verifier-protocol.md)."""
+        answer = self.request(
+            "POST",
+            "/v1/enrollments",
+            {
+                "name": name,
+                "ak_certificate": b64(ak_certificate),
+                "ak_intermediates": [b64(c) for c in intermediates],
+                "ak_public": b64(ak_public),
+            },
+        )
+        return AkEnrollment(str(answer["enrollment_id"]), unb64(answer["challenge"], "challenge"))
 
     def activate(
         self,

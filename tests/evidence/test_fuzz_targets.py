@@ -31,6 +31,7 @@ TARGETS = [
     "fuzz_certificate",
     "fuzz_sealed_secret",
     "fuzz_channel_headers",
+    "fuzz_ak_certificate",
 ]
 # The function in each target's namespace that does the parsing.
 PARSER_NAMES = {
@@ -43,6 +44,7 @@ PARSER_NAMES = {
     "fuzz_certificate": (None, "load_certificate"),
     "fuzz_sealed_secret": ("SealedSecret", "unmarshal"),
     "fuzz_channel_headers": (None, "parse_signed_request"),
+    "fuzz_ak_certificate": (None, "parse_gce_instance"),
 }
 # The typed "this is not valid" error each target lets pass (EvidenceError unless listed).
 TYPED_ERRORS = {"fuzz_channel_headers": lambda: ChannelAuthError("malformed", "typed")}
@@ -92,6 +94,7 @@ def seeds(rsa_ak, ecc_ak, pcr_values, ek_templates, rsa_ek_key, pki):
             ).marshal()
         ],
         "fuzz_channel_headers": load_target("fuzz_channel_headers").seed_inputs(),
+        "fuzz_ak_certificate": load_target("fuzz_ak_certificate").seed_inputs(),
     }
 
 

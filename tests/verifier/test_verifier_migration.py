@@ -255,3 +255,20 @@ def test_replicas_starting_together_migrate_one_at_a_time(database_url):
         heads = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     engine.dispose()
     assert len(heads) == 1
+
+
+def test_migration_0008_marks_existing_nodes_and_enrollments_as_ek(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Every node and enrollment before AK-certificate enrollment existed is an EK's."""
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'old.db'}")
+    _upgrade(engine, "0007")
+    with engine.begin() as connection:
+        _node(connection, "web-1", rsa_ek(rsa.generate_private_key(65537, 2048)), "2026-01-01")
+    migrate(engine)
+    with engine.connect() as connection:
+        node = connection.execute(
+            text("SELECT identity_kind, ak_certificate, instance FROM nodes")
+        ).one()
+    engine.dispose()
+    assert tuple(node) == ("ek", None, None)

@@ -78,6 +78,9 @@ class AgentConfig:
     # (agent/oci_hook.py serving_hook_requests), extending this node's TPM and execution log.
     hook_socket: Path | None = None
     hook_settings: HookSettings = field(default_factory=HookSettings)
+    # Enroll by the cloud vTPM's AK certificate (stockade.tpm.cloud_ak) instead of the EK's;
+    # also done, without this, by a TPM with a cloud AK in NV but no EK certificate.
+    ak_from_nv: bool = False
 
     def admission_settings(self) -> HookSettings:
         """The hook settings, with the TPM and execution log this agent attests."""
@@ -227,13 +230,13 @@ class Agent:
 
     def enroll(self, client: VerifierClient) -> Enrolled:
         """EK certificate + AK public -> MakeCredential challenge -> activated secret, and the
-        channel key the AK certifies over it."""
-        from stockade.agent.channel_key import create_channel_key
+        channel key the AK certifies over it. A cloud vTPM: ``enroll_by_ak_certificate``."""
         from stockade.tpm.credential import activate_credential
         from stockade.tpm.device import Tpm
         from stockade.tpm.ek import read_endorsement
-        from stockade.tpm.node_key import save_node_key
 
+        if self.uses_cloud_ak():
+            return self.enroll_by_ak_certificate(client)
         ak = self.load_or_create_ak()
         with Tpm(self.config.source.tcti) as tpm:
             endorsement = read_endorsement(tpm, ak.ek_kind)
@@ -248,9 +251,55 @@ class Agent:
         blob = CredentialBlob(challenge.credential_blob, challenge.encrypted_secret)
         with Tpm(self.config.source.tcti) as tpm:
             secret = activate_credential(tpm, ak, blob)
-        channel = create_channel_key(self.config.source.tcti, ak, challenge.enrollment_id, secret)
+        return self._activate(client, ak, challenge.enrollment_id, secret)
+
+    def uses_cloud_ak(self) -> bool:
+        """``--ak-from-nv``, an AK saved from a cloud template, or a TPM with a cloud AK in NV
+        and no EK certificate of the AK's kind."""
+        from stockade.tpm.ak import AttestationKey
+        from stockade.tpm.cloud_ak import cloud_ak_kinds
+        from stockade.tpm.device import Tpm
+        from stockade.tpm.ek import read_endorsement
+
+        if self.config.ak_from_nv:
+            return True
+        if self.state.has_ak():
+            return AttestationKey.load(self.config.state_dir).primary_template is not None
+        with Tpm(self.config.source.tcti) as tpm:
+            if not cloud_ak_kinds(tpm):
+                return False
+            if read_endorsement(tpm, self.config.key_kind).certificate is not None:
+                return False
+        self.log("the TPM has a cloud AK certificate in NV and no EK certificate: using it")
+        return True
+
+    def enroll_by_ak_certificate(self, client: VerifierClient) -> Enrolled:
+        """The cloud vTPM's AK (made from its NV template) and its certificate -> a challenge
+        the AK certifies the channel key over."""
+        from stockade.tpm.cloud_ak import cloud_ak_kinds, read_cloud_ak
+        from stockade.tpm.device import Tpm
+
+        with Tpm(self.config.source.tcti) as tpm:
+            kinds = cloud_ak_kinds(tpm)
+            kind = self.config.key_kind if self.config.key_kind in kinds else None
+            cloud = read_cloud_ak(tpm, kind)
+        cloud.ak.save(self.config.state_dir)
+        challenge = client.enroll_by_ak_certificate(
+            self.config.name, cloud.certificate, cloud.ak.public.marshal_tpm2b()
+        )
+        return self._activate(client, cloud.ak, challenge.enrollment_id, challenge.challenge)
+
+    def _activate(
+        self, client: VerifierClient, ak: Any, enrollment_id: str, secret: bytes
+    ) -> Enrolled:
+        """Certify a new channel key with ``ak`` over this enrollment and ``secret`` (the
+        recovered credential, or the AK-certificate challenge), and pin it."""
+        from stockade.agent.channel_key import create_channel_key
+        from stockade.tpm.node_key import save_node_key
+
+        channel = create_channel_key(self.config.source.tcti, ak, enrollment_id, secret)
         answer = client.activate(
-            challenge.enrollment_id,
+            enrollment_id,
             secret,
             channel.key.public.marshal_tpm2b(),
             channel.certify_info,

@@ -111,6 +111,15 @@ def run(
             "(STOCKADE_TRUST_POLICY, ...) or the defaults",
         ),
     ] = None,
+    ak_from_nv: Annotated[
+        bool,
+        typer.Option(
+            "--ak-from-nv",
+            help="enroll by the cloud vTPM's AK certificate (GCE: the AK template and "
+            "certificate in NV 0x01c10000-0x01c10003) instead of the EK certificate; used "
+            "anyway when the TPM has those but no EK certificate",
+        ),
+    ] = False,
 ) -> None:
     """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM.
 
@@ -143,6 +152,7 @@ def run(
             verifier_key=verifier_key,
             hook_socket=hook_socket,
             hook_settings=hook_settings,
+            ak_from_nv=ak_from_nv,
         )
     )
 

@@ -69,6 +69,23 @@ def serve(
             ".cer and .der file under the directory (repeatable; docs/real-hardware.md)",
         ),
     ] = None,
+    ak_ca: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ak-ca",
+            help="trusted cloud vTPM AK CA certificates (PEM/DER; roots+intermediates; "
+            "repeatable): nodes may enroll by an AK certificate they chain to (GCE Shielded "
+            "VMs). Kept apart from the EK CAs",
+        ),
+    ] = None,
+    ak_ca_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ak-ca-dir",
+            help="a bundle of cloud vTPM AK CA certificates: every .pem, .crt, .cer and .der "
+            "file under the directory (repeatable)",
+        ),
+    ] = None,
     ek_allowlist: Annotated[
         Path | None,
         typer.Option(
@@ -141,12 +158,23 @@ def serve(
     if development:
         ca_files = _development_ek_ca()
     roots, intermediates = load_ca_files(ca_files)
+    ak_ca_files = list(ak_ca or [])
+    for bundle in ak_ca_dir or ():
+        ak_ca_files += ca_directory_files(bundle, "--ak-ca-dir")
+    ak_roots, ak_intermediates = load_ca_files(ak_ca_files, "AK CA")
+    if ak_ca_files and not ak_roots:
+        raise InputError(
+            f"--ak-ca: {', '.join(map(str, ak_ca_files))} hold no self-signed root: "
+            "every AK certificate would be refused"
+        )
     document = _read_policy(policy) if policy else None
     config = VerifierConfig(
         data_dir=directory,
         database_url=database,
         ek_roots=roots,
         ek_intermediates=intermediates,
+        ak_roots=ak_roots,
+        ak_intermediates=ak_intermediates,
         ek_allowlist=load_allowlist(ek_allowlist) if ek_allowlist else None,
         enrollment_mode=enrollment_mode,
         ek_types=frozenset(kind.value for kind in ek_type) if ek_type else None,
@@ -193,6 +221,8 @@ def serve(
     else:
         where = "development swtpm EK CA" if development else "configured"
         typer.echo(f"EK CAs:           {', '.join(map(str, ca_files))} ({where})")
+    if ak_ca_files:
+        typer.echo(f"AK CAs:           {', '.join(map(str, ak_ca_files))} (cloud vTPMs)")
     serve_app(web, host, port, prepared.tls)
 
 

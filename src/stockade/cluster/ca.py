@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from stockade.certificates import key_usage
 from stockade.cluster.names import KUBE_NODE_PREFIX, validate_node_name
 from stockade.errors import StockadeError, VerificationFailed
 from stockade.evidence.certify import check_node_key
@@ -173,7 +174,7 @@ class ClusterCa:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(key_usage(digital_signature=True), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
@@ -193,20 +194,6 @@ class ClusterCa:
         return builder.sign(self.key, hashes.SHA256())
 
 
-def _key_usage(*, digital_signature: bool = False, ca: bool = False) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 def _ca_certificate(
     key: ec.EllipticCurvePrivateKey, name: str, now: datetime.datetime
 ) -> x509.Certificate:
@@ -221,7 +208,7 @@ def _ca_certificate(
         .not_valid_before(start)
         .not_valid_after(start + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )

@@ -83,3 +83,16 @@ class EventLogMismatch(EvidenceInvalid):
     def __init__(self, check: str, detail: str, mismatches: tuple[PcrMismatch, ...] = ()) -> None:
         super().__init__(check, detail)
         self.mismatches = mismatches
+
+
+class AkCertificateInvalid(EvidenceInvalid):
+    """An AK certificate (a cloud vTPM's) does not chain to a trusted AK CA, is not valid now,
+    or does not certify the restricted signing key the node presents as its AK."""
+
+
+class InstanceIdentityMalformed(EvidenceError):
+    """A cloud instance identity extension that does not decode as its ASN.1 structure."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"instance identity extension: {detail}")
+        self.detail = detail

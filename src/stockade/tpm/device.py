@@ -120,6 +120,19 @@ class Tpm:
                 self.esys.policy_secret(ESYS_TR.ENDORSEMENT, session)
             yield session
 
+    def nv_indices(self) -> frozenset[int]:
+        """The NV indices defined in the TPM (probing an absent one makes libtss2 log)."""
+        found: set[int] = set()
+        start = TPM2_HT.NV_INDEX << 24
+        while True:
+            with tpm_command("GetCapability"):
+                more, data = self.esys.get_capability(TPM2_CAP.HANDLES, start, 64)
+            handles = [int(h) for h in data.data.handles]
+            found.update(handles)
+            if not more or not handles:
+                return frozenset(found)
+            start = max(handles) + 1
+
     def transient_object_count(self) -> int:
         with tpm_command("GetCapability"):
             _, data = self.esys.get_capability(TPM2_CAP.HANDLES, TPM2_HT.TRANSIENT << 24, 64)
@@ -178,8 +191,9 @@ class Tpm:
             int(info.clock), int(info.resetCount), int(info.restartCount), bool(info.safe)
         )
 
-    def nv_read(self, index: int) -> bytes:
-        """Read a whole NV index (e.g. an EK certificate) in chunks."""
+    def nv_read(self, index: int, *, owner_auth: bool = False) -> bytes:
+        """Read a whole NV index (e.g. an EK certificate) in chunks, authorised by the index
+        itself (TPMA_NV_AUTHREAD) or, with ``owner_auth``, by the owner hierarchy."""
         with tpm_command("NV_ReadPublic"):
             handle = self.esys.tr_from_tpmpublic(index)
             public, _ = self.esys.nv_read_public(handle)
@@ -189,7 +203,8 @@ class Tpm:
         with tpm_command("NV_Read"):
             for offset in range(0, size, NV_READ_CHUNK):
                 length = min(NV_READ_CHUNK, size - offset)
-                chunks.append(bytes(self.esys.nv_read(handle, length, offset, auth_handle=handle)))
+                auth = ESYS_TR.OWNER if owner_auth else handle
+                chunks.append(bytes(self.esys.nv_read(handle, length, offset, auth_handle=auth)))
         return b"".join(chunks)
 
 

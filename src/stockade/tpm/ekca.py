@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from stockade.certificates import key_usage
 from stockade.errors import InputError, StockadeError
 from stockade.home import locked, stockade_home, write_atomic
 
@@ -255,17 +256,7 @@ def _ca_certificate(
     not_after: datetime.datetime,
     path_length: int,
 ) -> x509.Certificate:
-    ca_usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    ca_usage = key_usage(ca=True)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

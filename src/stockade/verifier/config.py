@@ -56,6 +56,10 @@ class VerifierConfig:
     database_url: str | None = None
     ek_roots: Sequence[x509.Certificate] = ()
     ek_intermediates: Sequence[x509.Certificate] = ()
+    # Cloud vTPM AK CAs (``--ak-ca``, ``--ak-ca-dir``), never mixed with the EK roots: with none,
+    # an enrollment by AK certificate is refused (``stockade.evidence.ak_certificate``).
+    ak_roots: Sequence[x509.Certificate] = ()
+    ak_intermediates: Sequence[x509.Certificate] = ()
     # Enrollment mode ``allowlist`` admits EKs whose certificate's sha256 (hex), EK identity
     # (sha256 of the EK's SubjectPublicKeyInfo) or ``serial:<hex>`` is listed; the list also
     # restricts the other modes when given.
@@ -113,7 +117,9 @@ class VerifierConfig:
         return self.database_url or f"sqlite:///{self.data_dir / 'verifier.db'}"
 
 
-def load_ca_files(paths: Sequence[Path]) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+def load_ca_files(
+    paths: Sequence[Path], what: str = "EK CA"
+) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """Split the certificates in PEM/DER files into self-signed roots and intermediates."""
     roots: list[x509.Certificate] = []
     intermediates: list[x509.Certificate] = []
@@ -121,7 +127,7 @@ def load_ca_files(paths: Sequence[Path]) -> tuple[list[x509.Certificate], list[x
         try:
             data = path.read_bytes()
         except OSError as error:
-            raise ConfigurationError(f"cannot read EK CA file {path}: {error}") from None
+            raise ConfigurationError(f"cannot read {what} file {path}: {error}") from None
         try:
             certs = (
                 x509.load_pem_x509_certificates(data)
@@ -129,7 +135,7 @@ def load_ca_files(paths: Sequence[Path]) -> tuple[list[x509.Certificate], list[x
                 else [x509.load_der_x509_certificate(data)]
             )
         except ValueError as error:
-            raise ConfigurationError(f"EK CA file {path} holds no certificate: {error}") from None
+            raise ConfigurationError(f"{what} file {path} holds no certificate: {error}") from None
         for cert in certs:
             (roots if _self_signed(cert) else intermediates).append(cert)
     return roots, intermediates
@@ -140,14 +146,15 @@ def load_ca_files(paths: Sequence[Path]) -> tuple[list[x509.Certificate], list[x
 CA_SUFFIXES = frozenset((".pem", ".crt", ".cer", ".der"))
 
 
-def ca_directory_files(directory: Path) -> list[Path]:
-    """The certificate files of an EK CA bundle directory (``--ek-ca-dir``), searched
-    recursively in a stable order. The roots decide which TPMs are genuine, so a directory or
-    file others may write is refused (group write only for this process's own group, as a
-    Kubernetes ``fsGroup`` volume has), and so is a bundle with no certificate at all."""
+def ca_directory_files(directory: Path, option: str = "--ek-ca-dir") -> list[Path]:
+    """The certificate files of a CA bundle directory (``--ek-ca-dir``, or ``option``, e.g.
+    ``--ak-ca-dir``), searched recursively in a stable order. The roots decide which TPMs are
+    genuine, so a directory or file others may write is refused (group write only for this
+    process's own group, as a Kubernetes ``fsGroup`` volume has), and so is a bundle with no
+    certificate at all."""
     try:
         if not directory.is_dir():
-            raise ConfigurationError(f"--ek-ca-dir {directory} is not a directory")
+            raise ConfigurationError(f"{option} {directory} is not a directory")
         # Hidden entries are skipped: a Kubernetes ConfigMap volume keeps its files in
         # "..<timestamp>/" behind the visible symlinks, which are what is read.
         found = sorted(
@@ -158,22 +165,23 @@ def ca_directory_files(directory: Path) -> list[Path]:
             and not any(part.startswith(".") for part in path.relative_to(directory).parts)
         )
         for path in [directory, *{p.parent for p in found}, *found]:
-            _refuse_writable_by_others(path)
+            _refuse_writable_by_others(path, option)
     except OSError as error:
-        raise ConfigurationError(f"cannot read the EK CA bundle {directory}: {error}") from None
+        raise ConfigurationError(f"cannot read the {option} bundle {directory}: {error}") from None
     if not found:
         raise ConfigurationError(
-            f"--ek-ca-dir {directory} holds no certificate file "
+            f"{option} {directory} holds no certificate file "
             f"({', '.join(sorted(CA_SUFFIXES))}): every enrollment would be refused"
         )
     return found
 
 
-def _refuse_writable_by_others(path: Path) -> None:
+def _refuse_writable_by_others(path: Path, option: str) -> None:
     status = path.stat()  # through symlinks: what is read is what counts
     if status.st_mode & 0o002 or (status.st_mode & 0o020 and status.st_gid != os.getegid()):
+        what = "AK CA" if option.startswith("--ak") else "EK CA"
         raise ConfigurationError(
-            f"EK CA bundle: {path} is writable by others (mode {status.st_mode & 0o777:04o}): "
+            f"{what} bundle: {path} is writable by others (mode {status.st_mode & 0o777:04o}): "
             "whoever can write it decides which TPMs are genuine"
         )
 

@@ -77,6 +77,14 @@ class Node(Base):
     # certificate sha256 or ``serial:<hex>``).
     replace_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     replace_ek: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    # ``ek`` or ``ak-certificate`` (a cloud vTPM enrolled by its AK certificate: then
+    # ``ek_fingerprint`` is the sha256 of the certified AK's SubjectPublicKeyInfo, ``ek_public``
+    # and ``ek_certificate`` are empty, and ``instance`` is the cloud instance it names).
+    identity_kind: Mapped[str] = mapped_column(String(16), default="ek", server_default="ek")
+    ak_certificate: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    instance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # ``gce:<project number>/<instance id>``: one cloud instance is one node.
+    instance_key: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -96,6 +104,11 @@ class Enrollment(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     used: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # ``ek`` (MakeCredential) or ``ak-certificate`` (a cloud AK certificate; see Node).
+    kind: Mapped[str] = mapped_column(String(16), default="ek", server_default="ek")
+    ak_certificate: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    instance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    instance_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 class Nonce(Base):

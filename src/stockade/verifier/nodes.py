@@ -38,6 +38,11 @@ def node_json(node: Node, service: Service) -> dict[str, Any]:
         "name": node.name,
         "state": effective_state(node, service.now()),
         "ek_fingerprint": node.ek_fingerprint,
+        # "ek", or "ak-certificate" (a cloud vTPM: ek_fingerprint is then its certified AK's
+        # identity, and instance the cloud instance its AK certificate names).
+        "identity_kind": node.identity_kind,
+        "instance": node.instance,
+        "instance_key": node.instance_key,
         "channel_key": node.channel_key_public is not None,
         "pending_until": rfc3339(node.pending_until) if node.pending_until else None,
         "replace_until": rfc3339(node.replace_until) if node.replace_until else None,

@@ -393,6 +393,12 @@ def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[
                 "the node again",
                 code="channel",
             )
+        if not standing.ek_public:
+            raise Forbidden(
+                f"node {standing.name} ({standing.node_id}) enrolled by a cloud AK certificate: "
+                "the verifier knows no EK of its TPM to seal a secret to",
+                code="no-ek",
+            )
         secret = connection.execute(
             select(Secret.version, Secret.kek_id, Secret.ciphertext).where(Secret.name == name)
         ).first()
