@@ -4,7 +4,9 @@ evidence: quotes from a software TPM after real boots (conftest ``boots``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -19,7 +21,9 @@ from stockade.appraisal.appraise import (
     appraise,
     build_references,
 )
-from stockade.appraisal.captured import capture_policy, self_replayed
+from stockade.appraisal.captured import CapturedPolicy, capture_policy, self_replayed
+from stockade.appraisal.captured_fleet import merge_captured
+from stockade.appraisal.captured_release import captured_with_release
 from stockade.appraisal.ear import ear_claims
 from stockade.appraisal.policy import (
     CAPTURED_RESULT_VALIDITY_SECONDS,
@@ -27,7 +31,8 @@ from stockade.appraisal.policy import (
     PolicyInvalid,
     parse_policy,
 )
-from stockade.evidence.eventlog import EventType, parse_event_log
+from stockade.evidence.algorithms import HASHES
+from stockade.evidence.eventlog import EventLog, EventType, parse_event_log
 from stockade.evidence.replay import verify_log
 
 pytestmark = pytest.mark.swtpm
@@ -195,3 +200,65 @@ def test_the_execution_pcr_may_be_quoted_beside_a_captured_platform(golden):
     policy = parse_policy(document, 1)
     assert policy.executions_quoted
     assert 13 not in policy.pcr_indices
+
+
+# -- merged (fleet) policies at the verifier -------------------------------------------------
+
+
+def _other_machine(log_bytes: bytes, pcr: int, event_type: EventType) -> CapturedPolicy:
+    """The capture of another machine: ``log_bytes`` with the first ``event_type`` event of
+    ``pcr`` measuring other bytes (digests recomputed, so the log replays consistently)."""
+    log = parse_event_log(log_bytes)
+    event = next(e for e in log.events if e.pcr == pcr and e.type == event_type)
+    changed = event._replace(
+        digests=tuple((alg, HASHES[alg].digest(b"other machine" + d)) for alg, d in event.digests)
+    )
+    events = tuple(changed if e.number == event.number else e for e in log.events)
+    other = parse_event_log(EventLog(log.crypto_agile, log.spec_id, events).marshal())
+    return capture_policy(verify_log(other, self_replayed(other)), "other", machine="other")
+
+
+def _golden_on(boots: Boots, machine: str) -> CapturedPolicy:
+    log = parse_event_log(boots.good.evidence.event_log)
+    return capture_policy(verify_log(log, self_replayed(log)), "golden", machine=machine)
+
+
+def test_per_machine_events_are_compared_with_the_enrolled_nodes_own(node, boots):
+    golden = _golden_on(boots, node.name)
+    other = _other_machine(boots.good.evidence.event_log, 1, EventType.EV_EFI_VARIABLE_BOOT)
+    merged = merge_captured([("golden", golden), ("other", other)], "fleet").policy
+    per_node = [e for e in merged.pcrs[1].events if e.per_node]
+    assert per_node, "the differing boot variable became per machine"
+    policy = parse_policy(json.loads(json.dumps(merged.to_document())), 1)
+    assert _run(policy, node, boots.good).status is Status.AFFIRMING
+    # The same evidence from a node enrolled under a name the policy does not list.
+    stranger = dataclasses.replace(node, name="stranger")
+    result = _run(policy, stranger, boots.good)
+    assert result.status is Status.CONTRAINDICATED
+    (finding,) = result.findings
+    assert finding["pcr"] == 1
+    assert finding["event"]["index"] == per_node[0].index
+    assert "stranger" in finding["reason"] and node.name in finding["reason"]
+    # And the other machine's digest is not accepted for this node.
+    impostor = dataclasses.replace(node, name="other")
+    assert _run(policy, impostor, boots.good).status is Status.CONTRAINDICATED
+
+
+def test_every_pcr_4_variant_of_a_merged_platform_gets_the_release_kernel(world, boots):
+    golden = _golden_on(boots, "golden")
+    other = _other_machine(
+        boots.good.evidence.event_log, 4, EventType.EV_EFI_BOOT_SERVICES_APPLICATION
+    )
+    merged = merge_captured([("golden", golden), ("other", other)], "fleet").policy
+    assert len(merged.pcrs[4].variants) == 2
+    combined = captured_with_release(merged, world.current.manifest)
+    kernel = world.current.manifest
+    assert len(combined.pcrs[4].variants) == 2
+    for variant in combined.pcrs[4].variants:
+        applications = [e for e in variant.events if e.type == "EV_EFI_BOOT_SERVICES_APPLICATION"]
+        assert (
+            applications[-1].measured
+            == f"the kernel of {kernel.name} {kernel.version} (Authenticode)"
+        )
+        assert variant.value is not None
+    assert combined.pcrs[4].variants[0].events[:-1] != combined.pcrs[4].variants[1].events[:-1]

@@ -222,7 +222,7 @@ def test_the_text_format_gives_one_line_per_reason(runs):
     [
         ("bad-digest", "policy.pcrs.4.events[1].sha256 is not lowercase hexadecimal"),
         ("twice", "the key 'id' appears twice"),
-        ("garbage", "is not YAML"),
+        ("garbage", "is not a YAML or JSON document"),
     ],
 )
 def test_a_malformed_policy_exits_2_naming_the_field(runs, kind, says):

@@ -29,14 +29,13 @@ from stockade.appraisal.uki import (
 from stockade.release.authenticode import pe_sections
 from stockade.release.errors import NotPeImage
 from support.cli import run_stockade
+from support.uki import STUB, build_uki
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
 from fuzz_uki import seed_inputs, synthetic_uki
 from fuzz_uki import test_one_input as fuzz_one_input
 
 MEASURE = Path("/usr/lib/systemd/systemd-measure")
-STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
-ORDER = ("osrel", "cmdline", "splash", "dtb", "pcrpkey", "linux", "initrd")
 
 needs_tools = [
     pytest.mark.tools,
@@ -54,27 +53,6 @@ def _tool_marks(test):
     for mark in reversed(needs_tools):
         test = mark(test)
     return test
-
-
-def build_uki(directory: Path, contents: dict[str, bytes], *, gap: int = 0x1000) -> Path:
-    """objcopy each section onto the stub, as systemd 252's documentation builds a UKI:
-    one ``--add-section`` and ``--change-section-vma`` per section, each placed after the
-    end of the previous one (page-aligned, plus ``gap``), past the stub's own sections."""
-    stub = STUB.read_bytes()
-    address = max(s.virtual_address + s.virtual_size for s in pe_sections(stub))
-    arguments = []
-    for name in ORDER:
-        if name not in contents:
-            continue
-        path = directory / name
-        path.write_bytes(contents[name])
-        address = (address + gap + 0xFFF) & ~0xFFF
-        arguments += ["--add-section", f".{name}={path}"]
-        arguments += ["--change-section-vma", f".{name}=0x{address:x}"]
-        address += len(contents[name])
-    uki = directory / "uki.efi"
-    subprocess.run(["objcopy", *arguments, str(STUB), str(uki)], check=True, timeout=60)
-    return uki
 
 
 def systemd_measure(directory: Path, contents: dict[str, bytes], *extra: str) -> str:

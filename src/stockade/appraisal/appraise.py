@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -52,12 +52,14 @@ from stockade.appraisal.captured import (
     CapturedAppraisal,
     CapturedPolicy,
     CapturedStatus,
+    Finding,
     appraise_captured,
     replay_failure,
 )
 from stockade.appraisal.captured_release import (
     ReleaseNotCombinable,
     captured_with_release,
+    captured_with_uki,
     release_label,
 )
 from stockade.appraisal.measured_boot import (
@@ -74,6 +76,7 @@ from stockade.appraisal.release_reference import (
     kernel_authority_from_manifest,
     release_reference_from_manifest,
 )
+from stockade.appraisal.uki import PCR_KERNEL_IMAGE, RUNNING_PHASE
 from stockade.evidence.algorithms import Alg
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.clock import check_clock_progression, is_new_boot
@@ -212,14 +215,33 @@ class Appraisal:
 
 
 @dataclass(frozen=True)
+class CapturedCandidate:
+    """One boot a captured-platform policy accepts: the capture itself (``release`` None),
+    or the capture booting one accepted release or UKI (then ``pcr11``: the UKI's PCR 11
+    once the system runs, compared by value)."""
+
+    release: str | None
+    policy: CapturedPolicy
+    pcr11: bytes | None = None
+
+
+@dataclass(frozen=True)
 class CapturedReferences:
     """What a policy with a captured platform is appraised against: the capture itself, or
-    the capture combined with each accepted release (labelled ``name version``)."""
+    the capture combined with each accepted release and UKI."""
 
     policy_ref: str
     pcrs: tuple[int, ...]  # the quoted boot PCRs, in the captured policy's bank
-    variants: tuple[tuple[str | None, CapturedPolicy], ...]
+    candidates: tuple[CapturedCandidate, ...]
     skipped: tuple[str, ...] = ()
+
+    @property
+    def replayed_pcrs(self) -> tuple[int, ...]:
+        """The PCRs the log must replay to: all but a UKI's PCR 11 (systemd-pcrphase extends
+        it without logging)."""
+        if any(candidate.pcr11 is not None for candidate in self.candidates):
+            return tuple(index for index in self.pcrs if index != PCR_KERNEL_IMAGE)
+        return self.pcrs
 
 
 # -- references ------------------------------------------------------------------------
@@ -269,20 +291,28 @@ def build_references(policy: Policy) -> ReferenceSet | CapturedReferences:
 
 def _captured_references(policy: Policy, captured: CapturedPolicy) -> CapturedReferences:
     pcrs = policy.pcr_indices
-    if not policy.releases:
-        return CapturedReferences(policy.ref, pcrs, ((None, captured),))
-    variants: list[tuple[str | None, CapturedPolicy]] = []
+    if not policy.releases and not policy.ukis:
+        return CapturedReferences(policy.ref, pcrs, (CapturedCandidate(None, captured),))
+    candidates: list[CapturedCandidate] = []
     skipped: list[str] = []
     for manifest in policy.releases:
+        label = release_label(manifest)
         try:
-            variants.append((release_label(manifest), captured_with_release(captured, manifest)))
+            candidates.append(CapturedCandidate(label, captured_with_release(captured, manifest)))
         except ReleaseNotCombinable as error:
-            skipped.append(f"{release_label(manifest)}: {error}")
-    if not variants:
+            skipped.append(f"{label}: {error}")
+    for uki in policy.ukis:
+        try:
+            candidates.append(
+                CapturedCandidate(uki.name, captured_with_uki(captured, uki), uki.pcr11)
+            )
+        except ReleaseNotCombinable as error:
+            skipped.append(f"{uki.name}: {error}")
+    if not candidates:
         raise PolicyInvalid(
             "releases", "no release combines with the captured platform: " + "; ".join(skipped)
         )
-    return CapturedReferences(policy.ref, pcrs, tuple(variants), tuple(skipped))
+    return CapturedReferences(policy.ref, pcrs, tuple(candidates), tuple(skipped))
 
 
 def _describe_platform(index: int, platform: PlatformReference) -> str:
@@ -509,32 +539,33 @@ def _appraise_captured(
     clock: ClockInfo,
     new_boot: bool,
 ) -> Appraisal:
-    """The boot event by event against the captured platform (each release's variant):
-    the first variant without findings matches; otherwise the closest one's findings."""
+    """The boot event by event against each accepted candidate (the capture, or it booting
+    each release or UKI): the first without findings matches; otherwise the closest one's
+    findings are the result."""
     closest: tuple[str | None, CapturedAppraisal] | None = None
     verified: VerifiedEventLog | None = None
     try:
         log = parse_event_log(event_log)
-        verified = verify_log(log, quoted, references.pcrs)
+        verified = verify_log(log, quoted, references.replayed_pcrs)
     except EventLogMismatch as mismatch:
-        closest = (None, replay_failure(references.variants[0][1], mismatch))
+        closest = (None, replay_failure(references.candidates[0].policy, mismatch))
     except EvidenceError as error:
         findings.fail(CONFIGURATION, None, f"event log {error}")
         findings.fail(EXECUTABLES, None, "the boot cannot be appraised without a valid event log")
         return findings.result(policy, clock, new_boot)
     else:
-        for label, variant in references.variants:
-            result = appraise_captured(variant, verified)
+        for candidate in references.candidates:
+            result = _appraise_candidate(candidate, verified, quoted, node.name)
             if result.status is CapturedStatus.AFFIRMING:
                 for failure in _secure_boot_failures(verified, policy.secure_boot):
                     findings.fail(CONFIGURATION, "secure_boot", failure)
                 _affirm_pcrs(findings, references.pcrs, set())
-                return findings.result(policy, clock, new_boot, release=label)
+                return findings.result(policy, clock, new_boot, release=candidate.release)
             if closest is None or len(result.findings) < len(closest[1].findings):
-                closest = (label, result)
+                closest = (candidate.release, result)
     assert closest is not None
     label, result = closest
-    if len(references.variants) > 1:
+    if len(references.candidates) > 1:
         findings.reasons.append(
             f"no accepted release matches on the captured platform; closest: {label} "
             f"({len(result.findings)} findings)"
@@ -554,6 +585,25 @@ def _appraise_captured(
         clock,
         new_boot,
         findings=tuple(finding.to_json() for finding in result.findings),
+    )
+
+
+def _appraise_candidate(
+    candidate: CapturedCandidate, verified: VerifiedEventLog, quoted: PcrValues, node: str
+) -> CapturedAppraisal:
+    result = appraise_captured(candidate.policy, verified, node=node)
+    if candidate.pcr11 is None:
+        return result
+    value = quoted.get(Alg.SHA256, PCR_KERNEL_IMAGE)
+    if value == candidate.pcr11:
+        return result
+    finding = Finding(
+        PCR_KERNEL_IMAGE,
+        f"PCR {PCR_KERNEL_IMAGE} is {_shown(value)}, the UKI {candidate.release} gives "
+        f"{_shown(candidate.pcr11)} once booted (phase {RUNNING_PHASE})",
+    )
+    return replace(
+        result, status=CapturedStatus.CONTRAINDICATED, findings=(*result.findings, finding)
     )
 
 

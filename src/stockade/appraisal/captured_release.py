@@ -19,13 +19,15 @@ machine's puts another authority into PCR 7 and is named there. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from stockade.appraisal.captured import (
     CapturedEvent,
     CapturedPcr,
     CapturedPolicy,
-    _extend,
+    CapturedVariant,
     describe_event,
+    extend_pcr,
 )
 from stockade.appraisal.measured_boot import (
     BOOT_MANAGER_CODE_PCR,
@@ -33,6 +35,7 @@ from stockade.appraisal.measured_boot import (
     release_measurements,
 )
 from stockade.appraisal.release_reference import release_reference_from_manifest
+from stockade.appraisal.uki import PCR_KERNEL_IMAGE, UkiReference
 from stockade.evidence.algorithms import HASHES, Alg
 from stockade.evidence.eventlog import Event, EventType, event_type_name
 from stockade.release.manifest import Manifest
@@ -48,10 +51,31 @@ def release_label(manifest: Manifest) -> str:
     return f"{manifest.name} {manifest.version}"
 
 
-def _pcr(events: Iterable[CapturedEvent], bank: int) -> CapturedPcr:
-    listed = tuple(events)
+def _value(events: Iterable[CapturedEvent], bank: int) -> bytes:
     zero = bytes(HASHES[bank].digest_size)
-    return CapturedPcr(_extend(zero, (event.digest for event in listed), bank), listed)
+    return extend_pcr(zero, (event.digest for event in events), bank)
+
+
+def _with_kernel(
+    variant: CapturedVariant, kernel: bytes, label: str, bank: int
+) -> CapturedVariant | None:
+    """``variant`` with its last boot application the release's kernel (None: it loads
+    none). Its value follows when every event is exact; per-machine values do not."""
+    positions = [n for n, event in enumerate(variant.events) if event.type == BOOT_APPLICATION]
+    if not positions:
+        return None
+    events = list(variant.events)
+    loaded = events[positions[-1]]
+    events[positions[-1]] = CapturedEvent(
+        loaded.index, loaded.type, f"the kernel of {label} (Authenticode)", kernel
+    )
+    exact = all(event.exact for event in events)
+    return replace(
+        variant,
+        value=_value(events, bank) if exact else None,
+        values=(),
+        events=tuple(events),
+    )
 
 
 def captured_with_release(captured: CapturedPolicy, manifest: Manifest) -> CapturedPolicy:
@@ -78,25 +102,38 @@ def captured_with_release(captured: CapturedPolicy, manifest: Manifest) -> Captu
         )
     pcrs = dict(captured.pcrs)
     for index, events in by_pcr.items():
-        pcrs[index] = _pcr(events, captured.bank)
+        pcrs[index] = CapturedPcr(_value(events, captured.bank), events)
+    return _booting(captured, pcrs, release.kernel_authenticode[Alg.SHA256], label)
+
+
+def captured_with_uki(captured: CapturedPolicy, uki: UkiReference) -> CapturedPolicy:
+    """The captured policy of the UKI release ``uki`` booted on ``captured``'s platform: the
+    UKI is PCR 4's last boot application, and PCR 11 leaves the event comparison (the
+    verifier compares its quoted value with ``uki.pcr11``: systemd-pcrphase extends it
+    without logging, so a running system's log never replays to it)."""
+    if captured.bank != Alg.SHA256:
+        raise ReleaseNotCombinable(
+            f"UKI references are sha256; the captured platform is in {HASHES[captured.bank].name}"
+        )
+    pcrs = {index: pcr for index, pcr in captured.pcrs.items() if index != PCR_KERNEL_IMAGE}
+    return _booting(captured, pcrs, uki.authenticode, uki.name)
+
+
+def _booting(
+    captured: CapturedPolicy, pcrs: dict[int, CapturedPcr], kernel: bytes, label: str
+) -> CapturedPolicy:
+    """``captured`` with ``pcrs``, PCR 4's last boot application of every variant the
+    kernel (or UKI) ``label`` whose Authenticode digest is ``kernel``."""
     boot_manager = pcrs.get(BOOT_MANAGER_CODE_PCR)
-    applications = [
-        position
-        for position, event in enumerate(boot_manager.events if boot_manager else ())
-        if event.type == BOOT_APPLICATION
+    variants = [
+        combined
+        for variant in (boot_manager.variants if boot_manager else ())
+        if (combined := _with_kernel(variant, kernel, label, captured.bank)) is not None
     ]
-    if boot_manager is None or not applications:
+    if not variants:
         raise ReleaseNotCombinable(
             f"the captured platform {captured.policy_id} loads no boot application in PCR "
             f"{BOOT_MANAGER_CODE_PCR} to be the kernel of {label}"
         )
-    kernel = boot_manager.events[applications[-1]]
-    events = list(boot_manager.events)
-    events[applications[-1]] = CapturedEvent(
-        kernel.index,
-        kernel.type,
-        f"the kernel of {label} (Authenticode)",
-        release.kernel_authenticode[Alg.SHA256],
-    )
-    pcrs[BOOT_MANAGER_CODE_PCR] = _pcr(events, captured.bank)
-    return CapturedPolicy(f"{captured.policy_id}+{label}", captured.bank, pcrs)
+    pcrs[BOOT_MANAGER_CODE_PCR] = CapturedPcr(variants=variants)
+    return replace(captured, policy_id=f"{captured.policy_id}+{label}", pcrs=pcrs)

@@ -28,6 +28,7 @@ from stockade.appraisal.captured import (
 from stockade.appraisal.executions import Forbidden, TrustPolicyRequirement
 from stockade.appraisal.measured_boot import RELEASE_PCR, PlatformReference
 from stockade.appraisal.reference import platform_from_json
+from stockade.appraisal.uki import PCR_KERNEL_IMAGE, UkiReference
 from stockade.errors import InputError, StockadeError
 from stockade.evidence.algorithms import HASHES, Alg
 from stockade.evidence.errors import EvidenceError
@@ -47,7 +48,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _FIELDS = {
     "id", "pcrs", "result_validity_seconds", "releases", "platforms", "secure_boot", "enforce",
-    "executions", "captured",
+    "executions", "captured", "ukis",
 }  # fmt: skip
 # What a release predicts on a captured platform (``appraisal.captured_release``).
 RELEASE_PCRS_ON_CAPTURED = frozenset((8, 9, RELEASE_PCR))
@@ -101,6 +102,9 @@ class Policy:
     # boot is appraised event by event against it, with ``releases`` (optional then)
     # predicting PCRs 8, 9 and 12 and the kernel in PCR 4.
     captured: CapturedPolicy | None = None
+    # UKI releases on the captured platform (``stockade release predict-uki --policy-entry``):
+    # the UKI is PCR 4's last boot application and PCR 11 is appraised by value.
+    ukis: tuple[UkiReference, ...] = ()
 
     @property
     def trust_policy(self) -> TrustPolicyRequirement:
@@ -169,11 +173,16 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
         manifests = _manifests(
             _required(releases, "manifests", "releases"), signers, min_security_version
         )
+    ukis = _ukis(document["ukis"]) if "ukis" in document else ()
     if captured is None:
+        if ukis:
+            raise PolicyInvalid("ukis", "UKI releases are appraised on a captured platform only")
         pcrs = _pcrs(_required(document, "pcrs"))
         platforms = _platforms(_required(document, "platforms"))
     else:
-        pcrs = _captured_pcrs(document.get("pcrs"), captured, with_releases=bool(manifests))
+        pcrs = _captured_pcrs(
+            document.get("pcrs"), captured, with_releases=bool(manifests), with_ukis=bool(ukis)
+        )
         platforms = ()
     return Policy(
         id=policy_id,
@@ -188,7 +197,28 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
         enforce=_enforce(document.get("enforce", {})),
         forbidden=parse_executions(document.get("executions", {})),
         captured=captured,
+        ukis=ukis,
     )
+
+
+def _ukis(value: Any) -> tuple[UkiReference, ...]:
+    """``ukis``: ``[{name, authenticode: <sha256 hex>, pcr11: <sha256 hex>}]``."""
+    ukis = []
+    for index, item in enumerate(_list(value, "ukis")):
+        where = f"ukis[{index}]"
+        entry = _mapping(item, where)
+        _no_unknown(entry, where, {"name", "authenticode", "pcr11"})
+        name = _required(entry, "name", where)
+        if not isinstance(name, str) or not name:
+            raise PolicyInvalid(f"{where}.name", "is not a non-empty string")
+        digests = []
+        for key in ("authenticode", "pcr11"):
+            text = _required(entry, key, where)
+            if not isinstance(text, str) or not _SHA256_HEX.fullmatch(text):
+                raise PolicyInvalid(f"{where}.{key}", f"{text!r} is not a lowercase sha256 hex")
+            digests.append(bytes.fromhex(text))
+        ukis.append(UkiReference(name, digests[0], digests[1]))
+    return tuple(ukis)
 
 
 def _captured(value: Any) -> CapturedPolicy:
@@ -207,18 +237,24 @@ def _captured(value: Any) -> CapturedPolicy:
     return captured
 
 
-def _captured_pcrs(value: Any, captured: CapturedPolicy, *, with_releases: bool) -> PcrSelection:
+def _captured_pcrs(
+    value: Any, captured: CapturedPolicy, *, with_releases: bool, with_ukis: bool
+) -> PcrSelection:
     """The quoted PCRs of a captured policy: every PCR it holds (with releases, also 8, 9
-    and 12, which they predict), in its bank, plus the execution PCR if ``pcrs`` names it."""
+    and 12, which they predict; with UKIs, 11), in its bank, plus the execution PCR if
+    ``pcrs`` names it."""
     held = set(captured.pcrs)
-    if with_releases:
-        if captured.bank != Alg.SHA256:
+    for given, field_name in ((with_releases, "releases"), (with_ukis, "ukis")):
+        if given and captured.bank != Alg.SHA256:
             raise PolicyInvalid(
-                "releases",
-                f"releases predict sha256 values; the captured policy is in "
+                field_name,
+                f"{field_name} predict sha256 values; the captured policy is in "
                 f"{HASHES[captured.bank].name}",
             )
+    if with_releases:
         held |= RELEASE_PCRS_ON_CAPTURED
+    if with_ukis:
+        held.add(PCR_KERNEL_IMAGE)
     wanted = sorted(held)
     if value is not None:
         if not isinstance(value, str):

@@ -34,7 +34,12 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
-from stockade.release.authenticode import PeSection, pe_image_size, pe_sections
+from stockade.release.authenticode import (
+    PeSection,
+    authenticode_digest,
+    pe_image_size,
+    pe_sections,
+)
 from stockade.release.errors import ReleaseError
 
 PCR_KERNEL_IMAGE = 11
@@ -201,3 +206,29 @@ def _check_mapping(
                 "on the firmware's loader",
                 section.header_offset,
             )
+
+
+RUNNING_PHASE = BOOT_PHASES[-1]  # what PCR 11 holds while the system runs (an attestation)
+
+
+@dataclass(frozen=True)
+class UkiReference:
+    """A UKI release as a policy accepts it: what the firmware measures of it into PCR 4
+    (its Authenticode SHA-256) and PCR 11 in sha256 once the system runs
+    (``RUNNING_PHASE``), from ``uki_reference`` or ``stockade release predict-uki
+    --policy-entry``."""
+
+    name: str
+    authenticode: bytes
+    pcr11: bytes
+
+    def to_document(self) -> dict[str, str]:
+        return {"name": self.name, "authenticode": self.authenticode.hex(),
+                "pcr11": self.pcr11.hex()}  # fmt: skip
+
+
+def uki_reference(name: str, image: bytes) -> UkiReference:
+    """The policy entry of the UKI ``image`` (``UkiMalformed``/``NotPeImage`` when it is
+    not one systemd-stub would boot)."""
+    pcr11 = predict_pcr11(uki_sections(image), "sha256", (RUNNING_PHASE,))[RUNNING_PHASE]
+    return UkiReference(name, authenticode_digest(image, "sha256"), pcr11)

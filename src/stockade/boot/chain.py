@@ -56,7 +56,7 @@ class BootResult:
             raise self.halted
 
 
-class _TpmExtender:
+class TpmExtender:
     """PCR_Extend with given digests (the TPM layer's ``extend_pcr`` hashes data itself)."""
 
     def __init__(self, tcti: str) -> None:
@@ -127,7 +127,7 @@ def boot_node(
     from stockade.tpm.swtpm import EXECUTION_LOG_NAME
 
     (tpm.instance_dir / EXECUTION_LOG_NAME).unlink(missing_ok=True)
-    extender = _TpmExtender(tpm.tcti)
+    extender = TpmExtender(tpm.tcti)
     try:
         banks = extender.banks()
         measurements = _run(extender, platform, release, banks)
@@ -147,7 +147,7 @@ class _Progress:
 
 
 def _run(
-    extender: _TpmExtender,
+    extender: TpmExtender,
     platform: DevelopmentPlatform,
     release: ReleaseImages,
     banks: Sequence[int],

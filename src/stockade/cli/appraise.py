@@ -144,6 +144,14 @@ def appraise(
     nonce: Annotated[
         str | None, typer.Option("--nonce", help="the nonce the quote must carry, hex")
     ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            help="the machine the log is from (a merged policy's per-machine events are "
+            "compared with that machine's)",
+        ),
+    ] = None,
     trust_bare_key: Annotated[
         bool,
         typer.Option(
@@ -158,8 +166,9 @@ def appraise(
 
     Each PCR's trusted events are compared in order with the captured ones; every reason
     names the PCR and the event. With --ak, --message, --signature and --nonce the quote is
-    verified first and only the PCRs it covers are trusted. Exit 0 when affirming, 1 when
-    contraindicated, 2 when an input cannot be read.
+    verified first and only the PCRs it covers are trusted. A merged policy's per-machine
+    events need --node. Exit 0 when affirming, 1 when contraindicated, 2 when an input cannot
+    be read.
     """
     quote_options = {"--ak": ak, "--message": message, "--signature": signature, "--nonce": nonce}
     given = [name for name, value in quote_options.items() if value is not None]
@@ -186,7 +195,7 @@ def appraise(
         except EventLogMismatch as mismatch:
             result = replay_failure(captured, mismatch)
         else:
-            result = appraise_captured(captured, verified)
+            result = appraise_captured(captured, verified, node=node)
     if output is OutputFormat.JSON:
         document = result.to_json()
         if given:

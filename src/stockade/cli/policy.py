@@ -1,8 +1,10 @@
 """``stockade policy apply|show|list``: appraisal policy documents at the verifier;
-``stockade policy capture``: a golden-machine policy from a known-good event log, offline."""
+``stockade policy capture``: a golden-machine policy from a known-good event log, offline;
+``stockade policy merge``: the captured policies of several machines as one, offline."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,27 +59,11 @@ def apply(
     Console().print(f"policy {stored.get('id', document['id'])} version {stored.get('version')}")
 
 
-@app.command("capture")
-def capture(
-    event_log: Annotated[Path, typer.Option("--event-log", help="known-good TCG event log")],
-    policy_id: Annotated[str, typer.Option("--id", help="the policy's id")],
-    out: Annotated[Path, typer.Option("--out", help="where to write the policy (YAML)")],
-    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
-) -> None:
-    """Capture a golden-machine policy from a known-good event log (written as YAML).
-
-    For each PCR the log measures (0-9, 11-14), its trusted events in order with their
-    digests, what each measured, and the PCR's value. `stockade appraise` checks logs
-    against it.
-    """
-    from stockade.appraisal.captured import capture_policy, self_replayed
-    from stockade.evidence.eventlog import parse_event_log
-    from stockade.evidence.replay import verify_log
+def _write_captured(out: Path, document: dict[str, Any], *, force: bool) -> None:
+    """Write a captured policy as YAML; never replace ``out`` without ``force``."""
     from stockade.home import create_exclusive, write_atomic
 
-    log = parse_event_log(read_file(event_log, "event log"))
-    captured = capture_policy(verify_log(log, self_replayed(log)), policy_id)
-    text = yaml.dump(captured.to_document(), Dumper=yaml.CSafeDumper, sort_keys=False, width=100)
+    text = yaml.dump(document, Dumper=yaml.CSafeDumper, sort_keys=False, width=100)
     try:
         if force:
             write_atomic(out, text)
@@ -85,11 +71,90 @@ def capture(
             raise InputError(f"'{out}' exists; pass --force to replace it")
     except OSError as error:
         raise InputError(f"cannot write policy '{out}': {error.strerror or error}") from None
-    events = sum(len(pcr.events) for pcr in captured.pcrs.values())
+
+
+@app.command("capture")
+def capture(
+    event_log: Annotated[Path, typer.Option("--event-log", help="known-good TCG event log")],
+    policy_id: Annotated[str, typer.Option("--id", help="the policy's id")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the policy (YAML)")],
+    machine: Annotated[
+        str | None,
+        typer.Option("--machine", help="the machine the log is from (default: the --id)"),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
+) -> None:
+    """Capture a golden-machine policy from a known-good event log (written as YAML).
+
+    For each PCR the log measures (0-9, 11-14), its trusted events in order with their
+    digests, what each measured, and the PCR's value; the dbx's revocations and shim's
+    SbatLevel, so a later, stricter one is accepted. `stockade appraise` checks logs
+    against it; `stockade policy merge` merges the captures of several machines.
+    """
+    from stockade.appraisal.captured import capture_policy, self_replayed
+    from stockade.evidence.eventlog import parse_event_log
+    from stockade.evidence.replay import verify_log
+
+    if machine is not None and not machine:
+        raise InputError("--machine is empty")
+    log = parse_event_log(read_file(event_log, "event log"))
+    captured = capture_policy(verify_log(log, self_replayed(log)), policy_id, machine=machine)
+    _write_captured(out, captured.to_document(), force=force)
+    events = sum(len(pcr.variants[0].events) for pcr in captured.pcrs.values())
     print(
         f"policy {policy_id}: {events} events in PCRs "
         f"{', '.join(map(str, sorted(captured.pcrs)))} written to {out}"
     )
+
+
+class PerMachineOption(StrEnum):
+    PER_NODE = "per-node"
+    EXCLUDE = "exclude"
+
+
+@app.command("merge")
+def merge(
+    captured: Annotated[
+        list[Path], typer.Argument(help="captured (or merged) policies (YAML), one bank")
+    ],
+    policy_id: Annotated[str, typer.Option("--id", help="the merged policy's id")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the policy (YAML)")],
+    per_machine: Annotated[
+        PerMachineOption,
+        typer.Option(
+            "--per-machine",
+            help="events that legitimately differ per machine (configuration PCRs 1, 3, 5, "
+            "6): a digest per machine (per-node) or not compared (exclude)",
+        ),
+    ] = PerMachineOption.PER_NODE,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
+) -> None:
+    """Merge the captured policies of several machines into one fleet policy.
+
+    Per PCR, machines with the same events share a variant; in the configuration PCRs
+    (1, 3, 5, 6) events that differ where the event types are the same become per machine;
+    anything else that differs (firmware, boot chain, Secure Boot: the code PCRs) becomes
+    another accepted variant. A machine captured again (after a firmware update) and merged
+    with the current policy keeps both captures; merge only the new captures to drop the
+    old ones. Prints which PCRs got variants, which events became per machine and why, and
+    which machines have several captures. Exit 2 for policies of different banks or that
+    cannot be read.
+    """
+    from stockade.appraisal.captured_fleet import PerMachine, merge_captured
+    from stockade.cli.appraise import load_captured_policy
+
+    if not policy_id:
+        raise InputError("--id is empty")
+    policies = [(str(path), load_captured_policy(path)) for path in captured]
+    result = merge_captured(policies, policy_id, per_machine=PerMachine(per_machine.value))
+    _write_captured(out, result.policy.to_document(), force=force)
+    machines = result.policy.machine_names
+    print(
+        f"policy {policy_id}: {len(machines)} machines ({', '.join(machines)}), PCRs "
+        f"{', '.join(map(str, sorted(result.policy.pcrs)))} written to {out}"
+    )
+    for line in result.summary:
+        print(f"  {line}")
 
 
 @app.command("show")

@@ -13,7 +13,14 @@ from uuid import UUID
 
 import typer
 
-from stockade.appraisal.uki import BANKS, BOOT_PHASES, measure_json, predict_pcr11, uki_sections
+from stockade.appraisal.uki import (
+    BANKS,
+    BOOT_PHASES,
+    measure_json,
+    predict_pcr11,
+    uki_reference,
+    uki_sections,
+)
 from stockade.cli._input import emit_json, parse_hex, read_file
 from stockade.cli.options import FormatOption, OutputFormat
 from stockade.errors import InputError, VerificationFailed
@@ -223,12 +230,31 @@ def predict_uki(
             "systemd-pcrphase extends]"
         ),
     ] = None,
+    policy_entry: Annotated[
+        str | None,
+        typer.Option(
+            "--policy-entry",
+            metavar="NAME",
+            help="print instead the policy's `ukis` entry for this UKI named NAME (its "
+            "Authenticode and running PCR 11, sha256)",
+        ),
+    ] = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Predict PCR 11 of UKI at each boot phase as systemd-stub and systemd-pcrphase
     (systemd 252) extend it; ``--format json`` prints what ``systemd-measure calculate
     --json=short`` prints for the UKI's sections."""
-    sections = uki_sections(read_file(uki, "unified kernel image"))
+    image = read_file(uki, "unified kernel image")
+    if policy_entry is not None:
+        entry = uki_reference(policy_entry, image).to_document()
+        if output is OutputFormat.JSON:
+            emit_json(entry)
+        else:
+            typer.echo(f"- name: {json.dumps(entry['name'])}")
+            typer.echo(f"  authenticode: {entry['authenticode']}")
+            typer.echo(f"  pcr11: {entry['pcr11']}")
+        return
+    sections = uki_sections(image)
     banks = sorted({name.lower() for name in bank} if bank else set(BANKS))
     predictions = {name: predict_pcr11(sections, name, phase or BOOT_PHASES) for name in banks}
     if output is OutputFormat.JSON:
