@@ -189,7 +189,54 @@ def captured_policy_rows(rounds: int) -> list[Row]:
         captured = capture_policy(verify_log(parsed, self_replayed(parsed)), path.stem)
         size = len(_yaml(captured.to_document()).encode())
         rows.append((f"  policy YAML {path.stem}", size / 1024, "KiB"))
-    return rows
+    return rows + fleet_rows(log)
+
+
+FLEET = 100  # machines merged in the fleet rows
+
+
+def fleet_rows(log: EventLog) -> list[Row]:
+    """``stockade policy merge`` of ``FLEET`` machines of one model (the golden log with each
+    machine's own SMBIOS tables and boot options: every PCR 1 event made per machine): the
+    merge time, the policy's YAML size per machine beyond the first, and appraising one
+    machine's log against the fleet's policy."""
+    from stockade.appraisal.captured_fleet import merge_captured
+
+    per_machine = [e.number for e in log.events if e.pcr == 1 and e.type != EventType.EV_NO_ACTION]
+    captures = []
+    logs = {}
+    for machine in range(FLEET):
+        name = f"node-{machine:03d}"
+        salt = name.encode()
+        events = tuple(
+            e._replace(digests=tuple((a, HASHES[a].digest(salt + d)) for a, d in e.digests))
+            if e.number in per_machine else e
+            for e in log.events
+        )  # fmt: skip
+        data = EventLog(log.crypto_agile, log.spec_id, events).marshal()
+        parsed = parse_event_log(data)
+        logs[name] = data
+        captures.append((name, capture_policy(verify_log(parsed, self_replayed(parsed)), name)))
+    merged = merge_captured(captures, "fleet").policy
+    one = len(_yaml(captures[0][1].to_document()).encode())
+    fleet = len(_yaml(merged.to_document()).encode())
+    data = logs["node-042"]
+    quoted = self_replayed(parse_event_log(data))
+
+    def appraise_one() -> None:
+        result = appraise_captured(
+            merged, verify_log(parse_event_log(data), quoted), node="node-042"
+        )
+        assert not result.findings, result.findings
+
+    return [
+        (f"policy merge {FLEET} machines ({len(per_machine)} per-machine events each)",
+         median_seconds(lambda: merge_captured(captures, "fleet"), 5) * 1e3, "ms"),
+        (f"  fleet policy YAML per machine beyond the first ({FLEET} machines)",
+         (fleet - one) / (FLEET - 1) / 1024, "KiB"),
+        (f"  appraise one machine against the {FLEET}-machine policy", median_seconds(
+            appraise_one, 200, inner=_inner(appraise_one)) * 1e6, "us"),
+    ]  # fmt: skip
 
 
 def _verifier_appraisal(

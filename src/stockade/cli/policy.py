@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from stockade.cli._input import emit_json, read_file
+from stockade.cli._input import emit_json, read_document, read_file
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -31,12 +31,8 @@ app = typer.Typer(no_args_is_help=True, help="Appraisal policies (versioned docu
 
 def read_policy(path: Path) -> dict[str, Any]:
     """A policy document from YAML or JSON; it must name its ``id``."""
-    text = read_file(path, "policy").decode("utf-8", errors="replace")
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InputError(f"policy '{path}' is neither YAML nor JSON: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
+    document = read_document(path, "policy")
+    if not isinstance(document.get("id"), str):
         raise InputError(f"policy '{path}' must be a mapping with a string 'id'")
     return document
 

@@ -6,11 +6,12 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-import yaml
 from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from stockade.errors import InputError
+from stockade.strict_yaml import load_yaml
 from stockade.verifier.errors import NotFound, Unprocessable
 from stockade.verifier.models import Policy
 from stockade.verifier.operator_auth import ReaderActor, require_operator
@@ -27,11 +28,11 @@ PolicyId = Annotated[
 def parse_document(raw: bytes, content_type: str) -> dict[str, Any]:
     """A policy document from JSON or (``application/yaml``) YAML; must be a mapping."""
     try:
-        document = yaml.safe_load(raw) if "yaml" in content_type else json.loads(raw)
         # Stored as JSON: YAML's integer keys (a captured policy's PCRs) become strings, as
-        # they would over JSON, so the same document is the same version either way.
-        document = json.loads(json.dumps(document, allow_nan=False))
-    except (ValueError, TypeError, yaml.YAMLError) as error:
+        # they would over JSON, so the same document is the same version either way; a
+        # repeated key or an alias (a YAML bomb) is refused.
+        document = load_yaml(raw, "policy document") if "yaml" in content_type else json.loads(raw)
+    except (ValueError, InputError) as error:
         raise Unprocessable(
             f"policy document is not valid JSON/YAML: {error}", code="policy"
         ) from None
