@@ -257,13 +257,7 @@ def _captured_pcrs(
         held.add(PCR_KERNEL_IMAGE)
     wanted = sorted(held)
     if value is not None:
-        if not isinstance(value, str):
-            raise PolicyInvalid("pcrs", f"{value!r} is not a selection like sha256:0,1,2,7")
-        try:
-            selection = PcrSelection.parse(value)
-        except EvidenceError as error:
-            raise PolicyInvalid("pcrs", str(error)) from None
-        banks = [bank for bank in selection.banks if bank.pcrs]
+        banks = _selected_banks(value)
         name = HASHES[captured.bank].name
         if len(banks) != 1 or banks[0].hash_alg != captured.bank:
             raise PolicyInvalid("pcrs", f"{value!r}: the captured policy is in the {name} bank")
@@ -380,14 +374,19 @@ def _positive_int(value: Any, where: str) -> int:
     return int(value)
 
 
-def _pcrs(value: Any) -> PcrSelection:
+def _selected_banks(value: Any) -> list[BankSelection]:
+    """The banks ``pcrs`` (e.g. ``sha256:0,1,2,7``) selects PCRs in."""
     if not isinstance(value, str):
         raise PolicyInvalid("pcrs", f"{value!r} is not a selection like sha256:0,1,2,7")
     try:
         selection = PcrSelection.parse(value)
     except EvidenceError as error:
         raise PolicyInvalid("pcrs", str(error)) from None
-    banks = [bank for bank in selection.banks if bank.pcrs]
+    return [bank for bank in selection.banks if bank.pcrs]
+
+
+def _pcrs(value: Any) -> PcrSelection:
+    banks = _selected_banks(value)
     if len(banks) != 1 or banks[0].hash_alg != Alg.SHA256:
         raise PolicyInvalid(
             "pcrs",

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from stockade.cli._input import read_document
 from stockade.cluster.secret_store import KeyEncryptionKey, load_key_ring
 from stockade.errors import InputError
 from stockade.home import stockade_home
@@ -41,10 +40,9 @@ def _development_ek_ca() -> list[Path]:
 
 
 def _read_policy(path: Path) -> dict[str, Any]:
-    document = read_document(path, "policy")
-    if not isinstance(document.get("id"), str):
-        raise InputError(f"policy '{path}' must be a mapping with an 'id'")
-    return document
+    from stockade.cli.policy import read_policy
+
+    return read_policy(path)
 
 
 @app.command("serve")

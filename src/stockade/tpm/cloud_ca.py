@@ -18,28 +18,25 @@ Layout of the directory (default ``$STOCKADE_HOME/cloud-ca``)::
 from __future__ import annotations
 
 import datetime
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
 from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
 from stockade.certificates import key_usage
-from stockade.errors import InputError
 from stockade.evidence.ak_certificate import GCE_INSTANCE_OID, GceInstance, encode_gce_instance
 from stockade.evidence.templates import KeyKind, ak_template
-from stockade.home import locked, stockade_home, write_atomic
+from stockade.home import stockade_home
 from stockade.tpm.ak import loaded_primary_ak
 from stockade.tpm.cloud_ak import GCE_AK_NV, CloudAk, read_cloud_ak
+from stockade.tpm.dev_ca import DevelopmentCa, ca_name
 from stockade.tpm.device import Tpm, tpm_command
 
-_ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
-_ISSUER_VALIDITY = datetime.timedelta(days=10 * 365)
 _AK_VALIDITY = datetime.timedelta(days=365)
 NV_CHUNK = 512
 # Written by the owner, readable with the owner's or the index's (empty) auth.
@@ -79,7 +76,7 @@ def issue_ak_certificate(
     name = instance.instance_name if instance is not None else "ak"
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(name))
+        .subject_name(ca_name(name))
         .issuer_name(issuer.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -101,54 +98,14 @@ def issue_ak_certificate(
 
 
 @dataclass(frozen=True)
-class CloudCa:
+class CloudCa(DevelopmentCa):
     """A development cloud AK CA in ``directory``: :meth:`load_or_create`."""
 
-    directory: Path
-
-    @property
-    def root_cert_path(self) -> Path:
-        return self.directory / "root-cert.pem"
-
-    @property
-    def issuer_cert_path(self) -> Path:
-        return self.directory / "issuer-cert.pem"
-
-    @property
-    def issuer_key_path(self) -> Path:
-        return self.directory / "issuer-key.pem"
+    LABEL: ClassVar[str] = "Cloud AK"
 
     @classmethod
     def load_or_create(cls, directory: Path | None = None) -> CloudCa:
-        directory = (directory or default_directory()).expanduser().absolute()
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as error:
-            raise InputError(f"cannot create cloud CA directory {directory}: {error}") from None
-        ca = cls(directory)
-        with locked(directory / ".lock"):
-            if not ca.issuer_key_path.exists():
-                ca._create()
-        ca.issuer_certificate()
-        return ca
-
-    def root_certificate(self) -> x509.Certificate:
-        return _load_cert(self.root_cert_path)
-
-    def issuer_certificate(self) -> x509.Certificate:
-        return _load_cert(self.issuer_cert_path)
-
-    def issuer_key(self) -> ec.EllipticCurvePrivateKey:
-        key = serialization.load_pem_private_key(self.issuer_key_path.read_bytes(), None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise InputError(f"{self.issuer_key_path} is not an EC private key")
-        return key
-
-    def trusted_roots(self) -> list[x509.Certificate]:
-        return [self.root_certificate()]
-
-    def intermediates(self) -> list[x509.Certificate]:
-        return [self.issuer_certificate()]
+        return cls.open(directory or default_directory())
 
     def issue_ak_certificate(
         self,
@@ -166,27 +123,6 @@ class CloudCa:
             not_before=not_before,
             not_after=not_after,
         )
-
-    def _create(self) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        tag = secrets.token_hex(4)
-        root_key = ec.generate_private_key(ec.SECP384R1())
-        root_name = _name(f"Stockade Cloud AK Root CA {tag}")
-        root = _ca_certificate(root_name, root_key.public_key(), root_name, root_key, now, 1)
-        issuer_key = ec.generate_private_key(ec.SECP384R1())
-        issuer = _ca_certificate(
-            _name(f"Stockade Cloud AK Issuing CA {tag}"),
-            issuer_key.public_key(),
-            root_name,
-            root_key,
-            now,
-            0,
-        )
-        write_atomic(self.directory / "root-key.pem", _private_pem(root_key), mode=0o600)
-        write_atomic(self.root_cert_path, root.public_bytes(serialization.Encoding.PEM))
-        write_atomic(self.issuer_cert_path, issuer.public_bytes(serialization.Encoding.PEM))
-        # Written last: its presence marks a complete CA.
-        write_atomic(self.issuer_key_path, _private_pem(issuer_key), mode=0o600)
 
 
 def write_nv(tpm: Tpm, index: int, data: bytes) -> None:
@@ -225,52 +161,3 @@ def provision_cloud_ak(
     certificate = ca.issue_ak_certificate(key, instance)
     write_nv(tpm, indices.certificate, certificate.public_bytes(serialization.Encoding.DER))
     return read_cloud_ak(tpm, kind)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Stockade"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _ca_certificate(
-    subject: x509.Name,
-    subject_key: ec.EllipticCurvePublicKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    now: datetime.datetime,
-    path_length: int,
-) -> x509.Certificate:
-    usage = key_usage(ca=True)
-    validity = _ROOT_VALIDITY if subject == issuer else _ISSUER_VALIDITY
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(subject_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
-        .sign(issuer_key, hashes.SHA384())
-    )
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read cloud CA certificate {path}: {error}") from None

@@ -17,25 +17,20 @@ Layout of the directory (default ``$STOCKADE_HOME/ek-ca``)::
 
 from __future__ import annotations
 
-import datetime
-import secrets
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
-from stockade.certificates import key_usage
-from stockade.errors import InputError, StockadeError
-from stockade.home import locked, stockade_home, write_atomic
+from stockade.errors import StockadeError
+from stockade.home import stockade_home, write_atomic
+from stockade.tpm.dev_ca import DevelopmentCa
 
-_ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
-_ISSUER_VALIDITY = datetime.timedelta(days=10 * 365)
 # swtpm_localca's wrapper moved between releases; the binary is what both call.
 _LOCALCA_CANDIDATES = ("swtpm_localca", "/usr/bin/swtpm_localca", "/usr/share/swtpm/swtpm-localca")
 
@@ -64,26 +59,10 @@ class TpmIdentity:
 
 
 @dataclass(frozen=True)
-class EkCa:
+class EkCa(DevelopmentCa):
     """An EK CA living in ``directory``; create or load it with :meth:`load_or_create`."""
 
-    directory: Path
-
-    @property
-    def root_cert_path(self) -> Path:
-        return self.directory / "root-cert.pem"
-
-    @property
-    def root_key_path(self) -> Path:
-        return self.directory / "root-key.pem"
-
-    @property
-    def issuer_cert_path(self) -> Path:
-        return self.directory / "issuer-cert.pem"
-
-    @property
-    def issuer_key_path(self) -> Path:
-        return self.directory / "issuer-key.pem"
+    LABEL: ClassVar[str] = "EK"
 
     @property
     def certserial_path(self) -> Path:
@@ -104,32 +83,13 @@ class EkCa:
     @classmethod
     def load_or_create(cls, directory: Path | None = None) -> EkCa:
         """Load the CA in ``directory``, creating it (once, under a lock) if missing."""
-        directory = (directory or default_directory()).expanduser().absolute()
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as error:
-            raise InputError(f"cannot create EK CA directory {directory}: {error}") from error
-        ca = cls(directory)
-        with locked(directory / ".lock"):
-            if not ca.issuer_key_path.exists():
-                ca._create()
-            ca.write_swtpm_config()
-        ca.issuer_certificate()  # fail early on a damaged directory
-        return ca
+        return cls.open(directory or default_directory())
 
-    def root_certificate(self) -> x509.Certificate:
-        return _load_cert(self.root_cert_path)
+    def _loaded(self) -> None:
+        self.write_swtpm_config()
 
-    def issuer_certificate(self) -> x509.Certificate:
-        return _load_cert(self.issuer_cert_path)
-
-    def trusted_roots(self) -> list[x509.Certificate]:
-        """Trust anchors for EK certificates this CA issues."""
-        return [self.root_certificate()]
-
-    def intermediates(self) -> list[x509.Certificate]:
-        """Untrusted intermediates a validator needs to build a path to the root."""
-        return [self.issuer_certificate()]
+    def _created(self) -> None:
+        write_atomic(self.certserial_path, "1\n")
 
     def write_swtpm_config(self) -> Path:
         """Write the swtpm_localca and swtpm_setup config files; return ``swtpm_setup.conf``.
@@ -203,92 +163,6 @@ class EkCa:
                     f"(exit {result.returncode}): {detail[-1] if detail else 'no output'}"
                 )
             return x509.load_der_x509_certificate(cert_file.read_bytes())
-
-    def _create(self) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        tag = secrets.token_hex(4)
-        root_key = ec.generate_private_key(ec.SECP384R1())
-        root_name = _name(f"Stockade EK Root CA {tag}")
-        root = _ca_certificate(
-            subject=root_name,
-            subject_key=root_key.public_key(),
-            issuer=root_name,
-            issuer_key=root_key,
-            not_before=now,
-            not_after=now + _ROOT_VALIDITY,
-            path_length=1,
-        )
-        issuer_key = ec.generate_private_key(ec.SECP384R1())
-        issuer = _ca_certificate(
-            subject=_name(f"Stockade EK Issuing CA {tag}"),
-            subject_key=issuer_key.public_key(),
-            issuer=root_name,
-            issuer_key=root_key,
-            not_before=now,
-            not_after=now + _ISSUER_VALIDITY,
-            path_length=0,
-        )
-        # swtpm_localca (GnuTLS) reads the SEC1 "EC PRIVATE KEY" form.
-        write_atomic(self.root_key_path, _private_pem(root_key), mode=0o600)
-        write_atomic(self.root_cert_path, root.public_bytes(serialization.Encoding.PEM))
-        write_atomic(self.issuer_cert_path, issuer.public_bytes(serialization.Encoding.PEM))
-        write_atomic(self.certserial_path, "1\n")
-        # The issuer key is written last: its presence marks a complete CA.
-        write_atomic(self.issuer_key_path, _private_pem(issuer_key), mode=0o600)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Stockade"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _ca_certificate(
-    *,
-    subject: x509.Name,
-    subject_key: ec.EllipticCurvePublicKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    not_before: datetime.datetime,
-    not_after: datetime.datetime,
-    path_length: int,
-) -> x509.Certificate:
-    ca_usage = key_usage(ca=True)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(subject_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(ca_usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-        .sign(issuer_key, hashes.SHA384())
-    )
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read EK CA certificate {path}: {error}") from error
 
 
 def _localca_executable() -> str:
