@@ -168,8 +168,11 @@ def test_backs_off_exponentially_when_the_verifier_is_down(tmp_path: Path) -> No
     agent, lines = _agent(tmp_path, f"http://127.0.0.1:{_closed_port()}")
     _run_for(agent, 1.0)
     delays = _delays(lines)
-    assert delays[:3] == [0.05, 0.1, 0.2]
-    assert max(delays) == 0.2  # capped
+    assert len(delays) >= 3
+    # Full jitter: each within its doubling ceiling (0.05, 0.1, 0.2, then capped at 0.2).
+    ceilings = [0.05, 0.1] + [0.2] * (len(delays) - 2)
+    assert all(0 <= d <= c + 5e-4 for d, c in zip(delays, ceilings, strict=True)), delays
+    assert len(set(delays)) > 1  # drawn, not fixed
     assert all("unreachable" in line for line in lines if line.startswith("retry"))
     assert lines[-1].endswith("stopped after 0 attestations")
 

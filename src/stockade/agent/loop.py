@@ -2,7 +2,8 @@
 
 Each attestation is one line on the log: status, node state, deadline and every
 reason. A verifier that is down or answers 5xx is retried with capped
-exponential backoff; the AK and node id live in the state directory, so a
+exponential backoff with full jitter (``agent/backoff.py``: a fleet that lost the verifier
+together does not come back in lockstep); the AK and node id live in the state directory, so a
 restarted agent attests again at once without enrolling.
 
 Released secrets are accepted only under a release statement signed by a pinned verifier
@@ -25,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stockade.agent.backoff import FullJitterBackoff
 from stockade.agent.client import (
     VerifierClient,
     VerifierRefused,
@@ -109,6 +111,8 @@ class Agent:
     stop: threading.Event = field(default_factory=threading.Event)
     log: Callable[[str], None] = _print_line
     attestations: int = 0
+    # Draws the attestation jitter and the retry delays (one per agent: fleets spread out).
+    rng: random.Random = field(default_factory=random.Random)
     # The deadline (epoch seconds) of the last affirming result: delivered secrets are
     # withdrawn once it passes without a new one, e.g. while the verifier is unreachable.
     _affirmed_until: float | None = None
@@ -153,7 +157,7 @@ class Agent:
 
     def _loop(self, client: VerifierClient, max_attestations: int | None) -> None:
         config = self.config
-        backoff = config.initial_backoff
+        backoff = FullJitterBackoff(config.initial_backoff, config.max_backoff, self.rng)
         while not self.stop.is_set():
             if self._affirmed_until is not None and time.time() >= self._affirmed_until:
                 self._withdraw("no affirming result since the last one expired")
@@ -163,33 +167,33 @@ class Agent:
                 self._report(enrolled, answer)
                 self._act_on(client, enrolled, answer)
             except VerifierUnavailable as error:
-                self.log(f"retry in {backoff:g}s: {error}")
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, config.max_backoff)
+                delay = backoff.next_delay()
+                self.log(f"retry in {delay:.3g}s: {error}")
+                self.stop.wait(delay)
                 continue
             except VerifierRefused as error:
+                delay = backoff.next_delay()
                 if error.status in _REENROLL_STATUSES or error.code in _REENROLL_CODES:
                     self.log(f"the verifier does not know this node ({error}); enrolling again")
                     self.state.forget_enrollment()
                 elif error.code == "pending":
                     self.log(
                         f"waiting for the operator to admit {config.name} "
-                        f"(stockade nodes approve {config.name}); asking again in {backoff:g}s"
+                        f"(stockade nodes approve {config.name}); asking again in {delay:.3g}s"
                     )
                 else:
-                    self.log(f"retry in {backoff:g}s: {error}")
+                    self.log(f"retry in {delay:.3g}s: {error}")
                 if error.status == 403:  # revoked: nothing it was given may stay usable
                     self._withdraw(f"refused by the verifier ({error.code})")
                 # Rate-limited: wait as long as the verifier asks, never less than the backoff.
-                self.stop.wait(max(backoff, error.retry_after or 0.0))
-                backoff = min(backoff * 2, config.max_backoff)
+                self.stop.wait(max(delay, error.retry_after or 0.0))
                 continue
             except StockadeError as error:  # TPM or boot log unreadable: may recover
-                self.log(f"retry in {backoff:g}s: {error}")
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, config.max_backoff)
+                delay = backoff.next_delay()
+                self.log(f"retry in {delay:.3g}s: {error}")
+                self.stop.wait(delay)
                 continue
-            backoff = config.initial_backoff
+            backoff.reset()
             self.attestations += 1
             if max_attestations is not None and self.attestations >= max_attestations:
                 break
@@ -197,7 +201,7 @@ class Agent:
 
     def _next_delay(self) -> float:
         jitter = self.config.jitter
-        return max(0.05, self.config.interval + random.uniform(-jitter, jitter))
+        return max(0.05, self.config.interval + self.rng.uniform(-jitter, jitter))
 
     # -- enrollment ----------------------------------------------------------
 
