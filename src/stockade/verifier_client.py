@@ -221,6 +221,8 @@ class VerifierClient:
         if response.status_code >= 400:
             code, detail = _error(response)
             raise VerifierRefused(response.status_code, code, detail, _retry_after(response))
+        if response.status_code == 204:
+            return None
         try:
             return response.json()
         except ValueError:
@@ -413,6 +415,17 @@ class VerifierClient:
     def policy(self, policy_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("GET", f"/v1/policies/{policy_id}")
         return answer
+
+    def activate_policy(self, policy_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("PUT", "/v1/active-policy", {"id": policy_id})
+        return answer
+
+    def active_policy(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", "/v1/active-policy")
+        return answer
+
+    def delete_policy(self, policy_id: str) -> None:
+        self.request("DELETE", f"/v1/policies/{policy_id}")
 
     def executions(
         self, node: str | None = None, since: str | None = None, image: str | None = None

@@ -132,3 +132,39 @@ def test_the_capture_combined_with_the_signed_release_keeps_the_fleet(
         "results under golden@2",
     )
     _wait_states(verifier, agents)
+
+
+def test_another_policy_is_activated_on_the_cli_and_the_active_one_kept(
+    fleet: Any,
+) -> None:
+    verifier, agents, policy, work = fleet
+    _wait_states(verifier, agents)
+    token = verifier.data_dir / "operator-token"
+    document = yaml.safe_load(policy.read_text())
+    document["id"] = "golden-next"
+    path = work / "golden-next.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    assert _cli(verifier, "policy", "apply", path, token=token)["version"] == 1
+    # Stored, not active: the nodes stay under golden.
+    assert _cli(verifier, "results", "show", "golden")["results"][0]["policy"].startswith("golden@")
+    activated = _cli(verifier, "policy", "activate", "golden-next", token=token)
+    assert activated["id"] == "golden-next"
+    wait_for(
+        lambda: (
+            _cli(verifier, "results", "show", "same-model")["results"][0]["policy"]
+            == "golden-next@1"
+        ),
+        30,
+        "results under golden-next@1",
+    )
+    refused = run_stockade(
+        "policy", "delete", "golden-next", "--verifier", verifier.url, "--ca", verifier.ca,
+        "--token-file", token,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "policy-active" in refused.stderr, refused.stderr
+    deleted = run_stockade(
+        "policy", "delete", "golden", "--verifier", verifier.url, "--ca", verifier.ca,
+        "--token-file", token,
+    )  # fmt: skip
+    assert deleted.returncode == 0, deleted.stderr
+    _wait_states(verifier, agents)

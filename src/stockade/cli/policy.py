@@ -155,6 +155,36 @@ def merge(
         print(f"  {line}")
 
 
+@app.command("activate")
+def activate(
+    policy_id: Annotated[str, typer.Argument(help="a stored policy id")],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Make a stored policy the one every replica appraises under. Needs the operator token."""
+    with client(verifier, ca, token_file) as api:
+        active = api.activate_policy(policy_id)
+    if output is OutputFormat.JSON:
+        emit_json(active)
+        return
+    Console().print(f"active policy: {active.get('id')}@{active.get('version')}")
+
+
+@app.command("delete")
+def delete(
+    policy_id: Annotated[str, typer.Argument(help="policy id (every version)")],
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """Delete every version of a policy that is not the active one. Needs the operator token."""
+    with client(verifier, ca, token_file) as api:
+        api.delete_policy(policy_id)
+    Console().print(f"policy {policy_id} deleted")
+
+
 @app.command("show")
 def show(
     policy_id: Annotated[str, typer.Argument(help="policy id")],

@@ -145,7 +145,7 @@ def serve(
 ) -> None:
     """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
     signing key in the data directory."""
-    from stockade.verifier.policies import apply_policy
+    from stockade.verifier.policies import activate_policy, apply_policy
     from stockade.verifier.server import prepare, serve_app
 
     directory = data_dir or stockade_home() / "verifier"
@@ -193,6 +193,8 @@ def serve(
     if document is not None:
         with service.transaction() as session:
             stored = apply_policy(service, session, document["id"], document, service.now())
+            # Active on every replica sharing the database, not only on this one.
+            activate_policy(session, stored.id, service.now())
         service.invalidate_policy()
         typer.echo(f"policy:           {stored.id}@{stored.version} (active)")
     typer.echo(f"verifier:         {prepared.url}")

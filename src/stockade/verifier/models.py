@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -201,6 +202,18 @@ class Policy(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class PolicyActivation(Base):
+    """The one policy id nodes are appraised under (``stockade policy activate``); its newest
+    version applies. One row (``singleton`` 1) every replica reads."""
+
+    __tablename__ = "active_policy"
+    __table_args__ = (CheckConstraint("singleton = 1", name="ck_active_policy_singleton"),)
+
+    singleton: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[str] = mapped_column(String(255))
+    activated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class NodeCertificate(Base):

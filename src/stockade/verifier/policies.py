@@ -1,4 +1,7 @@
-"""Policy documents: every apply stores a new version; the newest version of an id is active."""
+"""Policy documents: every apply stores a new version of its id; one id is active
+(``PUT /v1/active-policy``, stored in the database so every replica agrees), and its newest
+version is what nodes are appraised under. Applying another id never changes the active one;
+the active id cannot be deleted."""
 
 from __future__ import annotations
 
@@ -6,16 +9,17 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from stockade.errors import InputError
 from stockade.strict_yaml import load_yaml
-from stockade.verifier.errors import NotFound, Unprocessable
-from stockade.verifier.models import Policy
-from stockade.verifier.operator_auth import ReaderActor, require_operator
-from stockade.verifier.service import Service, service_of
+from stockade.verifier.errors import Conflict, NotFound, Unprocessable
+from stockade.verifier.models import Policy, PolicyActivation
+from stockade.verifier.operator_auth import OperatorActor, ReaderActor, require_operator
+from stockade.verifier.service import Service, active_policy_id, service_of
 from stockade.verifier.wire import rfc3339
 
 router = APIRouter(tags=["policies"])
@@ -60,6 +64,11 @@ def apply_policy(
         appraiser.build_references(appraiser.parse_policy(document, version))
     except Exception as error:
         raise Unprocessable(f"policy {policy_id!r} is invalid: {error}", code="policy") from None
+    if session.get(PolicyActivation, 1) is None:
+        # The first activation is of the policy in force before this one: storing another
+        # id never changes what nodes are appraised under.
+        in_force = active_policy_id(session, service.config.policy_id) or policy_id
+        session.add(PolicyActivation(singleton=1, policy_id=in_force, activated_at=now))
     row = Policy(id=policy_id, version=version, document=document, created_at=now)
     session.add(row)
     session.flush()
@@ -122,3 +131,67 @@ def show_policy(policy_id: PolicyId, request: Request, _actor: ReaderActor) -> d
         if row is None:
             raise NotFound(f"no policy {policy_id}", code="policy")
         return policy_json(row, document=True)
+
+
+class Activation(BaseModel):
+    id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def activate_policy(session: Session, policy_id: str, now: datetime) -> PolicyActivation:
+    """Make ``policy_id`` (stored: else 404) the active policy of every replica."""
+    if _latest(session, policy_id) is None:
+        raise NotFound(f"no policy {policy_id}", code="policy")
+    row = session.get(PolicyActivation, 1)
+    if row is None:
+        row = PolicyActivation(singleton=1, policy_id=policy_id, activated_at=now)
+        session.add(row)
+    else:
+        row.policy_id, row.activated_at = policy_id, now
+    session.flush()
+    return row
+
+
+def _activation_json(session: Session, row: PolicyActivation) -> dict[str, Any]:
+    latest = _latest(session, row.policy_id)
+    return {
+        "id": row.policy_id,
+        "version": latest.version if latest is not None else None,
+        "activated_at": rfc3339(row.activated_at),
+    }
+
+
+@router.put("/v1/active-policy")
+def put_active_policy(body: Activation, request: Request, _actor: OperatorActor) -> dict[str, Any]:
+    """Activate a stored policy id on every replica (each notices within
+    ``policy_refresh_seconds``; this one at once)."""
+    service = service_of(request)
+    try:
+        with service.transaction() as session:
+            return _activation_json(session, activate_policy(session, body.id, service.now()))
+    finally:
+        service.invalidate_policy()
+
+
+@router.get("/v1/active-policy")
+def get_active_policy(request: Request, _actor: ReaderActor) -> dict[str, Any]:
+    with service_of(request).sessions() as session:
+        row = session.get(PolicyActivation, 1)
+        if row is None:
+            raise NotFound("no policy has been activated", code="policy")
+        return _activation_json(session, row)
+
+
+@router.delete("/v1/policies/{policy_id}", status_code=204, response_class=Response)
+def delete_policy(policy_id: PolicyId, request: Request, _actor: OperatorActor) -> Response:
+    """Delete every version of a policy that is not the active one (409 if it is)."""
+    service = service_of(request)
+    with service.transaction() as session:
+        if _latest(session, policy_id) is None:
+            raise NotFound(f"no policy {policy_id}", code="policy")
+        if active_policy_id(session, service.config.policy_id) == policy_id:
+            raise Conflict(
+                f"{policy_id} is the active policy; activate another first", code="policy-active"
+            )
+        session.execute(delete(Policy).where(Policy.id == policy_id))
+    service.invalidate_policy()
+    return Response(status_code=204)

@@ -20,7 +20,7 @@ from stockade.cluster.secret_store import KeyRing
 from stockade.verifier.appraiser import Appraiser, PolicyLike
 from stockade.verifier.config import VerifierConfig
 from stockade.verifier.errors import ClockBehind, Conflict, OutageLog, VerifierError
-from stockade.verifier.models import Event, Nonce, Policy, SecurityEvent
+from stockade.verifier.models import Event, Nonce, Policy, PolicyActivation, SecurityEvent
 from stockade.verifier.tls import SigningKey
 
 log = logging.getLogger(__name__)
@@ -157,18 +157,16 @@ class Service:
         return active
 
     def _lookup_active(self, session: Session) -> ActivePolicy:
-        policy_id = self.config.policy_id
+        policy_id = active_policy_id(session, self.config.policy_id)
         if policy_id is None:
-            ids = session.scalars(select(Policy.id).distinct()).all()
-            if len(ids) != 1:
-                raise Conflict(
-                    "no policy is stored"
-                    if not ids
-                    else f"{len(ids)} policies are stored and none is configured as active "
-                    "(stockade verifier serve --policy)",
-                    code="policy",
-                )
-            policy_id = ids[0]
+            stored = len(session.scalars(select(Policy.id).distinct()).all())
+            raise Conflict(
+                "no policy is stored"
+                if not stored
+                else f"{stored} policies are stored and none is active "
+                "(stockade policy activate ID)",
+                code="policy",
+            )
         row = session.scalars(
             select(Policy).where(Policy.id == policy_id).order_by(Policy.version.desc()).limit(1)
         ).first()
@@ -185,6 +183,18 @@ class Service:
         with self._lock:
             self._references[key] = active
         return active
+
+
+def active_policy_id(session: Session, configured: str | None) -> str | None:
+    """The id nodes are appraised under: the activated one (one row every replica reads),
+    else ``configured`` (an older deployment's ``--policy``), else the only one stored."""
+    activation = session.get(PolicyActivation, 1)
+    if activation is not None:
+        return activation.policy_id
+    if configured is not None:
+        return configured
+    ids = session.scalars(select(Policy.id).distinct()).all()
+    return ids[0] if len(ids) == 1 else None
 
 
 def stored_time_floor(session: Session, nonce_ttl_seconds: float) -> datetime | None:
