@@ -35,7 +35,6 @@ from datetime import datetime
 from typing import Annotated
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -52,7 +51,6 @@ from stockade.evidence.errors import (
 from stockade.evidence.public import TpmPublic, public_key_matches
 from stockade.evidence.quote import check_ak
 
-MAX_CHAIN_LENGTH = chain_rules.MAX_CHAIN_LENGTH
 # Google's cloudComputeInstanceIdentifier (go-tpm-tools server: the GCE AK certificate's
 # instance information).
 GCE_INSTANCE_OID = ObjectIdentifier("1.3.6.1.4.1.11129.2.1.21")
@@ -215,12 +213,7 @@ def validate_ak_certificate(
         return _validate(certificate, ak_public, trusted_roots, intermediates, now)
     except EkCertificateInvalid as error:  # the shared path rules name their check
         raise AkCertificateInvalid(error.check, error.detail) from None
-    except (
-        ValueError,
-        CryptographyUnsupported,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-    ) as error:
+    except chain_rules.UNDECODABLE as error:
         raise EvidenceError(f"AK certificate chain cannot be decoded: {error}") from None
 
 
@@ -286,47 +279,10 @@ def _validate(
     except QuoteInvalid as error:
         raise AkCertificateInvalid("attestation-key", error.detail) from None
     chain_rules._check_validity(leaf, now)
-    chain = _path(leaf, trusted_roots, intermediates, now)
+    chain = chain_rules.build_path(leaf, trusted_roots, intermediates, now, anchor="AK CA")
     # Decoded only once the CA's signature covers it.
     try:
         instance = gce_instance(leaf)
     except InstanceIdentityMalformed as error:
         raise AkCertificateInvalid("instance", str(error)) from None
     return ValidatedAk(ak_public, leaf, chain, ak_identity(key), instance)
-
-
-def _path(
-    leaf: x509.Certificate,
-    trusted_roots: Sequence[x509.Certificate],
-    intermediates: Sequence[x509.Certificate],
-    now: datetime,
-) -> tuple[x509.Certificate, ...]:
-    chain: list[x509.Certificate] = []
-    current = leaf
-    for _ in range(MAX_CHAIN_LENGTH):
-        root = next((r for r in trusted_roots if chain_rules._issued_by(current, r)), None)
-        if root is not None:
-            chain_rules._check_can_issue(root, chain)
-            chain_rules._check_validity(root, now)
-            chain.append(root)
-            return tuple(chain)
-        issuer = next(
-            (
-                c
-                for c in intermediates
-                if c not in chain and c != current and chain_rules._issued_by(current, c)
-            ),
-            None,
-        )
-        if issuer is None:
-            raise AkCertificateInvalid(
-                "chain",
-                f"{chain_rules._describe(current)} issued by "
-                f"'{current.issuer.rfc4514_string()}' does not chain to a trusted AK CA",
-            )
-        chain_rules._check_critical_extensions(issuer, chain_rules.RECOGNISED_ON_CA, "issuer")
-        chain_rules._check_can_issue(issuer, chain)
-        chain_rules._check_validity(issuer, now)
-        chain.append(issuer)
-        current = issuer
-    raise AkCertificateInvalid("chain", f"no trusted AK CA within {MAX_CHAIN_LENGTH} certificates")

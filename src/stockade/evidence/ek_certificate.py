@@ -44,6 +44,14 @@ from stockade.evidence.errors import EkCertificateInvalid, EvidenceError
 from stockade.evidence.public import TpmPublic, public_key_matches
 
 MAX_CHAIN_LENGTH = 8
+# What cryptography raises for a certificate it cannot decode (it parses extensions and keys
+# lazily): a chain holding one is undecodable, never trusted.
+UNDECODABLE = (
+    ValueError,
+    CryptographyUnsupported,
+    x509.DuplicateExtension,  # RFC 5280 4.2: at most one instance of each extension
+    x509.UnsupportedGeneralNameType,
+)
 TCG_KP_EK_CERTIFICATE = ObjectIdentifier("2.23.133.8.1")
 # The critical extensions this validator processes (see the module docstring).
 RECOGNISED_ON_CA: frozenset[ObjectIdentifier] = frozenset(
@@ -193,12 +201,7 @@ def validate_ek_certificate(
     """
     try:
         return _validate(certificate, ek_public, trusted_roots, intermediates, now)
-    except (
-        ValueError,
-        CryptographyUnsupported,
-        x509.DuplicateExtension,  # RFC 5280 4.2: at most one instance of each extension
-        x509.UnsupportedGeneralNameType,
-    ) as error:
+    except UNDECODABLE as error:
         raise EvidenceError(f"EK certificate chain cannot be decoded: {error}") from None
 
 
@@ -223,7 +226,22 @@ def _validate(
             "key", f"{_describe(leaf)} certifies a different key than the TPM's EK"
         )
     _check_validity(leaf, now)
+    chain = build_path(leaf, trusted_roots, intermediates, now, anchor="TPM vendor CA")
+    return ValidatedEk(ek_public, leaf, chain)
 
+
+def build_path(
+    leaf: x509.Certificate,
+    trusted_roots: Sequence[x509.Certificate],
+    intermediates: Sequence[x509.Certificate],
+    now: datetime,
+    *,
+    anchor: str,
+) -> tuple[x509.Certificate, ...]:
+    """The issuers from ``leaf`` up to one of ``trusted_roots`` (RFC 5280 6.1, at most
+    ``MAX_CHAIN_LENGTH``): each may issue (basic constraints, key usage, path length), is
+    valid at ``now`` and, among ``intermediates``, marks no extension critical that is not
+    understood. ``EkCertificateInvalid`` (check ``chain``) names the ``anchor`` it missed."""
     chain: list[x509.Certificate] = []
     current = leaf
     for _ in range(MAX_CHAIN_LENGTH):
@@ -232,7 +250,7 @@ def _validate(
             _check_can_issue(root, chain)
             _check_validity(root, now)
             chain.append(root)
-            return ValidatedEk(ek_public, leaf, tuple(chain))
+            return tuple(chain)
         issuer = next(
             (
                 c
@@ -245,11 +263,13 @@ def _validate(
             raise EkCertificateInvalid(
                 "chain",
                 f"{_describe(current)} issued by '{current.issuer.rfc4514_string()}' does not "
-                "chain to a trusted TPM vendor CA",
+                f"chain to a trusted {anchor}",
             )
         _check_critical_extensions(issuer, RECOGNISED_ON_CA, "issuer")
         _check_can_issue(issuer, chain)
         _check_validity(issuer, now)
         chain.append(issuer)
         current = issuer
-    raise EkCertificateInvalid("chain", f"no trusted root within {MAX_CHAIN_LENGTH} certificates")
+    raise EkCertificateInvalid(
+        "chain", f"no trusted {anchor} within {MAX_CHAIN_LENGTH} certificates"
+    )
