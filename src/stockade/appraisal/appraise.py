@@ -556,16 +556,14 @@ def _appraise_captured(
     else:
         for candidate in references.candidates:
             result = _appraise_candidate(candidate, verified, quoted, node.name)
-            if result.status is CapturedStatus.AFFIRMING:
-                for failure in _secure_boot_failures(verified, policy.secure_boot):
-                    findings.fail(CONFIGURATION, "secure_boot", failure)
-                _affirm_pcrs(findings, references.pcrs, set())
-                return findings.result(policy, clock, new_boot, release=candidate.release)
             if closest is None or len(result.findings) < len(closest[1].findings):
                 closest = (candidate.release, result)
+            if result.status is CapturedStatus.AFFIRMING:  # no findings: the match
+                break
     assert closest is not None
     label, result = closest
-    if len(references.candidates) > 1:
+    matched = result.status is CapturedStatus.AFFIRMING
+    if not matched and len(references.candidates) > 1:
         findings.reasons.append(
             f"no accepted release matches on the captured platform; closest: {label} "
             f"({len(result.findings)} findings)"
@@ -584,6 +582,7 @@ def _appraise_captured(
         policy,
         clock,
         new_boot,
+        release=label if matched else None,
         findings=tuple(finding.to_json() for finding in result.findings),
     )
 

@@ -1031,6 +1031,11 @@ def _closest(
     return [Finding(finding.pcr, finding.reason + suffix, finding.event) for finding in best[0]]
 
 
+def events_value(events: Iterable[CapturedEvent], bank: int) -> bytes:
+    """What ``events`` (their digests) extend a PCR starting at zero to, in ``bank``."""
+    return extend_pcr(bytes(HASHES[bank].digest_size), (e.digest for e in events), bank)
+
+
 def extend_pcr(initial: bytes, digests: Iterable[bytes], bank: int) -> bytes:
     """``initial`` extended with each of ``digests`` in turn, in ``bank``."""
     new = HASHES[bank].constructor

@@ -47,6 +47,7 @@ from stockade.appraisal.captured import (
     CapturedPolicyInvalid,
     CapturedVariant,
     check_sequences,
+    events_value,
     extend_pcr,
     initial_values,
     sequence_count,
@@ -193,19 +194,15 @@ def _unite(index: int, runs: Sequence[_Run], mode: PerMachine, bank: int) -> Cap
             )
     if any(e.excluded is not None for e in events):
         return CapturedVariant(machines, None, (), tuple(events))
-    zero = bytes(HASHES[bank].digest_size)  # configuration PCRs start at zero
+    # Configuration PCRs start at zero.
     if all(e.exact for e in events):
         value = runs[0].value
         if value is None:
-            value = extend_pcr(zero, (e.digest for e in events), bank)
+            value = events_value(events, bank)
         return CapturedVariant(machines, value, (), tuple(events))
     for machine in machines:
         check_sequences(events, machine, f"PCR {index}")
-    values = tuple(
-        sorted(
-            {(run.machine, extend_pcr(zero, (e.digest for e in run.events), bank)) for run in runs}
-        )
-    )
+    values = tuple(sorted({(run.machine, events_value(run.events, bank)) for run in runs}))
     return CapturedVariant(machines, None, values, tuple(events))
 
 

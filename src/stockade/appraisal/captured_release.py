@@ -18,7 +18,6 @@ machine's puts another authority into PCR 7 and is named there. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import replace
 
 from stockade.appraisal.captured import (
@@ -27,7 +26,7 @@ from stockade.appraisal.captured import (
     CapturedPolicy,
     CapturedVariant,
     describe_event,
-    extend_pcr,
+    events_value,
 )
 from stockade.appraisal.measured_boot import (
     BOOT_MANAGER_CODE_PCR,
@@ -51,11 +50,6 @@ def release_label(manifest: Manifest) -> str:
     return f"{manifest.name} {manifest.version}"
 
 
-def _value(events: Iterable[CapturedEvent], bank: int) -> bytes:
-    zero = bytes(HASHES[bank].digest_size)
-    return extend_pcr(zero, (event.digest for event in events), bank)
-
-
 def _with_kernel(
     variant: CapturedVariant, kernel: bytes, label: str, bank: int
 ) -> CapturedVariant | None:
@@ -72,7 +66,7 @@ def _with_kernel(
     exact = all(event.exact for event in events)
     return replace(
         variant,
-        value=_value(events, bank) if exact else None,
+        value=events_value(events, bank) if exact else None,
         values=(),
         events=tuple(events),
     )
@@ -102,7 +96,7 @@ def captured_with_release(captured: CapturedPolicy, manifest: Manifest) -> Captu
         )
     pcrs = dict(captured.pcrs)
     for index, events in by_pcr.items():
-        pcrs[index] = CapturedPcr(_value(events, captured.bank), events)
+        pcrs[index] = CapturedPcr(events_value(events, captured.bank), events)
     return _booting(captured, pcrs, release.kernel_authenticode[Alg.SHA256], label)
 
 
