@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from stockade.cli._input import emit_json, read_file
+from stockade.cli._input import emit_json, read_document, read_file
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -31,12 +31,7 @@ app = typer.Typer(no_args_is_help=True, help="Appraisal policies (versioned docu
 
 def read_policy(path: Path) -> dict[str, Any]:
     """A policy document from YAML or JSON (``strict_yaml``); it must name its ``id``."""
-    from stockade.strict_yaml import load_yaml
-
-    document = load_yaml(read_file(path, "policy"), f"policy '{path}'")
-    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
-        raise InputError(f"policy '{path}' must be a mapping with a string 'id'")
-    return document
+    return read_document(path, "policy", named_by="id")
 
 
 @app.command("apply")
