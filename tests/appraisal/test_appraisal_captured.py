@@ -27,7 +27,6 @@ from stockade.appraisal.captured import (
     replay_failure,
     self_replayed,
 )
-from stockade.evidence.algorithms import HASHES
 from stockade.evidence.efi_signatures import parse_signature_lists
 from stockade.evidence.errors import EventLogMismatch
 from stockade.evidence.event_data import (
@@ -46,6 +45,7 @@ from stockade.evidence.eventlog import (
 )
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.replay import VerifiedEventLog, verify_log
+from support.eventlogs import rewritten
 from support.fixtures import EVENT_LOGS, SHARED
 
 LOGS = EVENT_LOGS
@@ -72,23 +72,6 @@ def verified(data: bytes) -> VerifiedEventLog:
 # -- tampering with a log, through its own writer ------------------------------------------
 
 
-def _rewritten(log: EventLog, number: int, data: bytes | None = None) -> bytes:
-    """The log with event ``number`` changed: new ``data`` with every digest it carries
-    recomputed over it, or (no data) every digest replaced (what the firmware measured is
-    not in the log)."""
-    event = log.events[number]
-    if data is None:
-        digests = tuple(
-            (alg, HASHES[alg].digest(b"tampered" + digest)) for alg, digest in event.digests
-        )
-        changed = event._replace(digests=digests)
-    else:
-        digests = tuple((alg, HASHES[alg].digest(data)) for alg, _ in event.digests)
-        changed = event._replace(digests=digests, data=data)
-    events = (*log.events[:number], changed, *log.events[number + 1 :])
-    return EventLog(log.crypto_agile, log.spec_id, events).marshal()
-
-
 def _variable(event: Event, name: str) -> UefiVariableData | None:
     if event.pcr != 7 or event.type != EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
         return None
@@ -101,14 +84,14 @@ def _variable(event: Event, name: str) -> UefiVariableData | None:
 def _boot_application(log: EventLog) -> tuple[int, bytes] | None:
     for event in log.events:
         if event.pcr == 4 and event.type == EventType.EV_EFI_BOOT_SERVICES_APPLICATION:
-            return event.number, _rewritten(log, event.number)
+            return event.number, rewritten(log, event.number).marshal()
     return None
 
 
 def _firmware(log: EventLog) -> tuple[int, bytes] | None:
     for event in log.events:
         if event.pcr == 0 and event.type not in (EventType.EV_NO_ACTION, EventType.EV_SEPARATOR):
-            return event.number, _rewritten(log, event.number)
+            return event.number, rewritten(log, event.number).marshal()
     return None
 
 
@@ -119,7 +102,7 @@ def _secure_boot_off(log: EventLog) -> tuple[int, bytes] | None:
         if variable is not None:
             value = b"\x01" if variable.variable_data == b"\x00" else b"\x00"
             changed = UefiVariableData(variable.variable_name, "SecureBoot", value)
-            return event.number, _rewritten(log, event.number, changed.encode())
+            return event.number, rewritten(log, event.number, changed.encode()).marshal()
     return None
 
 
@@ -138,14 +121,14 @@ def _dbx_entry_removed(log: EventLog) -> tuple[int, bytes] | None:
             lists.pop()
         data = b"".join(signature_list.marshal() for signature_list in lists)
         changed = UefiVariableData(variable.variable_name, "dbx", data, variable.trailing)
-        return event.number, _rewritten(log, event.number, changed.encode())
+        return event.number, rewritten(log, event.number, changed.encode()).marshal()
     return None
 
 
 def _moklist_changed(log: EventLog) -> tuple[int, bytes] | None:
     for event in log.events:
         if event.pcr == 14 and event.type == EventType.EV_IPL and event.data == b"MokList\x00":
-            return event.number, _rewritten(log, event.number)
+            return event.number, rewritten(log, event.number).marshal()
     return None
 
 

@@ -49,6 +49,7 @@ from stockade.evidence.efi_signatures import SignatureEntry, parse_signature_lis
 from stockade.evidence.event_data import UefiVariableData, decode
 from stockade.evidence.eventlog import Event, EventLog, EventType, parse_event_log
 from stockade.evidence.replay import VerifiedEventLog, verify_log
+from support.eventlogs import rewritten
 from support.fixtures import EVENT_LOGS, SHARED
 
 NAMES = list(EVENT_LOGS)
@@ -75,24 +76,6 @@ def parsed(name: str) -> EventLog:
 def verified(data: bytes) -> VerifiedEventLog:
     log = parse_event_log(data)
     return verify_log(log, self_replayed(log))
-
-
-def rewritten(log: EventLog, number: int, data: bytes | None = None, *, digests: bool = True):
-    """The log with event ``number`` changed: new ``data`` with its digests recomputed over
-    it (``digests=False``: kept), or (no data) every digest replaced."""
-    event = log.events[number]
-    if data is None:
-        changed = event._replace(
-            digests=tuple((a, HASHES[a].digest(b"other" + d)) for a, d in event.digests)
-        )
-    elif digests:
-        changed = event._replace(
-            data=data, digests=tuple((a, HASHES[a].digest(data)) for a, _ in event.digests)
-        )
-    else:
-        changed = event._replace(data=data)
-    events = (*log.events[:number], changed, *log.events[number + 1 :])
-    return EventLog(log.crypto_agile, log.spec_id, events)
 
 
 def first(log: EventLog, pcr: int, event_type: EventType, name: str | None = None) -> Event:

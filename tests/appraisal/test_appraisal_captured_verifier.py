@@ -31,9 +31,9 @@ from stockade.appraisal.policy import (
     PolicyInvalid,
     parse_policy,
 )
-from stockade.evidence.algorithms import HASHES
-from stockade.evidence.eventlog import EventLog, EventType, parse_event_log
+from stockade.evidence.eventlog import EventType, parse_event_log
 from stockade.evidence.replay import verify_log
+from support.eventlogs import rewritten
 
 pytestmark = pytest.mark.swtpm
 
@@ -210,11 +210,7 @@ def _other_machine(log_bytes: bytes, pcr: int, event_type: EventType) -> Capture
     ``pcr`` measuring other bytes (digests recomputed, so the log replays consistently)."""
     log = parse_event_log(log_bytes)
     event = next(e for e in log.events if e.pcr == pcr and e.type == event_type)
-    changed = event._replace(
-        digests=tuple((alg, HASHES[alg].digest(b"other machine" + d)) for alg, d in event.digests)
-    )
-    events = tuple(changed if e.number == event.number else e for e in log.events)
-    other = parse_event_log(EventLog(log.crypto_agile, log.spec_id, events).marshal())
+    other = parse_event_log(rewritten(log, event.number).marshal())
     return capture_policy(verify_log(other, self_replayed(other)), "other", machine="other")
 
 

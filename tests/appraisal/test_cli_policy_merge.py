@@ -24,30 +24,16 @@ from typing import Any
 import pytest
 import yaml
 
-from stockade.evidence.algorithms import HASHES
 from stockade.evidence.event_data import UefiVariableData, decode
-from stockade.evidence.eventlog import EventLog, EventType, parse_event_log
+from stockade.evidence.eventlog import EventType, parse_event_log
 from support.cli import run_stockade
+from support.eventlogs import rewritten
 from support.fixtures import EVENT_LOGS, SHARED, event_log_path
 
 pytestmark = pytest.mark.tools
 
 REAL = "keylime-shim-grub"  # handoff tables and boot options in PCR 1
 SHA1 = "event-uefi-sha1-log"
-
-
-def _rewritten(log: EventLog, number: int, data: bytes | None = None) -> bytes:
-    event = log.events[number]
-    if data is None:
-        changed = event._replace(
-            digests=tuple((a, HASHES[a].digest(b"other" + d)) for a, d in event.digests)
-        )
-    else:
-        changed = event._replace(
-            data=data, digests=tuple((a, HASHES[a].digest(data)) for a, _ in event.digests)
-        )
-    events = (*log.events[:number], changed, *log.events[number + 1 :])
-    return EventLog(log.crypto_agile, log.spec_id, events).marshal()
 
 
 def _run_all(commands: dict[Any, list[object]]) -> dict[Any, subprocess.CompletedProcess[str]]:
@@ -87,13 +73,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
         "third-firmware": base / "third-firmware.bin",
         "a-updated": base / "a-updated.bin",  # a BIOS update: a firmware volume, SMBIOS
     }
-    logs["b"].write_bytes(_rewritten(log, boot.number, other_disk))
+    logs["b"].write_bytes(rewritten(log, boot.number, other_disk).marshal())
     logs["new-firmware"].write_bytes(
-        _rewritten(log, version.number, "N40ET99W \x00".encode("utf-16-le"))
+        rewritten(log, version.number, "N40ET99W \x00".encode("utf-16-le")).marshal()
     )
-    logs["third-firmware"].write_bytes(_rewritten(log, version.number))
-    updated = parse_event_log(_rewritten(log, blob.number))
-    logs["a-updated"].write_bytes(_rewritten(updated, table.number))
+    logs["third-firmware"].write_bytes(rewritten(log, version.number).marshal())
+    updated = parse_event_log(rewritten(log, blob.number).marshal())
+    logs["a-updated"].write_bytes(rewritten(updated, table.number).marshal())
     captures = _run_all(
         {
             name: ["policy", "capture", "--event-log", path, "--id", f"golden-{name}",

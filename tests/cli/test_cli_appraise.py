@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from stockade.evidence.algorithms import HASHES
 from stockade.evidence.event_data import UefiVariableData, decode
 from stockade.evidence.eventlog import EventLog, EventType, parse_event_log
 from support.cli import run_stockade
+from support.eventlogs import rewritten
 from support.fixtures import EVENT_LOGS, SHARED
 
 pytestmark = pytest.mark.tools
@@ -35,22 +35,6 @@ REAL = "keylime-shim-grub-secureboot"
 
 def _path(name: str) -> Path:
     return SHARED / LOGS[name] / f"{name}.bin"
-
-
-def _rewritten(log: EventLog, number: int, data: bytes | None = None) -> bytes:
-    """Event ``number`` with new data (digests recomputed in each bank it carries) or, without
-    data, new digests; written back with the log's own writer."""
-    event = log.events[number]
-    if data is None:
-        changed = event._replace(
-            digests=tuple((a, HASHES[a].digest(b"tampered" + d)) for a, d in event.digests)
-        )
-    else:
-        changed = event._replace(
-            data=data, digests=tuple((a, HASHES[a].digest(data)) for a, _ in event.digests)
-        )
-    events = (*log.events[:number], changed, *log.events[number + 1 :])
-    return EventLog(log.crypto_agile, log.spec_id, events).marshal()
 
 
 def _first(log: EventLog, test: Callable[[Any], bool]) -> int:
@@ -76,10 +60,10 @@ def _tampered(log: EventLog) -> dict[str, tuple[int, int, bytes]]:
     off = UefiVariableData(variable.variable_name, "SecureBoot", b"\x00").encode()
     moklist = _first(log, lambda e: e.pcr == 14 and e.data == b"MokList\x00")
     return {
-        "boot-application": (4, application, _rewritten(log, application)),
-        "firmware": (0, firmware, _rewritten(log, firmware)),
-        "secure-boot-off": (7, secure_boot, _rewritten(log, secure_boot, off)),
-        "moklist": (14, moklist, _rewritten(log, moklist)),
+        "boot-application": (4, application, rewritten(log, application).marshal()),
+        "firmware": (0, firmware, rewritten(log, firmware).marshal()),
+        "secure-boot-off": (7, secure_boot, rewritten(log, secure_boot, off).marshal()),
+        "moklist": (14, moklist, rewritten(log, moklist).marshal()),
     }
 
 
