@@ -223,7 +223,8 @@ def test_per_machine_events_are_compared_with_the_enrolled_nodes_own(node, boots
     golden = _golden_on(boots, node.name)
     other = _other_machine(boots.good.evidence.event_log, 1, EventType.EV_EFI_VARIABLE_BOOT)
     merged = merge_captured([("golden", golden), ("other", other)], "fleet").policy
-    per_node = [e for e in merged.pcrs[1].events if e.per_node]
+    (variant,) = merged.pcrs[1].variants  # one sequence of types: one variant
+    per_node = [e for e in variant.events if e.per_node]
     assert per_node, "the differing boot variable became per machine"
     policy = parse_policy(json.loads(json.dumps(merged.to_document())), 1)
     assert _run(policy, node, boots.good).status is Status.AFFIRMING

@@ -243,8 +243,7 @@ class CapturedPcr:
     """The accepted variants of one PCR (one for a single machine's capture).
 
     ``CapturedPcr(value, events)`` is one exact variant seen on every machine of the policy
-    (its ``machines`` empty); ``CapturedPcr(variants=...)`` lists them. ``value`` and
-    ``events`` are the first variant's (``value`` b"" when it has none)."""
+    (its ``machines`` empty); ``CapturedPcr(variants=...)`` lists them."""
 
     variants: tuple[CapturedVariant, ...]
 
@@ -260,14 +259,6 @@ class CapturedPcr:
                 raise ValueError("a captured PCR needs a value and events, or variants")
             variants = (CapturedVariant((), value, (), tuple(events)),)
         object.__setattr__(self, "variants", tuple(variants))
-
-    @property
-    def value(self) -> bytes:
-        return self.variants[0].value or b""
-
-    @property
-    def events(self) -> tuple[CapturedEvent, ...]:
-        return self.variants[0].events
 
 
 @dataclass(frozen=True)
