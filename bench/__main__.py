@@ -18,6 +18,7 @@ MODULES.append("bench.executions")
 MODULES.append("bench.oci_hook")
 MODULES.append("bench.kube")
 MODULES.append("bench.cli")
+MODULES.append("bench.fleet")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench import verifier as bench
+from stockade.demo.cluster import ek_ca_bundle, make_org_material, policy_document
 
 MODES = ("cpu", "gil", "idle")
 
@@ -68,11 +69,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="stockade-bench-verifier-") as scratch:
         work = Path(scratch)
-        org = bench.make_org_material(work / "org")
+        org = make_org_material(work / "org")
         policy = work / "policy.json"
-        policy.write_text(json.dumps(bench.policy_document(org)))
+        policy.write_text(json.dumps(policy_document(org)))
         ek_ca = EkCa.load_or_create(work / "home" / "ek-ca")
-        ek_ca_file = bench.ek_ca_bundle(ek_ca, work / "ek-ca.pem")
+        ek_ca_file = ek_ca_bundle(ek_ca, work / "ek-ca.pem")
         booted = bench.boot_development_node(org, work / "home", ek_ca)
         with bench.verifier_process(work, "verifier-load", ek_ca_file, policy) as verifier:
             assert verifier.process is not None
@@ -80,7 +81,7 @@ def main() -> None:
             recorders: list[subprocess.Popen[bytes]] = []
 
             def start_recorders() -> None:
-                threading.Event().wait(bench.WARMUP_SECONDS)
+                threading.Event().wait(bench.SPAWN_SECONDS + bench.WARMUP_SECONDS)
                 for kind in MODES:
                     recorders.append(record(pid, out / f"{kind}.txt", bench.LOAD_SECONDS, kind))
 

@@ -264,14 +264,42 @@ def test_components_read_the_verifier_with_the_reader_token():
 
 def test_verifier_data_dir_is_owner_only_and_shares_the_reader_and_session_keys():
     spec = _pod_spec("Deployment", "stockade-verifier")
-    (init,) = spec["initContainers"]
-    script = init["command"][-1]
+    inits = {container["name"]: container for container in spec["initContainers"]}
+    script = inits["keys"]["command"][-1]
     (container,) = spec["containers"]
-    (data_dir,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--data-dir=")]
+    args = dict(a.split("=", 1) for a in container["args"] if a.startswith("--") and "=" in a)
+    data_dir, keys_dir = args["--data-dir"], args["--keys-dir"]
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["data"]
-    # An emptyDir is world-writable: the data directory is a subdirectory made 0700.
-    assert data_dir != mount and data_dir.startswith(mount + "/")
-    assert "umask 077" in script and f"d={data_dir}" in script and "chmod 700 $d" in script
-    # Every replica shares the reader token and the session key (cookies verify anywhere).
-    assert "cp /keys/reader-token $d/reader-token" in script
-    assert "cp /keys/session-key $d/keys/session-key" in script
+    # An emptyDir is world-writable: the data and keys directories are subdirectories 0700.
+    for directory in (data_dir, keys_dir):
+        assert directory != mount and directory.startswith(mount + "/")
+    assert "umask 077" in script and f"d={data_dir}" in script and f"k={keys_dir}" in script
+    assert "chmod 700 $d $k" in script and "cp /keys/$f $k/$f" in script
+    # Every replica reads the same shared keys (cookies and statements verify anywhere),
+    # and serves the operator's certificate for the Service name.
+    from stockade.verifier.shared_keys import REQUIRED
+
+    for name in (*REQUIRED, "tls-server.pem", "tls-server-key.pem"):
+        assert f" {name}" in script.replace("\\\n", " "), name
+    assert args["--tls-cert"] == f"{keys_dir}/tls-server.pem"
+    assert args["--tls-key"] == f"{keys_dir}/tls-server-key.pem"
+    # The schema is migrated once, before serving; the replicas never migrate.
+    assert "--no-migrate" in container["args"]
+    assert inits["migrate"]["args"][:2] == ["verifier", "migrate"]
+    assert "--database=$(STOCKADE_DATABASE_URL)" in inits["migrate"]["args"]
+
+
+def test_verifier_arguments_are_options_of_the_cli():
+    from typer.main import get_command
+
+    from stockade.cli.verifier import app
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    spec = _pod_spec("Deployment", "stockade-verifier")
+    inits = {container["name"]: container for container in spec["initContainers"]}
+    (container,) = spec["containers"]
+    for arguments in (container["args"], inits["migrate"]["args"]):
+        command = commands[arguments[1]]
+        options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        for argument in arguments[2:]:
+            assert argument.split("=")[0] in options, argument

@@ -612,3 +612,23 @@ def _migration_head() -> str:
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert head is not None
     return head
+
+
+def test_every_entry_of_a_batch_gets_its_audit_path_without_a_query(make_log):
+    """A batch append answers the proof of each of its entries from what it computed; each is
+    the one the stored tree gives and verifies against the new root."""
+    log = make_log()
+    rng = random.Random("batch proofs")
+    size = 0
+    for batch_size in (1, 3, 1, 8, 5, 16, 2, 31, 7, 64):
+        batch = [f"batch entry {size + offset}".encode() for offset in range(batch_size)]
+        with log.engine.begin() as connection:
+            appended = log.append_on(connection, batch)
+        for index in rng.sample(list(appended.indices), min(batch_size, 6)):
+            proof = appended.inclusion_proof(index)
+            assert proof == log.inclusion_proof(index, appended.size)
+            leaf = leaf_hash(batch[index - appended.start])
+            verify_inclusion(leaf, index, appended.size, proof, appended.root)
+        size = appended.size
+    with pytest.raises(LogRangeError, match="was not appended here"):
+        appended.inclusion_proof(appended.start - 1)

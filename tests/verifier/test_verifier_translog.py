@@ -472,12 +472,12 @@ def test_receipts_signed_out_of_order_stay_on_one_chain_and_a_lost_commit_is_nev
 
     from stockade.translog import create_tables
     from stockade.verifier.db import make_engine
-    from stockade.verifier.integrity import CheckpointFile
+    from stockade.verifier.integrity import STATE_DIRECTORY, CheckpointFile
     from stockade.verifier.transparency import LogUnavailable, TransparencyLog
 
     engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
     create_tables(engine)
-    state = CheckpointFile(tmp_path)
+    state = CheckpointFile(tmp_path / STATE_DIRECTORY)
     log = TransparencyLog(engine, NoteSigner.generate(ORIGIN), lambda: datetime.now(UTC), state)
 
     def committed(entry: bytes):

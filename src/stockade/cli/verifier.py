@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,6 +53,15 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="TCP port")] = DEFAULT_PORT,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="worker processes serving one socket, each a replica on the shared database "
+            "(Python runs one core per process)",
+        ),
+    ] = 1,
     database: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://...")
     ] = None,
@@ -142,9 +152,47 @@ def serve(
             help="the transparency log's origin (and its key's name; fixed on first start)",
         ),
     ] = DEFAULT_LOG_ORIGIN,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys-dir",
+            help="read-only directory of the keys every replica shares (a mounted Secret, "
+            "made by `stockade verifier keys`): read, never written or made. Without it the "
+            "keys are made on first start in the data directory",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="an operator-issued TLS certificate (PEM) to serve, e.g. for the Service "
+            "names, instead of one issued by the verifier's own CA (with --tls-key)",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", help="the private key of --tls-cert (PEM, mode 0600)"),
+    ] = None,
+    migrate_schema: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            help="migrate the database on start; --no-migrate refuses to start unless "
+            "`stockade verifier migrate` brought the schema to this version's head",
+        ),
+    ] = True,
+    leader_lease_seconds: Annotated[
+        float,
+        typer.Option(
+            "--leader-lease-seconds",
+            min=0.5,
+            help="how long the stale sweeper's lease lasts: another replica takes over this "
+            "long after the sweeping replica stops renewing it",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
-    signing key in the data directory."""
+    signing key in the data directory (or reads the shared keys from --keys-dir)."""
     from stockade.verifier.policies import activate_policy, apply_policy
     from stockade.verifier.server import prepare, serve_app
 
@@ -181,6 +229,11 @@ def serve(
         key_ring=load_key_ring(kek_file, tuple(previous_kek_file or ())),
         log_origin=log_origin,
         credentials_file=credentials_file,
+        keys_dir=keys_dir,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        migrate_on_start=migrate_schema,
+        leader_lease_seconds=leader_lease_seconds,
     )
     if enrollment_mode is EnrollmentMode.ALLOWLIST and config.ek_allowlist is None:
         raise InputError("--enrollment-mode allowlist needs --ek-allowlist FILE")
@@ -198,7 +251,7 @@ def serve(
         service.invalidate_policy()
         typer.echo(f"policy:           {stored.id}@{stored.version} (active)")
     typer.echo(f"verifier:         {prepared.url}")
-    typer.echo(f"TLS CA cert:      {prepared.tls.ca_cert}")
+    typer.echo(f"TLS CA cert:      {prepared.tls.ca_cert or 'none (--tls-cert, operator-issued)'}")
     typer.echo(f"TLS server cert:  {prepared.tls.server_cert}")
     typer.echo(f"EAR signing key:  {prepared.signing_key_path} (kid {prepared.kid})")
     typer.echo(f"JWKS:             {prepared.url}/v1/keys")
@@ -207,13 +260,17 @@ def serve(
         typer.echo("secrets:          no KEK configured: secrets are refused (--kek-file)")
     else:
         typer.echo(f"secrets:          KEK {config.key_ring.current.kek_id}")
-    typer.echo(f"cluster CA:       {directory / 'cluster-ca'}")
-    typer.echo(f"operator token:   {directory / 'operator-token'}")
-    typer.echo(f"reader token:     {directory / 'reader-token'}")
+    secrets_at = keys_dir or directory
+    cluster_ca = service.cluster_ca.directory if keys_dir else directory / "cluster-ca"
+    typer.echo(f"cluster CA:       {cluster_ca}")
+    typer.echo(f"operator token:   {secrets_at / 'operator-token'}")
+    typer.echo(f"reader token:     {secrets_at / 'reader-token'}")
+    if keys_dir is not None:
+        typer.echo(f"shared keys:      {keys_dir} (read only)")
     if credentials_file is not None:
         typer.echo(f"credentials:      {credentials_file}")
     typer.echo(f"enrollment:       {enrollment_mode.value}")
-    typer.echo(f"log key:          {service.translog.key_string} ({directory / 'keys'})")
+    typer.echo(f"log key:          {service.translog.key_string} ({config.keys_directory})")
     for url in config.webhook_urls:
         typer.echo(f"webhook:          {url}")
     if not roots:
@@ -223,7 +280,22 @@ def serve(
         typer.echo(f"EK CAs:           {', '.join(map(str, ca_files))} ({where})")
     if ak_ca_files:
         typer.echo(f"AK CAs:           {', '.join(map(str, ak_ca_files))} (cloud vTPMs)")
-    serve_app(web, host, port, prepared.tls)
+    if workers == 1:
+        serve_app(web, host, port, prepared.tls)
+        return
+    from stockade.verifier.workers import serve_workers
+
+    typer.echo(f"workers:          {workers} processes on one socket")
+    service.engine.dispose()  # no connection of the parent's may cross the fork
+    status = serve_workers(
+        lambda number: create_app(replace(config, worker=number)),
+        workers,
+        host,
+        port,
+        prepared.tls,
+        lambda app, sock, tls: serve_app(app, host, port, tls, sock),
+    )
+    raise typer.Exit(status)
 
 
 @app.command("kek")
@@ -241,3 +313,56 @@ def kek(
     with os.fdopen(fd, "w") as handle:
         handle.write(key.to_text() + "\n")
     typer.echo(f"key-encryption key {key.kek_id} written to {path}")
+
+
+@app.command("keys")
+def keys(
+    out: Annotated[Path, typer.Option("--out", help="directory to create the shared key files in")],
+    log_origin: Annotated[
+        str,
+        typer.Option("--log-origin", help="the transparency log's origin (its key's name)"),
+    ] = DEFAULT_LOG_ORIGIN,
+) -> None:
+    """Make the keys every replica shares, once: make a Secret of the directory and give each
+    replica `verifier serve --keys-dir` (docs/kubernetes.md). Refuses to replace any key."""
+    from stockade.verifier.shared_keys import create_keys
+
+    made = create_keys(out, log_origin)
+    for path in made:
+        typer.echo(f"wrote {path}")
+    typer.echo(
+        f"relying parties pin {out / 'verifier-key.pub.pem'}; clients trust {out / 'tls-ca.pem'}"
+    )
+
+
+@app.command("migrate")
+def migrate(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the data directory (SQLite: its verifier.db)")
+    ] = None,
+    database: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://...")
+    ] = None,
+) -> None:
+    """Bring the database's schema to this version's head and exit (a Kubernetes Job or init
+    container; replicas then start with `verifier serve --no-migrate`). Replicas migrating
+    at once take turns (a PostgreSQL advisory lock)."""
+    from stockade.verifier.datadir import prepare_data_dir, prepare_database_file
+    from stockade.verifier.db import make_engine, require_head
+    from stockade.verifier.db import migrate as run_migrations
+
+    config = VerifierConfig(
+        data_dir=data_dir or stockade_home() / "verifier", database_url=database
+    )
+    url = config.resolved_database_url
+    if database is None:
+        prepare_data_dir(config.data_dir)
+    prepare_database_file(url)
+    engine = make_engine(url)
+    try:
+        run_migrations(engine)
+        prepare_database_file(url)
+        require_head(engine)
+    finally:
+        engine.dispose()
+    typer.echo(f"database {url.split('@')[-1]}: schema at head")

@@ -113,6 +113,35 @@ class ClusterCa:
                 now = datetime.datetime.now(datetime.UTC)
                 certificate = _ca_certificate(key, name, now)
                 write_atomic(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+        return cls._loaded(directory, key, cert_path, key_path)
+
+    @classmethod
+    def create_files(
+        cls, key_path: Path, cert_path: Path, name: str = "Stockade cluster CA"
+    ) -> ClusterCa:
+        """A new CA written to these two files (the key 0600; neither may exist yet)."""
+        if cert_path.exists():
+            raise ClusterCaError(f"{cert_path} exists; refusing to overwrite a CA")
+        key = ec.generate_private_key(ec.SECP256R1())
+        try:
+            write_private_key(key_path, key)
+        except OSError as error:
+            raise ClusterCaError(f"cannot create {key_path}: {error.strerror}") from None
+        certificate = _ca_certificate(key, name, datetime.datetime.now(datetime.UTC))
+        write_atomic(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+        return cls(key_path.parent, key, certificate)
+
+    @classmethod
+    def load(cls, key_path: Path, cert_path: Path) -> ClusterCa:
+        """The CA in these two files, never written (a read-only directory of shared keys):
+        the key is refused as ``load_or_create`` refuses it (unreadable, not P-256, readable
+        by group or others), and so is a certificate that does not certify it."""
+        return cls._loaded(key_path.parent, load_private_key(key_path), cert_path, key_path)
+
+    @classmethod
+    def _loaded(
+        cls, directory: Path, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path
+    ) -> ClusterCa:
         try:
             certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
         except (OSError, ValueError) as error:

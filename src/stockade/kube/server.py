@@ -242,6 +242,9 @@ def uvicorn_config(
         host=host,
         port=port,
         http=protocol,
+        # The standard loop: its TLS transport stops reading when the protocol pauses, which
+        # the body limits rely on (uvloop's read on past the limit of a chunked body).
+        loop="asyncio",
         ssl_certfile=str(tls.cert),
         ssl_keyfile=str(tls.key),
         ssl_ca_certs=str(tls.client_ca) if tls.client_ca else None,

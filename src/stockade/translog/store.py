@@ -27,7 +27,7 @@ anything is written (``LogRolledBack``, ``LogForked``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -214,10 +214,19 @@ class Appended:
     last_proof: tuple[bytes, ...]
     base_root: bytes = merkle.EMPTY_ROOT
     checked: TreeHead | None = None
+    # The old tree's peaks, the new leaves and every subtree they completed: all an audit
+    # path of a new entry in the new tree is made of.
+    subtrees: Mapping[NodeId, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def indices(self) -> range:
         return range(self.start, self.size)
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        """The audit path of new entry ``index`` in the tree of ``size``, without a query."""
+        if not self.start <= index < self.size:
+            raise LogRangeError(f"entry {index} was not appended here ({self.start}..{self.size})")
+        return merkle.inclusion_proof(index, self.size, lambda _ids: self.subtrees)
 
 
 def _read_base(
@@ -482,6 +491,11 @@ class MerkleLog:
                     for level, index, hashed in rows
                 ],
             )
+        subtrees: dict[NodeId, bytes] = dict(
+            zip(merkle.subtree_ids(0, old_size), old_peaks, strict=True)
+        )
+        subtrees.update(((0, old_size + offset), hashed) for offset, hashed in enumerate(hashes))
+        subtrees.update(((level, index), hashed) for level, index, hashed in rows)
         return Appended(
             start=old_size,
             size=old_size + count,
@@ -489,4 +503,5 @@ class MerkleLog:
             last_proof=tuple(reversed(before_last)),
             base_root=base_root,
             checked=expect,
+            subtrees=subtrees,
         )

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import text
@@ -18,7 +20,6 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockade.channel import ReplayCache
-from stockade.cluster.ca import ClusterCa
 from stockade.verifier import (
     admission,
     attestation,
@@ -33,29 +34,26 @@ from stockade.verifier import (
     policies,
     secrets,
     security_events,
+    shared_keys,
 )
 from stockade.verifier.appraiser import Appraiser, default_appraiser
+from stockade.verifier.committer import GroupCommitter
 from stockade.verifier.config import VerifierConfig
 from stockade.verifier.datadir import prepare_data_dir, prepare_database_file
-from stockade.verifier.db import make_engine, migrate, session_factory
+from stockade.verifier.db import REQUEST_THREADS, make_engine, open_schema, session_factory
 from stockade.verifier.errors import (
     ConfigurationError,
     DatabaseUnavailable,
     VerifierError,
     is_database_unavailable,
 )
-from stockade.verifier.operator_auth import (
-    Authority,
-    load_or_create_operator_token,
-    require_reader,
-)
+from stockade.verifier.operator_auth import require_reader
 from stockade.verifier.rate_limit import ConcurrencySlots, enrollment_limiter
 from stockade.verifier.results import jwks
 from stockade.verifier.secrets import check_secrets_readable
 from stockade.verifier.security_events import SecurityEventLimiter
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import run_sweeper
-from stockade.verifier.tls import load_or_create_signing_key
 from stockade.verifier.transparency import TransparencyLog
 from stockade.verifier.webhooks import WebhookWorker
 
@@ -63,6 +61,7 @@ log = logging.getLogger(__name__)
 
 _DEFAULT = object()
 READY_TIMEOUT_SECONDS = 2.0
+GIL_SWITCH_SECONDS = 0.0005
 SWEEPER_STOP_SECONDS = 10.0
 
 
@@ -205,23 +204,30 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
             "max_event_streams, max_event_streams_per_client, event_stream_max_seconds and "
             "enrollment_rate_per_minute must be positive"
         )
-    operator_token = config.operator_token or load_or_create_operator_token(config.data_dir)
-    authority = Authority.load(
-        config.data_dir, operator_token, config.credentials_file, config.clock
-    )
+    operator_token = config.operator_token or shared_keys.operator_token(config)
+    authority = shared_keys.authority(config, operator_token)
     prepare_database_file(config.resolved_database_url)
     engine = make_engine(config.resolved_database_url)
-    migrate(engine)
+    open_schema(engine, config.migrate_on_start)
     prepare_database_file(config.resolved_database_url)  # -wal/-shm made by the migration
+    translog = TransparencyLog.open(
+        engine,
+        config.keys_directory,
+        config.state_directory,
+        config.log_origin,
+        config.clock,
+        read_only_keys=config.keys_read_only,
+    )
     service = Service(
         config=config,
         engine=engine,
         sessions=session_factory(engine),
-        signing_key=load_or_create_signing_key(config.data_dir),
+        signing_key=shared_keys.signing_key(config),
         appraiser=default_appraiser() if appraiser is _DEFAULT else appraiser,
         operator_token=operator_token,
-        cluster_ca=ClusterCa.load_or_create(config.data_dir / "cluster-ca"),
-        translog=TransparencyLog.open(engine, config.data_dir, config.log_origin, config.clock),
+        cluster_ca=shared_keys.cluster_ca(config),
+        translog=translog,
+        committer=GroupCommitter(engine, translog),
         replay_cache=ReplayCache(window=2 * config.channel_max_skew_seconds),
         security_limiter=SecurityEventLimiter(),
     )
@@ -232,6 +238,12 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        # A thread back from the database (or OpenSSL) waits for the GIL up to the switch
+        # interval behind busy threads: at the default 5 ms, the one writer of results waited
+        # that long for each of its statements.
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
+        service.committer.start()
         stop_sweeper = asyncio.Event()
         sweeper = asyncio.create_task(run_sweeper(service, stop_sweeper))
         webhooks: WebhookWorker | None = None
@@ -253,6 +265,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
                 log.warning("the stale sweeper did not stop within %s s", SWEEPER_STOP_SECONDS)
             if webhooks is not None:
                 await asyncio.to_thread(webhooks.stop)
+            await asyncio.to_thread(service.committer.stop)
             engine.dispose()
 
     app = FastAPI(

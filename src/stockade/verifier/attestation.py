@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from stockade.appraisal.decision import conclude, failed_appraisal
 from stockade.appraisal.ear import SignedEvidence, ear_claims
@@ -22,6 +22,7 @@ from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
 from stockade.translog.entries import attestation_result_entry
+from stockade.translog.receipt import Receipt
 from stockade.verifier.appraiser import Appraisal, Evidence, NodeView, Status
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
 from stockade.verifier.executions import load_state, store_executions
@@ -123,11 +124,33 @@ _NODE_COLUMNS = (
 )
 
 
+# Built once: the committer runs these for every result, and building and keying a statement
+# costs more than executing it.
+_READ_NODE = select(*_NODE_COLUMNS).where(Node.id == bindparam("node"))
+_LOCK_NODE = _READ_NODE.with_for_update()
+_INSERT_RESULT = insert(Result)
+_INSERT_EVENT = insert(Event)
+_UPDATE_NODE = (
+    update(Node)
+    .where(Node.id == bindparam("b_node"))
+    .values(
+        latest_result_id=bindparam("b_result"),
+        updated_at=bindparam("b_now"),
+        last_clock=bindparam("b_clock"),
+        last_reset_count=bindparam("b_reset_count"),
+        last_restart_count=bindparam("b_restart_count"),
+        last_clock_safe=bindparam("b_clock_safe"),
+        trusted_until=bindparam("b_trusted_until"),
+        state=bindparam("b_state"),
+    )
+)
+_RECORD_LOG_INDEX = (
+    update(Result).where(Result.id == bindparam("b_id")).values(log_index=bindparam("b_index"))
+)
+
+
 def _node_row(connection: Connection, node_id: str, *, lock: bool) -> _NodeRow | None:
-    query = select(*_NODE_COLUMNS).where(Node.id == node_id)
-    if lock:
-        query = query.with_for_update()
-    row = connection.execute(query).first()
+    row = connection.execute(_LOCK_NODE if lock else _READ_NODE, {"node": node_id}).first()
     return None if row is None else _NodeRow(*row)
 
 
@@ -319,8 +342,6 @@ def _submit(
     optimistic: bool,
 ) -> EvidenceResponse:
     now = service.issuing_now()
-    prepared: _Prepared | None = None
-    snapshot: tuple[_NodeRow, _ExecutionInput] | None = None
     if optimistic:
         with service.engine.connect() as connection:
             node = _node_row(connection, node_id, lock=False)
@@ -332,46 +353,106 @@ def _submit(
             # still decides).
             if not nonce_usable(connection, node_id, evidence.nonce, now):
                 raise Conflict("the nonce is unknown, expired or already used", code="nonce")
-            snapshot = (node, _ExecutionInput(*execution_log, load_state(connection, node_id)))
-    # Before the write: the lookup may need its own connection, and none is held here.
-    active = service.active_policy()
-    if snapshot is not None:
-        prepared = _prepare(service, active, snapshot[0], evidence, now, snapshot[1])
+            previous = _ExecutionInput(*execution_log, load_state(connection, node_id))
+        prepared = _prepare(service, service.active_policy(), node, evidence, now, previous)
         if prepared.clock is None:
             raise _Unverified(prepared)
+        # Stored with the other results waiting, in one transaction (a savepoint each).
+        item = _StoreResult(node_id, evidence, execution_log, prepared, now)
+        committed = service.committer.submit(item)
+        assert committed.receipt is not None  # a result always logs its entry
+        return _response(prepared, committed.value, committed.receipt)
+    # Before the write: the lookup may need its own connection, and none is held here.
+    active = service.active_policy()
     with service.engine.begin() as connection:
         # The nonce goes first: it takes the write lock and is spent even if appraisal fails.
         consume_nonce(connection, node_id, evidence.nonce, now)
-        locked = _node_row(connection, node_id, lock=True)
-        if locked is None:
-            raise NotFound(f"no node {node_id}", code="node")
-        if locked.revoked:
-            raise Forbidden(f"node {node_id} is revoked", code="revoked")
+        locked = _locked_node(connection, node_id)
         current = _ExecutionInput(*execution_log, load_state(connection, node_id))
-        if prepared is None:
-            prepared = _prepare(service, active, locked, evidence, now, current)
-            if prepared.clock is None:
-                raise _Unverified(prepared)  # rolls back; the nonce is spent on its own
-        elif prepared.inputs != (*locked.appraisal_inputs(), current.fingerprint):
-            raise _StaleNode  # rolls back: the nonce stays unused for the next attempt
-        state = _store(connection, locked, prepared, now)
-        if prepared.executions is not None and prepared.executions.records:
-            connection.execute(
-                update(Result)
-                .where(Result.id == prepared.result_id)
-                .values(quote=evidence.quote, quote_signature=evidence.signature)
-            )
-        entries = (
-            store_executions(
-                connection, locked.id, locked.name, prepared.executions, prepared.result_id, now
-            )
-            if prepared.executions is not None
-            else []
-        )
+        prepared = _prepare(service, active, locked, evidence, now, current)
+        if prepared.clock is None:
+            raise _Unverified(prepared)  # rolls back; the nonce is spent on its own
+        state, entries = _write_result(connection, locked, prepared, evidence, now)
         # Last, so the log's state row is held only until this commit: the result (and the
         # executions it proved) are logged if and only if they are stored.
-        appended = service.translog.append(connection, *entries, prepared.log_entry)
-    receipt = service.translog.receipt(appended, prepared.log_entry)
+        appended = service.translog.append(connection, *entries)
+        _record_log_index(connection, prepared.result_id, appended.size - 1)
+    return _response(prepared, state, service.translog.receipt(appended, prepared.log_entry))
+
+
+@dataclass(frozen=True)
+class _StoreResult:
+    """An appraised result's writes, for the group committer (``BatchItem``): the nonce is
+    spent and the node's snapshot checked under the batch's transaction."""
+
+    node_id: str
+    evidence: Evidence
+    execution_log: tuple[bytes, int]
+    prepared: _Prepared
+    now: datetime
+    stored: list[str] = field(default_factory=list)  # the node's new state, once claimed
+
+    @property
+    def sort_key(self) -> str:
+        return self.node_id
+
+    def claim(self, connection: Connection) -> list[bytes]:
+        locked = _locked_node(connection, self.node_id)
+        current = _ExecutionInput(*self.execution_log, load_state(connection, self.node_id))
+        if self.prepared.inputs != (*locked.appraisal_inputs(), current.fingerprint):
+            raise _StaleNode  # nothing written: the nonce stays unused for the next attempt
+        # The first write, and the single decision on the nonce's use (409 writes nothing).
+        consume_nonce(connection, self.node_id, self.evidence.nonce, self.now)
+        state, entries = _write_result(connection, locked, self.prepared, self.evidence, self.now)
+        self.stored[:] = [state]
+        return entries
+
+    def logged(self, connection: Connection, index: int | None) -> str:
+        if index is not None:
+            _record_log_index(connection, self.prepared.result_id, index)
+        return self.stored[0]
+
+
+def _locked_node(connection: Connection, node_id: str) -> _NodeRow:
+    locked = _node_row(connection, node_id, lock=True)
+    if locked is None:
+        raise NotFound(f"no node {node_id}", code="node")
+    if locked.revoked:
+        raise Forbidden(f"node {node_id} is revoked", code="revoked")
+    return locked
+
+
+def _write_result(
+    connection: Connection,
+    node: _NodeRow,
+    prepared: _Prepared,
+    evidence: Evidence,
+    now: datetime,
+) -> tuple[str, list[bytes]]:
+    """Store the result, the node's new state, its event and the executions it proved; the
+    new state and the log entries (the result's last)."""
+    state = _store(connection, node, prepared, now)
+    if prepared.executions is not None and prepared.executions.records:
+        connection.execute(
+            update(Result)
+            .where(Result.id == prepared.result_id)
+            .values(quote=evidence.quote, quote_signature=evidence.signature)
+        )
+    entries = (
+        store_executions(
+            connection, node.id, node.name, prepared.executions, prepared.result_id, now
+        )
+        if prepared.executions is not None
+        else []
+    )
+    return state, [*entries, prepared.log_entry]
+
+
+def _record_log_index(connection: Connection, result_id: str, index: int) -> None:
+    connection.execute(_RECORD_LOG_INDEX, {"b_id": result_id, "b_index": index})
+
+
+def _response(prepared: _Prepared, state: str, receipt: Receipt) -> EvidenceResponse:
     return EvidenceResponse(
         result_id=prepared.result_id,
         status=prepared.status,
@@ -390,45 +471,52 @@ def _submit(
 def _store(connection: Connection, node: _NodeRow, prepared: _Prepared, now: datetime) -> str:
     """Insert the result, update the node, record the event on a state change; the new state."""
     connection.execute(
-        insert(Result).values(
-            id=prepared.result_id,
-            node_id=node.id,
-            status=prepared.status,
-            ear=prepared.ear,
-            reasons=prepared.reasons,
-            policy_ref=prepared.policy_ref,
-            not_after=prepared.not_after,
-            created_at=now,
-            pcrs=prepared.pcrs,
-        )
+        _INSERT_RESULT,
+        {
+            "id": prepared.result_id,
+            "node_id": node.id,
+            "status": prepared.status,
+            "ear": prepared.ear,
+            "reasons": prepared.reasons,
+            "policy_ref": prepared.policy_ref,
+            "not_after": prepared.not_after,
+            "created_at": now,
+            "pcrs": prepared.pcrs,
+        },
     )
-    values: dict[str, Any] = {"latest_result_id": prepared.result_id, "updated_at": now}
-    if prepared.clock is not None:
-        values.update(
-            last_clock=prepared.clock.clock,
-            last_reset_count=prepared.clock.reset_count,
-            last_restart_count=prepared.clock.restart_count,
-            last_clock_safe=prepared.clock.safe,
-        )
+    clock = prepared.clock
+    if clock is None:  # only verified quotes are stored: they carry the TPM's clock
+        raise AssertionError("a result without a verified quote is never stored")
     if prepared.status == Status.CONTRAINDICATED:
-        state, reason = NodeState.FAILED, _reason(prepared.reasons)
-        values["trusted_until"] = None
+        state, reason, trusted_until = NodeState.FAILED, _reason(prepared.reasons), None
     else:
-        state, reason = NodeState.TRUSTED, str(prepared.status)
-        values["trusted_until"] = prepared.not_after
-    values["state"] = state
-    connection.execute(update(Node).where(Node.id == node.id).values(**values))
+        state, reason, trusted_until = NodeState.TRUSTED, str(prepared.status), prepared.not_after
+    connection.execute(
+        _UPDATE_NODE,
+        {
+            "b_node": node.id,
+            "b_result": prepared.result_id,
+            "b_now": now,
+            "b_clock": clock.clock,
+            "b_reset_count": clock.reset_count,
+            "b_restart_count": clock.restart_count,
+            "b_clock_safe": clock.safe,
+            "b_trusted_until": trusted_until,
+            "b_state": state,
+        },
+    )
     if node.state != state:
         connection.execute(
-            insert(Event).values(
-                node_id=node.id,
-                name=node.name,
-                from_state=node.state,
-                to_state=state,
-                reason=reason,
-                result_id=prepared.result_id,
-                time=now,
-            )
+            _INSERT_EVENT,
+            {
+                "node_id": node.id,
+                "name": node.name,
+                "from_state": node.state,
+                "to_state": state,
+                "reason": reason,
+                "result_id": prepared.result_id,
+                "time": now,
+            },
         )
     return str(state)
 

@@ -111,10 +111,49 @@ class VerifierConfig:
     # restart, or by another replica) before it refuses to issue nonces, results and signed
     # statuses (503 clock-behind).
     clock_skew_seconds: float = 5.0
+    # Keys every replica shares, read from this directory and never written (``--keys-dir``:
+    # a mounted Kubernetes Secret, made once by ``stockade verifier keys``;
+    # ``stockade.verifier.shared_keys``). None: each key is made on first start in the data
+    # directory, as a single verifier does.
+    keys_dir: Path | None = None
+    # An operator-issued TLS certificate and key (``--tls-cert``, ``--tls-key``) served instead
+    # of one issued by the verifier's own (or the shared) TLS CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Run ``alembic upgrade head`` on start; False (``--no-migrate``): refuse to start unless
+    # the schema is already at head (``stockade verifier migrate`` ran it).
+    migrate_on_start: bool = True
+    # The stale sweeper runs on one replica at a time: the holder of the ``sweeper`` lease
+    # (database clock), renewed every sweep, taken over this long after its holder stopped
+    # renewing it (``stockade.verifier.leadership``).
+    leader_lease_seconds: float = 10.0
+    # This process's number among the worker processes of one ``serve --workers N`` (0 for the
+    # first, or the only one): each is a replica of its own, with its own state directory.
+    worker: int = 0
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'verifier.db'}"
+
+    @property
+    def keys_directory(self) -> Path:
+        """Where the shared keys are read: ``keys_dir``, or ``<data_dir>/keys`` (made there on
+        first start). The transparency log's note key (``log-signing-key``, ``log-key.pub``)
+        is read here too; with ``keys_read_only`` it is loaded, never made."""
+        return self.keys_dir if self.keys_dir is not None else self.data_dir / "keys"
+
+    @property
+    def keys_read_only(self) -> bool:
+        """True when the keys come from ``--keys-dir``: a missing key is an error, not made."""
+        return self.keys_dir is not None
+
+    @property
+    def state_directory(self) -> Path:
+        """This replica's own writable state (``<data_dir>/state``: the newest checkpoint it
+        signed; ``<data_dir>/state/worker-N`` for worker N > 0 of ``serve --workers``), never
+        shared between replicas."""
+        state = self.data_dir / "state"
+        return state if self.worker == 0 else state / f"worker-{self.worker}"
 
 
 def load_ca_files(

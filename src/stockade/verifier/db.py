@@ -16,6 +16,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import CursorResult, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,14 +25,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from stockade.verifier.errors import ConfigurationError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Threads that run blocking request work (anyio's default limiter, set at start): beyond the
+# cores and the database's own concurrency, more threads only contend for the GIL and the pool.
+REQUEST_THREADS = 8
 
 log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        # A local file needs no liveness ping, and the pool holds a connection for every
+        # request thread (THREADS): connections made beyond the pool would be opened, set up
+        # and closed again on every use.
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=REQUEST_THREADS + 4,
+            max_overflow=REQUEST_THREADS,
         )
 
         @event.listens_for(engine, "connect")
@@ -43,7 +54,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=REQUEST_THREADS + 4, max_overflow=REQUEST_THREADS
+    )
 
 
 class DatabaseUnusable(ConfigurationError):
@@ -128,6 +141,46 @@ def migrate(engine: Engine) -> None:
         raise DatabaseUnusable(
             f"cannot migrate the database {_where(engine)}: {_reason(error)}"
         ) from None
+
+
+class SchemaNotAtHead(ConfigurationError):
+    """``--no-migrate``: the database's schema is not the one this version needs."""
+
+
+def _scripts() -> ScriptDirectory:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config)
+
+
+def require_head(engine: Engine) -> None:
+    """``check_database``, then refuse (``SchemaNotAtHead``, one line) a database whose schema
+    is not at this version's head revision: never migrated, behind (run ``stockade verifier
+    migrate``), or ahead (a newer version migrated it). Nothing is written."""
+    check_database(engine)
+    head = _scripts().get_current_head()
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+    except DBAPIError as error:
+        raise DatabaseUnusable(
+            f"cannot read the schema of {_where(engine)}: {_reason(error)}"
+        ) from None
+    if current != (head,):
+        found = ", ".join(current) or "none (never migrated)"
+        raise SchemaNotAtHead(
+            f"the database {_where(engine)} is at schema revision {found}, this verifier needs "
+            f"{head}: run `stockade verifier migrate` first (--no-migrate never migrates)"
+        )
+
+
+def open_schema(engine: Engine, migrate_on_start: bool) -> None:
+    """What ``create_app`` does to the schema: ``migrate`` (``migrate_on_start``), or
+    ``require_head`` (``verifier serve --no-migrate``)."""
+    if migrate_on_start:
+        migrate(engine)
+    else:
+        require_head(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from stockade.appraisal.executions import ExecutionState
 from stockade.appraisal.node_executions import ExecutionOutcome
@@ -40,10 +40,11 @@ from stockade.verifier.wire import rfc3339
 router = APIRouter(tags=["executions"])
 
 
+_READ_STATE = select(ExecutionStateRow.state).where(ExecutionStateRow.node_id == bindparam("node"))
+
+
 def load_state(connection: Connection, node_id: str) -> ExecutionState | None:
-    row = connection.execute(
-        select(ExecutionStateRow.state).where(ExecutionStateRow.node_id == node_id)
-    ).first()
+    row = connection.execute(_READ_STATE, {"node": node_id}).first()
     if row is None:
         return None
     try:

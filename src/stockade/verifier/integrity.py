@@ -31,10 +31,11 @@ class Remembered:
 
 
 class CheckpointFile:
-    """``<data_dir>/state/latest-checkpoint``: the newest signed checkpoint note."""
+    """``<state_dir>/latest-checkpoint``: the newest signed checkpoint note this replica (or
+    worker process) signed. ``state_dir`` is ``VerifierConfig.state_directory``."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / STATE_DIRECTORY / LATEST_CHECKPOINT_FILE
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LATEST_CHECKPOINT_FILE
 
     def load(self, verifier: NoteVerifier, origin: str) -> Remembered | None:
         """The remembered checkpoint (None before the first one); ``ConfigurationError`` if

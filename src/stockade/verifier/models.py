@@ -140,6 +140,8 @@ class Result(Base):
     pcrs: Mapped[dict[str, dict[str, str]] | None] = mapped_column(JSON, nullable=True)
     quote: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     quote_signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The result's entry in the transparency log (NULL for results stored before 0010).
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (Index("ix_results_node_created", "node_id", "created_at"),)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Path, Request
-from sqlalchemy import Connection, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from stockade.channel import ChannelAuthError, verify_request
 from stockade.evidence.errors import EvidenceError
@@ -28,15 +29,29 @@ from stockade.verifier.rate_limit import client_address
 from stockade.verifier.security_events import record_security_event
 from stockade.verifier.service import Service, service_of
 
+# Where a verified signature's nonce is recorded as used: in the database before the route
+# runs ("now"), by the route in its own write ("route"), or only in this process ("memory").
+Spend = Literal["now", "route", "memory"]
 UNKNOWN = "channel-unknown"  # the agent enrolls again on this code
 REFUSED = "channel"
 _KEY_CACHE_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
+class SignatureSpend:
+    """A verified request's signature nonce, to record as used (``ChannelReplay``)."""
+
+    node_id: str
+    nonce: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class AuthenticatedNode:
     node_id: str
     name: str
+    # Set by ``require_node_spending_with_the_route``: the route records it in its own write.
+    spend: SignatureSpend | None = None
 
 
 class _ChannelKeys:
@@ -87,7 +102,7 @@ def _authenticate(
     body: bytes,
     headers: dict[str, str],
     source: str | None,
-    spend: bool,
+    spend: Spend,
 ) -> AuthenticatedNode:
     """Check the request; with ``spend``, also record its signature nonce in the database in
     the same transaction that read the key (one connection, one commit)."""
@@ -115,7 +130,7 @@ def _check(
     query: str,
     body: bytes,
     headers: dict[str, str],
-    spend: bool,
+    spend: Spend,
 ) -> AuthenticatedNode:
     row = connection.execute(
         select(Node.name, Node.channel_key_public).where(Node.id == node_id)
@@ -143,8 +158,9 @@ def _check(
         )
         if not service.replay_cache.admit(signed.keyid, signed.nonce, signed.created, now):
             raise ChannelAuthError("replay", "this signature was already used (a replay)")
-        if spend:
-            _spend(service, connection, signed.keyid, signed.nonce, max(now, signed.created))
+        spent = _signature_spend(service, signed.keyid, signed.nonce, max(now, signed.created))
+        if spend == "now":
+            _spend(connection, spent)
     except ChannelAuthError as error:
         raise _Refused(f"channel-{error.reason}", error.detail, REFUSED, row.name) from None
     except EvidenceError as error:  # a stored key that does not parse: refuse, never 500
@@ -154,23 +170,51 @@ def _check(
             UNKNOWN,
             row.name,
         ) from None
-    return AuthenticatedNode(node_id, row.name)
+    return AuthenticatedNode(node_id, row.name, spent if spend == "route" else None)
 
 
-def _spend(
-    service: Service, connection: Connection, node_id: str, nonce: str, created: int
-) -> None:
-    """Record the signature's nonce in the database, the one place every replica (and this one
-    after a restart) sees: a second use is a replay. Kept until the signature is stale."""
+def _signature_spend(service: Service, node_id: str, nonce: str, created: int) -> SignatureSpend:
+    """Kept until the signature is stale anyway."""
     skew = service.config.channel_max_skew_seconds
-    expires = datetime.fromtimestamp(created + skew + 1, UTC)
-    try:
-        with connection.begin_nested():
-            connection.execute(
-                insert(ChannelReplay).values(node_id=node_id, nonce=nonce, expires_at=expires)
-            )
-    except IntegrityError:
-        raise ChannelAuthError("replay", "this signature was already used (a replay)") from None
+    return SignatureSpend(node_id, nonce, datetime.fromtimestamp(created + skew + 1, UTC))
+
+
+def _spend(connection: Connection, spent: SignatureSpend) -> None:
+    """Record the signature's nonce in the database, the one place every replica (and this one
+    after a restart) sees: a second use is a replay."""
+    if not record_spend(connection, spent):
+        raise ChannelAuthError("replay", "this signature was already used (a replay)")
+
+
+def record_spend(connection: Connection, spent: SignatureSpend) -> bool:
+    """Record ``spent`` as used, in the caller's transaction; False (nothing written, the
+    transaction still usable) when it was already: a replay."""
+    values = {"node_id": spent.node_id, "nonce": spent.nonce, "expires_at": spent.expires_at}
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        statement: Any = postgresql_insert(ChannelReplay).values(**values)
+    elif dialect == "sqlite":
+        statement = sqlite_insert(ChannelReplay).values(**values)
+    else:
+        raise RuntimeError(f"unsupported database dialect {dialect}")
+    # RETURNING, not the row count: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
+    returned = connection.execute(
+        statement.on_conflict_do_nothing().returning(ChannelReplay.nonce)
+    ).first()
+    return returned is not None
+
+
+def refuse_replay(
+    service: Service, node: AuthenticatedNode, method: str, path: str, source: str | None
+) -> Unauthorized:
+    """The 401 for a request whose signature ``record_spend`` found used, recorded as a
+    security event as every other channel refusal is."""
+    detail = "this signature was already used (a replay)"
+    record_security_event(
+        service, "channel-replay", f"{method} {path}: {detail}",
+        node_id=node.node_id, name=node.name, source=source,
+    )  # fmt: skip
+    return Unauthorized(detail, code=REFUSED)
 
 
 async def require_node(
@@ -178,7 +222,16 @@ async def require_node(
 ) -> AuthenticatedNode:
     """FastAPI dependency: the node named in the path signed this very request, and its
     signature was never used before, at any replica (its nonce is spent in the database)."""
-    return await _require(node_id, request, spend=True)
+    return await _require(node_id, request, spend="now")
+
+
+async def require_node_spending_with_the_route(
+    node_id: Annotated[str, Path(max_length=64)], request: Request
+) -> AuthenticatedNode:
+    """As ``require_node``, for a route that writes anyway: the signature nonce is not spent
+    here but handed to the route (``AuthenticatedNode.spend``), which records it with
+    ``record_spend`` in its own transaction and refuses (``refuse_replay``) when it was used."""
+    return await _require(node_id, request, spend="route")
 
 
 async def require_node_spending_a_nonce(
@@ -188,10 +241,10 @@ async def require_node_spending_a_nonce(
     (evidence, certificates): a replay of such a request cannot change anything at any
     replica (409 ``nonce``), so its signature nonce is only remembered in this process, and
     the database write is saved."""
-    return await _require(node_id, request, spend=False)
+    return await _require(node_id, request, spend="memory")
 
 
-async def _require(node_id: str, request: Request, *, spend: bool) -> AuthenticatedNode:
+async def _require(node_id: str, request: Request, *, spend: Spend) -> AuthenticatedNode:
     body = await request.body()
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
     path = raw_path.decode("latin-1").split("?", 1)[0]

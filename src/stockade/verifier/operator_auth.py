@@ -108,10 +108,10 @@ class Unauthenticated(Unauthorized):
 # -- files -------------------------------------------------------------------
 
 
-def _load_or_create_secret_file(path: Path, what: str, make: Callable[[], bytes]) -> bytes:
-    """Make ``path`` (0600, O_EXCL) on first start; refuse it when group or others may read
-    it."""
-    if not path.exists():
+def _load_or_create_secret_file(path: Path, what: str, make: Callable[[], bytes] | None) -> bytes:
+    """Make ``path`` (0600, O_EXCL) on first start (never when ``make`` is None: a read-only
+    directory of shared keys); refuse it when group or others may read it."""
+    if make is not None and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -127,7 +127,8 @@ def _load_or_create_secret_file(path: Path, what: str, make: Callable[[], bytes]
             raise ConfigurationError(f"{path} is readable by group or others; chmod 600 it")
         return path.read_bytes()
     except OSError as error:
-        raise ConfigurationError(f"cannot read the {what} {path}: {error}") from None
+        reason = error.strerror or error
+        raise ConfigurationError(f"cannot read the {what} {path}: {reason}") from None
 
 
 def _new_token() -> bytes:
@@ -135,8 +136,11 @@ def _new_token() -> bytes:
 
 
 def _load_or_create_token(data_dir: Path, file_name: str, what: str) -> str:
-    path = data_dir / file_name
-    raw = _load_or_create_secret_file(path, what, _new_token)
+    return _token(data_dir / file_name, what, create=True)
+
+
+def _token(path: Path, what: str, *, create: bool) -> str:
+    raw = _load_or_create_secret_file(path, what, _new_token if create else None)
     try:
         token = raw.decode().strip()
     except UnicodeDecodeError:
@@ -156,11 +160,22 @@ def load_or_create_reader_token(data_dir: Path) -> str:
     return _load_or_create_token(data_dir, READER_TOKEN_FILE, "reader token")
 
 
+def read_token(path: Path, what: str) -> str:
+    """A token from a read-only directory of shared keys: never made, refused when missing,
+    short, or readable by group or others."""
+    return _token(path, what, create=False)
+
+
 def load_or_create_session_key(data_dir: Path) -> bytes:
-    path = data_dir / SESSION_KEY_FILE
-    key = _load_or_create_secret_file(
-        path, "session key", lambda: secrets.token_bytes(SESSION_KEY_BYTES)
-    )
+    return _session_key(data_dir / SESSION_KEY_FILE, create=True)
+
+
+def new_session_key() -> bytes:
+    return secrets.token_bytes(SESSION_KEY_BYTES)
+
+
+def _session_key(path: Path, *, create: bool) -> bytes:
+    key = _load_or_create_secret_file(path, "session key", new_session_key if create else None)
     if len(key) != SESSION_KEY_BYTES:
         raise ConfigurationError(f"the session key {path} is not {SESSION_KEY_BYTES} bytes")
     return key
@@ -260,13 +275,23 @@ class Authority:
         operator_token: str,
         credentials_file: Path | None,
         clock: Callable[[], datetime],
+        keys_dir: Path | None = None,
     ) -> Authority:
-        """The built-in tokens (made on first start), the named credentials, the session key."""
+        """The built-in tokens (made on first start), the named credentials, the session key.
+        With ``keys_dir`` (``--keys-dir``, shared by every replica) the reader token
+        (``reader-token``) and the session key (``session-key``) are read there, never made:
+        a session cookie one replica signed is valid on the others."""
+        if keys_dir is not None:
+            reader = read_token(keys_dir / READER_TOKEN_FILE, "reader token")
+            session_key = _session_key(keys_dir / SESSION_KEY_FILE.name, create=False)
+        else:
+            reader = load_or_create_reader_token(data_dir)
+            session_key = load_or_create_session_key(data_dir)
         return cls.build(
             operator_token,
-            load_or_create_reader_token(data_dir),
+            reader,
             load_credentials(credentials_file) if credentials_file is not None else (),
-            load_or_create_session_key(data_dir),
+            session_key,
             clock,
         )
 

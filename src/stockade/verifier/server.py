@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from fastapi import FastAPI
 
 from stockade.verifier.config import VerifierConfig
 from stockade.verifier.datadir import prepare_data_dir
-from stockade.verifier.tls import TlsFiles, load_or_create_signing_key, load_or_create_tls
+from stockade.verifier.shared_keys import check_keys_dir, serving_tls, signing_key
+from stockade.verifier.tls import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -23,15 +25,22 @@ class Prepared:
 
 def prepare(config: VerifierConfig, host: str, port: int) -> Prepared:
     """Make (first start) or load the TLS and signing keys; nothing is served yet. A data
-    directory others may enter is refused (``ConfigurationError``: chmod 700 it)."""
+    directory others may enter is refused (``ConfigurationError``: chmod 700 it), and so is
+    a ``--keys-dir`` that lacks a shared key (``stockade.verifier.shared_keys``)."""
     prepare_data_dir(config.data_dir)
-    tls = load_or_create_tls(config.data_dir, host)
-    key = load_or_create_signing_key(config.data_dir)
+    if config.keys_dir is not None:
+        check_keys_dir(config.keys_dir)
+    tls = serving_tls(config, host)
+    key = signing_key(config)
     shown = f"[{host}]" if ":" in host else host
     return Prepared(f"https://{shown}:{port}", tls, key.path, key.kid)
 
 
-def serve_app(app: FastAPI, host: str, port: int, tls: TlsFiles) -> None:
+def serve_app(
+    app: FastAPI, host: str, port: int, tls: TlsFiles, sock: socket.socket | None = None
+) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT: on ``host:port``, or on the listening ``sock``
+    (a worker of ``serve --workers``)."""
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -44,4 +53,4 @@ def serve_app(app: FastAPI, host: str, port: int, tls: TlsFiles) -> None:
             server_header=False,
         )
     )
-    server.run()
+    server.run(sockets=None if sock is None else [sock])

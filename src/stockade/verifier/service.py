@@ -54,6 +54,7 @@ class Service:
     operator_token: str = ""
     cluster_ca: Any = None  # stockade.cluster.ca.ClusterCa
     translog: Any = None  # stockade.verifier.transparency.TransparencyLog
+    committer: Any = None  # stockade.verifier.committer.GroupCommitter
     # Node-channel signature nonces seen recently (stockade.channel.ReplayCache), and the
     # budget of security events (stockade.verifier.security_events.SecurityEventLimiter).
     replay_cache: Any = None

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from stockade.verifier.db import rows_changed
 from stockade.verifier.errors import is_database_unavailable
 from stockade.verifier.events import record_event
+from stockade.verifier.leadership import SWEEPER, Lease
 from stockade.verifier.models import ChannelReplay, Enrollment, Event, Node, Nonce
 from stockade.verifier.service import Service
 
@@ -124,16 +125,25 @@ def _sweep_pending(session: Session, now: datetime) -> None:
     session.execute(delete(Node).where(Node.id.in_(expired), Node.state == NodeState.PENDING))
 
 
-async def run_sweeper(service: Service, stop: asyncio.Event | None = None) -> None:
+async def run_sweeper(
+    service: Service, stop: asyncio.Event | None = None, lease: Lease | None = None
+) -> None:
     """Sweep every ``sweep_interval_seconds`` until ``stop`` is set (or cancelled); errors are
     logged, not fatal (a database outage once per burst, through ``service.outage``).
 
+    Replicas sharing the database sweep one at a time: each pass first takes or renews the
+    ``stale-sweeper`` lease (``stockade.verifier.leadership``; ``leader_lease_seconds``), and
+    only its holder sweeps; another replica takes over when the holder stops renewing. Every
+    replica still raises its clock floor from the database. A clean stop releases the lease.
+
     Stop with ``stop``, not by cancelling: a cancelled task leaves its sweep running in its
-    thread, against a database the app is closing."""
+    thread, against a database the app is closing (and its lease to run out)."""
     stop = stop or asyncio.Event()
+    if lease is None:
+        lease = Lease(service.engine, SWEEPER, lease_seconds=service.config.leader_lease_seconds)
     while not stop.is_set():
         try:
-            await anyio.to_thread.run_sync(_sweep_once, service)
+            await anyio.to_thread.run_sync(_sweep_once, service, lease)
         except Exception as error:
             if is_database_unavailable(error):
                 service.outage.failed(error, "sweeper")
@@ -143,9 +153,19 @@ async def run_sweeper(service: Service, stop: asyncio.Event | None = None) -> No
             service.outage.succeeded()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), service.config.sweep_interval_seconds)
+    try:
+        await anyio.to_thread.run_sync(lease.release)
+    except Exception as error:  # the database is gone: the lease runs out on its own
+        log.warning("cannot release the sweeper lease: %s", error)
 
 
-def _sweep_once(service: Service) -> None:
-    sweep_stale(service)
+def _sweep_once(service: Service, lease: Lease) -> None:
+    was_leader = lease.held
+    if lease.acquire():
+        if not was_leader:
+            log.info("this replica (%s) now runs the stale sweeper", lease.holder)
+        sweep_stale(service)
+    elif was_leader:
+        log.warning("this replica (%s) lost the sweeper lease", lease.holder)
     # Another replica's newer writes raise the floor this one's clock must not be behind.
     service.refresh_clock_floor()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -37,7 +37,7 @@ from sqlalchemy import Connection, Engine
 
 from stockade.translog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from stockade.translog.errors import LogCorrupted, LogRangeError, MalformedKey
-from stockade.translog.keys import load_or_create_signer
+from stockade.translog.keys import load_or_create_signer, load_signer
 from stockade.translog.receipt import Receipt
 from stockade.translog.store import Appended, MerkleLog, TreeHead, check_extends
 from stockade.verifier.datadir import sqlite_path
@@ -100,18 +100,45 @@ class TransparencyLog:
 
     @classmethod
     def open(
-        cls, engine: Engine, data_dir: Path, origin: str, clock: Callable[[], datetime]
+        cls,
+        engine: Engine,
+        keys: Path,
+        state_dir: Path,
+        origin: str,
+        clock: Callable[[], datetime],
+        *,
+        read_only_keys: bool = False,
     ) -> TransparencyLog:
-        """The log with the key in ``data_dir/keys`` (made on first start), checked against
-        the checkpoint remembered in ``data_dir/state``: ``ConfigurationError`` (one line)
-        when the database's log is smaller than it, differs from it, or is unreadable."""
-        keys = data_dir / KEYS_DIRECTORY
-        keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """The log with the note key in ``keys`` (made there on first start unless
+        ``read_only_keys``: shared keys are only read), checked against the checkpoint
+        remembered in ``state_dir``: ``ConfigurationError`` (one line) when the key is missing
+        or malformed, or when the database's log is smaller than the remembered checkpoint,
+        differs from it, or is unreadable."""
         try:
-            signer = load_or_create_signer(keys / SIGNING_KEY_FILE, keys / PUBLIC_KEY_FILE, origin)
+            if read_only_keys:
+                if (keys / SIGNING_KEY_FILE).stat().st_mode & 0o077:
+                    raise MalformedKey(
+                        f"{keys / SIGNING_KEY_FILE} is readable by group or others; chmod 600 it"
+                    )
+                signer = load_signer(keys / SIGNING_KEY_FILE)
+                if signer.name != origin:
+                    raise MalformedKey(
+                        f"{keys / SIGNING_KEY_FILE} is named {signer.name!r}, not the log "
+                        f"origin {origin!r}"
+                    )
+            else:
+                keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+                signer = load_or_create_signer(
+                    keys / SIGNING_KEY_FILE, keys / PUBLIC_KEY_FILE, origin
+                )
         except MalformedKey as error:
             raise ConfigurationError(f"transparency log key: {error}") from None
-        state = CheckpointFile(data_dir)
+        except OSError as error:
+            raise ConfigurationError(
+                f"transparency log key: cannot read {keys / SIGNING_KEY_FILE}: "
+                f"{error.strerror or error}"
+            ) from None
+        state = CheckpointFile(state_dir)
         database = sqlite_path(engine.url.render_as_string(hide_password=False))
         sync = None if database is None else partial(sync_sqlite_wal, database)
         translog = cls(engine, signer, clock, state, sync)
@@ -164,11 +191,27 @@ class TransparencyLog:
             raise self._refuse(error) from None
 
     def receipt(self, appended: Appended, entry: bytes) -> Receipt:
-        """After the append committed: its receipt, against a checkpoint of its head that is
-        on disk before it is returned."""
+        """After the append committed: its last entry's receipt, against a checkpoint of its
+        head that is on disk before it is returned."""
+        return self.receipts(appended, [(appended.size - 1, entry)])[0]
+
+    def receipts(self, appended: Appended, entries: Sequence[tuple[int, bytes]]) -> list[Receipt]:
+        """After a batch append committed: a receipt for each ``(index, entry)`` of it, all
+        against one checkpoint of its head, signed once and on disk before any is returned."""
         note = self._sign_appended(appended)
         self._persist(appended.size)
-        return Receipt(appended.size - 1, appended.size, entry, appended.last_proof, note)
+        return [
+            Receipt(
+                index,
+                appended.size,
+                entry,
+                appended.last_proof
+                if index == appended.size - 1
+                else tuple(appended.inclusion_proof(index)),
+                note,
+            )
+            for index, entry in entries
+        ]
 
     def signed_head(self) -> SignedHead:
         """The current head, signed (the cached note when the log has not grown); proven to

@@ -26,7 +26,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +72,12 @@ cursors = Table(
     Column("claimed_by", String(64), nullable=True),
     Column("lease_until", BigInteger, nullable=True),  # ms since the epoch, database clock
 )
+
+
+def _replica_id() -> str:
+    from stockade.verifier.leadership import replica_id  # it imports database_now_ms
+
+    return replica_id()
 
 
 def database_now_ms(connection: Connection) -> int:
@@ -139,7 +144,7 @@ class WebhookWorker:
     timeout: float = 5.0
     clock: Callable[[], float] = time.monotonic
     lease_seconds: float = 10.0
-    replica: str = field(default_factory=lambda: uuid.uuid4().hex)
+    replica: str = field(default_factory=_replica_id)
     # The service's outage log: a database outage is one line per burst, not one per poll.
     outage: OutageLog = field(default_factory=OutageLog)
     _targets: list[_Target] = field(default_factory=list)
