@@ -254,7 +254,9 @@ def stand(
     kek_file = work / "kek"
     kek_file.write_text(KeyEncryptionKey.generate().to_text() + "\n")
     kek_file.chmod(0o600)
-    base_extra = ("--kek-file", str(kek_file))
+    # Every test agent enrolls from 127.0.0.1, and refused ones keep trying: one address
+    # stands for a whole fleet here, as behind a NAT.
+    base_extra = ("--kek-file", str(kek_file), "--enrollment-rate", "1200")
     verifier = VerifierProcess(
         work / "verifier",
         ek_ca_file,

@@ -5,11 +5,16 @@ whose EK was issued by another CA is refused and never becomes a node.
 
 Only what cannot run here is changed: mount paths become temporary directories, the
 listening address 127.0.0.1 and a free port, the database SQLite (or the PostgreSQL of
-``STOCKADE_TEST_DATABASE_URL``)."""
+``STOCKADE_TEST_DATABASE_URL``). What the operator and the init containers do before the
+verifier starts is done as the manifest says: the shared keys from ``stockade verifier keys``
+and a server certificate from the operator's CA, copied 0600 into the keys directory (the
+file list read from the ``keys`` init container's script), then ``stockade verifier
+migrate``; the verifier then runs with ``--no-migrate``."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from stockade.demo.cluster import AgentProcess, ClusterError, VerifierProcess, w
 from stockade.tpm.ekca import EkCa
 from stockade.tpm.swtpm import start_swtpm
 from support.cli import run_stockade
+from support.operator_tls import operator_ca
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "10-verifier.yaml"
 
@@ -32,6 +38,38 @@ def _verifier_container() -> dict[str, Any]:
             assert container["name"] == "verifier"
             return dict(container)
     raise AssertionError(f"no verifier Deployment in {MANIFEST}")
+
+
+def _init_container_copies() -> list[str]:
+    """The key files the ``keys`` init container copies from the Secret, read from its
+    script's ``for f in ...; do`` list."""
+    for document in yaml.safe_load_all(MANIFEST.read_text()):
+        if document and document["kind"] == "Deployment":
+            for init in document["spec"]["template"]["spec"]["initContainers"]:
+                if init["name"] == "keys":
+                    script = init["command"][-1].replace("\\\n", " ")
+                    listed = script.split("for f in", 1)[1].split(";", 1)[0]
+                    return listed.split()
+    raise AssertionError(f"no keys init container in {MANIFEST}")
+
+
+@dataclass
+class ManifestVerifier(VerifierProcess):
+    """As the manifest runs it: shared keys (tokens too) in ``--keys-dir``, served with the
+    operator's certificate, which clients check against the operator's CA."""
+
+    keys_dir: Path | None = None
+    operator_ca: Path | None = None
+
+    @property
+    def ca(self) -> Path:
+        assert self.operator_ca is not None
+        return self.operator_ca
+
+    @property
+    def reader_token_file(self) -> Path:
+        assert self.keys_dir is not None
+        return self.keys_dir / "reader-token"
 
 
 def _configmap_volume(directory: Path, files: dict[str, bytes]) -> Path:
@@ -68,11 +106,16 @@ def deployed(
     kek.chmod(0o600)
     bundle = ek_ca.root_cert_path.read_bytes() + ek_ca.issuer_cert_path.read_bytes()
     _configmap_volume(local[mounts["ek-roots"]], {"dev-ek-ca.pem": bundle})
-    data_dir = None
+    data_dir = keys_dir = None
     args = []
-    verifier = VerifierProcess(work / "unused", work / "unused.pem", work / "unused.yaml")
+    operator = work / "operator"
+    verifier = ManifestVerifier(work / "unused", work / "unused.pem", work / "unused.yaml")
+    database = database_url or f"sqlite:///{work / 'verifier.db'}"
     for arg in container["args"][2:]:
         assert container["args"][:2] == ["verifier", "serve"]
+        if "=" not in arg:  # a flag (--no-migrate)
+            args.append(arg)
+            continue
         option, _, value = arg.partition("=")
         for mount, path in local.items():
             value = value.replace(mount, str(path))
@@ -82,13 +125,34 @@ def deployed(
             value = str(verifier.port)
         elif option == "--database":
             assert value == "$(STOCKADE_DATABASE_URL)"
-            value = database_url or f"sqlite:///{work / 'verifier.db'}"
+            value = database
         elif option == "--data-dir":
             data_dir = Path(value)
+        elif option == "--keys-dir":
+            keys_dir = Path(value)
         args.append(f"{option}={value}")
     assert data_dir is not None and "--ek-ca-dir" in {a.split("=")[0] for a in args}
-    data_dir.mkdir(mode=0o700)  # what the init container does
+    assert keys_dir is not None and "--no-migrate" in args
+    # The operator's part: the shared keys, made once, and a server certificate its own CA
+    # issued for the Service names (here also for 127.0.0.1, where the test connects).
+    made = run_stockade("verifier", "keys", "--out", work / "secret")
+    assert made.returncode == 0, made.stderr
+    _, server_cert, server_key = operator_ca(operator)
+    # The init containers' part: data and keys directories 0700, the keys copied 0600 (as
+    # the `keys` init container's script does), then `verifier migrate`.
+    data_dir.mkdir(mode=0o700)
+    keys_dir.mkdir(mode=0o700)
+    for name in _init_container_copies():
+        source = {"tls-server.pem": server_cert, "tls-server-key.pem": server_key}.get(
+            name, work / "secret" / name
+        )
+        (keys_dir / name).write_bytes(source.read_bytes())
+        (keys_dir / name).chmod(0o600)
+    migrated = run_stockade("verifier", "migrate", "--database", database)
+    assert migrated.returncode == 0, migrated.stderr
     verifier.data_dir = data_dir
+    verifier.keys_dir = keys_dir
+    verifier.operator_ca = operator / "ca.pem"
     verifier.serve_args = tuple(args)
     verifier.start()
     other_ca = EkCa.load_or_create(work / "other-vendor-ca")

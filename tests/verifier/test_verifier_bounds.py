@@ -380,6 +380,27 @@ def test_enrollment_flood_is_rate_limited_per_address(make_client, verifier_conf
         assert session.query(Enrollment).count() == 0
 
 
+@pytest.mark.tools
+@pytest.mark.parametrize("rate", [1, 60_000])
+def test_serve_takes_the_enrollment_rate(tmp_path, ek_ca, rate):
+    """``verifier serve --enrollment-rate``: a flood from one address past the burst is
+    refused at 1 a minute, and served when the operator raised the rate for a NAT."""
+    from support.verifier_serve import ServedVerifier, ek_ca_files
+
+    with (
+        ServedVerifier(
+            tmp_path / "verifier", ek_ca_files(ek_ca), extra=("--enrollment-rate", str(rate))
+        ) as served,
+        served.httpx_client() as client,
+    ):
+        answers = [
+            client.post("/v1/enrollments", json=_garbage_enrollment())
+            for _ in range(ENROLLMENT_BURST + 5)
+        ]
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert len(refused) == (5 if rate == 1 else 0), [a.status_code for a in answers]
+
+
 def test_limit_enrollment_dependency(make_client, verifier_config):
     config = dataclasses.replace(verifier_config, enrollment_rate_per_minute=1.0)
     app = make_client(config).app

@@ -9,8 +9,6 @@ a byte there. A missing, unsafe or foreign key is one line and exit code 2."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import os
 import signal
 import ssl
@@ -19,9 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from verifier_support import QuoteOnlyAppraiser, operator_headers, policy_document
 
@@ -31,6 +28,7 @@ from stockade.verifier.db import SchemaNotAtHead, make_engine, require_head
 from stockade.verifier.errors import ConfigurationError
 from stockade.verifier.shared_keys import create_keys
 from support.cli import run_stockade
+from support.operator_tls import operator_ca
 from support.verifier_serve import ServedVerifier, free_port
 
 ORIGIN = "stockade.local/verifier-log"  # VerifierConfig's default
@@ -212,55 +210,6 @@ def test_no_migrate_refuses_until_verifier_migrate_ran(tmp_path: Path) -> None:
     assert os.stat(data / "verifier.db").st_mode & 0o077 == 0
 
 
-def _operator_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """An operator's CA and a server certificate it issued for the Service names and
-    127.0.0.1: (ca.pem, server.pem, server-key.pem)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [
-        x509.DNSName("stockade-verifier.stockade.svc"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stockade-verifier")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = (directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(paths[2], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return paths
-
-
 @dataclasses.dataclass
 class OperatorTlsVerifier(ServedVerifier):
     operator_ca: Path | None = None
@@ -274,7 +223,7 @@ class OperatorTlsVerifier(ServedVerifier):
 @pytest.mark.tools
 def test_serve_uses_an_operator_issued_tls_certificate(tmp_path: Path) -> None:
     keys = _secret_mount(tmp_path)
-    ca, cert, key = _operator_ca(tmp_path / "operator")
+    ca, cert, key = operator_ca(tmp_path / "operator")
     verifier = OperatorTlsVerifier(
         tmp_path / "data",
         extra=("--keys-dir", str(keys), "--tls-cert", str(cert), "--tls-key", str(key)),

@@ -190,6 +190,15 @@ def serve(
             "long after the sweeping replica stops renewing it",
         ),
     ] = 10.0,
+    enrollment_rate: Annotated[
+        float,
+        typer.Option(
+            "--enrollment-rate",
+            min=1,
+            help="enrollment requests a client address may make per minute, after a burst "
+            "of 20; raise it when many machines enroll from behind one address (a NAT)",
+        ),
+    ] = 60.0,
 ) -> None:
     """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
     signing key in the data directory (or reads the shared keys from --keys-dir)."""
@@ -234,6 +243,7 @@ def serve(
         tls_key=tls_key,
         migrate_on_start=migrate_schema,
         leader_lease_seconds=leader_lease_seconds,
+        enrollment_rate_per_minute=enrollment_rate,
     )
     if enrollment_mode is EnrollmentMode.ALLOWLIST and config.ek_allowlist is None:
         raise InputError("--enrollment-mode allowlist needs --ek-allowlist FILE")

@@ -312,6 +312,10 @@ def membership_story(
         console.print(
             f"   its certificate is not renewed: the last one expires at {expiry:%H:%M:%S} UTC"
         )
+        # The agent stops before this story uses node-a's TPM itself: a software TPM has no
+        # resource manager, so its objects and ours would compete for the TPM's few transient
+        # slots (TPM_RC_OBJECT_MEMORY).
+        agent.stop()
         with verifier.client() as client:
             client.as_node(node_id, _channel_signer(work / "agents" / "node-a", tpm_a.tcti))
             try:
@@ -320,9 +324,6 @@ def membership_story(
                 console.print(f"   the verifier releases nothing: {error.status} {error.code}")
             else:
                 raise ClusterStoryFailed("the compromised node-a received the secret again")
-        # The agent stops first: a software TPM has no resource manager, so its objects and
-        # ours would compete for the TPM's few transient slots (TPM_RC_OBJECT_MEMORY).
-        agent.stop()
         try:
             with Tpm(tpm_a.tcti) as tpm:
                 unseal_secret(tpm, membership.ek_kind(), kept, membership.channel_key())

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import anyio.to_thread
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Path, Request
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -79,6 +79,8 @@ class _ChannelKeys:
 
 
 _keys = _ChannelKeys()
+# Built once: every node call reads its key.
+_READ_KEY = select(Node.name, Node.channel_key_public).where(Node.id == bindparam("b_node"))
 
 
 class _Refused(Exception):
@@ -132,9 +134,7 @@ def _check(
     headers: dict[str, str],
     spend: Spend,
 ) -> AuthenticatedNode:
-    row = connection.execute(
-        select(Node.name, Node.channel_key_public).where(Node.id == node_id)
-    ).first()
+    row = connection.execute(_READ_KEY, {"b_node": node_id}).first()
     if row is None or row.channel_key_public is None:
         raise _Refused(
             "channel-unknown",

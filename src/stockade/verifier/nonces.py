@@ -38,18 +38,19 @@ class NonceResponse(BaseModel):
     pcr_selection: str
 
 
+_USABLE = select(Nonce.id).where(
+    Nonce.node_id == bindparam("b_node"),
+    Nonce.value == bindparam("b_value"),
+    Nonce.used.is_(False),
+    Nonce.expires_at > bindparam("b_now"),
+)
+
+
 def nonce_usable(connection: Connection, node_id: str, value: bytes, now: datetime) -> bool:
     """Whether the nonce is issued to ``node_id``, unused and unexpired: a hint only
     (:func:`consume_nonce` decides)."""
-    found = connection.execute(
-        select(Nonce.id).where(
-            Nonce.node_id == node_id,
-            Nonce.value == value,
-            Nonce.used.is_(False),
-            Nonce.expires_at > now,
-        )
-    ).first()
-    return found is not None
+    found = connection.execute(_USABLE, {"b_node": node_id, "b_value": value, "b_now": now})
+    return found.first() is not None
 
 
 # Built once (the committer consumes a nonce for every result).
