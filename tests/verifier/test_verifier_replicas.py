@@ -23,8 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,10 @@ from stockade.translog.merkle import verify_consistency
 from stockade.translog.receipt import Receipt, verify_receipt
 from stockade.verifier.db import make_engine
 from stockade.verifier.leadership import SWEEPER
-from stockade.verifier.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
+from stockade.verifier.webhooks import verify_signature
 from support.cli import run_stockade
 from support.verifier_serve import QUOTE_ONLY_APPRAISER, ServedVerifier, ek_ca_files
+from support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.tools
 
@@ -58,57 +58,6 @@ AGENTS = 4
 
 
 # --- the cluster --------------------------------------------------------------------------
-
-
-@dataclass
-class Delivery:
-    event_id: int
-    body: bytes
-    signature: str
-
-
-@dataclass
-class Receiver:
-    """An HTTP webhook receiver recording every POST (answers 204)."""
-
-    deliveries: list[Delivery] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                delivery = Delivery(
-                    int(self.headers[EVENT_ID_HEADER]), body, self.headers[SIGNATURE_HEADER]
-                )
-                with receiver.lock:
-                    receiver.deliveries.append(delivery)
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def received(self) -> list[Delivery]:
-        with self.lock:
-            return list(self.deliveries)
-
-    def ids(self) -> list[int]:
-        return [delivery.event_id for delivery in self.received()]
 
 
 @dataclass

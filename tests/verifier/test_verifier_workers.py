@@ -62,20 +62,6 @@ def served(tmp_path: Path, ek_ca, database_url: str | None):
     verifier.stop()
 
 
-@pytest.fixture
-def database_url() -> str | None:
-    url = os.environ.get("STOCKADE_TEST_DATABASE_URL")
-    if url:
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(url)
-        with engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-    return url or None
-
-
 def test_two_workers_serve_one_log_each_remembering_its_checkpoints(served, software_tpm):
     assert served.process is not None
     workers = _children(served.process.pid)
