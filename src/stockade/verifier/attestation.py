@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -300,68 +301,78 @@ def _reject_unverified(
     response_model=EvidenceResponse,
     dependencies=[Depends(require_node_spending_a_nonce)],
 )
-def submit_evidence(
+async def submit_evidence(
     node_id: Annotated[str, Path(max_length=64)], body: EvidenceRequest, request: Request
 ) -> EvidenceResponse:
     """Evidence the node's AK signed over its nonce is a finding even when it fails appraisal
     (200, contraindicated). A quote that does not verify is not: it is refused (403
     ``evidence``) and changes nothing but a security counter.
 
-    Appraisal and signing run outside any write transaction, against a snapshot of the node;
-    one short transaction then consumes the nonce (the single decision on its use), checks the
-    snapshot still holds and stores the result, the node's new state and its event.
+    Appraisal and signing run in a worker thread outside any write transaction, against a
+    snapshot of the node; the writes then go to the process's one writer
+    (``stockade.verifier.committer``), which spends the nonce (the single decision on its
+    use), checks the snapshot still holds and stores the result, the node's new state and
+    its event with the other results waiting. No thread waits for that batch.
     """
     service = service_of(request)
     evidence = _decode(body)
     log = decode_b64(body.execution_log, "execution_log") if body.execution_log else b""
-    log_from = body.execution_log_from or 0
-    for attempt in range(_OPTIMISTIC_ATTEMPTS + 1):
+    execution_log = (log, body.execution_log_from or 0)
+    for _attempt in range(_OPTIMISTIC_ATTEMPTS):
         try:
-            return _submit(
-                service,
-                node_id,
-                evidence,
-                (log, log_from),
-                optimistic=attempt < _OPTIMISTIC_ATTEMPTS,
+            item = await anyio.to_thread.run_sync(
+                _prepared_item, service, node_id, evidence, execution_log
             )
+            committed = await service.committer.submit_async(item)
         except _StaleNode:
             continue
         except _Unverified as unverified:
-            raise _reject_unverified(
-                service, node_id, evidence, unverified.prepared, service.now()
-            ) from None
-    raise AssertionError("unreachable: the last attempt appraises under the write lock")
+            raise await _rejected(service, node_id, evidence, unverified) from None
+        assert committed.receipt is not None  # a result always logs its entry
+        return _response(item.prepared, committed.value, committed.receipt)
+    # Lost every race on the node: appraised a last time inside its own write transaction.
+    try:
+        return await anyio.to_thread.run_sync(
+            _submit_locked, service, node_id, evidence, execution_log
+        )
+    except _Unverified as unverified:
+        raise await _rejected(service, node_id, evidence, unverified) from None
 
 
-def _submit(
-    service: Service,
-    node_id: str,
-    evidence: Evidence,
-    execution_log: tuple[bytes, int],
-    *,
-    optimistic: bool,
+async def _rejected(
+    service: Service, node_id: str, evidence: Evidence, unverified: _Unverified
+) -> Forbidden:
+    return await anyio.to_thread.run_sync(
+        _reject_unverified, service, node_id, evidence, unverified.prepared, service.now()
+    )
+
+
+def _prepared_item(
+    service: Service, node_id: str, evidence: Evidence, execution_log: tuple[bytes, int]
+) -> _StoreResult:
+    """Read the node, appraise and sign: the writes for the committer."""
+    now = service.issuing_now()
+    with service.engine.connect() as connection:
+        node = _node_row(connection, node_id, lock=False)
+        if node is None:
+            raise NotFound(f"no node {node_id}", code="node")
+        if node.revoked:
+            raise Forbidden(f"node {node_id} is revoked", code="revoked")
+        # Fail fast: a spent or unknown nonce is not worth an appraisal (the write still
+        # decides).
+        if not nonce_usable(connection, node_id, evidence.nonce, now):
+            raise Conflict("the nonce is unknown, expired or already used", code="nonce")
+        previous = _ExecutionInput(*execution_log, load_state(connection, node_id))
+    prepared = _prepare(service, service.active_policy(), node, evidence, now, previous)
+    if prepared.clock is None:
+        raise _Unverified(prepared)
+    return _StoreResult(node_id, evidence, execution_log, prepared, now)
+
+
+def _submit_locked(
+    service: Service, node_id: str, evidence: Evidence, execution_log: tuple[bytes, int]
 ) -> EvidenceResponse:
     now = service.issuing_now()
-    if optimistic:
-        with service.engine.connect() as connection:
-            node = _node_row(connection, node_id, lock=False)
-            if node is None:
-                raise NotFound(f"no node {node_id}", code="node")
-            if node.revoked:
-                raise Forbidden(f"node {node_id} is revoked", code="revoked")
-            # Fail fast: a spent or unknown nonce is not worth an appraisal (the write below
-            # still decides).
-            if not nonce_usable(connection, node_id, evidence.nonce, now):
-                raise Conflict("the nonce is unknown, expired or already used", code="nonce")
-            previous = _ExecutionInput(*execution_log, load_state(connection, node_id))
-        prepared = _prepare(service, service.active_policy(), node, evidence, now, previous)
-        if prepared.clock is None:
-            raise _Unverified(prepared)
-        # Stored with the other results waiting, in one transaction (a savepoint each).
-        item = _StoreResult(node_id, evidence, execution_log, prepared, now)
-        committed = service.committer.submit(item)
-        assert committed.receipt is not None  # a result always logs its entry
-        return _response(prepared, committed.value, committed.receipt)
     # Before the write: the lookup may need its own connection, and none is held here.
     active = service.active_policy()
     with service.engine.begin() as connection:

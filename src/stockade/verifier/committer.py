@@ -16,6 +16,7 @@ the same order and cannot deadlock on them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -24,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import anyio.to_thread
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
@@ -137,6 +139,24 @@ class GroupCommitter:
                 f"the result was not committed within {WAIT_SECONDS:.0f} s", code="database"
             ) from None
 
+    async def submit_async(self, item: BatchItem[T]) -> Committed[T]:
+        """``submit`` for a coroutine: no thread waits while the batch is written. A caller
+        cancelled (its client went away) before the batch took its item stores nothing."""
+        job = _Job(item)
+        with self._lock:
+            running = not self._stopped and self._thread is not None
+            if running:
+                self._jobs.put(job)
+        if not running:
+            await anyio.to_thread.run_sync(self._commit, [job])
+            return job.future.result(0)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job.future), WAIT_SECONDS)
+        except TimeoutError:
+            raise Unavailable(
+                f"the result was not committed within {WAIT_SECONDS:.0f} s", code="database"
+            ) from None
+
     def _run(self) -> None:
         while True:
             first = self._jobs.get()
@@ -165,7 +185,11 @@ class GroupCommitter:
             if job is not None:
                 job.future.set_exception(CommitterStopped("the verifier is stopping"))
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, jobs: list[_Job]) -> None:
+        # A job whose caller gave up before now is dropped; the others can no longer be.
+        batch = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         batch.sort(key=lambda job: job.item.sort_key)
         for attempt in range(BATCH_RETRIES + 1):
             try:

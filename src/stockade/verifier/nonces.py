@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel
 from sqlalchemy import Connection, LargeBinary, bindparam, false, insert, literal, select, update
@@ -23,7 +24,7 @@ from stockade.verifier.node_auth import (
     require_node_spending_with_the_route,
 )
 from stockade.verifier.rate_limit import client_address
-from stockade.verifier.service import service_of
+from stockade.verifier.service import ActivePolicy, Service, service_of
 from stockade.verifier.states import NodeState
 from stockade.verifier.wire import encode_b64, rfc3339
 
@@ -78,55 +79,62 @@ def consume_nonce(session: Session | Connection, node_id: str, value: bytes, now
 
 
 @router.post("/v1/nodes/{node_id}/nonces", status_code=201, response_model=NonceResponse)
-def issue_nonce(
+async def issue_nonce(
     node_id: Annotated[str, Path(max_length=64)],
     node: Annotated[AuthenticatedNode, Depends(require_node_spending_with_the_route)],
     request: Request,
 ) -> NonceResponse:
     """The signature's spend and the nonce are written in the batch of the process's one
-    writer (``stockade.verifier.committer``): no commit of their own."""
+    writer (``stockade.verifier.committer``): no commit of their own, no thread waiting."""
     service = service_of(request)
     now = service.issuing_now()
-    # Looked up before the write (it may need its own connection), but reported after the
-    # node checks, as before.
-    policy_error: Conflict | None = None
-    try:
-        active = service.active_policy()
-    except Conflict as error:
-        policy_error = error
+    # Looked up before the write (it may need a query), but reported after the node checks.
+    active, policy_error = await anyio.to_thread.run_sync(_active_policy, service)
     value = os.urandom(NONCE_BYTES)
     expires_at = now + timedelta(seconds=service.config.nonce_ttl_seconds)
     assert node.spend is not None  # require_node_spending_with_the_route hands it over
     issue = _IssueNonce(node_id, node.spend, None if policy_error else value, expires_at)
     try:
-        service.committer.submit(issue)
+        await service.committer.submit_async(issue)
     except _Replayed:
-        raise refuse_replay(
-            service, node, request.method, request.url.path, client_address(request)
+        raise await anyio.to_thread.run_sync(
+            refuse_replay, service, node, request.method, request.url.path, client_address(request)
         ) from None
     except _NotIssued:
-        # Nothing was stored for this node: a read says why.
-        with service.engine.connect() as connection:
-            row = connection.execute(
-                select(Node.revoked, Node.state).where(Node.id == node_id)
-            ).first()
-        if row is None:
-            raise NotFound(f"no node {node_id}", code="node") from None
-        if row.revoked:
-            raise Forbidden(f"node {node_id} is revoked", code="revoked") from None
-        if row.state == NodeState.PENDING:
-            raise Forbidden(
-                f"node {node_id} waits for the operator's approval (stockade nodes approve NAME)",
-                code="pending",
-            ) from None
-        if policy_error is not None:
-            raise policy_error from None
-        raise RuntimeError(f"nonce for node {node_id} was not stored") from None
+        raise await anyio.to_thread.run_sync(
+            _why_not_issued, service, node_id, policy_error
+        ) from None
+    assert active is not None  # a nonce was issued: there is a policy
     return NonceResponse(
         nonce=encode_b64(value),
         expires_at=rfc3339(expires_at),
         pcr_selection=str(active.policy.pcrs),
     )
+
+
+def _active_policy(service: Service) -> tuple[ActivePolicy | None, Conflict | None]:
+    try:
+        return service.active_policy(), None
+    except Conflict as error:
+        return None, error
+
+
+def _why_not_issued(service: Service, node_id: str, policy_error: Conflict | None) -> Exception:
+    """Nothing was stored for this node: a read says why."""
+    with service.engine.connect() as connection:
+        row = connection.execute(select(Node.revoked, Node.state).where(Node.id == node_id)).first()
+    if row is None:
+        return NotFound(f"no node {node_id}", code="node")
+    if row.revoked:
+        return Forbidden(f"node {node_id} is revoked", code="revoked")
+    if row.state == NodeState.PENDING:
+        return Forbidden(
+            f"node {node_id} waits for the operator's approval (stockade nodes approve NAME)",
+            code="pending",
+        )
+    if policy_error is not None:
+        return policy_error
+    return RuntimeError(f"nonce for node {node_id} was not stored")
 
 
 class _Replayed(Exception):
