@@ -173,3 +173,38 @@ def test_stopping_commits_what_was_queued_first(engine, translog):
     # Stopped: a late result is still stored, in its caller's thread.
     assert committer.submit(Row("late")).value == 2
     assert _stored(engine) == {"blocked": 0, "waiting": 1, "late": 2}
+
+
+def test_an_awaiting_caller_that_goes_away_before_its_batch_stores_nothing(engine, translog):
+    """``submit_async``: no thread waits; a request cancelled (its client went away) while its
+    item still queues is dropped, and the one behind it is stored."""
+    import asyncio
+
+    committer = GroupCommitter(engine, translog)
+    committer.start()
+    gate = threading.Event()
+    blocked = Row("a-blocked", gate=gate)
+    outcomes, threads = _submit_all(committer, [blocked])
+    assert blocked.claimed.wait(10)
+
+    async def scenario() -> int | None:
+        gone = asyncio.create_task(committer.submit_async(Row("b-gone")))
+        kept = asyncio.create_task(committer.submit_async(Row("c-kept")))
+        while committer._jobs.qsize() < 2:
+            await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        return (await kept).value
+
+    try:
+        kept_index = asyncio.run(scenario())
+        for thread in threads:
+            thread.join(10)
+    finally:
+        committer.stop()
+    assert outcomes["a-blocked"].value == 0  # type: ignore[attr-defined]
+    assert kept_index == 1
+    assert _stored(engine) == {"a-blocked": 0, "c-kept": 1}
