@@ -46,3 +46,17 @@ bench: bootstrap
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The OCI image stockade:<version> in build/image/oci, without Docker (scripts/build_image.sh):
+# a Debian 12 rootfs by mmdebstrap, the project's wheel and its dependencies (pip wheels pinned
+# by constraints.txt) in a venv, the hook client; packed and tagged by umoci.
+.PHONY: image test-image
+IMAGE_DIR := build/image
+
+image: bootstrap
+	./scripts/build_image.sh $(IMAGE_DIR)
+
+# The build takes 1-2 minutes, too long for every `make test`: this target builds the image,
+# then runs tests/deploy/test_image.py on it (which `make test` runs only when the image exists).
+test-image: image
+	STOCKADE_TEST_IMAGE=$(IMAGE_DIR)/oci $(PY) -m pytest -q tests/deploy/test_image.py

@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
-  runc umoci skopeo docker-registry cryptsetup-bin postgresql sbsigntool pesign systemd-boot-efi
+  runc umoci mmdebstrap skopeo docker-registry cryptsetup-bin postgresql sbsigntool pesign systemd-boot-efi
   shim-unsigned grub-efi-amd64-bin tpm2-openssl
   python3-venv python3-dev gcc libc6-dev openssl faketime
-  podman containerd
+  podman containerd systemd
 )
 
 missing=()
@@ -23,6 +23,20 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian 12's own kubectl (1.20, kustomize v2.0.3), which the kustomize overlays must render
+# with as well as with a newer kubectl that may own /usr/bin/kubectl: unpacked beside it, not
+# installed (tests/kube/test_kustomize.py). Best effort: the test says so when it is missing.
+DEBIAN_KUBECTL=/opt/debian-kubernetes-client/usr/bin/kubectl
+if [[ ! -x $DEBIAN_KUBECTL ]]; then
+  scratch=$(mktemp -d)
+  if (cd "$scratch" && apt-get download -qq kubernetes-client >/dev/null 2>&1); then
+    dpkg-deb -x "$scratch"/kubernetes-client_*.deb /opt/debian-kubernetes-client
+  else
+    echo "bootstrap: Debian's kubernetes-client not available; kustomize is tested with one kubectl" >&2
+  fi
+  rm -rf "$scratch"
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -32,6 +32,13 @@ class VerifierUnavailable(StockadeError):
     """The verifier could not be reached, timed out, or answered 5xx."""
 
     exit_code = 2
+    code = "verifier-unavailable"
+
+
+class VerifierUntrusted(VerifierUnavailable):
+    """The verifier's TLS certificate does not chain to the CA this client trusts."""
+
+    code = "verifier-untrusted"
 
 
 class VerifierRefused(StockadeError):
@@ -212,8 +219,7 @@ class VerifierClient:
                 auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as error:
-            reason = str(error) or type(error).__name__
-            raise VerifierUnavailable(f"verifier {self.url} unreachable: {reason}") from None
+            raise _unreachable(self.url, error, "unreachable") from None
         if response.status_code >= 500:
             raise VerifierUnavailable(
                 f"verifier {self.url} answered {response.status_code}: {_detail(response)}"
@@ -375,7 +381,7 @@ class VerifierClient:
             return str(named[0].get("node_id", named[0].get("id")))
         if len(named) > 1:
             raise InputError(f"{len(named)} nodes are named {node!r}; give the node id")
-        raise VerifierRefused(404, "not_found", f"no node with id or name {node!r}")
+        raise VerifierRefused(404, "not-found", f"no node with id or name {node!r}")
 
     def revoke(self, node: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("POST", f"/v1/nodes/{self.resolve(node)}/revoke")
@@ -468,8 +474,24 @@ class VerifierClient:
                         yield json.loads("\n".join(data))
                         data = []
         except httpx.HTTPError as error:
-            reason = str(error) or type(error).__name__
-            raise VerifierUnavailable(f"verifier {self.url} event stream: {reason}") from None
+            raise _unreachable(self.url, error, "event stream") from None
+
+
+def _unreachable(url: str, error: httpx.HTTPError, what: str) -> VerifierUnavailable:
+    """The typed error for a failed call; a TLS certificate not trusted says which CA to
+    pass, instead of reading like a verifier that is down."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        reason = cause.verify_message or str(cause)
+        return VerifierUntrusted(
+            f"verifier {url}: its TLS certificate is not trusted ({reason}); pass the "
+            f"verifier's CA with --ca FILE (or {CA_ENV}): `stockade verifier serve` prints it "
+            "as 'TLS CA cert:'"
+        )
+    reason = str(error) or type(error).__name__
+    return VerifierUnavailable(f"verifier {url} {what}: {reason}")
 
 
 def _error(response: httpx.Response) -> tuple[str, str]:

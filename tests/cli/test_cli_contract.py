@@ -3,19 +3,10 @@ exit 1 for a failed verification, never a traceback."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
+from support.cli import one_error_line
 from support.cli import run_stockade as stockade
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) -> None:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("stockade: ")
 
 
 @pytest.fixture
@@ -35,7 +26,7 @@ def verify_args(files, nonce="abcd", *extra):
 
 def test_missing_file_exits_2(quote_files, tmp_path):
     files = {**quote_files, "ak": tmp_path / "absent.pub"}
-    assert_clean_failure(stockade(*verify_args(files)), 2)
+    one_error_line(stockade(*verify_args(files)), 2)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +40,7 @@ def test_missing_file_exits_2(quote_files, tmp_path):
 )
 def test_malformed_ak_exits_2(quote_files, content):
     quote_files["ak"].write_bytes(content)
-    assert_clean_failure(stockade(*verify_args(quote_files)), 2)
+    one_error_line(stockade(*verify_args(quote_files)), 2)
 
 
 def test_unknown_signature_algorithm_exits_2(quote_files, tmp_path):
@@ -64,13 +55,13 @@ def test_unknown_signature_algorithm_exits_2(quote_files, tmp_path):
     )
     quote_files["sig"].write_bytes(bytes.fromhex("001a000b0000"))  # ECDAA: not accepted
     result = stockade(*verify_args(quote_files))
-    assert_clean_failure(result, 2)
+    one_error_line(result, 2)
     assert "0x001a" in result.stderr
 
 
 def test_bad_nonce_and_selection_exit_2(quote_files):
-    assert_clean_failure(stockade(*verify_args(quote_files, "xyz")), 2)
-    assert_clean_failure(stockade(*verify_args(quote_files, "ab", "--pcr-selection", "md5:0")), 2)
+    one_error_line(stockade(*verify_args(quote_files, "xyz")), 2)
+    one_error_line(stockade(*verify_args(quote_files, "ab", "--pcr-selection", "md5:0")), 2)
 
 
 def test_absent_tpm_exits_2(tmp_path):
@@ -78,12 +69,12 @@ def test_absent_tpm_exits_2(tmp_path):
         "tpm", "quote", "--tcti", "swtpm:host=127.0.0.1,port=1", "--pcrs", "sha256:0",
         "--nonce", "00", "--out", str(tmp_path),
     )  # fmt: skip
-    assert_clean_failure(result, 2)
+    one_error_line(result, 2)
     result = stockade(
         "tpm", "quote", "--tcti", "device:/nonexistent/tpmrm9", "--pcrs", "sha256:0",
         "--nonce", "00", "--out", str(tmp_path),
     )  # fmt: skip
-    assert_clean_failure(result, 2)
+    one_error_line(result, 2)
 
 
 def test_usage_error_exits_2():

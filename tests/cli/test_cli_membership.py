@@ -53,7 +53,7 @@ from stockade.tpm.device import Tpm
 from stockade.tpm.ekca import EkCa
 from stockade.tpm.node_key import load_node_key
 from stockade.tpm.swtpm import SoftwareTpm
-from support.cli import stockade_command
+from support.cli import one_error_line, stockade_command
 
 pytestmark = pytest.mark.swtpm
 
@@ -128,15 +128,6 @@ def one_json(result: subprocess.CompletedProcess[str], code: int = 0) -> Any:
     """Exactly one JSON document on stdout (json.loads refuses trailing data)."""
     assert result.returncode == code, (result.stdout, result.stderr)
     return json.loads(result.stdout)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("stockade: ")
-    return lines[0]
 
 
 def no_secret(*results: subprocess.CompletedProcess[str]) -> None:
@@ -246,9 +237,9 @@ def test_verifier_kek_makes_a_0600_key_and_never_overwrites(tmp_path: Path) -> N
     assert key.to_text() not in made.stdout + made.stderr  # names the key, never shows it
     before = path.read_bytes()
     again = run("verifier", "kek", str(path))
-    assert "exists" in one_line_error(again, 2)
+    assert "exists" in one_error_line(again, 2)
     assert path.read_bytes() == before
-    assert "No such file" in one_line_error(run("verifier", "kek", str(tmp_path / "a" / "b")), 2)
+    assert "No such file" in one_error_line(run("verifier", "kek", str(tmp_path / "a" / "b")), 2)
 
 
 # -- stockade secrets ------------------------------------------------------------------------
@@ -280,7 +271,7 @@ def test_secrets_put_list_grant_revoke_delete(cluster: Cluster, tmp_path: Path) 
     # A node grant binds to an enrolled node's id: a name no node holds is 404 ``node``
     # (test_join_label_status_then_tampering grants to an enrolled node by name).
     no_node = run("secrets", "grant", "cli-db", "node:web-1", env=env)
-    assert "404 node" in one_line_error(no_node, 2)
+    assert "404 node" in one_error_line(no_node, 2)
     granted = run("secrets", "grant", "cli-db", "label:role=web", "--format", "json", env=env)
     assert one_json(granted) == {"name": "cli-db", "grants": ["label:role=web"]}
     labels = run("secrets", "grant", "cli-db", "label:role=db", "--format", "json", env=env)
@@ -288,11 +279,11 @@ def test_secrets_put_list_grant_revoke_delete(cluster: Cluster, tmp_path: Path) 
     text_grant = run("secrets", "grant", "cli-db", "label:tier=front", env=env)
     assert text_grant.returncode == 0 and "label:tier=front" in text_grant.stdout
     bad_selector = run("secrets", "grant", "cli-db", "everyone", env=env)
-    assert "selector" in one_line_error(bad_selector, 2)
+    assert "selector" in one_error_line(bad_selector, 2)
     revoked = run("secrets", "revoke", "cli-db", "label:role=web", "--format", "json", env=env)
     assert one_json(revoked)["grants"] == ["label:role=db", "label:tier=front"]
     missing_grant = run("secrets", "revoke", "cli-db", "label:role=web", env=env)
-    assert "404" in one_line_error(missing_grant, 2)
+    assert "404" in one_error_line(missing_grant, 2)
     outputs += [no_node, granted, labels, text_grant, revoked]
 
     table = run("secrets", "list", env=env)
@@ -301,9 +292,9 @@ def test_secrets_put_list_grant_revoke_delete(cluster: Cluster, tmp_path: Path) 
     assert deleted.returncode == 0 and "deleted" in deleted.stdout
     after = one_json(run("secrets", "list", "--format", "json", env=env))
     assert "cli-other" not in {entry["name"] for entry in after["secrets"]}
-    assert "cli-other" in one_line_error(run("secrets", "delete", "cli-other", env=env), 2)
+    assert "cli-other" in one_error_line(run("secrets", "delete", "cli-other", env=env), 2)
     unreadable = run("secrets", "put", "x", "--from", str(tmp_path / "absent"), env=env)
-    assert "cannot read the secret value" in one_line_error(unreadable, 2)
+    assert "cannot read the secret value" in one_error_line(unreadable, 2)
     outputs += [table, deleted]
     no_secret(*outputs)
 
@@ -323,16 +314,16 @@ def test_secrets_need_the_operator_token(cluster: Cluster, tmp_path: Path) -> No
     ]
     for number, attempt in enumerate(attempts):
         without = run("secrets", *attempt, env=cluster.env, process=number == 0)
-        line = one_line_error(without, 2)
+        line = one_error_line(without, 2)
         assert "401" in line and "operator token" in line, line
         assert without.stdout == ""
         no_secret(without)
     for attempt in attempts[:2]:
         with_wrong = run("secrets", *attempt, "--token-file", str(wrong), env=cluster.env)
-        assert "401" in one_line_error(with_wrong, 2)
+        assert "401" in one_error_line(with_wrong, 2)
         assert with_wrong.stdout == ""
     unreadable = run("secrets", "list", "--token-file", str(tmp_path / "absent"), env=cluster.env)
-    assert "operator token" in one_line_error(unreadable, 2)
+    assert "operator token" in one_error_line(unreadable, 2)
     # The token file the verifier wrote works as --token-file (the variable is not needed).
     listed = run("secrets", "list", "--format", "json", "--token-file", str(cluster.token_file),
                  env=cluster.env)  # fmt: skip
@@ -405,7 +396,7 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
 
     # Labels: the operator's (token), and a label grant then releases to the node.
     unlabelled = run("nodes", "label", "cli-web-1", "role=web", env=cluster.env)
-    assert "401" in one_line_error(unlabelled, 2)
+    assert "401" in one_error_line(unlabelled, 2)
     labelled = run("nodes", "label", "cli-web-1", "role=web", "tier=front", "--format", "json",
                    env=cluster.operator_env)  # fmt: skip
     node = one_json(labelled)
@@ -413,7 +404,7 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
     text = run("nodes", "label", "cli-web-1", "role=web", env=cluster.operator_env)
     assert text.returncode == 0 and "cli-web-1: labels role=web" in text.stdout, text.stderr
     malformed = run("nodes", "label", "cli-web-1", "no-equals-sign", env=cluster.operator_env)
-    one_line_error(malformed, 2)
+    one_error_line(malformed, 2)
     put = run("secrets", "put", "cli-tls", "--from", "-", env=cluster.operator_env, stdin=SECRET)
     assert put.returncode == 0, put.stderr
     grant = run("secrets", "grant", "cli-tls", "label:role=web", env=cluster.operator_env)
@@ -436,7 +427,7 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
 
     # Status: signed, checked, exit 0 while trusted.
     by_name = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.env)
-    assert "401 read-token" in one_line_error(by_name, 2)  # a name needs the node list
+    assert "401 read-token" in one_error_line(by_name, 2)  # a name needs the node list
     status = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.reader_env)
     document = one_json(status)
     assert document["trusted"] is True and document["verified"] is True
@@ -464,20 +455,20 @@ def test_join_label_status_then_tampering(cluster: Cluster, booted, tmp_path: Pa
     refused = join(cluster, tpm, log, "cli-web-1", tmp_path, "--format", "json")
     answer = one_json(refused, 1)
     assert answer["joined"] is False and answer["status"] == "contraindicated"
-    line = one_line_error(refused, 1)
+    line = one_error_line(refused, 1)
     assert "not trusted (contraindicated)" in line and "PCR" in line, line
     assert all(reason in line for reason in answer["reasons"])
     refused_text = join(cluster, tpm, log, "cli-web-1", tmp_path)
-    assert "PCR" in one_line_error(refused_text, 1) and refused_text.stdout == ""
+    assert "PCR" in one_error_line(refused_text, 1) and refused_text.stdout == ""
     assert (pki / "node.pem").exists()  # the old certificate stays; it expires on its own
 
     untrusted = run("nodes", "status", "cli-web-1", "--format", "json", env=cluster.reader_env)
     document = one_json(untrusted, 1)
     assert document["trusted"] is False and document["verified"] is True
-    assert "contraindicated" in one_line_error(untrusted, 1)
+    assert "contraindicated" in one_error_line(untrusted, 1)
     untrusted_text = run("nodes", "status", "cli-web-1", env=cluster.reader_env)
     assert "not trusted" in untrusted_text.stdout
-    assert "not trusted" in one_line_error(untrusted_text, 1)
+    assert "not trusted" in one_error_line(untrusted_text, 1)
     no_secret(refused, untrusted, put, grant)
 
 
@@ -556,7 +547,7 @@ def test_nodes_status_refuses_a_forged_statement(
     pinned = {"STOCKADE_VERIFIER_KEY": str(cluster.verifier.verifier_key)}
     forged = run("nodes", "status", node_id, "--format", "json", "--verifier", relay(forge),
                  env=pinned)  # fmt: skip
-    assert "does not verify" in one_line_error(forged, 1)
+    assert "does not verify" in one_error_line(forged, 1)
     assert forged.stdout == ""
 
     # Whoever holds the channel re-signs the statement and serves its own key at /v1/keys:
@@ -573,7 +564,7 @@ def test_nodes_status_refuses_a_forged_statement(
         return {**answer, "statement": statement}
 
     resigned = run("nodes", "status", node_id, "--verifier", relay(resign), env=pinned)
-    assert "does not verify" in one_line_error(resigned, 1)
+    assert "does not verify" in one_error_line(resigned, 1)
 
 
 def test_nodes_status_binds_the_statement_to_the_node_asked_for(
@@ -588,4 +579,4 @@ def test_nodes_status_binds_the_statement_to_the_node_asked_for(
 
     asked = run("nodes", "status", "ghost", "--verifier", relay(substitute),
                 env={**cluster.reader_env})  # fmt: skip
-    assert "ghost-node-id" in one_line_error(asked, 1)
+    assert "ghost-node-id" in one_error_line(asked, 1)

@@ -12,6 +12,7 @@ from eventlog_support import BAD_KINDS, LOG_NAMES, VERBS, log_bytes, require_fix
 
 from stockade.evidence.event_data import RawData, decode
 from stockade.evidence.eventlog import parse_event_log
+from support.cli import one_error_line
 
 BANK_NAMES = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
 
@@ -75,11 +76,7 @@ def test_show_and_replay_as_text_succeed(cli):
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("stockade: ")
+    one_error_line(result, 2)
     assert result.stdout == ""
 
 

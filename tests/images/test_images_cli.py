@@ -4,7 +4,6 @@ line naming the check), 2 unreadable input."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,15 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from images_support import REFERENCE, TAG
 
 from stockade.release.keys import private_pem, public_pem
+from support.cli import one_error_line
 from support.cli import run_stockade as stockade
-
-
-def one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -88,7 +80,7 @@ def test_policy_sign_sign_and_verify(files, layout_dir):
         files["org_pub"],
     )
     unsigned = stockade(*verify, "--format", "json")
-    assert one_line(unsigned, 1).startswith("stockade: image rejected (unsigned)")
+    assert one_error_line(unsigned, 1).startswith("stockade: image rejected (unsigned)")
     assert json.loads(unsigned.stdout) | {"reason": ""} == {
         "valid": False,
         "check": "unsigned",
@@ -97,7 +89,7 @@ def test_policy_sign_sign_and_verify(files, layout_dir):
 
     bad = stockade("image", "sign", image, "--key", files["stranger_key"], "--reference", REFERENCE)
     assert bad.returncode == 0, bad.stderr
-    assert "untrusted-key" in one_line(stockade(*verify), 1)
+    assert "untrusted-key" in one_error_line(stockade(*verify), 1)
 
     good = stockade(
         "image",
@@ -148,11 +140,11 @@ def test_unreadable_inputs_exit_2(files, layout_dir, tmp_path):
         "--org-pub",
         files["org_pub"],
     )
-    assert "not an OCI image layout" in one_line(missing, 2)
+    assert "not an OCI image layout" in one_error_line(missing, 2)
     ed = stockade(
         "image", "sign", f"{layout_dir}:{TAG}", "--key", files["org_key"], "--reference", REFERENCE
     )
-    assert "ECDSA P-256" in one_line(ed, 2)
+    assert "ECDSA P-256" in one_error_line(ed, 2)
     (tmp_path / "bad.json").write_text('{"version": 1}')
     bad_policy = stockade(
         "image",
@@ -164,7 +156,7 @@ def test_unreadable_inputs_exit_2(files, layout_dir, tmp_path):
         "--out",
         tmp_path / "out.json",
     )
-    assert "trust policy" in one_line(bad_policy, 2)
+    assert "trust policy" in one_error_line(bad_policy, 2)
 
 
 def test_policy_from_another_org_exits_1(files, layout_dir, tmp_path, build_key):
@@ -198,7 +190,7 @@ def test_policy_from_another_org_exits_1(files, layout_dir, tmp_path, build_key)
         "--format",
         "json",
     )
-    assert "(policy)" in one_line(result, 1)
+    assert "(policy)" in one_error_line(result, 1)
     assert json.loads(result.stdout)["check"] == "policy"
 
 

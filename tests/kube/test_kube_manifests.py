@@ -172,8 +172,10 @@ def test_verifier_deployment_is_replicated_over_postgresql():
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["ek-roots"]["mountPath"] == "/etc/stockade/ek-roots"
     assert mounts["ek-roots"]["readOnly"] is True
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/health"
+    # Ready only while the database answers; alive while the process serves HTTP.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v1/health"
 
 
 def test_non_agent_containers_are_unprivileged():

@@ -14,6 +14,7 @@ import pytest
 from stockade.release import dsse
 from stockade.release.keys import load_signing_key
 from stockade.release.manifest import PAYLOAD_TYPE, canonical_json
+from support.cli import one_error_line
 from support.cli import run_stockade as stockade
 
 EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
@@ -24,15 +25,6 @@ def ok(*args: object) -> subprocess.CompletedProcess[str]:
     result = stockade(*args)
     assert result.returncode == 0, result.stderr
     return result
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("stockade: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +68,7 @@ def test_keys_generate_prints_one_json_document_and_refuses_to_overwrite(signed_
     assert {Path(keys[name]).name for name in ("org_key", "org_pub")} == {"org.key", "org.pub"}
     assert Path(keys["secure_boot_cert"]).name == "secureboot.crt"
     assert keys["secure_boot_subject"] == "Stockade Secure Boot Signing"
-    line = assert_clean_failure(stockade("keys", "generate", "--out", root / "keys"), 2)
+    line = one_error_line(stockade("keys", "generate", "--out", root / "keys"), 2)
     assert "refusing to overwrite" in line
 
 
@@ -116,7 +108,7 @@ def test_swapped_kernel_fails_verify_artifacts(signed_release, tmp_path):
     replacement = OTHER_EFI.read_bytes() if OTHER_EFI.exists() else b"another kernel"
     (release / "vmlinuz").write_bytes(replacement)
     assert verify(keys, release).returncode == 0  # the signature alone still holds
-    line = assert_clean_failure(verify(keys, release, "--artifacts", release), 1)
+    line = one_error_line(verify(keys, release, "--artifacts", release), 1)
     assert "vmlinuz" in line
 
 
@@ -127,14 +119,14 @@ def test_modified_usr_image_fails_and_names_the_block(signed_release, tmp_path):
     image[123 * 4096 + 4000] ^= 0x01
     (release / "usr.img").write_bytes(image)
     result = verify(keys, release, "--artifacts", release, "--format", "json")
-    line = assert_clean_failure(result, 1)
+    line = one_error_line(result, 1)
     assert "usr.img: data block 123 " in line
     assert json.loads(result.stdout) == {"valid": False, "reason": line.removeprefix("stockade: ")}
 
 
 def test_lower_security_version_than_required_fails(signed_release):
     root, keys, _ = signed_release
-    line = assert_clean_failure(verify(keys, root / "release", "--min-security-version", 5), 1)
+    line = one_error_line(verify(keys, root / "release", "--min-security-version", 5), 1)
     assert "security version 4, below the minimum 5" in line
 
 
@@ -148,25 +140,25 @@ def test_tampered_manifest_or_untrusted_key_fails(signed_release, tmp_path):
     payload["security_version"] = 99
     envelope["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
     (release / "manifest.dsse.json").write_text(json.dumps(envelope))
-    assert "valid signature" in assert_clean_failure(verify(keys, release), 1)
+    assert "valid signature" in one_error_line(verify(keys, release), 1)
     other = json.loads(
         ok("keys", "generate", "--out", tmp_path / "other", "--type", "ed25519",
            "--format", "json").stdout
     )  # fmt: skip
-    assert_clean_failure(verify(other, root / "release"), 1)
+    one_error_line(verify(other, root / "release"), 1)
 
 
 def test_unreadable_inputs_exit_2(signed_release, tmp_path):
     root, keys, _ = signed_release
-    assert_clean_failure(verify(keys, tmp_path), 2)  # no envelope there
+    one_error_line(verify(keys, tmp_path), 2)  # no envelope there
     (tmp_path / "manifest.dsse.json").write_text("{not json")
-    assert_clean_failure(verify(keys, tmp_path), 2)
+    one_error_line(verify(keys, tmp_path), 2)
     (tmp_path / "bad.pub").write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----")
     bad_key = {"org_pub": tmp_path / "bad.pub"}
-    assert_clean_failure(verify(bad_key, root / "release"), 2)
+    one_error_line(verify(bad_key, root / "release"), 2)
     missing = copy_release(signed_release, tmp_path)
     (missing / "initrd.img").unlink()
-    assert_clean_failure(verify(keys, missing, "--artifacts", missing), 2)
+    one_error_line(verify(keys, missing, "--artifacts", missing), 2)
 
 
 def test_build_refuses_a_cmdline_bound_to_another_usr_image(signed_release, tmp_path):
@@ -176,7 +168,7 @@ def test_build_refuses_a_cmdline_bound_to_another_usr_image(signed_release, tmp_
         "--cmdline", f"ro usrhash={'ab' * 32}", "--usr-image", root / "usr.raw",
         "--version", "1", "--security-version", 1, "--out", tmp_path / "r",
     )  # fmt: skip
-    assert "usrhash" in assert_clean_failure(result, 2)
+    assert "usrhash" in one_error_line(result, 2)
 
 
 # A second, quoted usrhash= (systemd unquotes it and takes the last) at each step.
@@ -202,7 +194,7 @@ def test_build_refuses_a_quoted_second_usrhash(signed_release, tmp_path):
 
     built = json.loads(build("console=ttyS0 ro quiet", tmp_path / "good").stdout)
     result = build(forged_cmdline(built["usr_root_hash"]), tmp_path / "forged")
-    line = assert_clean_failure(result, 2)
+    line = one_error_line(result, 2)
     assert f'"usrhash={EVIL}"' in line and "2 times" in line
     assert not (tmp_path / "forged").exists()
 
@@ -215,7 +207,7 @@ def test_sign_refuses_a_manifest_with_a_quoted_second_usrhash(signed_release, tm
     (release / "manifest.json").write_bytes(canonical_json(manifest))
     (release / "manifest.dsse.json").unlink()
     result = stockade("release", "sign", "--key", keys["org_key"], release / "manifest.json")
-    assert f'"usrhash={EVIL}"' in assert_clean_failure(result, 2)
+    assert f'"usrhash={EVIL}"' in one_error_line(result, 2)
     assert not (release / "manifest.dsse.json").exists()
 
 
@@ -232,6 +224,6 @@ def test_verify_artifacts_refuses_a_signed_release_with_a_quoted_second_usrhash(
     envelope = dsse.sign(canonical_json(manifest), PAYLOAD_TYPE, [org_key])
     (release / "manifest.dsse.json").write_bytes(envelope.to_bytes())
     result = verify(keys, release, "--artifacts", release, "--format", "json")
-    line = assert_clean_failure(result, 1)
+    line = one_error_line(result, 1)
     assert f'"usrhash={EVIL}"' in line
     assert json.loads(result.stdout) == {"valid": False, "reason": line.removeprefix("stockade: ")}

@@ -8,6 +8,7 @@ marks it ``tools``, so ``make test-core`` leaves it out.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,3 +48,19 @@ def run_stockade(
         timeout=timeout,
         cwd=cwd,
     )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The command failed cleanly with exit ``code``: one line on stderr and no traceback,
+    ``stockade: <message>``, or with ``--format json`` one ``{"error", "detail"}`` object.
+    The message, as ``stockade: <message>`` either way."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    if lines[0].startswith("{"):
+        document = json.loads(lines[0])
+        assert set(document) == {"error", "detail"} and document["error"], document
+        return f"stockade: {document['detail']}"
+    assert lines[0].startswith("stockade: "), lines[0]
+    return lines[0]

@@ -52,7 +52,7 @@ MAX_TORN_TAIL_SENT = 64 * 1024
 
 # Answers that mean the verifier no longer knows this node (or its AK): enroll again.
 _REENROLL_STATUSES = frozenset({404})
-_REENROLL_CODES = frozenset({"unknown_node", "not_found", "unknown_ak", "ak", "channel-unknown"})
+_REENROLL_CODES = frozenset({"not-found", "ak", "channel-unknown"})
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,16 @@ def _options(
     """Distributed Trusted Computing: TPM-attested nodes and provable containers."""
 
 
+def _json_requested(arguments: list[str]) -> bool:
+    """``--format json`` (or ``--format=json``) on the command line: errors are JSON too."""
+    for index, argument in enumerate(arguments):
+        if argument == "--format=json":
+            return True
+        if argument == "--format" and arguments[index + 1 : index + 2] == ["json"]:
+            return True
+    return False
+
+
 def main() -> None:
     """Console entry point: typed errors become one line on stderr and an exit code.
 
@@ -175,7 +185,13 @@ def main() -> None:
     try:
         app()
     except StockadeError as error:
-        print(f"stockade: {error}", file=sys.stderr)
+        if _json_requested(sys.argv[1:]):
+            import json
+
+            document = {"error": error.code, "detail": str(error)}
+            print(json.dumps(document), file=sys.stderr)
+        else:
+            print(f"stockade: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("stockade: interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The FastAPI application: routers, body limit, JSON errors, database and key setup."""
+"""The FastAPI application: routers, body limit, JSON errors, database and key setup, health
+(``/livez``, ``/readyz``) and metrics (``/metrics``, :mod:`stockade.verifier.metrics`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from typing import Any
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockade.channel import ReplayCache
@@ -47,6 +49,7 @@ from stockade.verifier.errors import (
     VerifierError,
     is_database_unavailable,
 )
+from stockade.verifier.metrics import Metrics, RequestTimer, attach, metrics_of
 from stockade.verifier.operator_auth import require_reader
 from stockade.verifier.rate_limit import ConcurrencySlots, enrollment_limiter
 from stockade.verifier.results import jwks
@@ -127,7 +130,8 @@ def _validation_detail(error: RequestValidationError) -> str:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VerifierError)
-    async def verifier_error(_request: Request, error: VerifierError) -> JSONResponse:
+    async def verifier_error(request: Request, error: VerifierError) -> JSONResponse:
+        metrics_of(service_of(request)).refused(request.scope, error.code)
         body: dict[str, Any] = error_body(error.code, error.detail)
         if error.reasons is not None:
             body["reasons"] = list(error.reasons)
@@ -136,7 +140,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=error.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        metrics_of(service_of(request)).refused(request.scope, "invalid-request")
         return JSONResponse(
             error_body("invalid-request", _validation_detail(error)), status_code=422
         )
@@ -157,12 +162,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     # outage (service.outage).
     async def database_error(request: Request, error: Exception) -> JSONResponse:
         if not is_database_unavailable(error):
+            metrics_of(service_of(request)).database_error()
+            metrics_of(service_of(request)).refused(request.scope, "internal")
             log.error("%s %s failed", request.method, request.url.path, exc_info=error)
             return JSONResponse(
                 error_body("internal", "internal error; see the verifier log"), status_code=500
             )
         service_of(request).outage.failed(error, f"{request.method} {request.url.path}")
         unavailable = DatabaseUnavailable("the database is unavailable; retry later")
+        metrics_of(service_of(request)).refused(request.scope, unavailable.code)
         return JSONResponse(
             error_body(unavailable.code, unavailable.detail),
             status_code=unavailable.status,
@@ -231,6 +239,9 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         replay_cache=ReplayCache(window=2 * config.channel_max_skew_seconds),
         security_limiter=SecurityEventLimiter(),
     )
+    metrics = Metrics(build=config.verifier_build, worker=config.worker)
+    attach(metrics, service, service.outage, service.committer)
+    metrics.watch_database(engine, config.webhook_urls, service.now)
     check_secrets_readable(service)
     service.refresh_clock_floor()
     with contextlib.suppress(VerifierError):
@@ -285,7 +296,9 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     app.state.event_streams = ConcurrencySlots(
         config.max_event_streams, config.max_event_streams_per_client
     )
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(RequestTimer, metrics=metrics)  # outermost: times every answer
     _install_error_handlers(app)
     for module in (
         enrollment,
@@ -315,9 +328,22 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         return jwks(service_of(request).signing_key)
 
     @app.get("/v1/health", tags=["operator"])
+    @app.get("/livez", tags=["operator"])
     def health() -> dict[str, str]:
-        """Liveness: the process serves HTTP. It does not touch the database (see /readyz)."""
+        """Liveness: the process serves HTTP. It does not touch the database (see /readyz):
+        a verifier whose database is down is alive, only not ready."""
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operator"], dependencies=[Depends(require_reader)])
+    async def metrics_page() -> Response:
+        """Prometheus metrics, text exposition format (a reader or operator credential: they
+        tell which nodes fail; see :mod:`stockade.verifier.metrics`). The node and webhook
+        gauges read the database at most every few seconds, in a worker thread, waited for
+        up to READY_TIMEOUT_SECONDS: a hung database makes them old, not the scrape hang."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(metrics.refresh), READY_TIMEOUT_SECONDS)
+        body = metrics.exposition()
+        return Response(body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
     @app.get("/readyz", tags=["operator"])
     async def ready() -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from stockade.translog.receipt import Receipt
 from stockade.verifier.appraiser import Appraisal, Evidence, NodeView, Status
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
 from stockade.verifier.executions import load_state, store_executions
+from stockade.verifier.metrics import metrics_of
 from stockade.verifier.models import Event, Node, Result
 from stockade.verifier.node_auth import require_node_spending_a_nonce
 from stockade.verifier.nonces import consume_nonce, nonce_usable
@@ -215,6 +217,7 @@ def _prepare(
     )
     result_id = str(uuid.uuid4())
     not_after = now + timedelta(seconds=float(active.policy.result_validity_seconds))
+    started = time.perf_counter()
     appraisal = _appraise(service, active, view, evidence)
     outcome = None
     if active.policy.executions_quoted and appraisal.clock is not None:
@@ -241,6 +244,7 @@ def _prepare(
         SignedEvidence(node.ak_public, evidence.quote),
     )
     ear = sign_ear(service.signing_key, claims)
+    metrics_of(service).appraised(time.perf_counter() - started)
     attested = None
     selection = active.policy.pcrs
     if (
@@ -329,14 +333,17 @@ async def submit_evidence(
         except _Unverified as unverified:
             raise await _rejected(service, node_id, evidence, unverified) from None
         assert committed.receipt is not None  # a result always logs its entry
+        metrics_of(service).attested(item.prepared.status)
         return _response(item.prepared, committed.value, committed.receipt)
     # Lost every race on the node: appraised a last time inside its own write transaction.
     try:
-        return await anyio.to_thread.run_sync(
+        response = await anyio.to_thread.run_sync(
             _submit_locked, service, node_id, evidence, execution_log
         )
     except _Unverified as unverified:
         raise await _rejected(service, node_id, evidence, unverified) from None
+    metrics_of(service).attested(response.status)
+    return response
 
 
 async def _rejected(

@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 
 from stockade.translog.receipt import Receipt
 from stockade.verifier.errors import Unavailable
+from stockade.verifier.metrics import metrics_of
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class GroupCommitter:
             break
         self.batches += 1
         self.items += len(done)
+        metrics_of(self).result_batch(len(done))
         logged = [stored for stored in done if stored.entry is not None]
         for stored in done:
             if stored.entry is None:  # nothing logged: committed is all it waits for

@@ -149,6 +149,9 @@ class OutageLog:
         return self._since is not None
 
     def failed(self, error: BaseException, where: str) -> None:
+        from stockade.verifier.metrics import metrics_of  # not at import: config.py is light
+
+        metrics_of(self).database_error()
         now = time.monotonic()
         with self._lock:
             self._count += 1

@@ -48,6 +48,7 @@ from stockade.verifier.errors import (
     NotFound,
     Unavailable,
 )
+from stockade.verifier.metrics import metrics_of
 from stockade.verifier.models import Node, Secret, SecretGrant, SecretRelease
 from stockade.verifier.node_auth import require_node
 from stockade.verifier.nodes import node_json
@@ -438,6 +439,7 @@ def release_secret(node_id: NodeId, name: SecretName, request: Request) -> dict[
                 time=now,
             )
         )
+    metrics_of(service).secret_released()
     return {
         "name": name,
         "version": secret.version,

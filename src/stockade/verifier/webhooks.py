@@ -55,6 +55,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from stockade.verifier.errors import OutageLog, is_database_unavailable
+from stockade.verifier.metrics import metrics_of
 from stockade.verifier.models import Event
 
 SIGNATURE_HEADER = "Stockade-Signature"
@@ -177,6 +178,7 @@ class WebhookWorker:
                     if is_database_unavailable(error):
                         self.outage.failed(error, "webhooks")
                     else:
+                        metrics_of(self.outage).database_error()
                         log.warning("webhooks: cannot read events: %s", error)
                     delivered = 0
                 else:
