@@ -175,7 +175,7 @@ def test_verifier_deployment_is_replicated_over_postgresql():
     # Ready only while the database answers; alive while the process serves HTTP.
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v1/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
 
 
 def test_non_agent_containers_are_unprivileged():

@@ -359,7 +359,7 @@ def test_servers_have_probes_on_their_health_endpoints():
     documents = render(newest(), "base")
     verifier = container(documents, "Deployment", "stockade-verifier")
     assert verifier["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert verifier["livenessProbe"]["httpGet"]["path"] == "/v1/health"
+    assert verifier["livenessProbe"]["httpGet"]["path"] == "/livez"
     webhook = container(documents, "Deployment", "stockade-webhook")
     assert webhook["readinessProbe"]["httpGet"]["path"] == "/healthz"
     # /healthz fails while the verifier is unreachable: never a liveness check.
@@ -376,5 +376,5 @@ def test_the_probed_paths_are_served():
     from stockade.verifier import app
 
     assert '@app.get("/readyz"' in Path(app.__file__).read_text()
-    assert '@app.get("/v1/health"' in Path(app.__file__).read_text()
+    assert '@app.get("/livez"' in Path(app.__file__).read_text()
     assert '@app.get("/healthz")' in Path(server.__file__).read_text()

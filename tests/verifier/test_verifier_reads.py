@@ -40,6 +40,7 @@ READS = [
     "/v1/policies/test",
     "/v1/log/entries?start=0",
     "/v1/openapi.json",
+    "/metrics",
 ]
 
 
@@ -114,6 +115,7 @@ def test_public_doors_stay_public(client, node_id):
     intruder = anonymous(client)
     for path in (
         "/v1/health",
+        "/livez",
         "/v1/keys",
         "/v1/log/checkpoint",
         "/v1/log/key",
