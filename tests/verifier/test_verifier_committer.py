@@ -3,6 +3,7 @@ checkpoint; an item that loses its race is dropped alone; a log that refuses sto
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from sqlalchemy import Connection, Engine, text
 from stockade.translog import leaf_hash, open_checkpoint, verify_inclusion
 from stockade.translog.keys import load_or_create_signer
 from stockade.translog.store import create_tables
-from stockade.verifier.committer import GroupCommitter
+from stockade.verifier.committer import Committed, GroupCommitter
 from stockade.verifier.db import make_engine
 from stockade.verifier.errors import Conflict
 from stockade.verifier.transparency import LogUnavailable, TransparencyLog
@@ -68,6 +69,11 @@ def translog(engine: Engine, tmp_path: Path) -> TransparencyLog:
     return TransparencyLog(engine, signer, lambda: datetime.now(UTC))
 
 
+def _submit(committer: GroupCommitter, item: Row) -> Committed[int | None]:
+    """What a request does, from a thread of its own: await the batch."""
+    return asyncio.run(committer.submit_async(item))
+
+
 def _stored(engine: Engine) -> dict[str, int | None]:
     with engine.connect() as connection:
         return dict(connection.execute(text("SELECT name, log_index FROM rows")).all())
@@ -78,7 +84,7 @@ def _submit_all(committer: GroupCommitter, items: list[Row]) -> dict[str, object
 
     def run(item: Row) -> None:
         try:
-            outcomes[item.name] = committer.submit(item)
+            outcomes[item.name] = _submit(committer, item)
         except Exception as error:  # what the request thread would turn into a status
             outcomes[item.name] = error
 
@@ -132,7 +138,7 @@ def test_an_item_that_loses_its_race_is_dropped_alone(engine, translog):
     outcomes = {}
     for item in items:
         try:
-            outcomes[item.name] = committer.submit(item).value
+            outcomes[item.name] = _submit(committer, item).value
         except Conflict as refused:
             outcomes[item.name] = refused.code
     assert outcomes == {"a": 0, "b": "nonce", "c": 1}
@@ -141,14 +147,14 @@ def test_an_item_that_loses_its_race_is_dropped_alone(engine, translog):
 
 def test_a_log_that_refuses_stores_nothing_of_the_batch(engine, translog, tmp_path):
     committer = GroupCommitter(engine, translog)
-    committer.submit(Row("before"))
+    _submit(committer, Row("before"))
     # The database lost the log's newest entry under the running verifier.
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM translog_leaves"))
         connection.execute(text("DELETE FROM translog_subtrees"))
         connection.execute(text("UPDATE translog_state SET size = 0"))
     with pytest.raises(LogUnavailable, match="refuses to append"):
-        committer.submit(Row("after"))
+        _submit(committer, Row("after"))
     assert _stored(engine) == {"before": 0}
 
 
@@ -171,15 +177,13 @@ def test_stopping_commits_what_was_queued_first(engine, translog):
     assert outcomes["blocked"].value == 0  # type: ignore[attr-defined]
     assert waiting["waiting"].value == 1  # type: ignore[attr-defined]
     # Stopped: a late result is still stored, in its caller's thread.
-    assert committer.submit(Row("late")).value == 2
+    assert _submit(committer, Row("late")).value == 2
     assert _stored(engine) == {"blocked": 0, "waiting": 1, "late": 2}
 
 
 def test_an_awaiting_caller_that_goes_away_before_its_batch_stores_nothing(engine, translog):
     """``submit_async``: no thread waits; a request cancelled (its client went away) while its
     item still queues is dropped, and the one behind it is stored."""
-    import asyncio
-
     committer = GroupCommitter(engine, translog)
     committer.start()
     gate = threading.Event()

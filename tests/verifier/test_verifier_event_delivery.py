@@ -12,7 +12,6 @@ Runs on SQLite, and on PostgreSQL when ``STOCKADE_TEST_DATABASE_URL`` is set."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -37,12 +36,13 @@ from verifier_support import operator_headers, reader_headers
 from stockade.tpm.ekca import EkCa
 from stockade.verifier.db import make_engine, migrate
 from stockade.verifier.events import events_after, sequence_events
-from stockade.verifier.models import Event, Node
+from stockade.verifier.models import Event
 from stockade.verifier.webhooks import (
     WebhookWorker,
     cursors,
     verify_signature,
 )
+from support.nodes import placeholder_node
 from support.verifier_serve import ServedVerifier, ek_ca_files
 from support.webhook_receiver import Delivery, Receiver
 
@@ -67,21 +67,7 @@ def _add_nodes(engine: Engine, count: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(count)]
     with sessionmaker(engine)() as session, session.begin():
         for index, node_id in enumerate(ids):
-            session.add(
-                Node(
-                    id=node_id,
-                    name=f"load-{index}",
-                    ek_fingerprint=hashlib.sha256(node_id.encode()).hexdigest(),
-                    ek_public=b"ek",
-                    ek_certificate=b"cert",
-                    ak_public=b"ak",
-                    state="enrolled",
-                    revoked=False,
-                    allowed=True,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            session.add(placeholder_node(node_id, f"load-{index}", now))
     return ids
 
 

@@ -6,7 +6,6 @@ Runs on SQLite, and on PostgreSQL when ``STOCKADE_TEST_DATABASE_URL`` is set."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import uuid
@@ -20,8 +19,8 @@ from sqlalchemy.orm import sessionmaker
 
 from stockade.verifier.db import make_engine, migrate
 from stockade.verifier.leadership import SWEEPER, Lease, leases, replica_id
-from stockade.verifier.models import Node
 from stockade.verifier.webhooks import database_now_ms
+from support.nodes import placeholder_node
 
 
 @pytest.fixture
@@ -129,19 +128,12 @@ def _expired_trusted_node(engine: Engine) -> str:
     node_id = str(uuid.uuid4())
     with sessionmaker(engine)() as session, session.begin():
         session.add(
-            Node(
-                id=node_id,
-                name=f"stale-{node_id[:8]}",
-                ek_fingerprint=hashlib.sha256(node_id.encode()).hexdigest(),
-                ek_public=b"ek",
-                ek_certificate=b"cert",
-                ak_public=b"ak",
+            placeholder_node(
+                node_id,
+                f"stale-{node_id[:8]}",
+                now,
                 state="trusted",
-                revoked=False,
-                allowed=True,
                 trusted_until=now - timedelta(minutes=5),
-                created_at=now,
-                updated_at=now,
             )
         )
     return node_id

@@ -124,6 +124,7 @@ _GROW = (
     .values(size=state.c.size + bindparam("count", type_=BigInteger()))
     .returning(state.c.size)
 )
+_TOUCH_STATE = update(state).where(state.c.id == STATE_ROW).values(size=state.c.size)
 _INSERT_LEAF = insert(leaves)
 _INSERT_SUBTREE = insert(subtrees)
 _LEAF_HASHES = select(
@@ -263,6 +264,13 @@ def check_extends(size: int, root: bytes, expect: TreeHead, proof: Sequence[byte
         merkle.verify_consistency(expect.size, size, expect.root, root, proof)
     except ProofError as error:
         raise _forked(size, expect, str(error)) from None
+
+
+def lock_state_row(connection: Connection) -> None:
+    """Take the log's state row in the caller's transaction without changing it: a row lock
+    on PostgreSQL, the database's write lock on SQLite (where a transaction that will write
+    takes it before its first read, so that read sees the newest commit)."""
+    connection.execute(_TOUCH_STATE)
 
 
 class MerkleLog:

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from stockade.translog.receipt import Receipt
+from stockade.translog.store import lock_state_row
 from stockade.verifier.errors import Unavailable
 from stockade.verifier.metrics import metrics_of
 
@@ -39,7 +40,6 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 MAX_BATCH = 256
-_TAKE_WRITE_LOCK = text("UPDATE translog_state SET size = size WHERE id = 1")
 WAIT_SECONDS = 120.0
 # A batch that fails on the database as a whole (PostgreSQL's deadlock detector picked it, a
 # serialization failure) is tried again this many times before its requests get the error.
@@ -123,26 +123,12 @@ class GroupCommitter:
             self._jobs.put(None)
             thread.join(timeout)
 
-    def submit(self, item: BatchItem[T]) -> Committed[T]:
-        """Store ``item`` in the next batch; blocks until it is committed and logged. Raises
-        what its ``claim`` raised, or what failed the whole batch."""
-        job = _Job(item)
-        with self._lock:
-            if self._stopped or self._thread is None:
-                # Not started (a tool, a test without the lifespan): commit it here, alone.
-                self._commit([job])
-                return job.future.result(0)
-            self._jobs.put(job)
-        try:
-            return job.future.result(WAIT_SECONDS)
-        except TimeoutError:
-            raise Unavailable(
-                f"the result was not committed within {WAIT_SECONDS:.0f} s", code="database"
-            ) from None
-
     async def submit_async(self, item: BatchItem[T]) -> Committed[T]:
-        """``submit`` for a coroutine: no thread waits while the batch is written. A caller
-        cancelled (its client went away) before the batch took its item stores nothing."""
+        """Store ``item`` in the next batch; returns once it is committed and logged, and
+        raises what its ``claim`` raised, or what failed the whole batch. No thread waits
+        while the batch is written; a caller cancelled (its client went away) before the
+        batch took its item stores nothing. Not started (a tool, a test without the
+        lifespan), the item is committed alone in a worker thread."""
         job = _Job(item)
         with self._lock:
             running = not self._stopped and self._thread is not None
@@ -235,7 +221,7 @@ class GroupCommitter:
             if connection.dialect.name == "sqlite":
                 # Take the write lock before the first read: every check below then sees the
                 # newest commit, and no other writer commits until this batch does.
-                connection.execute(_TAKE_WRITE_LOCK)
+                lock_state_row(connection)
             for job in batch:
                 try:
                     entries = job.item.claim(connection)

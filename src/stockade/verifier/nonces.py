@@ -39,11 +39,17 @@ class NonceResponse(BaseModel):
     pcr_selection: str
 
 
-_USABLE = select(Nonce.id).where(
+# Built once: every attestation reads, then spends, a nonce. One condition for both: issued to
+# this node, unused, unexpired.
+_UNSPENT = (
     Nonce.node_id == bindparam("b_node"),
     Nonce.value == bindparam("b_value"),
     Nonce.used.is_(False),
     Nonce.expires_at > bindparam("b_now"),
+)
+_USABLE = select(Nonce.id).where(*_UNSPENT)
+_CONSUME = (
+    update(Nonce).where(*_UNSPENT).values(used=True).execution_options(synchronize_session=False)
 )
 
 
@@ -52,20 +58,6 @@ def nonce_usable(connection: Connection, node_id: str, value: bytes, now: dateti
     (:func:`consume_nonce` decides)."""
     found = connection.execute(_USABLE, {"b_node": node_id, "b_value": value, "b_now": now})
     return found.first() is not None
-
-
-# Built once (the committer consumes a nonce for every result).
-_CONSUME = (
-    update(Nonce)
-    .where(
-        Nonce.node_id == bindparam("b_node"),
-        Nonce.value == bindparam("b_value"),
-        Nonce.used.is_(False),
-        Nonce.expires_at > bindparam("b_now"),
-    )
-    .values(used=True)
-    .execution_options(synchronize_session=False)
-)
 
 
 def consume_nonce(session: Session | Connection, node_id: str, value: bytes, now: datetime) -> None:
