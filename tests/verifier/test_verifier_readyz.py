@@ -7,6 +7,7 @@ answer) is lost within 5 s too, by the readiness timeout, and found again when i
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.tools
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "ci_postgres.sh"
+# The shipped settings (JSON logs among them); flags give this test's port, host and data dir.
+SHIPPED_CONFIG = ROOT / "deploy" / "config" / "verifier.yaml"
 LOST_WITHIN = 5.0  # issue 17: 503 within 5 s of losing the database
 BACK_WITHIN = 20.0
 
@@ -140,7 +143,11 @@ def test_readyz_follows_postgresql_down_and_back(
 ) -> None:
     url, server = postgres
     with (
-        ServedVerifier(tmp_path / "verifier", database=url) as verifier,
+        ServedVerifier(
+            tmp_path / "verifier",
+            database=url,
+            extra=("--config", str(SHIPPED_CONFIG), "--host", "127.0.0.1"),
+        ) as verifier,
         verifier.httpx_client(timeout=LOST_WITHIN) as client,
     ):
         assert client.get("/readyz").status_code == 200
@@ -167,6 +174,11 @@ def test_readyz_follows_postgresql_down_and_back(
         finally:
             server.signal(signal.SIGCONT)
         resumed = _wait_for(client, "/readyz", 200, BACK_WITHIN)
+    # The outage was logged as the shipped config asks: JSON, one object per line, and the
+    # database's loss is one warning or error record, not a traceback.
+    records = [json.loads(line) for line in verifier.stderr_lines()]
+    assert any("database unavailable" in record["event"] for record in records), records
+    assert not any("traceback" in record for record in records), records
     print(
         f"/readyz 503 {lost:.2f} s after the stop, 200 {back:.2f} s after the restart; "
         f"503 {hung:.2f} s after the hang, 200 {resumed:.2f} s after it resumed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -9,9 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
+from stockade.cli.daemon_options import (
+    ConfigOption,
+    LogFormatOption,
+    LogLevelOption,
+    daemon_context,
+)
 from stockade.cluster.secret_store import KeyEncryptionKey, load_key_ring
 from stockade.errors import InputError
 from stockade.home import stockade_home
+from stockade.logs import LogFormat, LogLevel, configure_logging
 from stockade.verifier.config import (
     DEFAULT_HOST,
     DEFAULT_LOG_ORIGIN,
@@ -46,8 +54,12 @@ def _read_policy(path: Path) -> dict[str, Any]:
     return read_policy(path)
 
 
-@app.command("serve")
+SERVE_ENVIRONMENT = "STOCKADE_VERIFIER_SERVE"
+
+
+@app.command("serve", context_settings=daemon_context(SERVE_ENVIRONMENT))
 def serve(
+    config_file: ConfigOption = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="keys, certificates and SQLite database")
     ] = None,
@@ -199,12 +211,15 @@ def serve(
             "of 20; raise it when many machines enroll from behind one address (a NAT)",
         ),
     ] = 60.0,
+    log_format: LogFormatOption = LogFormat.TEXT,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Serve the verifier over HTTPS. First start makes the TLS CA/certificate and the EAR
     signing key in the data directory (or reads the shared keys from --keys-dir)."""
     from stockade.verifier.policies import activate_policy, apply_policy
     from stockade.verifier.server import prepare, serve_app
 
+    configure_logging(log_format, log_level)
     directory = data_dir or stockade_home() / "verifier"
     ca_files = list(ek_ca or [])
     for bundle in ek_ca_dir or ():
@@ -253,49 +268,57 @@ def serve(
 
     web = create_app(config)
     service = web.state.service
+    banner: list[tuple[str, str]] = []
     if document is not None:
         with service.transaction() as session:
             stored = apply_policy(service, session, document["id"], document, service.now())
             # Active on every replica sharing the database, not only on this one.
             activate_policy(session, stored.id, service.now())
         service.invalidate_policy()
-        typer.echo(f"policy:           {stored.id}@{stored.version} (active)")
-    typer.echo(f"verifier:         {prepared.url}")
-    typer.echo(f"TLS CA cert:      {prepared.tls.ca_cert or 'none (--tls-cert, operator-issued)'}")
-    typer.echo(f"TLS server cert:  {prepared.tls.server_cert}")
-    typer.echo(f"EAR signing key:  {prepared.signing_key_path} (kid {prepared.kid})")
-    typer.echo(f"JWKS:             {prepared.url}/v1/keys")
-    typer.echo(f"database:         {config.resolved_database_url.split('@')[-1]}")
+        banner.append(("policy", f"{stored.id}@{stored.version} (active)"))
+    banner += [
+        ("verifier", prepared.url),
+        ("TLS CA cert", str(prepared.tls.ca_cert or "none (--tls-cert, operator-issued)")),
+        ("TLS server cert", str(prepared.tls.server_cert)),
+        ("EAR signing key", f"{prepared.signing_key_path} (kid {prepared.kid})"),
+        ("JWKS", f"{prepared.url}/v1/keys"),
+        ("database", config.resolved_database_url.split("@")[-1]),
+    ]
     if config.key_ring is None:
-        typer.echo("secrets:          no KEK configured: secrets are refused (--kek-file)")
+        banner.append(("secrets", "no KEK configured: secrets are refused (--kek-file)"))
     else:
-        typer.echo(f"secrets:          KEK {config.key_ring.current.kek_id}")
+        banner.append(("secrets", f"KEK {config.key_ring.current.kek_id}"))
     secrets_at = keys_dir or directory
     cluster_ca = service.cluster_ca.directory if keys_dir else directory / "cluster-ca"
-    typer.echo(f"cluster CA:       {cluster_ca}")
-    typer.echo(f"operator token:   {secrets_at / 'operator-token'}")
-    typer.echo(f"reader token:     {secrets_at / 'reader-token'}")
+    banner += [
+        ("cluster CA", str(cluster_ca)),
+        ("operator token", str(secrets_at / "operator-token")),
+        ("reader token", str(secrets_at / "reader-token")),
+    ]
     if keys_dir is not None:
-        typer.echo(f"shared keys:      {keys_dir} (read only)")
+        banner.append(("shared keys", f"{keys_dir} (read only)"))
     if credentials_file is not None:
-        typer.echo(f"credentials:      {credentials_file}")
-    typer.echo(f"enrollment:       {enrollment_mode.value}")
-    typer.echo(f"log key:          {service.translog.key_string} ({config.keys_directory})")
-    for url in config.webhook_urls:
-        typer.echo(f"webhook:          {url}")
-    if not roots:
-        typer.echo("EK CAs:           none configured: every enrollment is refused", err=True)
-    else:
+        banner.append(("credentials", str(credentials_file)))
+    banner.append(("enrollment", enrollment_mode.value))
+    banner.append(("log key", f"{service.translog.key_string} ({config.keys_directory})"))
+    banner += [("webhook", url) for url in config.webhook_urls]
+    if roots:
         where = "development swtpm EK CA" if development else "configured"
-        typer.echo(f"EK CAs:           {', '.join(map(str, ca_files))} ({where})")
+        banner.append(("EK CAs", f"{', '.join(map(str, ca_files))} ({where})"))
     if ak_ca_files:
-        typer.echo(f"AK CAs:           {', '.join(map(str, ak_ca_files))} (cloud vTPMs)")
+        banner.append(("AK CAs", f"{', '.join(map(str, ak_ca_files))} (cloud vTPMs)"))
+    if workers > 1:
+        banner.append(("workers", f"{workers} processes on one socket"))
+    _announce(banner, log_format)
+    if not roots:
+        logging.getLogger("stockade.verifier").warning(
+            "no EK CA configured: every enrollment is refused"
+        )
     if workers == 1:
         serve_app(web, host, port, prepared.tls)
         return
     from stockade.verifier.workers import serve_workers
 
-    typer.echo(f"workers:          {workers} processes on one socket")
     service.engine.dispose()  # no connection of the parent's may cross the fork
     status = serve_workers(
         lambda number: create_app(replace(config, worker=number)),
@@ -306,6 +329,26 @@ def serve(
         lambda app, sock, tls: serve_app(app, host, port, tls, sock),
     )
     raise typer.Exit(status)
+
+
+def _announce(banner: list[tuple[str, str]], log_format: LogFormat) -> None:
+    """What the verifier serves and with which keys: aligned lines on stdout for a person,
+    or one ``verifier started`` record for a collector."""
+    if log_format is LogFormat.TEXT:
+        for label, value in banner:
+            typer.echo(f"{label + ':':<18}{value}")
+        return
+    details: dict[str, object] = {}
+    for label, value in banner:
+        key = label.lower().replace(" ", "_")
+        previous = details.get(key)
+        if previous is None:
+            details[key] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            details[key] = [previous, value]
+    logging.getLogger("stockade.verifier").info("verifier started", extra=details)
 
 
 @app.command("kek")

@@ -23,6 +23,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
+from stockade.logs import fields
 from stockade.translog.entries import attestation_result_entry
 from stockade.translog.receipt import Receipt
 from stockade.verifier.appraiser import Appraisal, Evidence, NodeView, Status
@@ -334,7 +335,9 @@ async def submit_evidence(
             raise await _rejected(service, node_id, evidence, unverified) from None
         assert committed.receipt is not None  # a result always logs its entry
         metrics_of(service).attested(item.prepared.status)
-        return _response(item.prepared, committed.value, committed.receipt)
+        response = _response(item.prepared, committed.value, committed.receipt)
+        _log_result(node_id, response)
+        return response
     # Lost every race on the node: appraised a last time inside its own write transaction.
     try:
         response = await anyio.to_thread.run_sync(
@@ -343,7 +346,23 @@ async def submit_evidence(
     except _Unverified as unverified:
         raise await _rejected(service, node_id, evidence, unverified) from None
     metrics_of(service).attested(response.status)
+    _log_result(node_id, response)
     return response
+
+
+def _log_result(node_id: str, response: EvidenceResponse) -> None:
+    """One line per stored result: the node, the result, what it concluded and why."""
+    log.info(
+        "attestation result",
+        extra=fields(
+            node=node_id,
+            result=response.result_id,
+            status=response.status,
+            state=response.state,
+            log_index=response.log_index,
+            reason=response.reasons[0] if response.reasons else None,
+        ),
+    )
 
 
 async def _rejected(

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import BigInteger, insert, literal, select
 
+from stockade.logs import fields
 from stockade.verifier.models import SecurityEvent
 from stockade.verifier.operator_auth import require_reader
 from stockade.verifier.service import Service, service_of
@@ -86,6 +87,12 @@ def record_security_event(
     count = service.security_limiter.admit((kind, subject), service.monotonic())
     if count == 0:
         return
+    log.warning(
+        "security event",
+        extra=fields(
+            kind=kind, node=node_id, name=name, source=source, detail=detail[:200], count=count
+        ),
+    )
     try:
         with service.engine.begin() as connection:
             connection.execute(

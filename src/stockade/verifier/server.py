@@ -48,7 +48,9 @@ def serve_app(
             port=port,
             ssl_certfile=str(tls.server_cert),
             ssl_keyfile=str(tls.server_key),
+            log_config=None,  # stockade.logs.configure_logging routes uvicorn's loggers
             log_level="warning",
+            access_log=False,
             timeout_graceful_shutdown=2,
             server_header=False,
         )
