@@ -1,5 +1,6 @@
 """A webhook receiver for tests: an HTTP server on 127.0.0.1 recording every POST it gets
-(answers 204), with the event id, body, signature and arrival time of each."""
+(answers 204), with the event id, body, signature, every header and arrival time of each.
+``refuse=N`` answers 503 to the first N POSTs (recorded in ``refused``): redeliveries."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Delivery:
     body: bytes
     signature: str
     at: float
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Receiver:
     """An HTTP webhook receiver recording every POST (answers 204)."""
 
     deliveries: list[Delivery] = field(default_factory=list)
+    refuse: int = 0  # answer 503 to this many POSTs first
+    refused: list[Delivery] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -33,16 +37,17 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                delivery = Delivery(
+                    int(self.headers[EVENT_ID_HEADER]),
+                    body,
+                    self.headers[SIGNATURE_HEADER],
+                    time.monotonic(),
+                    {name.lower(): value for name, value in self.headers.items()},
+                )
                 with receiver.lock:
-                    receiver.deliveries.append(
-                        Delivery(
-                            int(self.headers[EVENT_ID_HEADER]),
-                            body,
-                            self.headers[SIGNATURE_HEADER],
-                            time.monotonic(),
-                        )
-                    )
-                self.send_response(204)
+                    refusing = len(receiver.refused) < receiver.refuse
+                    (receiver.refused if refusing else receiver.deliveries).append(delivery)
+                self.send_response(503 if refusing else 204)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -16,6 +16,7 @@ from stockade.cli.daemon_options import (
     LogLevelOption,
     daemon_context,
 )
+from stockade.cli.verifier_init import init
 from stockade.cluster.secret_store import KeyEncryptionKey, load_key_ring
 from stockade.errors import InputError
 from stockade.home import stockade_home
@@ -29,6 +30,7 @@ from stockade.verifier.config import (
     ca_directory_files,
     load_allowlist,
     load_ca_files,
+    parse_webhook_secret_options,
 )
 
 
@@ -136,6 +138,16 @@ def serve(
     webhook: Annotated[
         list[str] | None,
         typer.Option(help="URL to POST every event to, signed (repeatable)"),
+    ] = None,
+    webhook_secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--webhook-secret",
+            metavar="URL=FILE",
+            help="sign deliveries to URL (one of --webhook) in the Standard Webhooks format "
+            "with the whsec_ secret in FILE (mode 0600; one per line, two while rotating); "
+            "repeatable",
+        ),
     ] = None,
     kek_file: Annotated[
         Path | None,
@@ -250,6 +262,7 @@ def serve(
         ek_types=frozenset(kind.value for kind in ek_type) if ek_type else None,
         policy_id=document["id"] if document else None,
         webhook_urls=tuple(webhook or ()),
+        webhook_secret_files=parse_webhook_secret_options(webhook_secret or (), webhook or ()),
         key_ring=load_key_ring(kek_file, tuple(previous_kek_file or ())),
         log_origin=log_origin,
         credentials_file=credentials_file,
@@ -301,7 +314,13 @@ def serve(
         banner.append(("credentials", str(credentials_file)))
     banner.append(("enrollment", enrollment_mode.value))
     banner.append(("log key", f"{service.translog.key_string} ({config.keys_directory})"))
-    banner += [("webhook", url) for url in config.webhook_urls]
+    banner += [
+        (
+            "webhook",
+            url + (" (Standard Webhooks signed)" if url in config.webhook_secret_files else ""),
+        )
+        for url in config.webhook_urls
+    ]
     if roots:
         where = "development swtpm EK CA" if development else "configured"
         banner.append(("EK CAs", f"{', '.join(map(str, ca_files))} ({where})"))
@@ -349,6 +368,9 @@ def _announce(banner: list[tuple[str, str]], log_format: LogFormat) -> None:
         else:
             details[key] = [previous, value]
     logging.getLogger("stockade.verifier").info("verifier started", extra=details)
+
+
+app.command("init")(init)
 
 
 @app.command("kek")

@@ -58,7 +58,7 @@ from stockade.verifier.security_events import SecurityEventLimiter
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.states import run_sweeper
 from stockade.verifier.transparency import TransparencyLog
-from stockade.verifier.webhooks import WebhookWorker
+from stockade.verifier.webhooks import WebhookWorker, load_webhook_secrets
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     metrics = Metrics(build=config.verifier_build, worker=config.worker)
     attach(metrics, service, service.outage, service.committer)
     metrics.watch_database(engine, config.webhook_urls, service.now)
+    webhook_secrets = load_webhook_secrets(config.webhook_secret_files, config.webhook_urls)
     check_secrets_readable(service)
     service.refresh_clock_floor()
     with contextlib.suppress(VerifierError):
@@ -264,6 +265,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
                 config.webhook_urls,
                 service.signing_key.private_key,
                 outage=service.outage,
+                secrets=webhook_secrets,
             )
             webhooks.start()
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -83,6 +83,9 @@ class VerifierConfig:
     # the database stores a new version; this process's own PUTs invalidate it at once.
     policy_refresh_seconds: float = 1.0
     webhook_urls: tuple[str, ...] = ()  # each event is POSTed, signed, to every URL
+    # URL -> the file holding its Standard Webhooks ``whsec_`` secret(s) (``--webhook-secret
+    # URL=FILE``; ``parse_webhook_secret_options``): its deliveries carry ``webhook-signature``.
+    webhook_secret_files: Mapping[str, Path] = field(default_factory=dict)
     # Secrets at rest are encrypted under this ring's current key; None refuses every secret
     # operation (fail closed).
     key_ring: KeyRing | None = None
@@ -154,6 +157,25 @@ class VerifierConfig:
         shared between replicas."""
         state = self.data_dir / "state"
         return state if self.worker == 0 else state / f"worker-{self.worker}"
+
+
+def parse_webhook_secret_options(options: Sequence[str], urls: Sequence[str]) -> dict[str, Path]:
+    """``--webhook-secret URL=FILE`` options as ``VerifierConfig.webhook_secret_files``: split
+    at the last ``=`` (a URL may hold one, in its query); the URL must be one of ``urls`` (the
+    ``--webhook`` URLs) and be given one file. The secret itself is only ever in the file."""
+    files: dict[str, Path] = {}
+    for option in options:
+        url, equals, file = option.rpartition("=")
+        if not equals or not url or not file:
+            raise ConfigurationError(
+                f"--webhook-secret {option!r}: give URL=FILE (the file holds the whsec_ secret)"
+            )
+        if url not in urls:
+            raise ConfigurationError(f"--webhook-secret {url}: no --webhook gives that URL")
+        if url in files:
+            raise ConfigurationError(f"--webhook-secret {url}: given twice")
+        files[url] = Path(file)
+    return files
 
 
 def load_ca_files(

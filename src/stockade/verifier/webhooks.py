@@ -17,17 +17,34 @@ claim holder (a conditional UPDATE), so a replica that lost its lease cannot mov
 bytes) over the exact body bytes, made with the verifier's EAR signing key; the
 key is published at ``GET /v1/keys`` so receivers verify with what they already
 trust for results.
+
+Every delivery also carries the Standard Webhooks headers (https://www.standardwebhooks.com/):
+``webhook-id`` (the event id, the same on every redelivery of the event, so receivers
+deduplicate by it) and ``webhook-timestamp`` (the attempt's time, Unix seconds); a URL given a
+secret (``VerifierConfig.webhook_secret_files``: ``--webhook-secret URL=FILE``) gets
+``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, one ``v1,``
+signature per secret in the file (two during a rotation), which stock Standard Webhooks
+libraries verify, refusing a timestamp more than five minutes from their clock (a replay).
+Only the symmetric ``v1`` scheme is sent: the asymmetric need is met by ``Stockade-Signature``.
+A secret file is read once at start and refused when group or others may read it; the
+secret is never logged, never served and never on the command line (``WebhookSecret`` has no
+readable ``repr``).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
+import hmac
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,12 +71,20 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from stockade.verifier.errors import OutageLog, is_database_unavailable
+from stockade.verifier.errors import ConfigurationError, OutageLog, is_database_unavailable
 from stockade.verifier.metrics import metrics_of
 from stockade.verifier.models import Event
 
 SIGNATURE_HEADER = "Stockade-Signature"
 EVENT_ID_HEADER = "Stockade-Event-Id"
+# Standard Webhooks (https://www.standardwebhooks.com/), header names as the spec writes them.
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
+# The spec's secret sizes: at least 24 bytes (192 bits), at most 64.
+MIN_SECRET_BYTES = 24
+MAX_SECRET_BYTES = 64
 BATCH = 100
 
 log = logging.getLogger("stockade.verifier.webhooks")
@@ -113,6 +138,114 @@ def verify_signature(key: ec.EllipticCurvePublicKey, body: bytes, header: str) -
     return True
 
 
+class WebhookSecret:
+    """One receiver's Standard Webhooks key (the bytes a ``whsec_`` secret encodes). Its
+    ``repr`` and ``str`` never show the key, so it cannot reach a log by accident."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
+            raise ValueError(
+                f"a webhook secret is {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, "
+                f"not {len(key)}"
+            )
+        self._key = key
+
+    @classmethod
+    def parse(cls, text: str) -> WebhookSecret:
+        """``whsec_`` and standard base64 (padding optional); ``ValueError`` naming what is
+        wrong, never the text."""
+        if not text.startswith(SECRET_PREFIX):
+            raise ValueError(f"a webhook secret starts with {SECRET_PREFIX}")
+        encoded = text[len(SECRET_PREFIX) :]
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"a webhook secret is {SECRET_PREFIX} then base64") from None
+        return cls(key)
+
+    @classmethod
+    def generate(cls) -> WebhookSecret:
+        return cls(os.urandom(32))
+
+    def text(self) -> str:
+        """The ``whsec_`` form, to give the receiver (written to a file, never printed)."""
+        return SECRET_PREFIX + base64.b64encode(self._key).decode("ascii")
+
+    def sign(self, message_id: str, timestamp: int, body: bytes) -> str:
+        """``v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``."""
+        content = f"{message_id}.{timestamp}.".encode() + body
+        digest = hmac.new(self._key, content, hashlib.sha256).digest()
+        return "v1," + base64.b64encode(digest).decode("ascii")
+
+    def __repr__(self) -> str:
+        return "WebhookSecret(<hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WebhookSecret) and hmac.compare_digest(self._key, other._key)
+
+    def __hash__(self) -> int:
+        return hash(hashlib.sha256(self._key).digest())
+
+
+def load_webhook_secret(path: Path) -> tuple[WebhookSecret, ...]:
+    """The secrets in ``path``: one ``whsec_`` secret per line (``#`` comments), two while a
+    receiver rotates (each delivery is signed with each). Refused, in one line that never
+    quotes the file, when group or others may read it, or it holds no valid secret."""
+    try:
+        status = path.stat()
+        if status.st_mode & 0o077:
+            raise ConfigurationError(
+                f"webhook secret {path} is readable by group or others "
+                f"(mode {status.st_mode & 0o777:04o}); chmod 600 it"
+            )
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not ASCII text"
+        raise ConfigurationError(f"cannot read webhook secret {path}: {reason}") from None
+    secrets: list[WebhookSecret] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            secrets.append(WebhookSecret.parse(line))
+        except ValueError as error:
+            raise ConfigurationError(f"webhook secret {path}, line {number}: {error}") from None
+    if not secrets:
+        raise ConfigurationError(f"webhook secret {path} holds no {SECRET_PREFIX} secret")
+    return tuple(secrets)
+
+
+def load_webhook_secrets(
+    files: Mapping[str, Path], urls: Sequence[str]
+) -> dict[str, tuple[WebhookSecret, ...]]:
+    """Each configured URL's secrets; a secret for a URL that is not a webhook is refused (a
+    typo would otherwise deliver unsigned)."""
+    unknown = sorted(set(files) - set(urls))
+    if unknown:
+        raise ConfigurationError(
+            f"--webhook-secret names {', '.join(unknown)}, which no --webhook gives"
+        )
+    return {url: load_webhook_secret(path) for url, path in files.items()}
+
+
+def standard_headers(
+    event_id: int, timestamp: int, body: bytes, secrets: Sequence[WebhookSecret]
+) -> dict[str, str]:
+    """The Standard Webhooks headers of one delivery attempt."""
+    message_id = str(event_id)
+    headers = {STANDARD_ID_HEADER: message_id, STANDARD_TIMESTAMP_HEADER: str(timestamp)}
+    if secrets:
+        headers[STANDARD_SIGNATURE_HEADER] = " ".join(
+            secret.sign(message_id, timestamp, body) for secret in secrets
+        )
+    return headers
+
+
 def event_document(event: Event) -> dict[str, Any]:
     """The event as the protocol's JSON (the same document ``GET /v1/events`` streams)."""
     from stockade.verifier.events import event_json
@@ -144,10 +277,15 @@ class WebhookWorker:
     max_backoff: float = 60.0
     timeout: float = 5.0
     clock: Callable[[], float] = time.monotonic
+    # The wall clock of ``webhook-timestamp`` (receivers compare it with theirs).
+    wall_clock: Callable[[], float] = time.time
     lease_seconds: float = 10.0
     replica: str = field(default_factory=_replica_id)
     # The service's outage log: a database outage is one line per burst, not one per poll.
     outage: OutageLog = field(default_factory=OutageLog)
+    # Standard Webhooks secrets by URL (``load_webhook_secrets``); a URL without one gets
+    # ``webhook-id`` and ``webhook-timestamp`` but no ``webhook-signature``.
+    secrets: Mapping[str, Sequence[WebhookSecret]] = field(default_factory=dict)
     _targets: list[_Target] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -233,6 +371,9 @@ class WebhookWorker:
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign_body(self.signing_key, body),
             EVENT_ID_HEADER: str(event_id),
+            **standard_headers(
+                event_id, int(self.wall_clock()), body, tuple(self.secrets.get(url, ()))
+            ),
         }
         try:
             response = http.post(url, content=body, headers=headers)
