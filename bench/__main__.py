@@ -19,6 +19,7 @@ MODULES.append("bench.oci_hook")
 MODULES.append("bench.kube")
 MODULES.append("bench.cli")
 MODULES.append("bench.fleet")
+MODULES.append("bench.cli_startup")
 
 
 def main() -> None:

@@ -3,6 +3,13 @@
 Every failure is typed: ``VerifierUnavailable`` when the verifier cannot be
 reached or answers 5xx (callers retry with backoff), ``VerifierRefused`` when
 it answers 4xx (carrying the protocol's ``error`` code and ``detail``).
+
+Two transports carry the same requests. httpx (connection pool, node-signed calls, the
+event stream) for the agent, Kubernetes and the demo; and, for the operator CLI
+(``VerifierClient(..., plain_http=True)``), ``http.client`` from the standard library: one
+keep-alive connection for plain JSON calls, so a read command does not import httpx
+(about 50 ms, half of ``stockade nodes list``'s start-up) before its first request. A
+plain client that streams events or signs as a node opens an httpx client for that.
 """
 
 from __future__ import annotations
@@ -12,20 +19,37 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from stockade.errors import InputError, StockadeError
+
+if TYPE_CHECKING:
+    import http.client
+
+    import httpx
 
 DEFAULT_TIMEOUT = 10.0
 VERIFIER_ENV = "STOCKADE_VERIFIER"
 CA_ENV = "STOCKADE_CA"
 OPERATOR_TOKEN_ENV = "STOCKADE_OPERATOR_TOKEN"
+
+
+class _Response(Protocol):
+    """What the error handling reads of an answer: an ``httpx.Response`` or a ``_PlainAnswer``."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def reason_phrase(self) -> str: ...
+    def json(self) -> Any: ...
 
 
 class VerifierUnavailable(StockadeError):
@@ -60,7 +84,7 @@ class VerifierRefused(StockadeError):
 MAX_RETRY_AFTER = 300.0
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: _Response) -> float | None:
     """``Retry-After`` in delay-seconds (RFC 9110, 10.2.3), at most ``MAX_RETRY_AFTER``;
     None when absent or not a number of seconds."""
     value = response.headers.get("retry-after", "").strip()
@@ -88,34 +112,168 @@ def tls_context(ca: Path | None) -> ssl.SSLContext:
         raise InputError(f"cannot read the verifier CA '{ca}': {error}") from None
 
 
-class ChannelAuth(httpx.Auth):
-    """Signs each request with the node's channel key (RFC 9421; ``stockade.channel``).
+def _channel_auth_class() -> type[ChannelAuth]:
+    """``ChannelAuth``, an ``httpx.Auth``: defined when first used, so that importing this
+    module does not import httpx."""
+    defined: type[ChannelAuth] | None = globals().get("ChannelAuth")
+    if defined is not None:
+        return defined
+    import httpx
 
-    ``sign_digest`` signs a SHA-256 digest and returns ``r || s``: on a node, inside the TPM.
-    """
+    class ChannelAuth(httpx.Auth):
+        """Signs each request with the node's channel key (RFC 9421; ``stockade.channel``).
 
-    requires_request_body = True
+        ``sign_digest`` signs a SHA-256 digest and returns ``r || s``: on a node, inside the
+        TPM.
+        """
 
-    def __init__(self, node_id: str, sign_digest: Callable[[bytes], bytes]) -> None:
-        self.node_id = node_id
-        self.sign_digest = sign_digest
+        requires_request_body = True
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        from stockade.channel import sign_request
+        def __init__(self, node_id: str, sign_digest: Callable[[bytes], bytes]) -> None:
+            self.node_id = node_id
+            self.sign_digest = sign_digest
 
-        path, _, query = request.url.raw_path.decode("ascii").partition("?")
-        request.headers.update(
-            sign_request(
-                request.method,
-                path,
-                query,
-                request.content,
-                keyid=self.node_id,
-                created=int(time.time()),
-                sign_digest=self.sign_digest,
+        def auth_flow(
+            self, request: httpx.Request
+        ) -> Generator[httpx.Request, httpx.Response, None]:
+            from stockade.channel import sign_request
+
+            path, _, query = request.url.raw_path.decode("ascii").partition("?")
+            request.headers.update(
+                sign_request(
+                    request.method,
+                    path,
+                    query,
+                    request.content,
+                    keyid=self.node_id,
+                    created=int(time.time()),
+                    sign_digest=self.sign_digest,
+                )
             )
-        )
-        yield request
+            yield request
+
+    globals()["ChannelAuth"] = ChannelAuth
+    return ChannelAuth  # type: ignore[return-value]  # the class TYPE_CHECKING describes
+
+
+if TYPE_CHECKING:
+    import httpx
+
+    class ChannelAuth(httpx.Auth):
+        requires_request_body = True
+
+        def __init__(self, node_id: str, sign_digest: Callable[[bytes], bytes]) -> None:
+            self.node_id = node_id
+            self.sign_digest = sign_digest
+
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name == "ChannelAuth":
+            return _channel_auth_class()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class _PlainAnswer:
+    status_code: int
+    reason_phrase: str
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _PlainHttp:
+    """One keep-alive ``http.client`` connection to the verifier, for plain JSON calls: what
+    httpx would send (``trust_env=False``: no proxies from the environment), without it."""
+
+    def __init__(
+        self, url: str, ca: Path | None, timeout: float, headers: Mapping[str, str]
+    ) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError(f"verifier URL {url!r} is not an http:// or https:// URL")
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port
+        self.prefix = parts.path.rstrip("/")
+        self.timeout = timeout
+        self.headers = dict(headers)
+        self.tls = tls_context(ca) if self.https else None
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        import http.client
+
+        if self.tls is not None:
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=self.tls
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def send(self, method: str, path: str, body: Any, params: Mapping[str, Any]) -> _PlainAnswer:
+        """One request; a connection the verifier closed since the last one is opened again
+        once. Raises ``OSError`` or ``http.client.HTTPException`` when there is no answer."""
+        import http.client
+        from urllib.parse import quote, urlencode
+
+        # Percent-encoded as httpx does: spaces, non-ASCII, anything a path cannot hold.
+        target = quote(self.prefix + path, safe="/%!$&'()*+,;=:@-._~")
+        query = {key: _query_value(value) for key, value in params.items()}
+        if query:
+            target += "?" + urlencode(query)
+        headers = {"Accept": "*/*", "User-Agent": "stockade", **self.headers}
+        content = None
+        if body is not None:
+            content = json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            headers["Content-Type"] = "application/json"
+        reused = self._connection is not None
+        for attempt in (1, 2):
+            if self._connection is None:
+                self._connection = self._connect()
+            try:
+                self._connection.request(method, target, body=content, headers=headers)
+                response = self._connection.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if not reused or attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                self.close()
+                raise
+            if response.will_close:
+                self.close()
+            return _PlainAnswer(
+                response.status,
+                response.reason,
+                {key.lower(): value for key, value in response.getheaders()},
+                data,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _query_value(value: Any) -> str:
+    """A query parameter as httpx writes it (``true``/``false`` for booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -141,7 +299,9 @@ class Nonce:
 
 
 class VerifierClient:
-    """One HTTPS connection pool to a verifier. Use as a context manager."""
+    """A verifier's client: an httpx connection pool, or with ``plain_http`` one
+    ``http.client`` connection (and httpx only for streams and node-signed calls). Use as a
+    context manager."""
 
     def __init__(
         self,
@@ -150,24 +310,50 @@ class VerifierClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         operator_token: str | None = None,
+        plain_http: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self._node_auth: ChannelAuth | None = None
-        headers = {"Authorization": f"Bearer {operator_token}"} if operator_token else None
-        self._http = httpx.Client(
+        self._ca = ca
+        self._timeout = timeout
+        self._headers = {"Authorization": f"Bearer {operator_token}"} if operator_token else {}
+        self._client: httpx.Client | None = None
+        self._plain: _PlainHttp | None = None
+        if plain_http:
+            self._plain = _PlainHttp(self.url, ca, timeout, self._headers)
+        else:
+            self._client = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        import httpx
+
+        return httpx.Client(
             base_url=self.url,
-            verify=tls_context(ca),
-            timeout=timeout,
+            verify=tls_context(self._ca),
+            timeout=self._timeout,
             trust_env=False,
-            headers=headers,
+            headers=self._headers or None,
         )
+
+    @property
+    def _http(self) -> httpx.Client:
+        """The httpx client: made now for a plain client's first signed call or stream."""
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
 
     @classmethod
     def from_options(
-        cls, url: str | None, ca: Path | None, token_file: Path | None = None
+        cls,
+        url: str | None,
+        ca: Path | None,
+        token_file: Path | None = None,
+        *,
+        plain_http: bool = False,
     ) -> VerifierClient:
         """From CLI options, falling back to ``$STOCKADE_VERIFIER``, ``$STOCKADE_CA`` and
-        ``$STOCKADE_OPERATOR_TOKEN``."""
+        ``$STOCKADE_OPERATOR_TOKEN``; ``plain_http``: the standard library's transport for
+        plain calls (the operator CLI)."""
         url = url or os.environ.get(VERIFIER_ENV)
         if not url:
             raise InputError(f"no verifier URL: pass --verifier or set {VERIFIER_ENV}")
@@ -179,7 +365,7 @@ class VerifierClient:
                 token = token_file.read_text().strip()
             except OSError as error:
                 raise InputError(f"cannot read the operator token {token_file}: {error}") from None
-        return cls(url, ca, operator_token=token)
+        return cls(url, ca, operator_token=token, plain_http=plain_http)
 
     def __enter__(self) -> Self:
         return self
@@ -193,12 +379,15 @@ class VerifierClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        if self._plain is not None:
+            self._plain.close()
+        if self._client is not None:
+            self._client.close()
 
     def as_node(self, node_id: str, sign_digest: Callable[[bytes], bytes]) -> None:
         """Sign the node calls (nonce, evidence, certificate, secrets) as ``node_id`` from now
         on, with its channel key."""
-        self._node_auth = ChannelAuth(node_id, sign_digest)
+        self._node_auth = _channel_auth_class()(node_id, sign_digest)
 
     def request(
         self,
@@ -210,16 +399,28 @@ class VerifierClient:
         **params: Any,
     ) -> Any:
         """Send one request; return the decoded JSON body of a 2xx answer."""
-        try:
-            response = self._http.request(
-                method,
-                path,
-                json=body,
-                params={k: v for k, v in params.items() if v is not None},
-                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.HTTPError as error:
-            raise _unreachable(self.url, error, "unreachable") from None
+        query = {k: v for k, v in params.items() if v is not None}
+        response: _Response
+        if self._plain is not None and auth is None:
+            import http.client
+
+            try:
+                response = self._plain.send(method, path, body, query)
+            except (OSError, http.client.HTTPException) as error:
+                raise _unreachable(self.url, error, "unreachable") from None
+        else:
+            import httpx
+
+            try:
+                response = self._http.request(
+                    method,
+                    path,
+                    json=body,
+                    params=query,
+                    auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.HTTPError as error:
+                raise _unreachable(self.url, error, "unreachable") from None
         if response.status_code >= 500:
             raise VerifierUnavailable(
                 f"verifier {self.url} answered {response.status_code}: {_detail(response)}"
@@ -451,6 +652,8 @@ class VerifierClient:
         Yields each event's JSON ``data``; ends when the server closes the stream
         (with ``follow=False``, once the stored events are sent).
         """
+        import httpx
+
         headers = {"Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
@@ -477,7 +680,7 @@ class VerifierClient:
             raise _unreachable(self.url, error, "event stream") from None
 
 
-def _unreachable(url: str, error: httpx.HTTPError, what: str) -> VerifierUnavailable:
+def _unreachable(url: str, error: BaseException, what: str) -> VerifierUnavailable:
     """The typed error for a failed call; a TLS certificate not trusted says which CA to
     pass, instead of reading like a verifier that is down."""
     cause: BaseException | None = error
@@ -494,7 +697,7 @@ def _unreachable(url: str, error: httpx.HTTPError, what: str) -> VerifierUnavail
     return VerifierUnavailable(f"verifier {url} {what}: {reason}")
 
 
-def _error(response: httpx.Response) -> tuple[str, str]:
+def _error(response: _Response) -> tuple[str, str]:
     try:
         body = response.json()
     except ValueError:
@@ -506,5 +709,5 @@ def _error(response: httpx.Response) -> tuple[str, str]:
     return "http", str(body)[:200]
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: _Response) -> str:
     return " ".join(_error(response))

@@ -1,18 +1,27 @@
 """The ``stockade`` command: one module per command group, each thin, each imported only when
 its command runs (``LazyGroup``), so that ``stockade --version`` or ``stockade nodes list``
-never pays for the verifier's web and database stack or the TPM stack."""
+never pays for the verifier's web and database stack or the TPM stack.
+
+Start-up is kept near Typer's own import (``bench/cli_startup.py``): help is Click's plain
+formatter (``rich_markup_mode=None``: Rich's help formatting alone costs more than Typer),
+parameter values are converted without Pydantic (``cli/_params.py``), and the command
+modules import Rich and the HTTP client only where they print or call.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 
+from stockade.cli import _params
 from stockade.errors import StockadeError
 
 
@@ -93,7 +102,28 @@ COMMANDS: dict[str, _Entry] = {
         "The verifier's transparency log: checkpoints, receipts, monitor.",
     ),
     "image": _Entry("stockade.cli.image", "app", "Sign and verify container images (OCI layouts)."),
+    "events": _Entry(
+        "stockade.cli.events", "app", "Follow the verifier's event stream: node state transitions."
+    ),
+    "config": _Entry(
+        "stockade.cli.config", "app", "Contexts: the verifiers this operator talks to, by name."
+    ),
+    "completion": _Entry(
+        "stockade.cli.completion",
+        "completion",
+        'Print the shell completion script: eval "$(stockade completion bash)".',
+    ),
 }
+
+COMPLETE_VAR = "_STOCKADE_COMPLETE"
+
+
+def _plain_help(target: typer.Typer) -> None:
+    """Click's help formatter for ``target`` and its groups, not Rich's."""
+    target.rich_markup_mode = None
+    for group in target.registered_groups:
+        if group.typer_instance is not None:
+            _plain_help(group.typer_instance)
 
 
 def load_command(name: str) -> click.Command:
@@ -104,10 +134,14 @@ def load_command(name: str) -> click.Command:
         for command, module, function in entry.extra:
             if not any(info.name == command for info in target.registered_commands):
                 target.command(command)(getattr(import_module(module), function))
-        return typer.main.get_group(target)
-    single = typer.Typer(add_completion=False)
-    single.command(name)(target)
-    return typer.main.get_command(single)
+        _plain_help(target)
+        built: click.Command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False, rich_markup_mode=None)
+        single.command(name)(target)
+        built = typer.main.get_command(single)
+    _params.install(built)
+    return built
 
 
 class LazyGroup(TyperGroup):
@@ -135,6 +169,40 @@ class LazyGroup(TyperGroup):
         finally:
             self._listing = False
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        _params.install(self)  # the root's own options: --context
+        return super().make_context(info_name, args, parent, **extra)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        """The command names, each with its help from ``COMMANDS``, importing none."""
+        self._listing = True
+        try:
+            return super().shell_complete(ctx, incomplete)
+        finally:
+            self._listing = False
+
+    def _main_shell_completion(
+        self,
+        ctx_args: MutableMapping[str, Any],
+        prog_name: str,
+        complete_var: str | None = None,
+    ) -> None:
+        """The shell completion protocol: ``_STOCKADE_COMPLETE`` set to ``bash_complete`` or
+        ``bash_source`` (Click's order) or ``complete_bash`` (Typer's, which the scripts of
+        ``stockade completion`` use), likewise for zsh and fish."""
+        instruction = os.environ.get(complete_var or COMPLETE_VAR)
+        if not instruction:
+            return
+        from stockade.cli.completion import complete
+
+        sys.exit(complete(self, ctx_args, "stockade", complete_var or COMPLETE_VAR, instruction))
+
 
 app = typer.Typer(
     name="stockade",
@@ -143,6 +211,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -159,11 +228,26 @@ def _version(show: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     show_version: bool = typer.Option(
         False, "--version", is_eager=True, callback=_version, help="Print the version and exit."
     ),
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            envvar="STOCKADE_CONTEXT",
+            metavar="NAME",
+            help="reach the verifier of this context (stockade config) for this command "
+            "[default: the current context]",
+        ),
+    ] = None,
 ) -> None:
     """Distributed Trusted Computing: TPM-attested nodes and provable containers."""
+    if context is not None:
+        from stockade.cli.contexts import META_KEY
+
+        ctx.meta[META_KEY] = context
 
 
 def _json_requested(arguments: list[str]) -> bool:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from stockade.cli._input import emit_json
+from stockade.cli._text import cell, inline
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -20,6 +19,9 @@ from stockade.cli.options import (
     pinned_keys,
 )
 from stockade.errors import VerificationFailed
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Audit what nodes ran, from their quotes.")
 
@@ -61,7 +63,7 @@ def executions(
     result's EAR names the node, boot, AK and quote; the AK signed the quoted PCRs; PCR 13
     replays from the boot's execution log; the record is in that log. Exit 1 if any does
     not hold. Needs a reader token."""
-    keys = pinned_keys(verifier_key)
+    keys = pinned_keys(verifier_key, verifier)
     with client(verifier, ca, token_file) as api:
         entries = api.executions(node=node, since=since, image=image)
     failures = {index: _check(entry, keys) for index, entry in enumerate(entries)}
@@ -76,32 +78,47 @@ def executions(
             }
         )
     else:
-        table = Table(title=f"{len(entries)} executions (proofs checked locally)")
-        for column in ("recorded", "node", "boot/rec", "what", "image", "proved by"):
-            table.add_column(column, overflow="fold")
-        for index, entry in enumerate(entries):
-            record = _field(entry, "record") or {}
-            starts = _field(entry, "kind") == "container-start"
-            what = f"container {record.get('container_id')}" if starts else "trust policy loaded"
-            image_text = (
-                f"{record.get('image_reference')}\n{str(record.get('manifest_digest'))[:19]}"
-                if starts
-                else str(record.get("digest", ""))[:19]
-            )
-            verdict = (
-                f"[red]NOT PROVEN: {failures[index]}[/]"
-                if failures[index]
-                else f"[green]proven[/] {str(_field(entry, 'proof', 'result_id'))[:8]}"
-            )
-            table.add_row(
-                str(_field(entry, "recorded_at")),
-                str(_field(entry, "node_name")),
-                f"{_field(entry, 'boot', 'reset_count')}/{_field(entry, 'boot', 'restart_count')}"
-                f" #{_field(entry, 'recnum')}",
-                what,
-                image_text,
-                verdict,
-            )
-        Console().print(table)
+        from rich.console import Console
+
+        Console().print(execution_table(entries, failures))
     if failed:
         raise VerificationFailed(f"{len(failed)} executions are not proven by their quotes")
+
+
+def execution_table(entries: list[Any], failures: dict[int, str | None]) -> Table:
+    """Each execution with its proof's verdict (``failures``: why the entry at that index
+    is not proven, or None)."""
+    from rich.table import Table
+
+    table = Table(title=f"{len(entries)} executions (proofs checked locally)")
+    for column in ("recorded", "node", "boot/rec", "what", "image", "proved by"):
+        table.add_column(column, overflow="fold")
+    for index, entry in enumerate(entries):
+        record = _field(entry, "record")
+        record = record if isinstance(record, dict) else {}
+        starts = _field(entry, "kind") == "container-start"
+        if starts:
+            what = f"container {inline(record.get('container_id')) or '-'}"
+            digest = inline(record.get("manifest_digest"))[:19]
+            image_text = f"{inline(record.get('image_reference')) or '-'}\n{digest}"
+        else:
+            what = "trust policy loaded"
+            image_text = inline(record.get("digest"))[:19]
+        why = failures.get(index)
+        verdict = (
+            f"[red]NOT PROVEN: {cell(why)}[/]"
+            if why
+            else f"[green]proven[/] {cell(inline(_field(entry, 'proof', 'result_id'))[:8])}"
+        )
+        boot = "/".join(
+            inline(_field(entry, "boot", name)) or "-" for name in ("reset_count", "restart_count")
+        )
+        table.add_row(
+            cell(_field(entry, "recorded_at"), "-"),
+            cell(_field(entry, "node_name"), "-"),
+            f"{boot} #{cell(_field(entry, 'recnum'), '-')}",
+            cell(what),
+            cell(image_text, "-"),
+            verdict,
+        )
+    return table

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from stockade.cli._input import emit_json, read_file
+from stockade.cli._text import inline, shorten
 from stockade.cli.options import FormatOption, OutputFormat
 from stockade.evidence.algorithms import HASHES
 from stockade.evidence.event_data import RawData, decode
@@ -73,13 +74,22 @@ def show(log_file: LogFile, output: FormatOption = OutputFormat.TEXT) -> None:
             }
         )
         return
+    for line in event_lines(events):
+        print(line)
+
+
+def event_lines(events: list[dict[str, Any]]) -> list[str]:
+    """Two lines an event: number, PCR, type and digests; then its decoded data, as
+    ``key=value`` text on one line (80 characters at most)."""
+    lines = []
     for event in events:
         digests = " ".join(f"{bank}:{value[:16]}" for bank, value in event["digests"].items())
-        summary = str(event["data"])
-        if len(summary) > 80:
-            summary = summary[:77] + "..."
-        print(f"{event['number']:4} PCR{event['pcr']:<3} {event['type']:<34} {digests}")
-        print(f"     {summary}")
+        lines.append(f"{event['number']:4} PCR{event['pcr']:<3} {event['type']:<34} {digests}")
+        summary = inline(event["data"])
+        if "undecoded" in event:
+            summary = f"undecoded ({inline(event['undecoded'])}) {summary}".rstrip()
+        lines.append(f"     {shorten(summary, 80)}")
+    return lines
 
 
 @app.command("replay")

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from stockade.cli._input import emit_json, read_file
+from stockade.cli._text import inline
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -247,13 +248,19 @@ def verify_command(
             }
         )
         return
-    entry = verified.entry
-    what = entry.get("type", "entry")
+    typer.echo(verified_text(verified, trusted.name))
+
+
+def verified_text(verified: Any, key_name: str) -> str:
+    """One line: which entry of which log (``VerifiedReceipt``) the receipt proves."""
+    entry = verified.entry if isinstance(verified.entry, dict) else {}
+    what = inline(entry.get("type")) or "entry"
     if "result_id" in entry:
-        what += f" {entry['result_id']} ({entry.get('node_name', '')}, {entry.get('status', '')})"
-    typer.echo(
+        node, status = inline(entry.get("node_name")) or "-", inline(entry.get("status")) or "-"
+        what += f" {inline(entry['result_id'])} ({node}, {status})"
+    return (
         f"verified: {what} is entry {verified.log_index} of {verified.checkpoint.origin} "
-        f"at size {verified.checkpoint.size}, signed by {trusted.name}"
+        f"at size {verified.checkpoint.size}, signed by {key_name}"
     )
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from stockade.cli._input import emit_json
+from stockade.cli._text import cell
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -22,6 +21,9 @@ from stockade.cli.options import (
     client,
     pinned_keys,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Nodes known to a verifier, and their trust state.")
 
@@ -41,24 +43,64 @@ def node_id(node: dict[str, Any]) -> str:
 
 
 def styled_state(state: object) -> str:
-    text = str(state or "")
+    text = cell(state)
     style = STATE_STYLES.get(text)
     return f"[{style}]{text}[/]" if style else text
 
 
-def _node_table(nodes: list[dict[str, Any]]) -> Table:
+def print_rich(*renderables: Any) -> None:
+    """Print to stdout with Rich (imported here: only text output pays for it)."""
+    from rich.console import Console
+
+    Console().print(*renderables)
+
+
+def node_table(nodes: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"{len(nodes)} nodes")
     for column in ("name", "node id", "state", "trusted until", "latest result", "updated"):
         table.add_column(column)
     for node in nodes:
         table.add_row(
-            str(node.get("name", "")),
-            node_id(node),
+            cell(node.get("name")),
+            cell(node_id(node)),
             styled_state(node.get("state")),
-            str(node.get("trusted_until") or ""),
-            str(node.get("latest_result_id") or ""),
-            str(node.get("updated_at") or ""),
+            cell(node.get("trusted_until")),
+            cell(node.get("latest_result_id")),
+            cell(node.get("updated_at")),
         )
+    return table
+
+
+def security_event_table(events: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
+    table = Table(title=f"{len(events)} security events")
+    for column in ("id", "time", "kind", "node", "source", "count", "detail"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        table.add_row(
+            cell(event.get("id")),
+            cell(event.get("time")),
+            cell(event.get("kind")),
+            cell(event.get("name") or event.get("node_id")),
+            cell(event.get("source")),
+            cell(event.get("count")),
+            cell(event.get("detail")),
+        )
+    return table
+
+
+def node_detail_table(node: dict[str, Any]) -> Table:
+    """One node, a field a row: lists one item a line, mappings ``key: value``."""
+    from rich.table import Table
+
+    table = Table(show_header=False, title=f"node {cell(node.get('name'))}")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in node.items():
+        table.add_row(cell(key), styled_state(value) if key == "state" else cell(value, "-"))
     return table
 
 
@@ -75,7 +117,7 @@ def list_nodes(
     if output is OutputFormat.JSON:
         emit_json({"nodes": nodes})
         return
-    Console().print(_node_table(nodes))
+    print_rich(node_table(nodes))
 
 
 @app.command("security-events")
@@ -94,35 +136,7 @@ def security_events(
     if output is OutputFormat.JSON:
         emit_json({"security_events": events})
         return
-    table = Table(title=f"{len(events)} security events")
-    for column in ("id", "time", "kind", "node", "source", "count", "detail"):
-        table.add_column(column, overflow="fold")
-    for event in events:
-        table.add_row(
-            str(event.get("id", "")),
-            str(event.get("time", "")),
-            str(event.get("kind", "")),
-            str(event.get("name") or event.get("node_id") or ""),
-            str(event.get("source") or ""),
-            str(event.get("count", "")),
-            str(event.get("detail", "")),
-        )
-    Console().print(table)
-
-
-def _show(node: dict[str, Any]) -> None:
-    table = Table(show_header=False, title=f"node {node.get('name', '')}")
-    table.add_column("field", style="bold")
-    table.add_column("value", overflow="fold")
-    for key, value in node.items():
-        table.add_row(key, styled_state(value) if key == "state" else _text(value))
-    Console().print(table)
-
-
-def _text(value: object) -> str:
-    if isinstance(value, list):
-        return "\n".join(map(str, value))
-    return "" if value is None else str(value)
+    print_rich(security_event_table(events))
 
 
 @app.command("show")
@@ -140,7 +154,7 @@ def show(
     if output is OutputFormat.JSON:
         emit_json(document)
         return
-    _show(document)
+    print_rich(node_detail_table(document))
 
 
 def _is_node_id(text: str) -> bool:
@@ -158,7 +172,7 @@ def _report_state(document: dict[str, Any], node: str, output: OutputFormat) -> 
     if output is OutputFormat.JSON:
         emit_json(document)
         return
-    Console().print(f"{document.get('name', node)}: {styled_state(document.get('state'))}")
+    print_rich(f"{cell(document.get('name') or node)}: {styled_state(document.get('state'))}")
 
 
 @app.command("revoke")
@@ -274,7 +288,7 @@ def status(
     from stockade.cluster.status import verify_status
     from stockade.errors import VerificationFailed
 
-    keys = pinned_keys(verifier_key)
+    keys = pinned_keys(verifier_key, verifier)
     with client(verifier, ca, token_file) as api:
         asked = node if _is_node_id(node) else api.resolve(node)
         answer = api.request("GET", f"/v1/nodes/{asked}/status")
@@ -287,8 +301,9 @@ def status(
         emit_json({**answer, "verified": True})
     else:
         verdict = "[green]trusted[/]" if checked.trusted else "[red]not trusted[/]"
-        Console().print(
-            f"{checked.name} ({checked.node_id}): {verdict}, state {styled_state(checked.state)}, "
+        print_rich(
+            f"{cell(checked.name)} ({checked.node_id}): {verdict}, "
+            f"state {styled_state(checked.state)}, "
             f"statement valid until {checked.expires_at.isoformat()} (signature checked)"
         )
     if not checked.trusted:

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
-from rich.syntax import Syntax
-from rich.table import Table
 
 from stockade.cli._input import emit_json, read_document, read_file
+from stockade.cli._text import cell, inline
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -25,6 +22,9 @@ from stockade.cli.options import (
     client,
 )
 from stockade.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Appraisal policies (versioned documents).")
 
@@ -49,11 +49,14 @@ def apply(
     if output is OutputFormat.JSON:
         emit_json(stored)
         return
-    Console().print(f"policy {stored.get('id', document['id'])} version {stored.get('version')}")
+    stored_id = inline(stored.get("id", document["id"]))
+    typer.echo(f"policy {stored_id} version {inline(stored.get('version'))}")
 
 
 def _write_captured(out: Path, document: dict[str, Any], *, force: bool) -> None:
     """Write a captured policy as YAML; never replace ``out`` without ``force``."""
+    import yaml
+
     from stockade.home import create_exclusive, write_atomic
 
     text = yaml.dump(document, Dumper=yaml.CSafeDumper, sort_keys=False, width=100)
@@ -164,7 +167,7 @@ def activate(
     if output is OutputFormat.JSON:
         emit_json(active)
         return
-    Console().print(f"active policy: {active.get('id')}@{active.get('version')}")
+    typer.echo(f"active policy: {inline(active.get('id'))}@{inline(active.get('version'))}")
 
 
 @app.command("delete")
@@ -177,7 +180,7 @@ def delete(
     """Delete every version of a policy that is not the active one. Needs the operator token."""
     with client(verifier, ca, token_file) as api:
         api.delete_policy(policy_id)
-    Console().print(f"policy {policy_id} deleted")
+    typer.echo(f"policy {policy_id} deleted")
 
 
 @app.command("show")
@@ -194,8 +197,17 @@ def show(
     if output is OutputFormat.JSON:
         emit_json(stored)
         return
-    text = yaml.safe_dump(stored, sort_keys=False, width=100)
-    Console().print(Syntax(text, "yaml", word_wrap=True))
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    Console().print(Syntax(policy_text(stored), "yaml", word_wrap=True))
+
+
+def policy_text(stored: dict[str, Any]) -> str:
+    """A stored policy as YAML (what ``policy apply`` reads)."""
+    import yaml
+
+    return yaml.safe_dump(stored, sort_keys=False, width=100)
 
 
 @app.command("list")
@@ -211,15 +223,33 @@ def list_policies(
     if output is OutputFormat.JSON:
         emit_json({"policies": policies})
         return
+    from rich.console import Console
+
+    Console().print(policy_table(policies))
+
+
+def _pcrs(policy: dict[str, Any]) -> str:
+    """The PCRs a policy names: a list, or the keys of a mapping of PCRs to values."""
+    document = policy.get("document")
+    pcrs = policy.get("pcrs")
+    if isinstance(document, dict):
+        pcrs = document.get("pcrs", pcrs)
+    if isinstance(pcrs, dict):
+        pcrs = list(pcrs)
+    return inline(pcrs)
+
+
+def policy_table(policies: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"{len(policies)} policies")
     for column in ("id", "version", "created", "PCRs"):
         table.add_column(column)
     for policy in policies:
-        document = policy.get("document", {}) if isinstance(policy.get("document"), dict) else {}
         table.add_row(
-            str(policy.get("id", "")),
-            str(policy.get("version", "")),
-            str(policy.get("created_at", "")),
-            str(document.get("pcrs", policy.get("pcrs", ""))),
+            cell(policy.get("id")),
+            cell(policy.get("version")),
+            cell(policy.get("created_at")),
+            cell(_pcrs(policy), "-"),
         )
-    Console().print(table)
+    return table

@@ -3,14 +3,12 @@ they verify under the verifier key the operator pinned (``--verifier-key``)."""
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from stockade.cli._input import emit_json
+from stockade.cli._text import cell
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -23,6 +21,9 @@ from stockade.cli.options import (
     pinned_keys,
 )
 from stockade.errors import VerificationFailed
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Attestation results (EAR) of nodes.")
 
@@ -81,18 +82,20 @@ def show(
     """The node's latest results: status, trust vector, policy, deadline and every reason,
     all read from the EAR once it verifies under the pinned verifier key and names this
     node. Exit 1 if any result does not verify. Needs a reader token."""
-    keys = pinned_keys(verifier_key)
+    keys = pinned_keys(verifier_key, verifier)
     with client(verifier, ca, token_file) as api:
         results = api.results(node, limit)
     checked = check_results(results, node, keys)
     if output is OutputFormat.JSON:
         emit_json({"node": node, "results": checked})
     else:
+        from rich.console import Console
+
         console = Console()
         if not checked:
-            console.print(f"{node}: no attestation results yet")
+            console.print(f"{cell(node)}: no attestation results yet")
         for result in checked:
-            _render(console, result)
+            console.print(result_table(result))
     refused = [r for r in checked if r["ear_signature"] != "verified"]
     if refused:
         raise VerificationFailed(
@@ -101,24 +104,32 @@ def show(
         )
 
 
-def _render(console: Console, result: dict[str, Any]) -> None:
-    table = Table(show_header=False, title=f"result {result.get('result_id')}")
+def result_table(result: dict[str, Any]) -> Table:
+    """One checked result (``check_results``) as a table of its claims."""
+    from rich.table import Table
+
+    listed = result.get("result_id")
+    table = Table(show_header=False, title=f"result {cell(listed, '(no id)')}")
     table.add_column("claim", style="bold")
     table.add_column("value", overflow="fold")
-    table.add_row("EAR signature", str(result["ear_signature"]))
+    table.add_row("EAR signature", cell(result["ear_signature"]))
     if result["ear_signature"] != "verified":
-        console.print(table)
-        return
-    status = str(result["status"])
+        return table
+    status = cell(result["status"])
     style = STATUS_STYLES.get(status, "")
     table.add_row("status", f"[{style}]{status}[/]" if style else status)
-    table.add_row("node", f"{result['node']} ({result['node_id']})")
-    table.add_row("issued", str(result["issued_at"]))
-    table.add_row("not after", str(result["not_after"]))
-    table.add_row("policy", str(result["policy"]))
+    table.add_row("node", f"{cell(result['node'])} ({cell(result['node_id'])})")
+    table.add_row("issued", cell(result["issued_at"]))
+    table.add_row("not after", cell(result["not_after"]))
+    table.add_row("policy", cell(result["policy"], "-"))
     vector = result["trust_vector"]
-    table.add_row("trust vector", ", ".join(f"{k}={v}" for k, v in vector.items()))
-    table.add_row("boot", json.dumps(result["boot"]))
+    table.add_row("trust vector", ", ".join(f"{k}={cell(v)}" for k, v in vector.items()) or "-")
+    boot = result["boot"]
+    table.add_row(
+        "boot",
+        f"reset count {cell(boot.get('reset_count'), '-')}, "
+        f"restart count {cell(boot.get('restart_count'), '-')}",
+    )
     reasons = result["reasons"]
-    table.add_row("reasons", "\n".join(f"- {r}" for r in reasons) or "none")
-    console.print(table)
+    table.add_row("reasons", "\n".join(f"- {cell(r)}" for r in reasons) or "none")
+    return table

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from stockade.cli._input import emit_json
+from stockade.cli._text import cell, inline
 from stockade.cli.options import (
     CaOption,
     FormatOption,
@@ -25,6 +24,9 @@ from stockade.cli.options import (
     client,
 )
 from stockade.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Secrets released only to attested nodes.")
 
@@ -59,8 +61,11 @@ def put(
     if output is OutputFormat.JSON:
         emit_json(answer)
         return
-    grants = ", ".join(answer.get("grants") or []) or "none yet (stockade secrets grant)"
-    typer.echo(f"secret {answer['name']} version {answer['version']} stored; grants: {grants}")
+    grants = inline(answer.get("grants")) or "none yet (stockade secrets grant)"
+    typer.echo(
+        f"secret {inline(answer.get('name'))} version {inline(answer.get('version'))} stored; "
+        f"grants: {grants}"
+    )
 
 
 @app.command("list")
@@ -76,18 +81,26 @@ def list_secrets(
     if output is OutputFormat.JSON:
         emit_json({"secrets": secrets})
         return
+    from rich.console import Console
+
+    Console().print(secret_table(secrets))
+
+
+def secret_table(secrets: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"{len(secrets)} secrets")
     for column in ("name", "version", "grants", "KEK", "updated"):
         table.add_column(column)
     for secret in secrets:
         table.add_row(
-            str(secret["name"]),
-            str(secret["version"]),
-            "\n".join(secret.get("grants") or []) or "-",
-            str(secret.get("kek_id", "")),
-            str(secret.get("updated_at", "")),
+            cell(secret.get("name")),
+            cell(secret.get("version")),
+            cell(secret.get("grants"), "-"),
+            cell(secret.get("kek_id")),
+            cell(secret.get("updated_at")),
         )
-    Console().print(table)
+    return table
 
 
 @app.command("grant")
@@ -105,7 +118,7 @@ def grant(
     if output is OutputFormat.JSON:
         emit_json(answer)
         return
-    typer.echo(f"secret {name}: granted to {', '.join(answer['grants'])}")
+    typer.echo(f"secret {name}: granted to {inline(answer.get('grants')) or 'none'}")
 
 
 @app.command("revoke")
@@ -123,7 +136,7 @@ def revoke(
     if output is OutputFormat.JSON:
         emit_json(answer)
         return
-    remaining = ", ".join(answer["grants"]) or "none"
+    remaining = inline(answer.get("grants")) or "none"
     typer.echo(f"secret {name}: grant {selector} removed; remaining: {remaining}")
 
 
@@ -153,7 +166,10 @@ def rekey(
     if output is OutputFormat.JSON:
         emit_json(answer)
         return
-    typer.echo(f"{answer['rekeyed']} secrets re-encrypted under KEK {answer['kek_id']}")
+    typer.echo(
+        f"{inline(answer.get('rekeyed'))} secrets re-encrypted under KEK "
+        f"{inline(answer.get('kek_id'))}"
+    )
 
 
 @app.command("read")
