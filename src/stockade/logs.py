@@ -39,8 +39,14 @@ _STANDARD = frozenset(
 
 def fields(**values: object) -> dict[str, object]:
     """``extra=`` for a log call, without the ``None`` values: ``log.info("attested",
-    extra=fields(node=node_id, result=result_id, status="affirming"))``."""
-    return {key: value for key, value in values.items() if value is not None}
+    extra=fields(node=node_id, result=result_id, status="affirming"))``. A field named like
+    a ``LogRecord`` attribute (``name``, ``message``, ...), which ``logging`` refuses in
+    ``extra``, is carried as ``name_`` and written as ``name``."""
+    return {
+        (f"{key}_" if key in _STANDARD else key): value
+        for key, value in values.items()
+        if value is not None
+    }
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -49,7 +55,11 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {key: value for key, value in vars(record).items() if key not in _STANDARD}
+    return {
+        (key[:-1] if key.endswith("_") and key[:-1] in _STANDARD else key): value
+        for key, value in vars(record).items()
+        if key not in _STANDARD
+    }
 
 
 def _plain(value: object) -> object:

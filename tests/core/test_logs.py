@@ -90,3 +90,10 @@ def test_configuring_twice_keeps_one_handler(stream):
     logging.getLogger("stockade.test").info("once")
     assert len(stream.getvalue().splitlines()) == 1
     json.loads(stream.getvalue())
+
+
+def test_a_field_named_like_a_record_attribute_is_kept(stream):
+    configure_logging(LogFormat.JSON, LogLevel.INFO, stream)
+    logging.getLogger("stockade.test").info("enrolled", extra=fields(name="web-1", message="x"))
+    record = json.loads(stream.getvalue())
+    assert (record["name"], record["message"], record["event"]) == ("web-1", "x", "enrolled")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from kube_support import PINNED, T0, FakeClock, fleet_answer, node_trust
 from kubernetes import client
+from prometheus_client import generate_latest
 
 from stockade.kube.controller import (
     REASON_ANNOTATION,
@@ -26,6 +29,9 @@ from stockade.kube.controller import (
     VerifierTrustView,
     reconcile,
 )
+from stockade.kube.leader import LeaderElector, LeaseConfig
+from stockade.kube.supervision import ControllerMetrics, Supervision
+from stockade.probes import Health, ProbeServer
 from stockade.statements import FleetEntry
 from support.kube_emulator import KubeEmulator
 
@@ -371,7 +377,19 @@ def test_emulator_json_patch_and_validation(api, core):
     assert missing.value.status == 404
 
 
-def test_cli_once_with_a_kubeconfig_and_the_verifier_down(api, tmp_path):
+@pytest.fixture
+def restore_logging():
+    """The CLI configures the root logger onto the runner's stream, which closes after."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_cli_once_with_a_kubeconfig_and_the_verifier_down(api, tmp_path, restore_logging):
     from typer.testing import CliRunner
 
     from stockade.cli.kube_controller import app
@@ -405,3 +423,292 @@ def test_cli_once_with_a_kubeconfig_and_the_verifier_down(api, tmp_path):
     assert node["metadata"]["labels"][TRUSTED_LABEL] == "false"
     assert effects(node) == {"NoSchedule"}
     others_intact(node)
+
+
+# -- leader election, probes, metrics, logs -------------------------------------------------
+
+
+class Leadership:
+    """An election whose answer the test sets (``LeaderElector``'s face to the loop)."""
+
+    def __init__(self, leading: bool) -> None:
+        self.leading = leading
+        self.asked = 0
+        self.config = LeaseConfig("stockade-node-controller", "stockade", "me")
+        self.holder = "me" if leading else "other"
+
+    def is_leader(self) -> bool:
+        self.asked += 1
+        return self.leading
+
+
+def patches_sent(api) -> list:
+    return [r for r in api.requests if r[0] == "PATCH"]
+
+
+def test_a_standby_reads_everything_and_patches_nothing(api, core):
+    for name in ("good", "bad"):
+        add(api, name)
+    leadership = Leadership(False)
+    supervision = Supervision(metrics=ControllerMetrics("controller"), elector=leadership)
+    nodes = NodeController(core, Views(view(good="trusted", bad="failed")), supervision=supervision)
+    assert nodes.sync() == []
+    assert patches_sent(api) == []
+    assert nodes.last_round.verifier_error is None and nodes.last_round.api_error is None
+    assert TRUSTED_LABEL not in api.node("bad")["metadata"]["labels"]
+
+    leadership.leading = True
+    assert {p.node for p in nodes.sync()} == {"good", "bad"}
+    assert len(patches_sent(api)) == 2
+
+
+def test_leadership_lost_in_the_middle_of_a_round_stops_the_next_write(api, core):
+    for name in ("n1", "n2", "n3"):
+        add(api, name)
+
+    class Losing(Leadership):
+        def is_leader(self) -> bool:
+            self.asked += 1
+            return self.asked <= 1  # certain for the first write only
+
+    supervision = Supervision(elector=Losing(True))
+    nodes = NodeController(core, Views(view()), supervision=supervision)
+    assert len(nodes.sync()) == 1
+    assert len(patches_sent(api)) == 1
+
+
+def test_a_real_election_gates_the_controller(api, core):
+    """Two controllers, one Lease: only the one holding it patches; after it releases, the
+    other does."""
+    add(api, "bad")
+    coordination = client.CoordinationV1Api(core.api_client)
+    electors = [
+        LeaderElector(coordination, LeaseConfig("stockade-node-controller", "stockade", name))
+        for name in ("a", "b")
+    ]
+    controllers = [
+        NodeController(core, Views(view(bad="failed")), supervision=Supervision(elector=elector))
+        for elector in electors
+    ]
+    assert electors[0].step() and not electors[1].step()
+    assert controllers[1].sync() == []
+    assert [p.node for p in controllers[0].sync()] == ["bad"]
+    api.update_node("bad", {"metadata": {"labels": {TRUSTED_LABEL: "true"}}})  # drifted
+    assert controllers[1].sync() == []
+    assert api.node("bad")["metadata"]["labels"][TRUSTED_LABEL] == "true"
+    electors[0].release()
+    assert controllers[0].sync() == []
+    assert electors[1].step()
+    assert [p.node for p in controllers[1].sync()] == ["bad"]
+    assert api.node("bad")["metadata"]["labels"][TRUSTED_LABEL] == "false"
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def patches_counted(port: int) -> float:
+    return metric(get(port, "/metrics")[1], "stockade_controller_patches_total") or 0.0
+
+
+def test_probes_and_metrics_follow_the_rounds(api, core, caplog):
+    caplog.set_level("INFO", logger="stockade.kube")
+    add(api, "good")
+    add(api, "bad")
+    views = Views(view(good="trusted", bad="failed"))
+    metrics = ControllerMetrics("controller")
+    supervision = Supervision(health=Health(), metrics=metrics, elector=Leadership(True))
+    nodes = NodeController(core, views, supervision=supervision)
+    probes = ProbeServer(("127.0.0.1", 0), supervision.health, metrics.registry).start()
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=nodes.run, kwargs={"interval": 0.2, "stop": stop, "watch": False}
+    )
+    try:
+        assert get(probes.port, "/readyz")[0] == 503  # no round yet
+        thread.start()
+        wait_for(lambda: get(probes.port, "/readyz")[0] == 200)
+        _status, body = get(probes.port, "/readyz")
+        assert "leading lease stockade/stockade-node-controller" in body
+        assert get(probes.port, "/livez")[0] == 200
+        text = get(probes.port, "/metrics")[1]
+        assert metric(text, "stockade_controller_patches_total") == 2.0
+        assert metric(text, 'stockade_controller_nodes{state="trusted"}') == 1.0
+        assert metric(text, 'stockade_controller_nodes{state="failed"}') == 1.0
+        assert metric(text, 'stockade_leader{lease="stockade/stockade-node-controller"}') == 1.0
+        assert metric(text, "stockade_sync_seconds_count") >= 1
+
+        views.current = TrustView(None, "verifier https://v unreachable: connection refused")
+        wait_for(lambda: get(probes.port, "/readyz")[0] == 503)
+        assert "verifier: verifier https://v unreachable" in get(probes.port, "/readyz")[1]
+        assert get(probes.port, "/livez")[0] == 200  # alive: nothing to restart
+        text = get(probes.port, "/metrics")[1]
+        assert metric(text, 'stockade_sync_errors_total{kind="verifier"}') >= 1
+        assert metric(text, 'stockade_controller_nodes{state="verifier-unavailable"}') == 2.0
+        # both nodes are patched again: good loses its trust, bad's reason changes
+        wait_for(lambda: patches_counted(probes.port) >= 4.0)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        probes.stop()
+    lines = [r for r in caplog.records if r.name == "stockade.kube.controller"]
+    patched = [r for r in lines if r.getMessage() == "node patched"]
+    assert {r.node for r in patched} == {"good", "bad"}
+    assert all(r.action == "patch" and r.reason for r in patched)
+
+
+def test_a_standby_is_ready_and_says_so(api, core):
+    add(api, "good")
+    supervision = Supervision(
+        health=Health(), metrics=ControllerMetrics("controller"), elector=Leadership(False)
+    )
+    nodes = NodeController(core, Views(view(good="trusted")), supervision=supervision)
+    stop = threading.Event()
+    stop.set()
+    nodes.sync()
+    supervision.finished(nodes.last_round, 0.01)
+    ready, reason = supervision.health.readiness()
+    assert ready and "standby (lease stockade/stockade-node-controller held by other)" in reason
+    text = generate_latest(supervision.metrics.registry).decode()
+    assert metric(text, 'stockade_leader{lease="stockade/stockade-node-controller"}') == 0.0
+    assert metric(text, "stockade_controller_patches_total") == 0.0
+
+
+def test_an_unreachable_api_server_is_one_warning_and_not_ready(caplog):
+    configuration = client.Configuration()
+    configuration.host = "http://127.0.0.1:9"  # nothing listens
+    configuration.retries = False
+    with client.ApiClient(configuration) as api_client:
+        supervision = Supervision(health=Health(), metrics=ControllerMetrics("controller"))
+        nodes = NodeController(
+            client.CoreV1Api(api_client), Views(view(good="trusted")), supervision=supervision
+        )
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=nodes.run, kwargs={"interval": 0.1, "stop": stop, "watch": False}
+        )
+        thread.start()
+        wait_for(lambda: supervision.health.readiness()[1] != "starting")
+        stop.set()
+        thread.join(timeout=10)
+    ready, reason = supervision.health.readiness()
+    assert not ready and "API server:" in reason
+    failures = [r for r in caplog.records if r.getMessage() == "node controller round failed"]
+    assert failures and all(r.exc_info is None for r in failures)
+    assert all("\n" not in r.reason for r in failures)
+    text = generate_latest(supervision.metrics.registry).decode()
+    assert metric(text, 'stockade_sync_errors_total{kind="api"}') >= 1
+
+
+def _kubeconfig(tmp_path, url: str):
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
+        f"clusters: [{{name: emulator, cluster: {{server: '{url}'}}}}]\n"
+        "users: [{name: nobody, user: {}}]\n"
+        "contexts: [{name: emulator, context: {cluster: emulator, user: nobody}}]\n"
+    )
+    return path
+
+
+def test_cli_once_with_election_acts_only_with_the_lease(api, tmp_path, restore_logging):
+    """``--once --leader-elect``: a round only after taking the Lease, released after; with
+    the Lease held by another replica, nothing is patched and the exit status says so."""
+    from typer.testing import CliRunner
+
+    from stockade.cli.kube_controller import app
+
+    add(api, "good")
+    pinned_file = tmp_path / "verifier-key.pem"
+    pinned_file.write_bytes(PINNED.pem())
+    config = tmp_path / "controller.yaml"  # the settings from a --config file
+    config.write_text(
+        f"kubeconfig: {_kubeconfig(tmp_path, api.url).name}\n"
+        "verifier: https://127.0.0.1:9\n"
+        f"verifier-key: {pinned_file}\n"
+        "lease-namespace: stockade\n"
+        "lease-duration: 1.5\nrenew-deadline: 1\nretry-period: 0.2\n"
+    )
+    arguments = ["controller", "--config", str(config), "--once", "--leader-elect"]
+    configuration = client.Configuration()
+    configuration.host = api.url
+    other = LeaderElector(
+        client.CoordinationV1Api(client.ApiClient(configuration)),
+        LeaseConfig("stockade-node-controller", "stockade", "other-replica", 1.5, 1, 0.2),
+    )
+    stop = threading.Event()
+    thread = other.start(stop)  # another replica, renewing
+    try:
+        wait_for(other.is_leader)
+        held = CliRunner().invoke(app, [*arguments, "--identity", "me"])
+    finally:
+        stop.set()
+        thread.join(timeout=10)  # it releases the Lease
+    assert held.exit_code == 1, held.output
+    assert "held by other-replica" in held.output
+    assert patches_sent(api) == []
+
+    result = CliRunner().invoke(app, [*arguments, "--identity", "me"])
+    assert result.exit_code == 0, result.output
+    assert "good:" in result.output
+    assert api.node("good")["metadata"]["labels"][TRUSTED_LABEL] == "false"
+    lease = api.lease("stockade-node-controller", "stockade")["spec"]
+    assert lease["holderIdentity"] == "" and lease["leaseTransitions"] == 1  # released again
+
+
+def test_cli_rejects_timings_without_a_margin(api, tmp_path, restore_logging):
+    from typer.testing import CliRunner
+
+    from stockade.cli.kube_controller import app
+
+    pinned_file = tmp_path / "verifier-key.pem"
+    pinned_file.write_bytes(PINNED.pem())
+    result = CliRunner().invoke(
+        app,
+        [
+            "controller",
+            "--kubeconfig", str(_kubeconfig(tmp_path, api.url)),
+            "--verifier", "https://127.0.0.1:9",
+            "--verifier-key", str(pinned_file),
+            "--lease-duration", "10", "--renew-deadline", "10",
+        ],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "--lease-duration > --renew-deadline" in str(result.exception)
+
+
+def test_cli_reads_kubeconfig_from_the_environment(api, tmp_path, restore_logging):
+    """``--kubeconfig`` defaults to ``$KUBECONFIG`` (as kubectl), not the in-cluster account."""
+    from typer.testing import CliRunner
+
+    from stockade.cli.kube_controller import app
+
+    add(api, "good")
+    pinned_file = tmp_path / "verifier-key.pem"
+    pinned_file.write_bytes(PINNED.pem())
+    result = CliRunner().invoke(
+        app,
+        ["controller", "--once", "--verifier", "https://127.0.0.1:9",
+         "--verifier-key", str(pinned_file)],
+        env={"KUBECONFIG": str(_kubeconfig(tmp_path, api.url))},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert api.node("good")["metadata"]["labels"][TRUSTED_LABEL] == "false"

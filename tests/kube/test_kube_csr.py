@@ -36,6 +36,9 @@ from stockade.kube.csr import (
     CsrRequest,
     decide_csr,
 )
+from stockade.kube.leader import LeaderElector, LeaseConfig
+from stockade.kube.supervision import ControllerMetrics, Supervision
+from stockade.probes import Health
 from support.kube_emulator import KubeEmulator
 
 CLIENT_USAGES = ["digital signature", "client auth"]
@@ -515,3 +518,94 @@ def test_a_node_certificate_whose_subject_is_not_exactly_the_node_is_denied(
     kind, _, message = verdict(api, "subject")
     assert kind == "Denied"
     assert "the node certificate's subject" in message and expected in message, message
+
+
+# -- leader election, readiness, metrics, logs ----------------------------------------------
+
+
+def replica(api, trust, ca, identity: str):
+    configuration = client.Configuration()
+    configuration.host = api.url
+    api_client = client.ApiClient(configuration)
+    elector = LeaderElector(
+        client.CoordinationV1Api(api_client),
+        LeaseConfig("stockade-csr-approver", "stockade", identity),
+    )
+    supervision = Supervision(
+        health=Health(), metrics=ControllerMetrics("approver"), elector=elector
+    )
+    approver = CsrApprover(
+        client.CertificatesV1Api(api_client),
+        client.CoreV1Api(api_client),
+        trust,
+        ca.certificate,
+        clock=FakeClock(),
+        supervision=supervision,
+    )
+    return approver, elector, supervision
+
+
+def decisions(supervision, action: str) -> float:
+    value = supervision.metrics.registry.get_sample_value(
+        "stockade_csr_decisions_total", {"action": action}
+    )
+    return value or 0.0
+
+
+def test_only_the_leader_decides(api, trust, ca, keys, caplog):
+    caplog.set_level("INFO", logger="stockade.kube")
+    leader, leader_election, leader_supervision = replica(api, trust, ca, "a")
+    standby, standby_election, standby_supervision = replica(api, trust, ca, "b")
+    assert leader_election.step() and not standby_election.step()
+    submit(api, "mine", keys["good"], certificate=certificate_pem(ca, keys["good"], "good"))
+    submit(api, "forged", keys["other"], certificate=certificate_pem(ca, keys["good"], "good"))
+
+    assert standby.sync() == []
+    assert verdict(api, "mine") is None and verdict(api, "forged") is None
+    assert not [r for r in api.requests if r[0] == "PUT" and r[1].endswith("/approval")]
+    standby_supervision.finished(standby.last_round, 0.01)
+    ready, reason = standby_supervision.health.readiness()
+    assert ready and "standby" in reason  # a standby is ready: it can take over
+
+    made = dict((name, d.action) for name, d in leader.sync())
+    assert made == {"mine": "approve", "forged": "deny"}
+    assert verdict(api, "mine")[0] == "Approved" and verdict(api, "forged")[0] == "Denied"
+    assert decisions(leader_supervision, "approve") == 1.0
+    assert decisions(leader_supervision, "deny") == 1.0
+    assert decisions(standby_supervision, "approve") == 0.0
+    lines = {r.csr: r for r in caplog.records if r.getMessage() == "CSR decided"}
+    assert set(lines) == {"mine", "forged"}
+    assert lines["mine"].node == "good" and lines["mine"].action == "approve"
+    assert "not the TPM-resident key" in lines["forged"].reason
+
+
+def test_a_replica_that_lost_the_lease_records_nothing(api, trust, ca, keys):
+    approver, election, _ = replica(api, trust, ca, "a")
+    assert election.step()
+    api.write_lease("stockade-csr-approver", "stockade", holderIdentity="intruder")
+    election.step()  # sees a change it did not make: stops at once
+    submit(api, "late", keys["good"], certificate=certificate_pem(ca, keys["good"], "good"))
+    assert approver.sync() == []
+    assert verdict(api, "late") is None
+
+
+def test_readiness_follows_the_verifier(api, trust, ca, keys):
+    approver, election, supervision = replica(api, trust, ca, "a")
+    election.step()
+    submit(api, "patient", keys["good"], certificate=certificate_pem(ca, keys["good"], "good"))
+    trust.down = "verifier https://v unreachable: connection refused"
+    approver.sync()
+    supervision.finished(approver.last_round, 0.01)
+    ready, reason = supervision.health.readiness()
+    assert not ready and "verifier: verifier https://v unreachable" in reason
+    assert decisions(supervision, "wait") == 1.0
+    registry = supervision.metrics.registry
+    assert registry.get_sample_value("stockade_sync_errors_total", {"kind": "verifier"}) == 1.0
+    trust.down = None
+    approver.sync()
+    supervision.finished(approver.last_round, 0.01)
+    ready, reason = supervision.health.readiness()
+    assert ready and "leading lease stockade/stockade-csr-approver" in reason
+    assert decisions(supervision, "approve") == 1.0
+    lease = {"lease": "stockade/stockade-csr-approver"}
+    assert registry.get_sample_value("stockade_leader", lease) == 1.0

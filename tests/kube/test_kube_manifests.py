@@ -305,3 +305,100 @@ def test_verifier_arguments_are_options_of_the_cli():
         options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
         for argument in arguments[2:]:
             assert argument.split("=")[0] in options, argument
+
+
+CONTROLLERS = (
+    ("stockade-node-controller", "controller"),
+    ("stockade-csr-approver", "approve-csrs"),
+)
+
+
+def _lease_name(command: str) -> str:
+    """The Lease a command elects with by default (the manifests do not override it)."""
+    from typer.main import get_command
+
+    from stockade.cli.kube_controller import app
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    (param,) = [p for p in commands[command].params if "--lease-name" in p.opts]
+    return str(param.default)
+
+
+def test_controllers_run_two_replicas_that_elect_a_leader():
+    """Two replicas, one acting: each may touch exactly its own Lease (create; get and
+    update by name), in its own namespace, through a Role bound to its service account."""
+    roles = of_kind("Role")
+    bindings = of_kind("RoleBinding")
+    for name, command in CONTROLLERS:
+        deployment = of_kind("Deployment")[name]
+        assert deployment["spec"]["replicas"] == 2
+        # A rollout never leaves no replica: one new pod first, then one old one goes.
+        assert deployment["spec"]["strategy"]["rollingUpdate"] == {
+            "maxSurge": 1,
+            "maxUnavailable": 0,
+        }
+        (container,) = _pod_spec("Deployment", name)["containers"]
+        assert not any(a.startswith("--no-leader-elect") for a in container["args"])
+        lease = _lease_name(command)
+        assert lease == name
+        role = roles[f"{name}-lease"]
+        grants = {
+            (group, resource, verb, tuple(rule.get("resourceNames", ())))
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        assert grants == {
+            ("coordination.k8s.io", "leases", "create", ()),
+            ("coordination.k8s.io", "leases", "get", (lease,)),
+            ("coordination.k8s.io", "leases", "update", (lease,)),
+        }
+        binding = bindings[f"{name}-lease"]
+        namespace = deployment["metadata"]["namespace"]
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == namespace
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": f"{name}-lease",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+        ]
+        # The election's namespace is the pod's (the service account's): the token is mounted.
+        assert deployment["spec"]["template"]["spec"].get("automountServiceAccountToken", True)
+
+
+def test_controllers_have_probes_metrics_and_json_logs():
+    for name, _command in CONTROLLERS:
+        (container,) = _pod_spec("Deployment", name)["containers"]
+        arguments = container["args"]
+        (address,) = [a.split("=", 1)[1] for a in arguments if a.startswith("--probe-address=")]
+        host, port = address.rsplit(":", 1)
+        assert host == "0.0.0.0"  # the kubelet probes the pod's address
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["probes"] == int(port)
+        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "probes"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+        assert "--log-format=json" in container["args"]
+
+
+@pytest.mark.tools
+def test_overlays_bind_the_lease_role_in_their_own_namespace():
+    """Rendered by kustomize, each overlay's lease RoleBinding names the service account in
+    the overlay's namespace (else no replica could ever lead: nothing would act)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_kustomize import EXPECTED, newest, render
+
+    for overlay, expected in EXPECTED.items():
+        documents = render(newest(), overlay)
+        bindings = [d for d in documents if d["kind"] == "RoleBinding"]
+        assert {b["metadata"]["name"] for b in bindings} >= {
+            "stockade-node-controller-lease",
+            "stockade-csr-approver-lease",
+        }
+        for binding in bindings:
+            assert binding["metadata"]["namespace"] == expected["namespace"]
+            assert {s["namespace"] for s in binding["subjects"]} == {expected["namespace"]}

@@ -17,6 +17,13 @@ Served (JSON only; no authentication; ``resourceVersion`` is one counter for all
   ``GET|DELETE .../certificatesigningrequests/{name}`` and ``PUT .../{name}/approval``: only
   ``status.conditions`` is taken from the body; Approved and Denied cannot both be set, and
   neither can be removed or changed once set (422), a stale ``resourceVersion`` is 409.
+- ``GET|POST /apis/coordination.k8s.io/v1/namespaces/{ns}/leases`` and
+  ``GET|PUT|DELETE .../leases/{name}`` (what leader election uses): POST of an existing name
+  is 409 AlreadyExists; a PUT carrying a ``metadata.resourceVersion`` that is not the current
+  one is 409 Conflict (without one it is unconditional, as for a real Lease); a PUT of a
+  Lease that does not exist is 404; ``spec.leaseDurationSeconds`` must be > 0,
+  ``spec.leaseTransitions`` >= 0 (422 otherwise) and the times MicroTime, exactly six
+  fractional digits as the API server's parser requires (400 otherwise).
 
 Validation on write is what these tests need: label keys and values, taint effects and
 duplicate (key, effect) pairs, annotation sizes. Anything else answers 404 or 405 as a
@@ -40,6 +47,8 @@ from urllib.parse import parse_qs, urlsplit
 
 NODES = "/api/v1/nodes"
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/"
+_LEASE_PATH = re.compile(r"/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?")
 TAINT_EFFECTS = {"NoSchedule", "PreferNoSchedule", "NoExecute"}
 MAX_ANNOTATIONS_BYTES = 256 * 1024
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
@@ -161,6 +170,45 @@ def _validate_node(node: dict[str, Any]) -> None:
         seen.add((key, effect))
 
 
+def _key(collection: str, obj: dict[str, Any]) -> str:
+    """Leases are namespaced: stored as ``namespace/name``."""
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{meta['name']}" if collection == LEASES else str(meta["name"])
+
+
+# MicroTime as the API server parses it (Go's time.Parse with RFC3339Micro): six digits.
+_MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def _micro_time(value: Any) -> bool:
+    if not isinstance(value, str) or not _MICRO_TIME.fullmatch(value):
+        return False
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return moment.tzinfo is not None
+
+
+def _validate_lease(lease: dict[str, Any]) -> None:
+    _validate_metadata(lease["metadata"])
+    spec = lease.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise ApiError(400, "BadRequest", "spec must be an object")
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        raise ApiError(422, "Invalid", "spec.leaseDurationSeconds: must be greater than 0")
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        raise ApiError(422, "Invalid", "spec.leaseTransitions: must be greater than or equal to 0")
+    holder = spec.get("holderIdentity")
+    if holder is not None and not isinstance(holder, str):
+        raise ApiError(400, "BadRequest", "spec.holderIdentity must be a string")
+    for field in ("acquireTime", "renewTime"):
+        if spec.get(field) is not None and not _micro_time(spec[field]):
+            raise ApiError(400, "BadRequest", f"spec.{field}: {spec[field]!r} is not RFC3339Micro")
+
+
 def _conditions(csr: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type", ""): c for c in (csr.get("status") or {}).get("conditions") or []}
 
@@ -169,7 +217,7 @@ class _Store:
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.version = 0
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {NODES: {}, CSRS: {}}
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {NODES: {}, CSRS: {}, LEASES: {}}
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str, str]] = []
 
@@ -177,7 +225,7 @@ class _Store:
         """Store ``obj`` with a new resourceVersion; the caller holds the lock."""
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
-        self.objects[collection][obj["metadata"]["name"]] = obj
+        self.objects[collection][_key(collection, obj)] = obj
         self.events.append((self.version, collection, kind, copy.deepcopy(obj)))
         self.lock.notify_all()
         return copy.deepcopy(obj)
@@ -293,6 +341,23 @@ class KubeEmulator:
         with self._store.lock:
             return copy.deepcopy(self._store.objects[CSRS][name])
 
+    def lease(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        """The Lease as stored (None if there is none)."""
+        with self._store.lock:
+            found = self._store.objects[LEASES].get(f"{namespace}/{name}")
+            return copy.deepcopy(found) if found is not None else None
+
+    def write_lease(self, name: str, namespace: str = "default", **spec: Any) -> dict[str, Any]:
+        """Create or overwrite a Lease's spec unconditionally: what someone else with the
+        right to update leases (an administrator, an attacker) can do. ``spec`` uses the wire
+        names (``holderIdentity=...``, ``leaseDurationSeconds=...``)."""
+        with self._store.lock:
+            current = self._store.objects[LEASES].get(f"{namespace}/{name}")
+            lease = copy.deepcopy(current) if current is not None else _new_lease(name, namespace)
+            lease["spec"] = {**lease.get("spec", {}), **spec}
+            _validate_lease(lease)
+            return self._store.bump(LEASES, "ADDED" if current is None else "MODIFIED", lease)
+
     @property
     def requests(self) -> list[tuple[str, str, str]]:
         """(method, path, content type) of every request served, in order."""
@@ -303,6 +368,9 @@ class KubeEmulator:
 class _Handler(BaseHTTPRequestHandler):
     store: _Store
     protocol_version = "HTTP/1.1"
+    # The head and the body go out in two writes: without this each answer waits ~40 ms
+    # for the client's delayed ACK (Nagle), which a step-by-step election test multiplies.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -348,6 +416,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(
         self, method: str, path: str, query: dict[str, str], content_type: str, body: Any
     ) -> tuple[int, Any]:
+        lease_path = _LEASE_PATH.fullmatch(path)
+        if lease_path is not None:
+            return self._lease(method, lease_path[1], lease_path[2], body)
         for collection, kind in ((NODES, "Node"), (CSRS, "CertificateSigningRequest")):
             if path == collection:
                 if method == "GET":
@@ -476,6 +547,88 @@ class _Handler(BaseHTTPRequestHandler):
                 return copy.deepcopy(patched)
             return self.store.bump(NODES, "MODIFIED", patched)
 
+    def _lease(self, method: str, namespace: str, name: str | None, body: Any) -> tuple[int, Any]:
+        store = self.store
+        if name is None:
+            if method == "GET":
+                with store.lock:
+                    items = [
+                        copy.deepcopy(obj)
+                        for key, obj in sorted(store.objects[LEASES].items())
+                        if key.startswith(namespace + "/")
+                    ]
+                    version = str(store.version)
+                return 200, {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "LeaseList",
+                    "metadata": {"resourceVersion": version},
+                    "items": items,
+                }
+            if method == "POST":
+                lease = self._lease_body(body, namespace, None)
+                lease["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=_timestamp())
+                lease["metadata"].pop("resourceVersion", None)
+                with store.lock:
+                    if _key(LEASES, lease) in store.objects[LEASES]:
+                        raise ApiError(
+                            409,
+                            "AlreadyExists",
+                            f'leases.coordination.k8s.io "{lease["metadata"]["name"]}" already '
+                            "exists",
+                        )
+                    return 201, store.bump(LEASES, "ADDED", lease)
+            raise ApiError(405, "MethodNotAllowed", f"{method} leases")
+        key = f"{namespace}/{name}"
+        missing = ApiError(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found')
+        with store.lock:
+            current = store.objects[LEASES].get(key)
+            if method == "GET":
+                if current is None:
+                    raise missing
+                return 200, copy.deepcopy(current)
+            if method == "DELETE":
+                if current is None:
+                    raise missing
+                del store.objects[LEASES][key]
+                store.version += 1
+                store.events.append((store.version, LEASES, "DELETED", current))
+                store.lock.notify_all()
+                return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+            if method == "PUT":
+                lease = self._lease_body(body, namespace, name)
+                if current is None:
+                    raise missing
+                wanted = lease["metadata"].get("resourceVersion")
+                if wanted and wanted != current["metadata"]["resourceVersion"]:
+                    raise ApiError(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on leases.coordination.k8s.io "{name}": '
+                        "the object has been modified; please apply your changes to the latest "
+                        "version and try again",
+                    )
+                for field in ("uid", "creationTimestamp"):
+                    lease["metadata"][field] = current["metadata"].get(field)
+                return 200, store.bump(LEASES, "MODIFIED", lease)
+        raise ApiError(405, "MethodNotAllowed", f"{method} lease {name}")
+
+    @staticmethod
+    def _lease_body(body: Any, namespace: str, name: str | None) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+            raise ApiError(400, "BadRequest", "the body must be a Lease")
+        lease = copy.deepcopy(body)
+        meta = lease["metadata"]
+        if not meta.get("name") or not _DNS_SUBDOMAIN.fullmatch(str(meta["name"])):
+            raise ApiError(422, "Invalid", "metadata.name: Required value")
+        if name is not None and meta["name"] != name:
+            raise ApiError(400, "BadRequest", "the name of the object does not match the URL")
+        if meta.setdefault("namespace", namespace) != namespace:
+            raise ApiError(400, "BadRequest", "the namespace of the object does not match")
+        lease.update(apiVersion="coordination.k8s.io/v1", kind="Lease")
+        lease.setdefault("spec", {})
+        _validate_lease(lease)
+        return lease
+
     def _approve(self, name: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or (body.get("metadata") or {}).get("name") != name:
             raise ApiError(400, "BadRequest", "the body must be this CertificateSigningRequest")
@@ -568,6 +721,20 @@ class _Handler(BaseHTTPRequestHandler):
                 "code": error.code,
             },
         )
+
+
+def _new_lease(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "creationTimestamp": _timestamp(),
+        },
+        "spec": {},
+    }
 
 
 def _event_line(kind: str, obj: dict[str, Any]) -> bytes:

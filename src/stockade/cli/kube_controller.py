@@ -4,18 +4,38 @@ kubelet CSR approver (docs/kubernetes.md). Both need the ``kubernetes`` client
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import signal
 import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from stockade.cli.daemon_options import (
+    ConfigOption,
+    LogFormatOption,
+    LogLevelOption,
+    ProbeAddressOption,
+    daemon_context,
+)
 from stockade.cli.options import VerifierKeyOption, pinned_keys
 from stockade.errors import InputError
+from stockade.logs import LogFormat, LogLevel, configure_logging, fields
+
+if TYPE_CHECKING:
+    from stockade.kube.leader import LeaderElector
+    from stockade.kube.supervision import Supervision
+
+log = logging.getLogger("stockade.kube")
+CONTROLLER_ENVIRONMENT = "STOCKADE_KUBE_CONTROLLER"
+APPROVER_ENVIRONMENT = "STOCKADE_KUBE_APPROVE_CSRS"
 
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: node controller, kubelet CSR approver.")
 
@@ -30,8 +50,8 @@ KubeconfigOption = Annotated[
     Path | None,
     typer.Option(
         "--kubeconfig",
-        envvar="KUBECONFIG",
-        help="kubeconfig file (default: the in-cluster service account)",
+        help="kubeconfig file [default: $KUBECONFIG, else the in-cluster service account]",
+        show_default=False,
     ),
 ]
 OnceOption = Annotated[bool, typer.Option("--once", help="one round, then exit")]
@@ -45,7 +65,8 @@ TokenFileOption = Annotated[
 
 
 def _kube_client(kubeconfig: Path | None) -> Any:
-    """An ``ApiClient`` from ``kubeconfig``, or from the pod's service account."""
+    """An ``ApiClient`` from ``kubeconfig`` (else ``$KUBECONFIG``), or from the pod's service
+    account."""
     try:
         from kubernetes import client
 
@@ -55,6 +76,8 @@ def _kube_client(kubeconfig: Path | None) -> Any:
             "the kubernetes client is not installed: pip install 'stockade[kube]'"
         ) from None
     configuration = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBECONFIG"):
+        kubeconfig = Path(os.environ["KUBECONFIG"])
     try:
         if kubeconfig is not None:
             config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
@@ -65,19 +88,176 @@ def _kube_client(kubeconfig: Path | None) -> Any:
     return client.ApiClient(configuration)
 
 
-def _stop_on_signals() -> threading.Event:
+LeaderElectOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--leader-elect/--no-leader-elect",
+        help="act only while holding a coordination.k8s.io Lease, so that of several replicas "
+        "one acts [default: on, off with --once]",
+        show_default=False,
+    ),
+]
+LeaseNameOption = Annotated[str, typer.Option("--lease-name", help="the Lease's name")]
+LeaseNamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lease-namespace",
+        help="the Lease's namespace [default: the pod's namespace, else stockade-system]",
+        show_default=False,
+    ),
+]
+IdentityOption = Annotated[
+    str | None,
+    typer.Option(
+        "--identity",
+        help="this replica's name in the Lease [default: host name + random suffix]",
+        show_default=False,
+    ),
+]
+LeaseDurationOption = Annotated[
+    float,
+    typer.Option(
+        "--lease-duration",
+        help="seconds a Lease must stay unchanged (by the local clock) before another "
+        "replica may take it",
+    ),
+]
+RenewDeadlineOption = Annotated[
+    float,
+    typer.Option(
+        "--renew-deadline",
+        help="seconds the leader keeps acting without a successful renewal; then it stops",
+    ),
+]
+RetryPeriodOption = Annotated[
+    float, typer.Option("--retry-period", help="seconds between renewals and attempts")
+]
+
+
+def _stop_on_signals(supervision: Supervision) -> threading.Event:
     stop = threading.Event()
+
+    def handler(*_: object) -> None:
+        stop.set()
+        supervision.wake()
+
     for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: stop.set())
+        signal.signal(number, handler)
     return stop
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def _supervision(
+    daemon: str,
+    api_client: Any,
+    *,
+    elect: bool,
+    lease_name: str,
+    lease_namespace: str | None,
+    identity: str | None,
+    lease_duration: float,
+    renew_deadline: float,
+    retry_period: float,
+    stale_after: float,
+) -> Supervision:
+    from kubernetes import client
+
+    from stockade.kube.leader import LeaderElector, LeaseConfig, default_identity, default_namespace
+    from stockade.kube.supervision import ControllerMetrics, Supervision
+    from stockade.probes import Health
+
+    supervision = Supervision(
+        health=Health(stale_after=stale_after), metrics=ControllerMetrics(daemon)
+    )
+    if elect:
+        config = LeaseConfig(
+            name=lease_name,
+            namespace=lease_namespace or default_namespace(),
+            identity=identity or default_identity(),
+            lease_duration=lease_duration,
+            renew_deadline=renew_deadline,
+            retry_period=retry_period,
+        )
+        supervision.elector = LeaderElector(
+            client.CoordinationV1Api(api_client),
+            config,
+            on_change=supervision.leadership_changed,
+        )
+        supervision.leadership_changed(False)
+    return supervision
 
 
-@app.command("controller")
+def _once(supervision: Supervision, round_: Callable[[], None]) -> None:
+    """One round; with an election, only after acquiring the Lease (waiting at most one lease
+    duration), releasing it after."""
+    elector = supervision.elector
+    if elector is None:
+        round_()
+        return
+    deadline = time.monotonic() + elector.config.lease_duration + 2 * elector.config.retry_period
+    while not elector.step():
+        if time.monotonic() > deadline:
+            typer.echo(
+                f"not acting: the lease {supervision.lease} is held by "
+                f"{elector.holder or 'another replica'}",
+                err=True,
+            )
+            raise typer.Exit(1)
+        time.sleep(elector.config.retry_period)
+    try:
+        round_()
+    finally:
+        with supervision.acting:
+            elector.release()
+
+
+@contextlib.contextmanager
+def _daemon(
+    supervision: Supervision, probe_address: str | None, what: str
+) -> Iterator[threading.Event]:
+    """Probes (if asked), the election thread, the stop signals; on leaving, the election
+    releases the Lease once no write is in flight."""
+    from stockade.probes import ProbeServer, parse_address
+
+    address = parse_address(probe_address) if probe_address is not None else None
+    stop = _stop_on_signals(supervision)
+    with contextlib.ExitStack() as stack:
+        if address is not None and supervision.health is not None and supervision.metrics:
+            try:
+                probes = ProbeServer(address, supervision.health, supervision.metrics.registry)
+            except OSError as error:
+                raise InputError(
+                    f"--probe-address {probe_address}: cannot listen: {error.strerror or error}"
+                ) from None
+            stack.callback(probes.stop)
+            probes.start()
+        elector: LeaderElector | None = supervision.elector
+        log.info(
+            f"{what} started",
+            extra=fields(
+                lease=supervision.lease or None,
+                identity=elector.config.identity if elector else None,
+                leader_elect=elector is not None,
+                probes=f"http://{probe_address}" if probe_address else None,
+            ),
+        )
+        if elector is not None:
+            thread = elector.start(stop, supervision.acting)
+            stack.callback(thread.join, 10.0)
+        stack.callback(stop.set)  # runs first: the election stops and releases
+        yield stop
+    log.info(f"{what} stopped", extra=fields(lease=supervision.lease or None))
+
+
+def _stale_after(interval: float) -> float:
+    from stockade.probes import DEFAULT_STALE_AFTER
+
+    return max(DEFAULT_STALE_AFTER, 3 * interval + 30)
+
+
+@app.command("controller", context_settings=daemon_context(CONTROLLER_ENVIRONMENT))
 def controller(
+    config_file: ConfigOption = None,
+    *,
     verifier: VerifierOption,
     ca: CaOption = None,
     token_file: TokenFileOption = None,
@@ -97,33 +277,69 @@ def controller(
         bool, typer.Option("--watch/--no-watch", help="react to Node events between resyncs")
     ] = True,
     once: OnceOption = False,
+    leader_elect: LeaderElectOption = None,
+    lease_name: LeaseNameOption = "stockade-node-controller",
+    lease_namespace: LeaseNamespaceOption = None,
+    identity: IdentityOption = None,
+    lease_duration: LeaseDurationOption = 15.0,
+    renew_deadline: RenewDeadlineOption = 10.0,
+    retry_period: RetryPeriodOption = 2.0,
+    probe_address: ProbeAddressOption = None,
+    log_format: LogFormatOption = LogFormat.TEXT,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Label, taint and annotate every Node from the verifier's view (fail closed). Reading
-    the view needs a reader token."""
+    the view needs a reader token.
+
+    Several replicas elect one leader with a Lease (--leader-elect, on unless --once): only
+    the replica certain it holds the Lease patches Nodes. With --probe-address HOST:PORT:
+    GET /livez (the loop runs), /readyz (the last round reached the verifier and the API
+    server; leader or standby) and /metrics."""
     from kubernetes import client
 
     from stockade.kube.controller import NodeController, VerifierTrustView
     from stockade.verifier_client import VerifierClient
 
+    configure_logging(log_format, log_level)
     if grace < 0 or interval <= 0:
         raise InputError("--grace must be >= 0 and --interval > 0")
     keys = pinned_keys(verifier_key)
-    _logging()
     verifier_client = VerifierClient.from_options(verifier, ca, token_file)
+    api_client = _kube_client(kubeconfig)
+    supervision = _supervision(
+        "controller",
+        api_client,
+        elect=(not once) if leader_elect is None else leader_elect,
+        lease_name=lease_name,
+        lease_namespace=lease_namespace,
+        identity=identity,
+        lease_duration=lease_duration,
+        renew_deadline=renew_deadline,
+        retry_period=retry_period,
+        stale_after=_stale_after(interval),
+    )
     nodes = NodeController(
-        client.CoreV1Api(_kube_client(kubeconfig)),
+        client.CoreV1Api(api_client),
         VerifierTrustView(verifier_client.request, keys),
         grace=timedelta(seconds=grace),
+        supervision=supervision,
     )
     if once:
-        for patch in nodes.sync():
-            print(f"{patch.node}: {'; '.join(patch.changes) or 'updated'} ({patch.reason})")
+
+        def one_round() -> None:
+            for patch in nodes.sync():
+                print(f"{patch.node}: {'; '.join(patch.changes) or 'updated'} ({patch.reason})")
+
+        _once(supervision, one_round)
         return
-    nodes.run(interval, _stop_on_signals(), watch=watch)
+    with _daemon(supervision, probe_address, "node controller") as stop:
+        nodes.run(interval, stop, watch=watch)
 
 
-@app.command("approve-csrs")
+@app.command("approve-csrs", context_settings=daemon_context(APPROVER_ENVIRONMENT))
 def approve_csrs(
+    config_file: ConfigOption = None,
+    *,
     verifier: VerifierOption,
     cluster_ca: Annotated[
         Path,
@@ -140,23 +356,50 @@ def approve_csrs(
         float, typer.Option("--cache-seconds", help="how long one verifier node list is used")
     ] = 1.0,
     once: OnceOption = False,
+    leader_elect: LeaderElectOption = None,
+    lease_name: LeaseNameOption = "stockade-csr-approver",
+    lease_namespace: LeaseNamespaceOption = None,
+    identity: IdentityOption = None,
+    lease_duration: LeaseDurationOption = 15.0,
+    renew_deadline: RenewDeadlineOption = 10.0,
+    retry_period: RetryPeriodOption = 2.0,
+    probe_address: ProbeAddressOption = None,
+    log_format: LogFormatOption = LogFormat.TEXT,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Approve kubelet CSRs of trusted nodes for their TPM-resident keys; deny the rest.
-    Reading the verifier's node list needs a reader token."""
+    Reading the verifier's node list needs a reader token.
+
+    Several replicas elect one leader with a Lease (--leader-elect, on unless --once): only
+    the replica certain it holds the Lease records a decision. With --probe-address
+    HOST:PORT: GET /livez, /readyz (the last round reached the verifier and the API server;
+    leader or standby) and /metrics."""
     from cryptography import x509
     from kubernetes import client
 
     from stockade.kube.csr import CsrApprover
     from stockade.kube.trust import verifier_trust_source
 
+    configure_logging(log_format, log_level)
     try:
         ca_certificate = x509.load_pem_x509_certificate(cluster_ca.read_bytes())
     except (OSError, ValueError) as error:
         raise InputError(f"cannot read the cluster CA '{cluster_ca}': {error}") from None
     if interval <= 0:
         raise InputError("--interval must be > 0")
-    _logging()
     api_client = _kube_client(kubeconfig)
+    supervision = _supervision(
+        "approver",
+        api_client,
+        elect=(not once) if leader_elect is None else leader_elect,
+        lease_name=lease_name,
+        lease_namespace=lease_namespace,
+        identity=identity,
+        lease_duration=lease_duration,
+        renew_deadline=renew_deadline,
+        retry_period=retry_period,
+        stale_after=_stale_after(interval),
+    )
     approver = CsrApprover(
         client.CertificatesV1Api(api_client),
         client.CoreV1Api(api_client),
@@ -164,9 +407,15 @@ def approve_csrs(
             verifier, ca, pinned_keys(verifier_key), ttl=cache_seconds, token_file=token_file
         ),
         ca_certificate,
+        supervision=supervision,
     )
     if once:
-        for name, decision in approver.sync():
-            print(f"{name}: {decision.action} ({decision.message})")
+
+        def one_round() -> None:
+            for name, decision in approver.sync():
+                print(f"{name}: {decision.action} ({decision.message})")
+
+        _once(supervision, one_round)
         return
-    approver.run(interval, _stop_on_signals())
+    with _daemon(supervision, probe_address, "CSR approver") as stop:
+        approver.run(interval, stop)

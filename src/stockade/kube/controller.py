@@ -26,12 +26,16 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from stockade.kube.supervision import Round, Supervision, describe
 from stockade.kube.trust import NodeTrust, TrustUnavailable, decide, parse_fleet
+from stockade.logs import fields
 from stockade.statements import VerifierKeys
 
 log = logging.getLogger(__name__)
@@ -256,7 +260,10 @@ class VerifierTrustView:
             if latest["result_id"] != trust.result_id or not isinstance(latest["ear"], str):
                 return None
         except Exception as error:  # leave the annotation as it is; next round retries
-            log.warning("cannot fetch the latest result of %s: %s", trust.name, error)
+            log.warning(
+                "cannot fetch the latest result",
+                extra=fields(node=trust.name, action="fetch-result", reason=describe(error)),
+            )
             return None
         self._ears[trust.result_id or ""] = latest["ear"]
         return str(latest["ear"])
@@ -267,8 +274,19 @@ def _status(error: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def node_state(view: TrustView, name: str, now: datetime) -> str:
+    """``trusted``, or the taint value saying why not (the metric's ``state`` label)."""
+    trusted, _reason = decide(view, name, now)
+    return "trusted" if trusted else _code(view, name, now)
+
+
 class NodeController:
-    """Applies :func:`reconcile` to the cluster through ``kubernetes.client.CoreV1Api``."""
+    """Applies :func:`reconcile` to the cluster through ``kubernetes.client.CoreV1Api``.
+
+    Every patch is made only if ``supervision.may_act()`` says so right before it (with
+    leader election: only while this replica is certain it leads); a replica that may not
+    act still reads the verifier and the Nodes each round, so its readiness says whether it
+    could take over."""
 
     def __init__(
         self,
@@ -277,25 +295,47 @@ class NodeController:
         *,
         grace: timedelta = DEFAULT_GRACE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        supervision: Supervision | None = None,
     ) -> None:
         self._api = core_api
         self._view = view
         self._grace = grace
         self._clock = clock
+        self._supervision = supervision or Supervision()
+        self.last_round = Round()
 
     def _node(self, obj: Any) -> KubeNode:
         return KubeNode.from_api(self._api.api_client.sanitize_for_serialization(obj))
 
     def sync(self) -> list[NodePatch]:
         """One full round: list Nodes, ask the verifier, patch what differs. Returns the
-        patches applied."""
+        patches applied (none by a replica that may not act). ``last_round`` says what the
+        round reached."""
         view = self._view()
-        listed = self._api.list_node()
+        outcome = Round(
+            verifier_error=(view.error or "unavailable") if view.nodes is None else None
+        )
+        self.last_round = outcome
+        try:
+            listed = self._api.list_node()
+        except Exception as error:
+            outcome.api_error = describe(error)
+            raise
+        nodes = [self._node(item) for item in listed.items]
+        metrics = self._supervision.metrics
+        if metrics is not None:
+            now = self._clock()
+            metrics.node_states(Counter(node_state(view, node.name, now) for node in nodes))
         applied: list[NodePatch] = []
-        for item in listed.items:
-            patch = self._apply(self._node(item), view)
+        for node in nodes:
+            try:
+                patch = self._apply(node, view)
+            except Exception as error:
+                outcome.api_error = describe(error)
+                raise
             if patch is not None:
                 applied.append(patch)
+        outcome.actions = len(applied)
         return applied
 
     def _apply(self, node: KubeNode, view: TrustView, attempts: int = 3) -> NodePatch | None:
@@ -303,18 +343,35 @@ class NodeController:
             patch = reconcile_node(node, view, self._clock(), self._grace)
             if patch is None:
                 return None
-            try:
-                self._api.patch_node(node.name, patch.body)
-            except Exception as error:
-                if _status(error) == 409:  # changed meanwhile: recompute from the new one
-                    node = self._node(self._api.read_node(node.name))
-                    continue
-                if _status(error) == 404:
+            with self._supervision.acting:
+                if not self._supervision.may_act():  # a standby, or no longer certain: no write
                     return None
-                raise
-            log.info("node %s: %s (%s)", node.name, "; ".join(patch.changes), patch.reason)
+                try:
+                    self._api.patch_node(node.name, patch.body)
+                except Exception as error:
+                    if _status(error) == 409:  # changed meanwhile: recompute from the new one
+                        node = self._node(self._api.read_node(node.name))
+                        continue
+                    if _status(error) == 404:
+                        return None
+                    raise
+            if self._supervision.metrics is not None and self._supervision.metrics.patches:
+                self._supervision.metrics.patches.inc()
+            log.info(
+                "node patched",
+                extra=fields(
+                    node=node.name,
+                    action="patch",
+                    trusted=patch.trusted,
+                    changes="; ".join(patch.changes) or "updated",
+                    reason=patch.reason,
+                ),
+            )
             return patch
-        log.warning("node %s kept changing; retrying next round", node.name)
+        log.warning(
+            "node kept changing; retrying next round",
+            extra=fields(node=node.name, action="retry", reason="409 conflicts"),
+        )
         return None
 
     def run(
@@ -324,17 +381,25 @@ class NodeController:
         watch: bool = True,
     ) -> None:
         """Resync every ``interval`` seconds (trust changes without Node events; grace timers
-        expire) and, with ``watch``, react to Node events in between."""
+        expire) and, with ``watch``, react to Node events in between (only while it may act:
+        a standby just waits, and starts a round at once when it becomes the leader)."""
         stop = stop or threading.Event()
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 self.sync()
-            except Exception as error:  # the API server may be down: log and retry
-                log.warning("node controller round failed: %s", error)
-            if watch:
+            except Exception as error:  # the API server may be down: one line, retry
+                log.warning(
+                    "node controller round failed",
+                    extra=fields(action="sync", reason=describe(error)),
+                )
+            self._supervision.finished(self.last_round, time.monotonic() - started)
+            if stop.is_set():
+                break
+            if watch and self._supervision.may_act():
                 self._watch(interval, stop)
             else:
-                stop.wait(interval)
+                self._supervision.wait(stop, interval)
 
     def _watch(self, interval: float, stop: threading.Event) -> None:
         # The client's watch module is untyped: reach it through Any.
@@ -343,12 +408,12 @@ class NodeController:
         try:
             view = self._view()
             for event in watcher.stream(self._api.list_node, timeout_seconds=max(1, int(interval))):
-                if stop.is_set():
+                if stop.is_set() or not self._supervision.may_act():
                     break
                 if event.get("type") in ("ADDED", "MODIFIED"):
                     self._apply(self._node(event["object"]), view)
         except Exception as error:
-            log.warning("node watch ended: %s", error)
+            log.warning("node watch ended", extra=fields(action="watch", reason=describe(error)))
             stop.wait(min(interval, 5.0))
         finally:
             watcher.stop()

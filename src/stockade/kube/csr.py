@@ -33,6 +33,7 @@ import binascii
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,7 +45,9 @@ from cryptography.x509.oid import NameOID
 
 from stockade.cluster.ca import KUBE_NODES_GROUP, NodeCertificateRejected, verify_node_certificate
 from stockade.cluster.names import KUBE_NODE_PREFIX, InvalidNodeName, validate_node_name
+from stockade.kube.supervision import Round, Supervision, describe
 from stockade.kube.trust import TrustSource, TrustUnavailable, refusal
+from stockade.logs import fields
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +316,11 @@ def _condition(decision: CsrDecision, now: datetime) -> dict[str, Any]:
 
 class CsrApprover:
     """Decides pending kubelet CSRs through ``CertificatesV1Api`` (and reads Nodes' addresses
-    through ``CoreV1Api`` for serving certificates)."""
+    through ``CoreV1Api`` for serving certificates).
+
+    A decision is recorded only if ``supervision.may_act()`` says so right before the write
+    (with leader election: only while this replica is certain it leads); a replica that may
+    not act still asks the verifier and lists CSRs each round (its readiness)."""
 
     def __init__(
         self,
@@ -323,12 +330,15 @@ class CsrApprover:
         cluster_ca: x509.Certificate,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        supervision: Supervision | None = None,
     ) -> None:
         self._certificates = certificates_api
         self._core = core_api
         self._trust = trust
         self._ca = cluster_ca
         self._clock = clock
+        self._supervision = supervision or Supervision()
+        self.last_round = Round()
 
     def _json(self, obj: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._certificates.api_client.sanitize_for_serialization(obj)
@@ -345,17 +355,30 @@ class CsrApprover:
         return {str(a.address) for a in addresses}
 
     def sync(self) -> list[tuple[str, CsrDecision]]:
-        """One round over every CSR; returns the decisions made (approve/deny/wait)."""
+        """One round over every CSR; returns the decisions made (approve/deny recorded by this
+        replica, and wait). ``last_round`` says what the round reached."""
+        outcome = Round()
+        self.last_round = outcome
+        try:
+            self._trust.snapshot()  # reachability, for readiness (a cached source: no extra ask)
+        except TrustUnavailable as error:
+            outcome.verifier_error = str(error) or "unavailable"
         made: list[tuple[str, CsrDecision]] = []
-        for item in self._certificates.list_certificate_signing_request().items:
-            name, decision = self.process(item)
-            if decision is not None:
-                made.append((name, decision))
+        try:
+            for item in self._certificates.list_certificate_signing_request().items:
+                name, decision = self.process(item)
+                if decision is not None:
+                    made.append((name, decision))
+        except Exception as error:
+            outcome.api_error = describe(error)
+            raise
+        outcome.actions = sum(1 for _, decision in made if decision.action != "wait")
         return made
 
     def process(self, item: Any) -> tuple[str, CsrDecision | None]:
         """Decide one CSR (a client model or its JSON) and record the decision; None when it
-        was left alone (another signer, already decided, or decided by someone else first)."""
+        was left alone (another signer, already decided, decided by someone else first, or
+        this replica may not act)."""
         obj = self._json(item)
         name = str(obj["metadata"]["name"])
         decision = self.decide(CsrRequest.from_api(obj))
@@ -363,14 +386,25 @@ class CsrApprover:
             return name, None
         if decision.action in ("approve", "deny") and not self._record(obj, decision):
             return name, None
-        log.info("CSR %s (%s): %s: %s", name, decision.node, decision.action, decision.message)
+        if decision.action == "wait" and not self._supervision.may_act():
+            return name, decision
+        metrics = self._supervision.metrics
+        if metrics is not None and metrics.decisions is not None:
+            metrics.decisions.labels(action=decision.action).inc()
+        log.info(
+            "CSR decided" if decision.action != "wait" else "CSR left pending",
+            extra=fields(
+                csr=name, node=decision.node, action=decision.action, reason=decision.message
+            ),
+        )
         return name, decision
 
     def decide(self, csr: CsrRequest) -> CsrDecision:
         return decide_csr(csr, self._trust, self._ca, self._clock(), self.node_addresses)
 
     def _record(self, obj: dict[str, Any], decision: CsrDecision) -> bool:
-        """PUT the condition on /approval; False if someone decided first (idempotent)."""
+        """PUT the condition on /approval; False if someone decided first (idempotent) or
+        this replica may not act."""
         name = str(obj["metadata"]["name"])
         for _ in range(3):
             status = obj.setdefault("status", {})
@@ -378,20 +412,27 @@ class CsrApprover:
             if any(c.get("type") in ("Approved", "Denied") for c in conditions):
                 return False
             status["conditions"] = [*conditions, _condition(decision, self._clock())]
-            try:
-                self._certificates.replace_certificate_signing_request_approval(name, obj)
-                return True
-            except Exception as error:
-                if getattr(error, "status", None) != 409:
-                    raise
-                obj = self._json(self._certificates.read_certificate_signing_request(name))
+            with self._supervision.acting:
+                if not self._supervision.may_act():  # a standby, or no longer certain
+                    return False
+                try:
+                    self._certificates.replace_certificate_signing_request_approval(name, obj)
+                    return True
+                except Exception as error:
+                    if getattr(error, "status", None) != 409:
+                        raise
+            obj = self._json(self._certificates.read_certificate_signing_request(name))
         return False
 
     def run(self, interval: float = 5.0, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 self.sync()
-            except Exception as error:
-                log.warning("CSR approver round failed: %s", error)
-            stop.wait(interval)
+            except Exception as error:  # the API server may be down: one line, retry
+                log.warning(
+                    "CSR approver round failed", extra=fields(action="sync", reason=describe(error))
+                )
+            self._supervision.finished(self.last_round, time.monotonic() - started)
+            self._supervision.wait(stop, interval)
