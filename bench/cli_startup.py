@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from bench.timing import Row
+from stockade.cli.contexts import Config, Context, save_config
+from stockade.cli.contexts import with_context as add_context
 
 STOCKADE = str(Path(sys.executable).with_name("stockade"))
 REFUSED = "https://127.0.0.1:1"
@@ -113,9 +115,8 @@ def measure(rounds: int) -> dict[str, float]:
         folder = Path(work)
         key, log_key, ca = _keys(folder)
         context = folder / "config.yaml"
-        context.write_text(
-            f"current-context: bench\ncontexts:\n  bench:\n    verifier: {REFUSED}\n"
-        )
+        # As `stockade config set-context` writes it (JSON, read without PyYAML).
+        save_config(context, add_context(Config(), Context("bench", REFUSED)))
         # Bytecode cached, as in an installed package, but in a directory of its own: the
         # source tree is left alone whatever $PYTHONDONTWRITEBYTECODE says.
         plain = {

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import httpx
 
 DEFAULT_TIMEOUT = 10.0
+# An event stream idle for this long is dead (the verifier sends a keepalive every 15 s).
+STREAM_READ_TIMEOUT = 45.0
 VERIFIER_ENV = "STOCKADE_VERIFIER"
 CA_ENV = "STOCKADE_CA"
 OPERATOR_TOKEN_ENV = "STOCKADE_OPERATOR_TOKEN"
@@ -663,7 +665,9 @@ class VerifierClient:
                 "/v1/events",
                 headers=headers,
                 params={"follow": "true" if follow else "false"},
-                timeout=httpx.Timeout(10.0, read=None),
+                # The verifier sends a keepalive comment every 15 s on an idle stream: three
+                # missed mean the connection died silently; the caller reconnects.
+                timeout=httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT),
             ) as response:
                 if response.status_code >= 400:
                     response.read()

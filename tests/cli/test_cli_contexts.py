@@ -137,7 +137,7 @@ def test_an_empty_file_is_no_contexts(tmp_path: Path):
     path.write_text("")
     assert load_config(path) == Config()
     assert load_config(tmp_path / "absent.yaml") is None
-    assert render_config(Config()).endswith("contexts: {}\n")
+    assert json.loads(render_config(Config())) == {"current-context": None, "contexts": {}}
 
 
 def test_where_the_file_lives():
@@ -260,3 +260,33 @@ def test_the_verifier_key_comes_from_the_context(tmp_path: Path, env: dict[str, 
     keyed = run_stockade("results", "show", "node-a", env=env)
     message = one_error_line(keyed, 2)
     assert "no verifier key pinned" not in message  # the context's key was read
+
+
+def test_a_file_edited_as_yaml_reads_like_the_written_one(tmp_path: Path):
+    written = tmp_path / "written.yaml"
+    save_config(written, CONFIG)
+    edited = tmp_path / "edited.yaml"
+    lines = ["# edited by hand", f"current-context: {CONFIG.current}", "contexts:"]
+    for name, context in CONFIG.contexts.items():
+        lines.append(f"  {name}:")
+        lines.append(f"    verifier: {context.verifier}")
+        for key, value in (
+            ("ca", context.ca),
+            ("token-file", context.token_file),
+            ("verifier-key", context.verifier_key),
+        ):
+            if value is not None:
+                lines.append(f"    {key}: {value}")
+    edited.write_text("\n".join(lines) + "\n")
+    assert load_config(edited) == load_config(written) == CONFIG
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"current-context": null, "contexts": {}, "contexts": {}}', '{"contexts": {"a": NaN}}'],
+)
+def test_the_json_form_is_read_strictly(tmp_path: Path, text: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match="contexts file"):
+        load_config(path)

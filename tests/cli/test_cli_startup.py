@@ -77,10 +77,9 @@ def test_the_cli_starts_without_the_heavy_stacks(argv):
     assert loaded == [], f"`stockade {' '.join(argv)}` imported {loaded}"
 
 
-# Loaded on purpose before the request: the pinned verifier (or log) key is read first (an
-# unreadable key fails before the verifier is asked; the answer is checked with it next),
-# and the contexts file is YAML.
-KEY_FIRST = ("cryptography",)
+# Loaded on purpose before the request: a contexts file edited by hand as YAML (one written
+# by `stockade config` is JSON). Pinned keys are read before the request (an unreadable one
+# stops the command first) but parsed after it, so no read command loads cryptography first.
 CONTEXTS_FILE = ("yaml",)
 
 
@@ -89,13 +88,14 @@ CONTEXTS_FILE = ("yaml",)
     [
         (["nodes", "list", "--verifier", REFUSED], ()),
         (["nodes", "show", "node-a", "--verifier", REFUSED, "--format", "json"], ()),
-        (["results", "show", "node-a", "--verifier", REFUSED, "--verifier-key", "KEY"], KEY_FIRST),
-        (["log", "checkpoint", "--verifier", REFUSED, "--key", "LOGKEY"], KEY_FIRST),
+        (["results", "show", "node-a", "--verifier", REFUSED, "--verifier-key", "KEY"], ()),
+        (["log", "checkpoint", "--verifier", REFUSED, "--key", "LOGKEY"], ()),
         (["policy", "list", "--verifier", REFUSED], ()),
         (["policy", "show", "p", "--verifier", REFUSED], ()),
         (["secrets", "list", "--verifier", REFUSED], ()),
-        (["audit", "executions", "--verifier", REFUSED, "--verifier-key", "KEY"], KEY_FIRST),
+        (["audit", "executions", "--verifier", REFUSED, "--verifier-key", "KEY"], ()),
         (["nodes", "list", "--context", "c"], CONTEXTS_FILE),
+        (["nodes", "list", "--context", "written"], ()),
     ],
 )
 def test_a_read_command_sends_its_request_without_the_heavy_stacks(
@@ -104,6 +104,7 @@ def test_a_read_command_sends_its_request_without_the_heavy_stacks(
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from stockade.cli.contexts import Config, Context, save_config, with_context
     from stockade.translog.checkpoint import NoteSigner
 
     key = tmp_path / "verifier-key.pub.pem"
@@ -118,9 +119,23 @@ def test_a_read_command_sends_its_request_without_the_heavy_stacks(
     if argv[-2:] == ["--context", "c"]:
         config.write_text(f"contexts:\n  c:\n    verifier: {REFUSED}\n")
         argv = ["--context", "c", *argv[:-2]]
+    if argv[-2:] == ["--context", "written"]:
+        save_config(config, with_context(Config(), Context("written", REFUSED)))
+        argv = ["--context", "written", *argv[:-2]]
     replace = {"KEY": str(key), "LOGKEY": NoteSigner.generate("log.example").verifier.key_string()}
     argv = [replace.get(part, part) for part in argv]
     heavy = tuple(name for name in READ_HEAVY if name not in allowed)
     loaded, stderr = _loaded_and_stderr(argv, heavy, env)
     assert "127.0.0.1:1 unreachable" in stderr, stderr  # it got as far as its request
     assert loaded == [], f"`stockade {' '.join(argv)}` imported {loaded} before its request"
+
+
+@pytest.mark.parametrize("command", [["results", "show", "node-a"], ["audit", "executions"]])
+def test_an_unreadable_pinned_key_stops_the_command_before_its_request(
+    command: list[str], tmp_path: Path
+):
+    env = {**os.environ, "STOCKADE_CONFIG": str(tmp_path / "absent.yaml")}
+    argv = [*command, "--verifier", REFUSED, "--verifier-key", str(tmp_path / "missing.pem")]
+    _, stderr = _loaded_and_stderr(argv, (), env)
+    assert "cannot read the verifier key file" in stderr, stderr
+    assert "unreachable" not in stderr  # it never got as far as the verifier

@@ -16,7 +16,7 @@ from stockade.cli.options import (
     VerifierKeyOption,
     VerifierOption,
     client,
-    pinned_keys,
+    pinned_key_file,
 )
 from stockade.errors import VerificationFailed
 
@@ -63,9 +63,10 @@ def executions(
     result's EAR names the node, boot, AK and quote; the AK signed the quoted PCRs; PCR 13
     replays from the boot's execution log; the record is in that log. Exit 1 if any does
     not hold. Needs a reader token."""
-    keys = pinned_keys(verifier_key, verifier)
+    key_file = pinned_key_file(verifier_key, verifier)
     with client(verifier, ca, token_file) as api:
         entries = api.executions(node=node, since=since, image=image)
+    keys = key_file.keys()
     failures = {index: _check(entry, keys) for index, entry in enumerate(entries)}
     failed = {index: why for index, why in failures.items() if why}
     if output is OutputFormat.JSON:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,18 +33,11 @@ from stockade.cli.options import (
 )
 from stockade.errors import InputError, StockadeError
 from stockade.strict_json import loads_strict, read_base64
-from stockade.translog.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
-from stockade.translog.errors import MalformedKey
-from stockade.translog.monitor import (
-    Alert,
-    MonitorState,
-    Observation,
-    SourceUnavailable,
-    Watch,
-    Withheld,
-    observe,
-)
-from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
+from stockade.translog.errors import MalformedKey, SourceUnavailable
+
+if TYPE_CHECKING:
+    from stockade.translog.checkpoint import Checkpoint, NoteVerifier
+    from stockade.translog.monitor import MonitorState, Observation
 
 app = typer.Typer(
     no_args_is_help=True, help="The verifier's transparency log: checkpoints, receipts, monitor."
@@ -71,6 +64,8 @@ _b64 = partial(read_base64, error=InputError)
 
 def parse_key(value: str) -> NoteVerifier:
     """A key string, or a file holding one."""
+    from stockade.translog.checkpoint import NoteVerifier
+
     path = Path(value)
     if "+" not in value or path.is_file():
         value = read_file(path, "log key").decode("utf-8", "replace")
@@ -147,6 +142,8 @@ def _answering() -> Iterator[None]:
 
 
 def _trusted_key(key: str | None, pin: Path | None, source: HttpLogSource) -> NoteVerifier:
+    from stockade.translog.checkpoint import NoteVerifier
+
     if key is not None:
         return parse_key(key)
     if pin is None:
@@ -185,10 +182,16 @@ def checkpoint_command(
 ) -> None:
     """Fetch the log's current checkpoint and verify its signature. Exit 1 when it does
     not verify."""
+    if key is None and pin is None:
+        raise InputError("no log key: pass --key (a key string or file) or --pin FILE")
     with client(verifier, ca) as api:
         source = HttpLogSource(api)
-        trusted = _trusted_key(key, pin, source)
         note = source.checkpoint()
+        trusted = _trusted_key(key, pin, source)
+    # Imported once the checkpoint is here: a command that cannot reach the verifier does
+    # not load the cryptography stack first.
+    from stockade.translog.checkpoint import open_checkpoint
+
     head, _ = open_checkpoint(note, [trusted], required=[trusted.name], origin=trusted.name)
     if out is not None:
         out.write_bytes(note)
@@ -225,6 +228,8 @@ def verify_command(
     """Offline: check that the log signed by KEY holds the receipt's entry (and, for an
     evidence response, that the entry is that result's). Exit 0 verified, 1 not, 2
     unreadable input."""
+    from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
+
     if key is None:
         raise InputError("no log key: pass --key (a key string or a file)")
     trusted = parse_key(key)
@@ -265,6 +270,8 @@ def verified_text(verified: Any, key_name: str) -> str:
 
 
 def _load_state(path: Path | None, key: NoteVerifier) -> MonitorState | None:
+    from stockade.translog.monitor import MonitorState
+
     if path is None or not path.exists():
         return None
     return MonitorState.from_json(_read_json(path, "monitor state"), key, key.name)
@@ -354,6 +361,7 @@ def monitor_command(
     does not serve its proof (--proof-retries attempts in a row, also with --once) or that
     stops growing (--max-age) is an ALERT too. Checkpoints and proofs are public; fetching
     the entries (``--entries``, the default) needs a reader token."""
+    from stockade.translog.monitor import Alert, Watch, Withheld, observe
 
     with client(verifier, ca, token_file) as api:
         source = HttpLogSource(api)

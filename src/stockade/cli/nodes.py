@@ -19,7 +19,7 @@ from stockade.cli.options import (
     VerifierKeyOption,
     VerifierOption,
     client,
-    pinned_keys,
+    pinned_key_file,
 )
 
 if TYPE_CHECKING:
@@ -285,13 +285,15 @@ def status(
     token."""
     from datetime import UTC, datetime
 
-    from stockade.cluster.status import verify_status
     from stockade.errors import VerificationFailed
 
-    keys = pinned_keys(verifier_key, verifier)
+    key_file = pinned_key_file(verifier_key, verifier)
     with client(verifier, ca, token_file) as api:
         asked = node if _is_node_id(node) else api.resolve(node)
         answer = api.request("GET", f"/v1/nodes/{asked}/status")
+    from stockade.cluster.status import verify_status
+
+    keys = key_file.keys()
     # Bound to the node asked for (its id, and its name when asked by name): a statement
     # about any other node does not verify.
     checked = verify_status(str(answer.get("statement")), keys, asked, datetime.now(UTC))

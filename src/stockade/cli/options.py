@@ -3,6 +3,7 @@ an operator reaches the verifier (URL, TLS CA, token, the pinned verifier key)."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -114,12 +115,29 @@ def connection(
     )
 
 
-def pinned_keys(path: Path | None, verifier: str | None = None) -> VerifierKeys:
-    """The relying party's pinned verifier keys (``--verifier-key``, else the context's for
-    ``verifier``). Keys fetched from the verifier on the call being checked prove nothing,
-    so there is no other default."""
+MAX_PINNED_KEY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PinnedKeyFile:
+    """The pinned verifier key file, read before the request (an unreadable or missing one
+    stops the command before it calls anyone) and parsed after it, when its keys are used:
+    a read command does not load the cryptography stack before its request."""
+
+    path: Path
+    data: bytes
+
+    def keys(self) -> VerifierKeys:
+        from stockade.statements import VerifierKeys
+
+        return VerifierKeys.parse(self.data, f"verifier key file {self.path}")
+
+
+def pinned_key_file(path: Path | None, verifier: str | None = None) -> PinnedKeyFile:
+    """The relying party's pinned verifier key file (``--verifier-key``, else the context's
+    for ``verifier``). Keys fetched from the verifier on the call being checked prove
+    nothing, so there is no other default."""
     from stockade.errors import InputError
-    from stockade.statements import VerifierKeys
 
     if path is None:
         path = connection(verifier, key=True).verifier_key
@@ -130,7 +148,17 @@ def pinned_keys(path: Path | None, verifier: str | None = None) -> VerifierKeys:
             "(stockade config set-context NAME --verifier-key FILE); a key fetched from the "
             "answer being checked would prove nothing"
         )
-    return VerifierKeys.load(path)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PINNED_KEY_BYTES + 1)
+    except OSError as error:
+        raise InputError(f"cannot read the verifier key file {path}: {error}") from None
+    return PinnedKeyFile(path, data)
+
+
+def pinned_keys(path: Path | None, verifier: str | None = None) -> VerifierKeys:
+    """:func:`pinned_key_file`, parsed now."""
+    return pinned_key_file(path, verifier).keys()
 
 
 def client(verifier: str | None, ca: Path | None, token_file: Path | None = None) -> VerifierClient:

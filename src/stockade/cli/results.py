@@ -18,7 +18,7 @@ from stockade.cli.options import (
     VerifierKeyOption,
     VerifierOption,
     client,
-    pinned_keys,
+    pinned_key_file,
 )
 from stockade.errors import VerificationFailed
 
@@ -82,10 +82,10 @@ def show(
     """The node's latest results: status, trust vector, policy, deadline and every reason,
     all read from the EAR once it verifies under the pinned verifier key and names this
     node. Exit 1 if any result does not verify. Needs a reader token."""
-    keys = pinned_keys(verifier_key, verifier)
+    key_file = pinned_key_file(verifier_key, verifier)
     with client(verifier, ca, token_file) as api:
         results = api.results(node, limit)
-    checked = check_results(results, node, keys)
+    checked = check_results(results, node, key_file.keys())
     if output is OutputFormat.JSON:
         emit_json({"node": node, "results": checked})
     else:

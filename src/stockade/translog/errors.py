@@ -84,3 +84,9 @@ class LogCorrupted(TranslogError):
     bookkeeping row is absent. Never a client's fault."""
 
     exit_code = 1
+
+
+class SourceUnavailable(Exception):
+    """A log source did not answer (unreachable, refused, malformed): a
+    ``stockade.translog.monitor.LogSource`` raises it, or a subclass, for anything that is not
+    an answer."""

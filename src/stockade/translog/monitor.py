@@ -31,6 +31,7 @@ from stockade.translog.errors import (
     MalformedNote,
     NoteRejected,
     ProofError,
+    SourceUnavailable,
     TranslogError,
 )
 from stockade.translog.merkle import (
@@ -54,11 +55,6 @@ class Alert(TranslogError, VerificationFailed):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
-
-
-class SourceUnavailable(Exception):
-    """The source did not answer (unreachable, refused, malformed): a ``LogSource`` raises
-    it, or a subclass, for anything that is not an answer."""
 
 
 class Withheld(Exception):
