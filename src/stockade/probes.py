@@ -17,6 +17,7 @@ kubelet and Prometheus.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -77,7 +78,8 @@ class ProbeServer:
         self, address: tuple[str, int], health: Health, registry: CollectorRegistry
     ) -> None:
         handler = type("Handler", (_Handler,), {"health": health, "registry": registry})
-        self._server = ThreadingHTTPServer(address, handler)
+        server_class = _ServerV6 if ":" in address[0] else ThreadingHTTPServer
+        self._server = server_class(address, handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="probes", daemon=True
@@ -95,6 +97,12 @@ class ProbeServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class _ServerV6(ThreadingHTTPServer):
+    """The listener on an IPv6 address (a pod IP on an IPv6 or dual-stack cluster)."""
+
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -89,7 +89,7 @@ def test_affirmed_agent_holds_a_tpm_bound_certificate_and_the_secret_on_tmpfs(
     assert mode(pki / "node-key.pem") == 0o600
     serials = [line.split("serial=")[1].split()[0] for line in lines if "serial=" in line]
     assert len(serials) == 2 and serials[0] != serials[1], lines
-    reports = [line for line in lines if " attestation " in line]
+    reports = [line for line in lines if line.startswith("attestation ")]
     assert f"result={result_id}" in reports[-1], reports  # issued on the latest result
 
     # The secret: exactly the bytes, 0600, on the tmpfs; what stays on disk is sealed.
@@ -174,7 +174,7 @@ def test_contraindicated_result_withdraws_secrets_and_stops_renewal(
         cluster, tpm, log, state, "tampered-1", secrets=("api-key",), secrets_dir=shm_dir
     )
     again.run(max_attestations=1)
-    (report,) = [line for line in after if " attestation " in line]
+    (report,) = [line for line in after if line.startswith("attestation ")]
     assert "status=contraindicated" in report and "PCR" in report, report
     assert "secret api-key: withdrawn (node not affirmed)" in after, after
     assert not (shm_dir / "api-key").exists()

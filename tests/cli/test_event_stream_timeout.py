@@ -15,10 +15,7 @@ import stockade.verifier_client as verifier_client
 from stockade.verifier.events import KEEPALIVE_SECONDS
 from stockade.verifier_client import VerifierClient, VerifierUnavailable
 
-HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-    b"transfer-encoding: chunked\r\n\r\n"
-)
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
 def _silent_server() -> tuple[socket.socket, threading.Event]:
@@ -49,10 +46,12 @@ def test_a_silent_stream_ends_in_a_typed_error(monkeypatch: pytest.MonkeyPatch):
     received = []
     started = time.monotonic()
     try:
-        with VerifierClient(f"http://127.0.0.1:{port}") as client:
-            with pytest.raises(VerifierUnavailable):
-                for event in client.stream_events(follow=True):
-                    received.append(event)
+        with (
+            VerifierClient(f"http://127.0.0.1:{port}") as client,
+            pytest.raises(VerifierUnavailable),
+        ):
+            for event in client.stream_events(follow=True):
+                received.append(event)
     finally:
         done.set()
         listener.close()

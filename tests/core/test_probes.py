@@ -111,3 +111,14 @@ def test_addresses_parse(text, expected):
 def test_bad_addresses_are_input_errors(text):
     with pytest.raises(InputError, match="HOST:PORT"):
         parse_address(text)
+
+
+def test_an_ipv6_address_is_served():
+    server = ProbeServer(("::1", 0), Health(), CollectorRegistry()).start()
+    try:
+        connection = http.client.HTTPConnection("::1", server.port, timeout=5)
+        connection.request("GET", "/livez")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        server.stop()

@@ -361,11 +361,16 @@ def test_servers_have_probes_on_their_health_endpoints():
     assert verifier["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert verifier["livenessProbe"]["httpGet"]["path"] == "/livez"
     webhook = container(documents, "Deployment", "stockade-webhook")
-    assert webhook["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    # /healthz fails while the verifier is unreachable: never a liveness check.
-    assert "httpGet" not in webhook["livenessProbe"]
-    assert webhook["livenessProbe"]["tcpSocket"]["port"] == "https"
-    for each in (verifier, webhook):
+    assert webhook["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert webhook["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # /readyz fails while the verifier is unreachable: the liveness check is /livez.
+    assert webhook["livenessProbe"]["httpGet"]["path"] == "/livez"
+    agent = container(documents, "DaemonSet", "stockade-agent")
+    assert agent["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert agent["livenessProbe"]["httpGet"]["path"] == "/livez"
+    (address,) = option(agent["args"], "--probe-address")
+    assert address.endswith(f":{agent['ports'][0]['containerPort']}")
+    for each in (verifier, webhook, agent):
         for probe in ("readinessProbe", "livenessProbe"):
             port = each[probe].get("httpGet", each[probe].get("tcpSocket"))["port"]
             assert port in {p["name"] for p in each["ports"]}
@@ -377,4 +382,5 @@ def test_the_probed_paths_are_served():
 
     assert '@app.get("/readyz"' in Path(app.__file__).read_text()
     assert '@app.get("/livez"' in Path(app.__file__).read_text()
-    assert '@app.get("/healthz")' in Path(server.__file__).read_text()
+    for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+        assert f'@app.get("{path}")' in Path(server.__file__).read_text(), path

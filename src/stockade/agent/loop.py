@@ -1,7 +1,10 @@
 """The agent: enroll once, then attest every interval (with jitter) until stopped.
 
-Each attestation is one line on the log: status, node state, deadline and every
-reason. A verifier that is down or answers 5xx is retried with capped
+Each attestation is one record on the ``stockade.agent`` logger (``stockade.logs``: text or
+one JSON object a line): the node id and name, the result id, status, node state, deadline
+and every reason. Every retry is one warning with the error's one-line message, its kind and
+the delay, never a traceback: an unreachable verifier, a TLS error, a 4xx or 5xx answer and a
+busy TPM are expected. A verifier that is down or answers 5xx is retried with capped
 exponential backoff with full jitter (``agent/backoff.py``: a fleet that lost the verifier
 together does not come back in lockstep); the AK and node id live in the state directory, so a
 restarted agent attests again at once without enrolling.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import threading
 import time
@@ -34,15 +38,18 @@ from stockade.agent.client import (
     b64,
 )
 from stockade.agent.membership import Membership, ReleaseRefused
+from stockade.agent.metrics import BEAT_SECONDS, AgentTelemetry
 from stockade.agent.oci_hook import HookSettings, serving_hook_requests
 from stockade.agent.secret_socket import serving_secrets
 from stockade.agent.source import NodeSource
 from stockade.agent.state import AgentState, Enrolled
-from stockade.errors import StockadeError
+from stockade.errors import StockadeError, TpmUnavailable
 from stockade.evidence.credential import CredentialBlob
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.templates import KeyKind
+from stockade.logs import fields
 from stockade.statements import VerifierKeys
+from stockade.verifier_client import VerifierUntrusted
 
 if TYPE_CHECKING:
     from stockade.agent.execution_log import ExecutionLog, TornTail
@@ -101,15 +108,54 @@ def _timestamp(text: object) -> float | None:
         return None
 
 
-def _print_line(line: str) -> None:
-    print(line, flush=True)
+_log = logging.getLogger("stockade.agent")
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a TLS or HTTP library's may span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def error_kind(error: BaseException) -> str:
+    """The ``kind`` of a failed round: a label of ``stockade_agent_errors_total`` and a field
+    of its log record (a few fixed words, never a message)."""
+    if isinstance(error, VerifierUntrusted):
+        return "tls"
+    if isinstance(error, VerifierUnavailable):
+        return "unreachable" if " answered " not in str(error) else "server-error"
+    if isinstance(error, VerifierRefused):
+        if error.status == 429:
+            return "rate-limited"
+        if error.code == "pending":
+            return "pending"
+        if error.status in _REENROLL_STATUSES or error.code in _REENROLL_CODES:
+            return "unknown-node"
+        if error.code == "revoked":
+            return "revoked"
+        return "refused"
+    if isinstance(error, TpmUnavailable) or type(error).__module__.startswith("stockade.tpm"):
+        return "tpm"
+    return "error"
+
+
+def _shown(value: object) -> str:
+    """A field as the ``log=`` callback's line shows it (``key=value``, quoted if need be)."""
+    if isinstance(value, str):
+        return json.dumps(value) if (not value or any(c in value for c in ' ="')) else value
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 @dataclass
 class Agent:
     config: AgentConfig
     stop: threading.Event = field(default_factory=threading.Event)
-    log: Callable[[str], None] = _print_line
+    # Where the agent's lines go: None, the ``stockade.agent`` logger (what `stockade agent run`
+    # configures with --log-format); a callable takes each line instead (the message and its
+    # fields as key=value): tests read them, `stockade join` silences the agent with it.
+    log: Callable[[str], None] | None = None
+    # Health (/livez, /readyz) and metrics (/metrics) for the probe listener; every agent has
+    # them, served or not.
+    telemetry: AgentTelemetry = field(default_factory=AgentTelemetry)
     attestations: int = 0
     # Draws the attestation jitter and the retry delays (one per agent: fleets spread out).
     rng: random.Random = field(default_factory=random.Random)
@@ -130,13 +176,14 @@ class Agent:
     def run(self, max_attestations: int | None = None) -> None:
         """Attest until ``stop`` is set (or ``max_attestations`` answers were received)."""
         config = self.config
-        self.log(
-            f"agent {config.name}: {config.source.description}, "
-            f"boot log {config.source.event_log}, "
-            f"verifier {config.verifier}, every {config.interval:g}s +/- {config.jitter:g}s"
-        )
         if config.verifier_key is not None or self.state.verifier_keys_path.exists():
             self.verifier_keys(None)  # a key file that is unusable or differs: stop here
+        self._say(
+            logging.INFO,
+            f"agent {config.name}: {config.source.description}, "
+            f"boot log {config.source.event_log}, "
+            f"verifier {config.verifier}, every {config.interval:g}s +/- {config.jitter:g}s",
+        )
         with contextlib.ExitStack() as stack:
             if config.secrets_socket is not None:
                 stack.enter_context(
@@ -144,60 +191,147 @@ class Agent:
                         config.secrets_socket, frozenset(config.secrets), self.membership.unseal
                     )
                 )
-                self.log(f"secrets served on {config.secrets_socket} (unsealed per read)")
+                self._say(
+                    logging.INFO, f"secrets served on {config.secrets_socket} (unsealed per read)"
+                )
             if config.hook_socket is not None:
                 stack.enter_context(
-                    serving_hook_requests(config.hook_socket, config.admission_settings())
+                    serving_hook_requests(
+                        config.hook_socket,
+                        config.admission_settings(),
+                        on_decision=self.telemetry.metrics.hook_decision,
+                    )
                 )
-                self.log(f"container admissions served on {config.hook_socket}")
+                self._say(logging.INFO, f"container admissions served on {config.hook_socket}")
             self._loop(
                 stack.enter_context(VerifierClient(config.verifier, config.ca)), max_attestations
             )
-        self.log(f"agent {config.name}: stopped after {self.attestations} attestations")
+        self._say(
+            logging.INFO, f"agent {config.name}: stopped after {self.attestations} attestations"
+        )
+
+    def _say(self, level: int, message: str, **values: object) -> None:
+        """One record: to the ``log`` callable as a line, else to the ``stockade.agent``
+        logger with ``values`` as its fields (``None`` values left out)."""
+        extra = fields(**values)
+        if self.log is not None:
+            shown = " ".join(f"{key}={_shown(value)}" for key, value in extra.items())
+            self.log(f"{message} {shown}" if shown else message)
+            return
+        _log.log(level, message, extra=extra)
+
+    def _node_id(self) -> str | None:
+        with contextlib.suppress(StockadeError):
+            enrolled = self.state.enrolled()
+            return enrolled.node_id if enrolled is not None else None
+        return None
+
+    def _retry(self, delay: float, error: BaseException, kind: str) -> None:
+        """A failed round, to be tried again after ``delay``: one warning, counted."""
+        self.telemetry.metrics.error(kind)
+        self._say(
+            logging.WARNING,
+            f"retry in {delay:.3g}s",
+            node=self._node_id(),
+            kind=kind,
+            delay=round(delay, 3),
+            error=one_line(error),
+        )
+
+    def _wait(self, seconds: float) -> None:
+        """Wait ``seconds`` or until stopped, beating ``/livez`` all along: a wait is not a
+        hang."""
+        deadline = time.monotonic() + seconds
+        health = self.telemetry.health
+        while not self.stop.is_set():
+            health.beat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.stop.wait(min(remaining, BEAT_SECONDS)):
+                break
+        health.beat()
 
     def _loop(self, client: VerifierClient, max_attestations: int | None) -> None:
         config = self.config
+        health = self.telemetry.health
         backoff = FullJitterBackoff(config.initial_backoff, config.max_backoff, self.rng)
         while not self.stop.is_set():
+            health.beat()
             if self._affirmed_until is not None and time.time() >= self._affirmed_until:
                 self._withdraw("no affirming result since the last one expired")
             try:
                 enrolled = self.enrolled_or_enroll(client)
+                started = time.monotonic()
                 answer = self.attest_once(client, enrolled)
-                self._report(enrolled, answer)
+                self._report(enrolled, answer, time.monotonic() - started)
                 self._act_on(client, enrolled, answer)
             except VerifierUnavailable as error:
                 delay = backoff.next_delay()
-                self.log(f"retry in {delay:.3g}s: {error}")
-                self.stop.wait(delay)
+                kind = error_kind(error)
+                health.ready(False, f"the verifier did not answer ({kind}): {one_line(error)}")
+                self._retry(delay, error, kind)
+                self._wait(delay)
                 continue
             except VerifierRefused as error:
                 delay = backoff.next_delay()
-                if error.status in _REENROLL_STATUSES or error.code in _REENROLL_CODES:
-                    self.log(f"the verifier does not know this node ({error}); enrolling again")
-                    self.state.forget_enrollment()
-                elif error.code == "pending":
-                    self.log(
-                        f"waiting for the operator to admit {config.name} "
-                        f"(stockade nodes approve {config.name}); asking again in {delay:.3g}s"
-                    )
-                else:
-                    self.log(f"retry in {delay:.3g}s: {error}")
+                kind = error_kind(error)
+                self._refused(error, kind, delay)
                 if error.status == 403:  # revoked: nothing it was given may stay usable
                     self._withdraw(f"refused by the verifier ({error.code})")
                 # Rate-limited: wait as long as the verifier asks, never less than the backoff.
-                self.stop.wait(max(delay, error.retry_after or 0.0))
+                self._wait(max(delay, error.retry_after or 0.0))
                 continue
             except StockadeError as error:  # TPM or boot log unreadable: may recover
                 delay = backoff.next_delay()
-                self.log(f"retry in {delay:.3g}s: {error}")
-                self.stop.wait(delay)
+                kind = error_kind(error)
+                health.ready(False, f"no attestation ({kind}): {one_line(error)}")
+                self._retry(delay, error, kind)
+                self._wait(delay)
                 continue
             backoff.reset()
             self.attestations += 1
             if max_attestations is not None and self.attestations >= max_attestations:
                 break
-            self.stop.wait(self._next_delay())
+            self._wait(self._next_delay())
+
+    def _refused(self, error: VerifierRefused, kind: str, delay: float) -> None:
+        """A 4xx answer: said, counted, and what it means for readiness."""
+        config = self.config
+        health = self.telemetry.health
+        if kind == "unknown-node":
+            self.telemetry.metrics.error(kind)
+            health.ready(False, f"the verifier does not know this node: enrolling again ({error})")
+            self._say(
+                logging.WARNING,
+                f"the verifier does not know this node ({one_line(error)}); enrolling again",
+                node=self._node_id(),
+                kind=kind,
+            )
+            self.state.forget_enrollment()
+        elif kind == "pending":
+            self.telemetry.metrics.error(kind)
+            health.ready(
+                False, f"enrolled, waiting for the operator to admit {config.name} (pending)"
+            )
+            self._say(
+                logging.INFO,
+                f"waiting for the operator to admit {config.name} "
+                f"(stockade nodes approve {config.name}); asking again in {delay:.3g}s",
+                node=self._node_id(),
+                kind=kind,
+                delay=round(delay, 3),
+            )
+        else:
+            if kind == "revoked":
+                # The verifier's verdict on the node, not a fault of the agent.
+                self.telemetry.metrics.in_state("revoked")
+                health.ready(
+                    True,
+                    f"attesting: the verifier answered, node {config.name} is revoked there "
+                    "(the agent works; the node is not trusted)",
+                )
+            else:
+                health.ready(False, f"the verifier refused this agent ({kind}): {error}")
+            self._retry(delay, error, kind)
 
     def _next_delay(self) -> float:
         jitter = self.config.jitter
@@ -274,7 +408,9 @@ class Agent:
                 return False
             if read_endorsement(tpm, self.config.key_kind).certificate is not None:
                 return False
-        self.log("the TPM has a cloud AK certificate in NV and no EK certificate: using it")
+        self._say(
+            logging.INFO, "the TPM has a cloud AK certificate in NV and no EK certificate: using it"
+        )
         return True
 
     def enroll_by_ak_certificate(self, client: VerifierClient) -> Enrolled:
@@ -313,12 +449,18 @@ class Agent:
         enrolled = Enrolled(str(answer["node_id"]), self.config.name, self.config.verifier)
         self.state.save_enrolled(enrolled)
         state = answer.get("state")
-        self.log(f"enrolled {self.config.name} as node {enrolled.node_id} ({state})")
+        self._say(
+            logging.INFO,
+            f"enrolled {self.config.name} as node {enrolled.node_id} ({state})",
+            node=enrolled.node_id,
+            node_name=self.config.name,
+            state=state,
+        )
         self.sign_as_node(client, enrolled)
         try:
             self.verifier_keys(client)
         except StockadeError as error:  # tried again before the first secret is accepted
-            self.log(f"verifier key not pinned: {error}")
+            self._say(logging.WARNING, f"verifier key not pinned: {one_line(error)}")
         return enrolled
 
     def verifier_keys(self, client: VerifierClient | None) -> VerifierKeys:
@@ -340,10 +482,11 @@ class Agent:
             where = f"{client.url}/v1/keys"
             fetched = VerifierKeys.parse(json.dumps(client.keys()).encode(), f"GET {where}")
             keys = self.state.pin_verifier_keys(fetched, f"GET {where}")
-            self.log(
+            self._say(
+                logging.INFO,
                 f"pinned verifier key {', '.join(k[:16] for k in sorted(keys.keys))} from "
                 f"{where} on first use, in {self.state.verifier_keys_path} (--verifier-key pins "
-                "a key given by the operator instead)"
+                "a key given by the operator instead)",
             )
         self._verifier_keys = keys
         return keys
@@ -424,9 +567,10 @@ class Agent:
             return
         log, tail = torn
         aside = log.set_aside(tail)
-        self.log(
+        self._say(
+            logging.WARNING,
             f"execution log {log.path}: {tail.describe()}; reported to the verifier,"
-            f" set aside in {aside}"
+            f" set aside in {aside}",
         )
 
     @property
@@ -450,15 +594,25 @@ class Agent:
             self._withdraw("node not affirmed")
             return
         self._affirmed_until = _timestamp(answer.get("not_after"))
+        metrics = self.telemetry.metrics
+        node = enrolled.node_id
         if self.config.certificates:
             try:
                 issued = membership.renew_certificate(client, enrolled.node_id)
-                self.log(
+                self._say(
+                    logging.INFO,
                     f"certificate serial={issued.serial} not_after={issued.not_after} "
-                    f"file={issued.certificate}"
+                    f"file={issued.certificate}",
+                    node=node,
                 )
             except (VerifierRefused, StockadeError) as error:
-                self.log(f"certificate not renewed: {error}")
+                metrics.error("certificate")
+                self._say(
+                    logging.WARNING,
+                    f"certificate not renewed: {one_line(error)}",
+                    node=node,
+                    kind="certificate",
+                )
         for name in self.config.secrets:
             try:
                 self.verifier_keys(client)
@@ -466,26 +620,62 @@ class Agent:
                 accepted = membership.fetch_secret(client, enrolled.node_id, name)
                 delivered = membership.deliver(name)
                 where = f"delivered to {delivered}" if delivered else "sealed copy kept"
-                self.log(
+                metrics.secret("released")
+                self._say(
+                    logging.INFO,
                     f"secret {name}: sealed to {accepted.sealed.selection}, version "
-                    f"{accepted.release.version} released by the verifier; {where}"
+                    f"{accepted.release.version} released by the verifier; {where}",
+                    node=node,
                 )
             except ReleaseRefused as error:
-                self.log(f"secret {name}: not delivered, nothing kept: {error}")
+                metrics.secret("refused")
+                metrics.error("secret")
+                self._say(
+                    logging.WARNING,
+                    f"secret {name}: not delivered, nothing kept: {one_line(error)}",
+                    node=node,
+                    kind="secret",
+                )
             except (VerifierRefused, StockadeError) as error:
-                self.log(f"secret {name}: not delivered: {error}")
+                metrics.secret("failed")
+                metrics.error("secret")
+                self._say(
+                    logging.WARNING,
+                    f"secret {name}: not delivered: {one_line(error)}",
+                    node=node,
+                    kind="secret",
+                )
 
     def _withdraw(self, why: str) -> None:
         """Remove every delivered secret and sealed copy (fail closed)."""
         self._affirmed_until = None
         for name in self.membership.withdraw():
-            self.log(f"secret {name}: withdrawn ({why})")
+            self._say(logging.WARNING, f"secret {name}: withdrawn ({why})")
 
-    def _report(self, enrolled: Enrolled, answer: dict[str, Any]) -> None:
+    def _report(self, enrolled: Enrolled, answer: dict[str, Any], seconds: float) -> None:
+        """One record per attestation the verifier answered; the verdict in the metrics and,
+        whatever it is, this agent ready: it reached the verifier and was judged."""
         reasons = answer.get("reasons") or []
-        self.log(
-            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} attestation "
-            f"node={enrolled.name} status={answer.get('status')} state={answer.get('state')} "
-            f"not_after={answer.get('not_after')} result={answer.get('result_id')} "
-            f"reasons={json.dumps(reasons)}"
+        status, state = str(answer.get("status")), str(answer.get("state"))
+        self.telemetry.metrics.attested(status, state, seconds)
+        name = enrolled.name
+        if status == "affirming":
+            reason = f"attesting: node {name} is {state} at the verifier ({status})"
+        else:
+            reason = (
+                f"attesting: node {name} is {state} at the verifier ({status}); the agent "
+                "works, the node is not trusted"
+            )
+        self.telemetry.health.ready(True, reason)
+        self._say(
+            logging.INFO if status == "affirming" else logging.WARNING,
+            "attestation",
+            node=enrolled.node_id,
+            node_name=name,
+            result=answer.get("result_id"),
+            status=status,
+            state=state,
+            not_after=answer.get("not_after"),
+            seconds=round(seconds, 3),
+            reasons=reasons,
         )

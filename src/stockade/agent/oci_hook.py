@@ -52,7 +52,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -724,11 +724,16 @@ def _ask_agent(path: Path, state_bytes: bytes) -> tuple[bool, str]:
 
 
 @contextlib.contextmanager
-def serving_hook_requests(path: Path, settings: HookSettings) -> Iterator[Path]:
+def serving_hook_requests(
+    path: Path,
+    settings: HookSettings,
+    on_decision: Callable[[bool], None] | None = None,
+) -> Iterator[Path]:
     """Admit containers for hook clients on a 0600 Unix socket while the block runs.
 
     A request is the OCI state JSON followed by end-of-stream; the answer is ``OK <recnum>``
     or ``ERR <one-line reason>``. Each request is admitted exactly as the in-process hook would.
+    ``on_decision(admitted)`` is told of every decision (the agent's metrics).
     """
     import socketserver
 
@@ -743,9 +748,13 @@ def serving_hook_requests(path: Path, settings: HookSettings) -> Iterator[Path]:
                     chunks.append(chunk)
                     size += len(chunk)
                     if size > MAX_STATE_BYTES:
+                        if on_decision is not None:
+                            on_decision(False)
                         conn.sendall(b"ERR refused container: the state is too large\n")
                         return
                 recnum, reason = admit_state(b"".join(chunks), settings)
+                if on_decision is not None:
+                    on_decision(recnum is not None)
                 answer = f"OK {recnum}" if recnum is not None else f"ERR {reason}"
                 conn.sendall(answer.encode() + b"\n")
             except OSError:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from stockade.cli.daemon_options import (
+    ConfigOption,
+    LogFormatOption,
+    LogLevelOption,
+    ProbeAddressOption,
+    daemon_context,
+)
+from stockade.errors import InputError
+from stockade.logs import LogFormat, LogLevel
 
 if TYPE_CHECKING:
     from stockade.agent.oci_hook import HookSettings
@@ -45,8 +56,13 @@ VerifierKeyOption = Annotated[
 ]
 
 
-@app.command("run")
+RUN_ENVIRONMENT = "STOCKADE_AGENT_RUN"
+
+
+@app.command("run", context_settings=daemon_context(RUN_ENVIRONMENT))
 def run(
+    config_file: ConfigOption = None,
+    *,
     name: NodeNameOption,
     verifier: NodeVerifierOption,
     ca: NodeCaOption = None,
@@ -120,6 +136,9 @@ def run(
             "anyway when the TPM has those but no EK certificate",
         ),
     ] = False,
+    probe_address: ProbeAddressOption = None,
+    log_format: LogFormatOption = LogFormat.TEXT,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Enroll this node's TPM (once; the AK is kept) and attest every interval until SIGTERM.
 
@@ -128,10 +147,22 @@ def run(
     agent trusts on first use: at enrollment it saves the key served at GET /v1/keys to
     <state dir>/verifier-keys.pem, so whoever held the verifier's TLS channel then is trusted
     from then on. The pinned file is never replaced: a --verifier-key that differs is an
-    error; to re-pin (the verifier's key really changed), remove the file."""
-    from stockade.agent import Agent, AgentConfig, resolve_source
-    from stockade.home import stockade_home
+    error; to re-pin (the verifier's key really changed), remove the file.
 
+    With --probe-address HOST:PORT: GET /livez (the loop is not stuck), /readyz (enrolled, and
+    the last round was answered by the verifier, whatever its verdict) and /metrics
+    (stockade.agent.metrics). Every setting may come from --config FILE (each key a flag
+    without its dashes; flags and $STOCKADE_AGENT_RUN_* win)."""
+    import contextlib
+
+    from stockade.agent import Agent, AgentConfig, resolve_source
+    from stockade.agent.metrics import AgentTelemetry, stale_after
+    from stockade.home import stockade_home
+    from stockade.logs import configure_logging
+    from stockade.probes import ProbeServer, parse_address
+
+    configure_logging(log_format, log_level)
+    address = parse_address(probe_address) if probe_address is not None else None
     source = resolve_source(tcti=tcti, tpm_name=tpm, event_log=event_log, home=home)
     hook_settings = _hook_settings(hook_option or [])
     agent = Agent(
@@ -153,7 +184,8 @@ def run(
             hook_socket=hook_socket,
             hook_settings=hook_settings,
             ak_from_nv=ak_from_nv,
-        )
+        ),
+        telemetry=AgentTelemetry(stale_after(interval, jitter)),
     )
 
     def stop(signum: int, _frame: object) -> None:
@@ -161,7 +193,21 @@ def run(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    agent.run()
+    with contextlib.ExitStack() as stack:
+        if address is not None:
+            telemetry = agent.telemetry
+            try:
+                probes = ProbeServer(address, telemetry.health, telemetry.metrics.registry)
+            except OSError as error:
+                raise InputError(
+                    f"--probe-address {probe_address}: cannot listen: {error.strerror or error}"
+                ) from None
+            stack.callback(probes.stop)
+            probes.start()
+            logging.getLogger("stockade.agent").info(
+                f"probes on http://{probe_address} (/livez, /readyz, /metrics)"
+            )
+        agent.run()
 
 
 # The admission settings an agent may take; its TPM and execution log are its own.

@@ -3,14 +3,22 @@ over HTTPS (docs/kubernetes.md)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from stockade.cli._input import read_file
+from stockade.cli.daemon_options import (
+    ConfigOption,
+    LogFormatOption,
+    LogLevelOption,
+    daemon_context,
+)
 from stockade.cli.options import VerifierKeyOption, pinned_keys
 from stockade.errors import InputError
+from stockade.logs import LogFormat, LogLevel, configure_logging
 
 app = typer.Typer(no_args_is_help=True, help="Kubernetes: admission webhook, scheduler extender.")
 
@@ -20,8 +28,13 @@ def kube() -> None:
     """Kubernetes: no workload lands on a node the verifier does not trust now."""
 
 
-@app.command("serve")
+SERVE_ENVIRONMENT = "STOCKADE_KUBE_SERVE"
+
+
+@app.command("serve", context_settings=daemon_context(SERVE_ENVIRONMENT))
 def serve(
+    config_file: ConfigOption = None,
+    *,
     verifier: Annotated[
         str, typer.Option("--verifier", envvar="STOCKADE_VERIFIER", help="verifier URL")
     ],
@@ -72,9 +85,14 @@ def serve(
         ),
     ] = None,
     verifier_key: VerifierKeyOption = None,
+    log_format: LogFormatOption = LogFormat.TEXT,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
-    """Serve POST /validate (AdmissionReview v1), POST /filter (extender) and GET /healthz.
-    Reading the verifier's node list needs a reader token."""
+    """Serve POST /validate (AdmissionReview v1), POST /filter (extender), GET /livez,
+    /readyz (the verifier's trust view is fresh and the trust policy loaded), /metrics and
+    /healthz. Reading the verifier's node list needs a reader token. Every setting may come
+    from --config FILE (each key a flag without its dashes; flags and $STOCKADE_KUBE_SERVE_*
+    win)."""
     from datetime import UTC, datetime
 
     from stockade.images.policy import load_trust_policy
@@ -83,6 +101,7 @@ def serve(
     from stockade.kube.trust import verifier_trust_source
     from stockade.release.keys import load_verifying_key
 
+    configure_logging(log_format, log_level)
     files = [(tls_cert, "--tls-cert"), (tls_key, "--tls-key")]
     if client_ca is not None:
         files.append((client_ca, "--client-ca"))
@@ -109,9 +128,22 @@ def serve(
         exemptions=Exemptions(frozenset(exempt_namespace or ()), frozenset(exempt_user or ())),
     )
     shown = f"[{host}]" if ":" in host else host
-    print(f"kube webhook:   https://{shown}:{port}/validate", flush=True)
-    print(f"kube extender:  https://{shown}:{port}/filter", flush=True)
-    print(f"image rule:     {'on, ' + str(image_store) if images else 'off'}", flush=True)
+    base = f"https://{shown}:{port}"
+    image_rule = f"on, {image_store}" if images else "off"
+    if log_format is LogFormat.TEXT:
+        print(f"kube webhook:   {base}/validate", flush=True)
+        print(f"kube extender:  {base}/filter", flush=True)
+        print(f"image rule:     {image_rule}", flush=True)
+        print(f"probes:         {base}/livez, /readyz, /metrics", flush=True)
+    else:
+        logging.getLogger("stockade.kube").info(
+            "kube serve started",
+            extra={
+                "webhook": f"{base}/validate",
+                "extender": f"{base}/filter",
+                "image_rule": image_rule,
+            },
+        )
     serve_app(create_app(policy), host, port, ServerTls(tls_cert, tls_key, client_ca))
 
 

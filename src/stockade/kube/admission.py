@@ -7,7 +7,7 @@ It never raises, and everything it cannot read is a refusal (fail closed). The d
 (``DOORS``; ``deploy/kubernetes/40-webhook.yaml`` registers exactly these):
 
 - ``pods`` ``CREATE``: a pod whose ``spec.nodeName`` is preset (bypassing the scheduler)
-  must name a node the verifier trusts now (:func:`stockade.kube.trust.decide`); every
+  must name a node the verifier trusts now (:func:`stockade.kube.trust.refusal`); every
   image (containers, init containers, ephemeral containers) must be pinned by digest and
   signed under the trust policy (:class:`SignedImageStore`);
 - ``pods`` ``UPDATE`` (``kubectl set image``) and ``pods/ephemeralcontainers`` ``UPDATE``
@@ -26,6 +26,11 @@ It never raises, and everything it cannot read is a refusal (fail closed). The d
 
 Image strings are parsed and normalised by :mod:`stockade.images.reference` alone
 (``alpine``, ``docker.io/alpine``, ``index.docker.io/library/alpine`` are one repository).
+
+``decide_review`` returns, with the response, the :class:`Verdict` behind it: why in one of
+a few fixed words (:data:`stockade.kube.metrics.REVIEW_REASONS`, the label of
+``stockade_admission_reviews_total``) and the pod, namespace and node it was about (the
+fields of the server's log line for a refusal).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from stockade.images.layout import MANIFEST_TYPES, REF_NAME, ImageLayout
 from stockade.images.policy import TrustPolicy
 from stockade.images.reference import parse_reference
 from stockade.images.verify import verify_image
-from stockade.kube.trust import TrustSource, decide
+from stockade.kube.trust import TrustSource, TrustUnavailable, refusal
 from stockade.strict_json import read_object, read_string
 
 API_VERSION: Final = "admission.k8s.io/v1"
@@ -87,6 +92,21 @@ class AdmissionPolicy:
     images: ImageChecker | None = None
     exemptions: Exemptions = field(default_factory=Exemptions)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a review decided and why: ``reason`` is one of
+    :data:`stockade.kube.metrics.REVIEW_REASONS`; ``pod``, ``namespace`` and ``node`` are
+    what the request named (empty when it named none, or could not be read)."""
+
+    allowed: bool
+    code: int
+    message: str
+    reason: str
+    namespace: str = ""
+    pod: str = ""
+    node: str = ""
 
 
 def response(uid: str, allowed: bool, code: int, message: str) -> dict[str, Any]:
@@ -149,9 +169,17 @@ def _judge_images(images: Iterable[str], checker: ImageChecker | None) -> str | 
     return "; ".join(refusals) if refusals else None
 
 
-def _judge_node(policy: AdmissionPolicy, node: str, what: str) -> str | None:
-    trusted, reason = decide(policy.trust, node, policy.clock())
-    return None if trusted else f"{what} names node {node}, which Stockade refuses: {reason}"
+def _judge_node(policy: AdmissionPolicy, node: str, what: str) -> tuple[str, str] | None:
+    """None when ``node`` is trusted now, else (the refusal's message, its reason)."""
+    try:
+        nodes = policy.trust.snapshot()
+    except TrustUnavailable as error:
+        why = f"Stockade cannot tell whether node {node} is trusted: {error}"
+        return f"{what} names node {node}, which Stockade refuses: {why}", "trust-unavailable"
+    found = refusal(nodes, node, policy.clock())
+    if found is None:
+        return None
+    return f"{what} names node {node}, which Stockade refuses: {found}", "untrusted-node"
 
 
 @dataclass(frozen=True)
@@ -168,7 +196,7 @@ class _Request:
         return f"{self.operation} {self.resource}{'/' + self.sub if self.sub else ''}"
 
 
-def _judge_binding(request: _Request, policy: AdmissionPolicy) -> tuple[bool, int, str]:
+def _judge_binding(request: _Request, policy: AdmissionPolicy) -> Verdict:
     """``pods/binding`` and core ``bindings``: the target Node must be trusted."""
     obj = _object(request.raw.get("object"), "request.object")
     kind = obj.get("kind")
@@ -181,10 +209,11 @@ def _judge_binding(request: _Request, policy: AdmissionPolicy) -> tuple[bool, in
     metadata = _object(obj.get("metadata", {}), "Binding.metadata")
     pod = _string(metadata.get("name"), "Binding.metadata.name", required=False)
     pod = pod or request.name
-    refusal = _judge_node(policy, node, f"binding of pod {request.namespace}/{pod}")
-    if refusal is not None:
-        return False, 403, refusal
-    return True, 200, f"binding to node {node} allowed: it is trusted"
+    about = {"namespace": request.namespace, "pod": pod, "node": node}
+    refused = _judge_node(policy, node, f"binding of pod {request.namespace}/{pod}")
+    if refused is not None:
+        return Verdict(False, 403, refused[0], refused[1], **about)
+    return Verdict(True, 200, f"binding to node {node} allowed: it is trusted", "trusted", **about)
 
 
 def _pod_object(value: Any, where: str) -> Mapping[str, Any]:
@@ -199,11 +228,23 @@ def _node_name(pod: Mapping[str, Any], where: str) -> str:
     return _string(spec.get("nodeName"), f"{where}.spec.nodeName", required=False)
 
 
-def _judge_pod(request: _Request, policy: AdmissionPolicy) -> tuple[bool, int, str]:
+def _pod_name(pod: Mapping[str, Any], request: _Request) -> str:
+    """The pod's name; for a pod named by the API server, its ``generateName`` prefix."""
+    metadata = pod.get("metadata")
+    if isinstance(metadata, dict):
+        for key in ("name", "generateName"):
+            value = metadata.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return request.name
+
+
+def _judge_pod(request: _Request, policy: AdmissionPolicy) -> Verdict:
     """``pods`` ``CREATE``/``UPDATE`` and ``pods/ephemeralcontainers`` ``UPDATE``."""
     obj = _pod_object(request.raw.get("object"), "request.object")
     containers = pod_containers(obj, "request.object")
     node_name = _node_name(obj, "request.object")
+    named = node_name
     judged = [image for _, _, image in containers]
     if request.operation == "UPDATE":
         old = _pod_object(request.raw.get("oldObject"), "request.oldObject")
@@ -217,17 +258,21 @@ def _judge_pod(request: _Request, policy: AdmissionPolicy) -> tuple[bool, int, s
         ]
         if node_name == _node_name(old, "request.oldObject"):
             node_name = ""
+    about = {"namespace": request.namespace, "pod": _pod_name(obj, request), "node": named}
     refusals = []
+    reason = ""
     if node_name:
-        refusal = _judge_node(policy, node_name, "spec.nodeName")
-        if refusal is not None:
-            refusals.append(refusal)
+        refused = _judge_node(policy, node_name, "spec.nodeName")
+        if refused is not None:
+            refusals.append(refused[0])
+            reason = refused[1]
     image_refusal = _judge_images(judged, policy.images)
     if image_refusal is not None:
         refusals.append(image_refusal)
+        reason = reason or "image"
     what = "pod" if request.operation == "CREATE" else "pod update"
     if refusals:
-        return False, 403, f"{what} refused: " + "; ".join(refusals)
+        return Verdict(False, 403, f"{what} refused: " + "; ".join(refusals), reason, **about)
     where = f" on trusted node {node_name}" if node_name else ""
     if policy.images is None:
         checked = "image rule off"
@@ -235,12 +280,10 @@ def _judge_pod(request: _Request, policy: AdmissionPolicy) -> tuple[bool, int, s
         checked = "images signed"
     else:
         checked = f"{len(dict.fromkeys(judged))} new or changed image(s), all signed"
-    return True, 200, f"{what} allowed{where} ({checked})"
+    return Verdict(True, 200, f"{what} allowed{where} ({checked})", "trusted", **about)
 
 
-DOORS: Final[
-    Mapping[tuple[str, str, str], Callable[[_Request, AdmissionPolicy], tuple[bool, int, str]]]
-] = {
+DOORS: Final[Mapping[tuple[str, str, str], Callable[[_Request, AdmissionPolicy], Verdict]]] = {
     ("CREATE", "pods", ""): _judge_pod,
     ("UPDATE", "pods", ""): _judge_pod,
     ("UPDATE", "pods", "ephemeralcontainers"): _judge_pod,
@@ -251,7 +294,7 @@ DOORS: Final[
 registered for. Anything else is refused."""
 
 
-def _judge(request: Mapping[str, Any], policy: AdmissionPolicy) -> tuple[bool, int, str]:
+def _judge(request: Mapping[str, Any], policy: AdmissionPolicy) -> Verdict:
     operation = _string(request.get("operation"), "request.operation")
     resource = _object(request.get("resource"), "request.resource")
     group = _string(resource.get("group"), "request.resource.group", required=False)
@@ -267,25 +310,28 @@ def _judge(request: Mapping[str, Any], policy: AdmissionPolicy) -> tuple[bool, i
 
     exempt = policy.exemptions.reason(namespace, username)
     if exempt is not None:
-        return True, 200, exempt
+        return Verdict(True, 200, exempt, "exempt", namespace, name)
     parsed = _Request(operation, plural, sub, namespace, name, request)
     judge = DOORS.get((operation, plural, sub)) if group == "" and version == "v1" else None
     if judge is None:
         api = f"{group}/{version}" if group else version or "(no version)"
-        return (
-            False,
-            403,
-            (
-                f"Stockade refuses {parsed.door} ({api}): the webhook is registered for a "
-                "request it does not judge (fail closed); register only pods CREATE/UPDATE, "
-                "pods/ephemeralcontainers UPDATE, pods/binding and bindings CREATE"
-            ),
+        message = (
+            f"Stockade refuses {parsed.door} ({api}): the webhook is registered for a "
+            "request it does not judge (fail closed); register only pods CREATE/UPDATE, "
+            "pods/ephemeralcontainers UPDATE, pods/binding and bindings CREATE"
         )
+        return Verdict(False, 403, message, "unjudged", namespace, name)
     return judge(parsed, policy)
 
 
 def review(document: Any, policy: AdmissionPolicy) -> dict[str, Any]:
     """The ``AdmissionReview`` response for ``document``; never raises, fails closed."""
+    return decide_review(document, policy)[0]
+
+
+def decide_review(document: Any, policy: AdmissionPolicy) -> tuple[dict[str, Any], Verdict]:
+    """The ``AdmissionReview`` response for ``document`` and the :class:`Verdict` behind it;
+    never raises, fails closed."""
     uid = ""
     try:
         review_object = _object(document, "AdmissionReview")
@@ -296,12 +342,13 @@ def review(document: Any, policy: AdmissionPolicy) -> dict[str, Any]:
                 f"expected apiVersion {API_VERSION} kind {KIND}, got "
                 f"{review_object.get('apiVersion')!r} {review_object.get('kind')!r}"
             )
-        allowed, code, message = _judge(request, policy)
+        verdict = _judge(request, policy)
     except Malformed as error:
-        return response(uid, False, 400, f"Stockade refuses a malformed AdmissionReview: {error}")
+        message = f"Stockade refuses a malformed AdmissionReview: {error}"
+        verdict = Verdict(False, 400, message, "malformed")
     except Exception as error:  # fail closed on anything unforeseen
-        return response(uid, False, 500, f"Stockade could not decide: {type(error).__name__}")
-    return response(uid, allowed, code, message)
+        verdict = Verdict(False, 500, f"Stockade could not decide: {type(error).__name__}", "error")
+    return response(uid, verdict.allowed, verdict.code, verdict.message), verdict
 
 
 class SignedImageStore:
@@ -331,6 +378,15 @@ class SignedImageStore:
         self._scanned = float("-inf")
         self._accepted: dict[str, tuple[float, str]] = {}
         self._scan()
+
+    def readiness(self, now: datetime) -> tuple[bool, str]:
+        """Whether images can be admitted at all: the trust policy is loaded and current (an
+        expired one admits nothing, so the webhook is not ready to do its job)."""
+        try:
+            self.policy.check_current(now)
+        except ImageRejected as error:
+            return False, f"image rule: {error.detail}"
+        return True, f"image rule: trust policy {self.policy.digest} (serial {self.policy.serial})"
 
     def _scan(self) -> None:
         index: dict[str, list[tuple[Path, str]]] = {}

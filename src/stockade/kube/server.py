@@ -1,5 +1,13 @@
 """One HTTPS server for the Kubernetes doors: the validating admission webhook
-(``POST /validate``), the scheduler extender (``POST /filter``) and ``GET /healthz``.
+(``POST /validate``), the scheduler extender (``POST /filter``), and its health and metrics:
+``GET /livez`` (the server answers), ``GET /readyz`` (its trust view of the verifier is fresh
+and, with the image rule on, its trust policy is loaded and current; 503 with the reason
+otherwise), ``GET /metrics`` (:mod:`stockade.kube.metrics`, which says why it needs no
+credential) and ``GET /healthz`` (the older JSON readiness answer).
+
+Every refused AdmissionReview is one log record (``stockade.kube.admission``: ``admission
+refused`` with the pod, namespace, node and reason), with the reason's message; admissions are
+only counted.
 
 Bodies are parsed with :mod:`json` and answered by the pure functions of
 :mod:`stockade.kube.admission` and :mod:`stockade.kube.extender`, in a worker thread (the
@@ -12,22 +20,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from stockade.kube.admission import AdmissionPolicy, response, review
+from stockade.kube.admission import (
+    AdmissionPolicy,
+    SignedImageStore,
+    Verdict,
+    decide_review,
+    response,
+)
 from stockade.kube.extender import filter_nodes
+from stockade.kube.metrics import KubeMetrics, WatchedTrust
 from stockade.kube.trust import TrustUnavailable
+from stockade.logs import fields
+
+log = logging.getLogger("stockade.kube.admission")
 
 JSON = "application/json"
 MIB: Final = 1024 * 1024
@@ -129,29 +151,88 @@ def _loads(raw: bytes | bytearray) -> Any:
         return None
 
 
-def _validate(raw: bytearray, policy: AdmissionPolicy) -> dict[str, Any]:
+def _validate(raw: bytearray, policy: AdmissionPolicy) -> tuple[dict[str, Any], Verdict]:
     document = _loads(raw)
     if document is None:
-        return response("", False, 400, "Stockade refuses a body that is not JSON")
-    return review(document, policy)
+        message = "Stockade refuses a body that is not JSON"
+        return response("", False, 400, message), Verdict(False, 400, message, "malformed")
+    return decide_review(document, policy)
 
 
-def _filter(raw: bytearray, policy: AdmissionPolicy) -> dict[str, Any]:
-    return filter_nodes(_loads(raw), policy.trust, policy.clock)
+def _filter(document: Any, policy: AdmissionPolicy, metrics: KubeMetrics) -> dict[str, Any]:
+    answer = filter_nodes(document, policy.trust, policy.clock)
+    passed = answer.get("NodeNames")
+    if passed is None and isinstance(answer.get("Nodes"), dict):
+        passed = answer["Nodes"].get("items")
+    metrics.filtered_nodes(
+        len(passed or ()), len(answer.get("FailedNodes") or ()), bool(answer["Error"])
+    )
+    return answer
 
 
-def create_app(policy: AdmissionPolicy, limits: RequestLimits | None = None) -> FastAPI:
+def _log_refusal(verdict: Verdict) -> None:
+    log.info(
+        "admission refused",
+        extra=fields(
+            pod=verdict.pod or None,
+            namespace=verdict.namespace or None,
+            node=verdict.node or None,
+            reason=verdict.reason,
+            code=verdict.code,
+            detail=verdict.message,
+        ),
+    )
+
+
+def readiness(policy: AdmissionPolicy, watched: WatchedTrust | None = None) -> tuple[bool, str]:
+    """Ready when the verifier's trust view can be read now (fresh: a cached view is used
+    only within its TTL and its statement's validity) and, with the image rule on, the trust
+    policy is loaded and current. Blocks while the view is refreshed: call off the loop."""
+    try:
+        nodes = policy.trust.snapshot()
+    except TrustUnavailable as error:
+        return False, f"no fresh trust view of the verifier: {error}"
+    parts = [f"trust view of {len(nodes)} nodes"]
+    if watched is not None and watched.age() >= 0:
+        parts[0] += f", {watched.age():.1f} s old"
+    if isinstance(policy.images, SignedImageStore):
+        ok, why = policy.images.readiness(datetime.now(UTC))
+        if not ok:
+            return False, why
+        parts.append(why)
+    elif policy.images is not None:
+        parts.append("image rule on")
+    else:
+        parts.append("image rule off")
+    return True, "; ".join(parts)
+
+
+def create_app(
+    policy: AdmissionPolicy,
+    limits: RequestLimits | None = None,
+    metrics: KubeMetrics | None = None,
+) -> FastAPI:
     limits = limits or RequestLimits()
     budget = _Budget(limits.budget_bytes)
+    metrics = metrics or KubeMetrics()
+    watched = WatchedTrust(policy.trust)
+    policy = replace(policy, trust=watched)
+    metrics.trust_view_age.set_function(watched.age)
     app = FastAPI(title="Stockade Kubernetes webhook and scheduler extender", docs_url=None)
+    app.state.metrics = metrics
+    app.state.trust = watched
 
     @app.post("/validate")
     async def validate(request: Request) -> Response:
         try:
             async with _body(request, limits.review_bytes, limits, budget) as raw:
-                answer = await run_in_threadpool(_validate, raw, policy)
+                started = time.perf_counter()
+                answer, verdict = await run_in_threadpool(_validate, raw, policy)
+                metrics.reviewed(verdict.allowed, verdict.reason, time.perf_counter() - started)
         except _Refused as refused:
             return refused.response()
+        if not verdict.allowed:
+            _log_refusal(verdict)
         return Response(_dumps(answer), media_type=JSON)
 
     @app.post("/filter")
@@ -159,7 +240,7 @@ def create_app(policy: AdmissionPolicy, limits: RequestLimits | None = None) -> 
         try:
             async with _body(request, limits.filter_bytes, limits, budget) as raw:
                 document = _loads(raw)
-                answer = await run_in_threadpool(filter_nodes, document, policy.trust, policy.clock)
+                answer = await run_in_threadpool(_filter, document, policy, metrics)
         except _Refused as refused:
             return refused.response()
         return Response(_dumps(answer), media_type=JSON)
@@ -174,7 +255,32 @@ def create_app(policy: AdmissionPolicy, limits: RequestLimits | None = None) -> 
         body = {"ok": True, "nodes": len(nodes), "images": policy.images is not None}
         return Response(_dumps(body), media_type=JSON)
 
+    @app.get("/livez")
+    async def livez() -> Response:
+        """Alive while the server answers: an unreachable verifier never restarts it."""
+        return _plain(200, "alive")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ok, reason = await run_in_threadpool(readiness, policy, watched)
+        return _plain(200 if ok else 503, reason)
+
+    @app.get("/metrics")
+    async def metrics_() -> Response:
+        """Unauthenticated: see :mod:`stockade.kube.metrics` for why."""
+        body = generate_latest(metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
+
     return app
+
+
+def _plain(status: int, text: str) -> Response:
+    return Response(
+        text + "\n",
+        status_code=status,
+        media_type="text/plain; charset=utf-8",
+        headers={"cache-control": "no-store"},
+    )
 
 
 @dataclass(frozen=True)
@@ -249,6 +355,7 @@ def uvicorn_config(
         ssl_keyfile=str(tls.key),
         ssl_ca_certs=str(tls.client_ca) if tls.client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE,
+        log_config=None,  # stockade.logs.configure_logging routes uvicorn's loggers
         log_level="warning",
         timeout_graceful_shutdown=2,
         server_header=False,
