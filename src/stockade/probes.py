@@ -17,6 +17,7 @@ kubelet and Prometheus.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -97,6 +98,26 @@ class ProbeServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def serve_probes(
+    stack: contextlib.ExitStack,
+    address: tuple[str, int],
+    health: Health,
+    registry: CollectorRegistry,
+) -> ProbeServer:
+    """Listen on ``address`` (``--probe-address``; one that cannot be bound is one
+    ``InputError`` line) and serve until ``stack`` closes."""
+    try:
+        probes = ProbeServer(address, health, registry)
+    except OSError as error:
+        host, port = address
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise InputError(
+            f"--probe-address {shown}: cannot listen: {error.strerror or error}"
+        ) from None
+    stack.callback(probes.stop)
+    return probes.start()
 
 
 class _ServerV6(ThreadingHTTPServer):

@@ -122,3 +122,15 @@ def test_an_ipv6_address_is_served():
         connection.close()
     finally:
         server.stop()
+
+
+def test_an_address_in_use_is_one_input_error_line():
+    import contextlib
+
+    from stockade.probes import serve_probes
+
+    with contextlib.ExitStack() as stack:
+        first = serve_probes(stack, ("127.0.0.1", 0), Health(), CollectorRegistry())
+        with pytest.raises(InputError, match=rf"--probe-address 127.0.0.1:{first.port}: cannot"):
+            serve_probes(stack, ("127.0.0.1", first.port), Health(), CollectorRegistry())
+        assert _get(first.port, "/livez")[0] == 200

@@ -159,7 +159,7 @@ def run(
     from stockade.agent.metrics import AgentTelemetry, stale_after
     from stockade.home import stockade_home
     from stockade.logs import configure_logging
-    from stockade.probes import ProbeServer, parse_address
+    from stockade.probes import parse_address, serve_probes
 
     configure_logging(log_format, log_level)
     address = parse_address(probe_address) if probe_address is not None else None
@@ -196,14 +196,7 @@ def run(
     with contextlib.ExitStack() as stack:
         if address is not None:
             telemetry = agent.telemetry
-            try:
-                probes = ProbeServer(address, telemetry.health, telemetry.metrics.registry)
-            except OSError as error:
-                raise InputError(
-                    f"--probe-address {probe_address}: cannot listen: {error.strerror or error}"
-                ) from None
-            stack.callback(probes.stop)
-            probes.start()
+            serve_probes(stack, address, telemetry.health, telemetry.metrics.registry)
             logging.getLogger("stockade.agent").info(
                 f"probes on http://{probe_address} (/livez, /readyz, /metrics)"
             )
@@ -228,7 +221,6 @@ def _hook_settings(options: list[str]) -> HookSettings:
     import os
 
     from stockade.agent.oci_hook import HookRefused, parse_settings
-    from stockade.errors import InputError
 
     options = [o if o.startswith("--") else f"--{o}" for o in options]  # policy=... too
     for option in options:

@@ -216,20 +216,13 @@ def _daemon(
 ) -> Iterator[threading.Event]:
     """Probes (if asked), the election thread, the stop signals; on leaving, the election
     releases the Lease once no write is in flight."""
-    from stockade.probes import ProbeServer, parse_address
+    from stockade.probes import parse_address, serve_probes
 
     address = parse_address(probe_address) if probe_address is not None else None
     stop = _stop_on_signals(supervision)
     with contextlib.ExitStack() as stack:
         if address is not None and supervision.health is not None and supervision.metrics:
-            try:
-                probes = ProbeServer(address, supervision.health, supervision.metrics.registry)
-            except OSError as error:
-                raise InputError(
-                    f"--probe-address {probe_address}: cannot listen: {error.strerror or error}"
-                ) from None
-            stack.callback(probes.stop)
-            probes.start()
+            serve_probes(stack, address, supervision.health, supervision.metrics.registry)
         elector: LeaderElector | None = supervision.elector
         log.info(
             f"{what} started",
