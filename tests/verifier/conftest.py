@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from verifier_support import QuoteOnlyAppraiser, operator_headers, policy_document
 
 from stockade.tpm.ekca import EkCa
 from stockade.verifier import VerifierConfig, create_app
 from stockade.verifier.config import EnrollmentMode
+from stockade.verifier.db import make_engine, migrate
+from support.webhook_receiver import Receiver
 
 DATABASE_ENV = "STOCKADE_TEST_DATABASE_URL"
 
@@ -99,3 +101,20 @@ def make_client(verifier_config: VerifierConfig) -> Iterator[Callable[..., TestC
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client(policy=policy_document())
+
+
+@pytest.fixture
+def engine(tmp_path: Path, database_url: str | None) -> Iterator[Engine]:
+    """A migrated database of the verifier's schema: the test database, else SQLite here."""
+    made = make_engine(database_url or f"sqlite:///{tmp_path / 'verifier.db'}")
+    migrate(made)
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 that records every delivery."""
+    running = Receiver()
+    yield running
+    running.close()

@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import sessionmaker
@@ -45,21 +43,6 @@ from stockade.verifier.webhooks import (
 from support.nodes import placeholder_node
 from support.verifier_serve import ServedVerifier, ek_ca_files
 from support.webhook_receiver import Delivery, Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    yield running
-    running.close()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, database_url: str | None) -> Iterator[Engine]:
-    made = make_engine(database_url or f"sqlite:///{tmp_path / 'verifier.db'}")
-    migrate(made)
-    yield made
-    made.dispose()
 
 
 def _add_nodes(engine: Engine, count: int) -> list[str]:

@@ -9,26 +9,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import Connection, Engine, text, update
 from sqlalchemy.orm import sessionmaker
 
-from stockade.verifier.db import make_engine, migrate
+from stockade.verifier.db import make_engine
 from stockade.verifier.leadership import SWEEPER, Lease, leases, replica_id
 from stockade.verifier.webhooks import database_now_ms
 from support.nodes import placeholder_node
-
-
-@pytest.fixture
-def engine(tmp_path: Path, database_url: str | None) -> Iterator[Engine]:
-    made = make_engine(database_url or f"sqlite:///{tmp_path / 'verifier.db'}")
-    migrate(made)
-    yield made
-    made.dispose()
 
 
 class DatabaseClock:

@@ -12,7 +12,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from verifier_support import operator_headers, reader_headers
 
 from stockade.verifier.config import parse_webhook_secret_options
-from stockade.verifier.db import make_engine, migrate
+from stockade.verifier.db import make_engine
 from stockade.verifier.errors import ConfigurationError
 from stockade.verifier.models import Event
 from stockade.verifier.webhooks import (
@@ -42,21 +41,6 @@ from stockade.verifier.webhooks import (
 from support.nodes import placeholder_node
 from support.verifier_serve import ServedVerifier
 from support.webhook_receiver import Delivery, Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    yield running
-    running.close()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, database_url: str | None) -> Iterator[Engine]:
-    made = make_engine(database_url or f"sqlite:///{tmp_path / 'verifier.db'}")
-    migrate(made)
-    yield made
-    made.dispose()
 
 
 def _secret_file(path: Path, *secrets: WebhookSecret, mode: int = 0o600) -> Path:
