@@ -605,6 +605,11 @@ class VerifierClient:
         )
         return answer
 
+    def release_status(self) -> dict[str, Any]:
+        """How many nodes run each release, per state (``GET /v1/releases/status``)."""
+        answer: dict[str, Any] = self.request("GET", "/v1/releases/status")
+        return answer
+
     def security_events(self, after: int = 0) -> list[dict[str, Any]]:
         answer = self.request("GET", "/v1/security-events", after=after)
         return list(answer["security_events"])
@@ -612,6 +617,77 @@ class VerifierClient:
     def results(self, node: str, limit: int = 1) -> list[dict[str, Any]]:
         answer = self.request("GET", f"/v1/nodes/{self.resolve(node)}/results", limit=limit)
         return list(answer["results"] if isinstance(answer, dict) else answer)
+
+    def results_page(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        node: str | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One page of ``GET /v1/results``: ``{"results": [...], "next": cursor or None}``."""
+        answer: dict[str, Any] = self.request(
+            "GET", "/v1/results", since=since, until=until, node=node, after=after, limit=limit
+        )
+        return answer
+
+    def all_results(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        node: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[dict[str, Any]]:
+        """Every result of ``GET /v1/results`` in the range, following ``next`` page by page."""
+        after: int | None = None
+        while True:
+            page = self.results_page(
+                since=since, until=until, node=node, after=after, limit=page_size
+            )
+            yield from _page_items(page, "results")
+            after = _next_cursor(page, after)
+            if after is None:
+                return
+
+    def secret_releases_page(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        node: str | None = None,
+        secret: str | None = None,
+        after: int | None = None,
+        limit: int = 500,
+    ) -> dict[str, Any]:
+        """One page of ``GET /v1/secret-releases``: ``{"releases": [...], "next"}``."""
+        answer: dict[str, Any] = self.request(
+            "GET", "/v1/secret-releases", since=since, until=until, node=node,
+            secret=secret, after=after, limit=limit,
+        )  # fmt: skip
+        return answer
+
+    def all_secret_releases(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        node: str | None = None,
+        secret: str | None = None,
+        page_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """Every release of ``GET /v1/secret-releases`` in the range, page by page."""
+        after: int | None = None
+        while True:
+            page = self.secret_releases_page(
+                since=since, until=until, node=node, secret=secret, after=after, limit=page_size
+            )
+            yield from _page_items(page, "releases")
+            after = _next_cursor(page, after)
+            if after is None:
+                return
 
     def apply_policy(self, policy_id: str, document: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("PUT", f"/v1/policies/{policy_id}", document)
@@ -682,6 +758,26 @@ class VerifierClient:
                         data = []
         except httpx.HTTPError as error:
             raise _unreachable(self.url, error, "event stream") from None
+
+
+def _page_items(page: object, member: str) -> list[dict[str, Any]]:
+    items = page.get(member) if isinstance(page, dict) else None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise VerifierUnavailable(f"the verifier's page has no list of {member}")
+    return items
+
+
+def _next_cursor(page: dict[str, Any], previous: int | None) -> int | None:
+    """The page's ``next`` cursor; one that does not advance is the verifier's error (a
+    client following it would loop)."""
+    cursor = page.get("next")
+    if cursor is None:
+        return None
+    if not isinstance(cursor, int) or isinstance(cursor, bool):
+        raise VerifierUnavailable(f"the verifier's next page cursor {cursor!r} is not an integer")
+    if previous is not None and cursor <= previous:
+        raise VerifierUnavailable(f"the verifier's next page cursor {cursor} does not advance")
+    return cursor
 
 
 def _unreachable(url: str, error: BaseException, what: str) -> VerifierUnavailable:

@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import uuid
 from pathlib import Path
@@ -415,3 +416,24 @@ def test_real_verifier_refuses_anonymous_reads_and_reader_writes(tmp_path, ek_ca
             assert (data_dir / name).stat().st_mode & 0o077 == 0, name
         assert data_dir.stat().st_mode & 0o077 == 0
     assert "Traceback" not in "".join(verifier.stderr_lines())
+
+
+def test_policy_changes_log_the_named_operator(make_client, verifier_config, tmp_path, caplog):
+    credentials = _credentials_file(
+        tmp_path / "credentials", [f"alice operator {_digest(ALICE)}", ""]
+    )
+    config = dataclasses.replace(verifier_config, credentials_file=credentials)
+    client = make_client(config, policy=policy_document())
+    document = policy_document()
+    document["id"] = "canary"
+    with caplog.at_level(logging.INFO, logger="stockade.verifier.policies"):
+        stored = client.put("/v1/policies/canary", json=document, headers=bearer(ALICE))
+        assert stored.status_code == 200, stored.text
+        activated = client.put("/v1/active-policy", json={"id": "canary"}, headers=bearer(ALICE))
+        assert activated.status_code == 200, activated.text
+    acts = [
+        (record.getMessage(), getattr(record, "actor", None), getattr(record, "policy", None))
+        for record in caplog.records
+        if record.name == "stockade.verifier.policies"
+    ]
+    assert acts == [("policy stored", "alice", "canary"), ("policy activated", "alice", "canary")]

@@ -515,6 +515,16 @@ def appraise(
         return findings.result(policy, clock, new_boot)
 
     matched = references.lookup(quoted)
+    if matched is not None and matched.security_version < policy.min_security_version:
+        # ``parse_policy`` refuses a listed release below the minimum; references built
+        # any other way still never affirm a rollback.
+        findings.fail(
+            EXECUTABLES,
+            "release",
+            f"release {matched.release} has security version {matched.security_version}, "
+            f"below the policy's minimum {policy.min_security_version}",
+        )
+        return findings.result(policy, clock, new_boot)
     if matched is not None:
         for index in references.pcrs:
             for claim in _PCR_CLAIMS[index]:
@@ -737,3 +747,75 @@ def _booted_release(events: Iterable[Event]) -> str | None:
             if text is not None:
                 return text.removeprefix(RELEASE_EVENT_PREFIX)
     return None
+
+
+# -- re-appraisal of stored values (policy dry runs) -------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotedReappraisal:
+    """What a policy would make of a node's stored quoted PCR values: a status and its
+    reasons, or ``status`` None when the stored values cannot tell (``reasons`` says why)."""
+
+    status: Status | None
+    reasons: tuple[str, ...]
+    matched_release: str | None = None
+
+
+def reappraise_quoted(
+    policy: Policy, references: ReferenceSet | CapturedReferences, quoted: PcrValues
+) -> QuotedReappraisal:
+    """The boot part of ``appraise`` on PCR values a verified quote already carried (a
+    stored result's), for a candidate policy: the reference lookup, the minimum security
+    version and Secure Boot, under the policy's enforce settings. Not re-checked: the quote
+    and clock (they were, when stored) and the execution log (not a boot reference). A
+    captured platform is compared event by event, so it needs the event log: unknown."""
+    if isinstance(references, CapturedReferences):
+        return QuotedReappraisal(
+            None,
+            ("a captured platform is appraised event by event; only the quoted PCR values "
+             "are stored, not the event log",),
+        )  # fmt: skip
+    bank = quoted.banks.get(Alg.SHA256, {})
+    missing = [index for index in references.pcrs if index not in bank]
+    if missing:
+        return QuotedReappraisal(
+            None,
+            (f"PCR {', '.join(map(str, missing))} was not quoted in the stored result",),
+        )
+    findings = _Findings(policy.enforce)
+    matched = references.lookup(quoted)
+    if matched is not None and matched.security_version < policy.min_security_version:
+        findings.fail(
+            EXECUTABLES,
+            "release",
+            f"release {matched.release} has security version {matched.security_version}, "
+            f"below the policy's minimum {policy.min_security_version}",
+        )
+    elif matched is not None:
+        for failure in matched.secure_boot_failures:
+            findings.fail(CONFIGURATION, "secure_boot", failure)
+    elif not references.entries:
+        findings.fail(EXECUTABLES, None, "the policy has no reference values")
+    else:
+        key = references.key(quoted)
+        closest = max(
+            references.entries,
+            key=lambda entry: sum(
+                a == b for a, b in zip(references.key(entry.values), key, strict=True)
+            ),
+        )
+        expected = references.key(closest.values)
+        differing = [
+            index for index, a, b in zip(references.pcrs, key, expected, strict=True) if a != b
+        ]
+        findings.reasons.append(
+            f"no accepted release matches; closest reference: {closest.describe()} "
+            f"(PCR {', '.join(map(str, differing))} differ)"
+        )
+        for index in differing:
+            findings.fail(
+                _PCR_CLAIMS[index][0], _PCR_CHECK[index], f"PCR {index} differs from the reference"
+            )
+    appraisal = findings.result(policy, None, False, matched)
+    return QuotedReappraisal(appraisal.status, appraisal.reasons, appraisal.matched_release)

@@ -57,6 +57,18 @@ RELEASE_PCRS_ON_CAPTURED = frozenset((8, 9, RELEASE_PCR))
 CAPTURED_RESULT_VALIDITY_SECONDS = 300
 
 
+# Why a signer rule alone (``releases: {signer, min_security_version}``, no manifests) cannot
+# be appraised: the evidence names the booted release only by its manifest digest (PCR 12's
+# ``stockade-release: <name> <version> sha256:<digest>``); neither the signed manifest nor its
+# signature reaches the verifier, and PCRs 4, 8 and 9 are predicted from a manifest's kernel,
+# initrd and command line. So every accepted release is listed.
+MANIFESTS_REQUIRED = (
+    "is required: list the accepted releases' DSSE envelopes (a node's evidence names its "
+    "release only by manifest digest in PCR 12, so a release the policy does not hold cannot "
+    "be verified against releases.signer; `stockade policy add-release` adds one)"
+)
+
+
 class PolicyInvalid(InputError):
     """A policy document that cannot be applied; ``field`` names where (e.g.
     ``releases.manifests[1]``)."""
@@ -164,15 +176,17 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
         manifests: tuple[Manifest, ...] = ()
     else:
         releases = _mapping(_required(document, "releases"), "releases")
-        _no_unknown(releases, "releases", {"signers", "min_security_version", "manifests"})
-        signers = _signers(_required(releases, "signers", "releases"))
+        _no_unknown(
+            releases, "releases", {"signer", "signers", "min_security_version", "manifests"}
+        )
+        signers = _release_signers(releases)
         min_security_version = _non_negative_int(
             _required(releases, "min_security_version", "releases"),
             "releases.min_security_version",
         )
-        manifests = _manifests(
-            _required(releases, "manifests", "releases"), signers, min_security_version
-        )
+        if "manifests" not in releases:
+            raise PolicyInvalid("releases.manifests", MANIFESTS_REQUIRED)
+        manifests = _manifests(releases["manifests"], signers, min_security_version)
     ukis = _ukis(document["ukis"]) if "ukis" in document else ()
     if captured is None:
         if ukis:
@@ -401,6 +415,25 @@ def _pcrs(value: Any) -> PcrSelection:
             f"(predicted: {', '.join(map(str, sorted(PREDICTED_PCRS)))})",
         )
     return PcrSelection(tuple(banks))
+
+
+def _release_signers(releases: Mapping[str, Any]) -> tuple[VerifyingKey, ...]:
+    """``releases.signers`` (a list of PEM public keys) or ``releases.signer`` (one)."""
+    if "signer" in releases and "signers" in releases:
+        raise PolicyInvalid(
+            "releases.signer", "give signer (one key) or signers (a list), not both"
+        )
+    if "signer" in releases:
+        pem = releases["signer"]
+        if not isinstance(pem, str):
+            raise PolicyInvalid("releases.signer", "is not a PEM string")
+        try:
+            return (load_verifying_key(pem.encode(), "releases.signer"),)
+        except StockadeError as error:
+            raise PolicyInvalid("releases.signer", str(error)) from None
+    if "signers" not in releases:
+        raise PolicyInvalid("releases.signers", "is required (or releases.signer: one key)")
+    return _signers(releases["signers"])
 
 
 def _signers(value: Any) -> tuple[VerifyingKey, ...]:

@@ -78,6 +78,9 @@ COMMANDS: dict[str, _Entry] = {
         "stockade.cli.nodes", "app", "Nodes known to a verifier, and their trust state."
     ),
     "results": _Entry("stockade.cli.results", "app", "Attestation results (EAR) of nodes."),
+    "releases": _Entry(
+        "stockade.cli.releases", "app", "The releases nodes run: the rollout's progress."
+    ),
     "policy": _Entry("stockade.cli.policy", "app", "Appraisal policies (versioned documents)."),
     "appraise": _Entry(
         "stockade.cli.appraise",

@@ -1,7 +1,19 @@
-"""``stockade audit executions``: what ran where, each entry checked against its quote."""
+"""``stockade audit executions|results|secret-releases``: what ran where, each entry checked
+against its quote; every attestation result of a time range with its transparency-log
+receipt; every secret release.
+
+Exports (``results``, ``secret-releases``) follow the verifier's pages (``GET /v1/results``,
+``GET /v1/secret-releases``) to the end and print one document: ``--format json`` a single
+JSON object (``stockade log verify`` checks a results export offline as it is), ``--format
+csv`` a header and one row per item (cells that a spreadsheet would run as a formula are
+prefixed with ``'``), ``--format text`` a table.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,6 +36,24 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Audit what nodes ran, from their quotes.")
+
+
+class ExportFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    CSV = "csv"
+
+
+ExportFormatOption = Annotated[ExportFormat, typer.Option("--format")]
+SinceOption = Annotated[
+    str | None, typer.Option("--since", help="RFC 3339 time, inclusive [default: the start]")
+]
+UntilOption = Annotated[
+    str | None, typer.Option("--until", help="RFC 3339 time, exclusive [default: now]")
+]
+NodeFilterOption = Annotated[str | None, typer.Option("--node", help="node id or name")]
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _check(entry: Any, keys: Any) -> str | None:
@@ -123,3 +153,145 @@ def execution_table(entries: list[Any], failures: dict[int, str | None]) -> Tabl
             verdict,
         )
     return table
+
+
+# -- exports -----------------------------------------------------------------------------
+
+
+def _csv_cell(value: object) -> str:
+    """A CSV cell: JSON for structures, ``'`` before text a spreadsheet would evaluate."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    text = inline(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _write_csv(columns: list[str], rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(column)) for column in columns])
+    sys.stdout.flush()
+
+
+RESULT_COLUMNS = [
+    "result_id", "node_id", "node", "status", "policy", "issued_at", "not_after", "reasons",
+    "log_index", "tree_size", "ear_signature", "ear", "inclusion_proof",
+]  # fmt: skip
+
+
+@app.command("results")
+def results(
+    since: SinceOption = None,
+    until: UntilOption = None,
+    node: NodeFilterOption = None,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, max=500, help="results per request")
+    ] = 100,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: ReadTokenOption = None,
+    verifier_key: VerifierKeyOption = None,
+    output: ExportFormatOption = ExportFormat.TEXT,
+) -> None:
+    """Every attestation result created in [--since, --until) (of --node), oldest log entry
+    first, each with its log index and receipt (inclusion proof against a signed
+    checkpoint). Each EAR is checked here under the pinned verifier key; the JSON export is
+    what ``stockade log verify --key LOG_KEY --verifier-key KEY`` checks offline. Exit 1 if
+    any EAR does not verify. Needs a reader token."""
+    from stockade.cli.results import check_result
+
+    key_file = pinned_key_file(verifier_key, verifier)
+    with client(verifier, ca, token_file) as api:
+        listed = list(api.all_results(since=since, until=until, node=node, page_size=page_size))
+    keys = key_file.keys()
+    checked = []
+    for result in listed:
+        row = check_result(result, None, keys)
+        receipt = row.get("inclusion_proof")
+        row["tree_size"] = receipt.get("tree_size") if isinstance(receipt, dict) else None
+        if "node" not in row:
+            row["node"] = result.get("node_name")
+        checked.append(row)
+    if output is ExportFormat.JSON:
+        emit_json({"since": since, "until": until, "node": node, "results": checked})
+    elif output is ExportFormat.CSV:
+        _write_csv(RESULT_COLUMNS, checked)
+    else:
+        from rich.console import Console
+
+        Console().print(results_table(checked))
+    refused = [row for row in checked if row["ear_signature"] != "verified"]
+    if refused:
+        raise VerificationFailed(
+            f"{len(refused)} of {len(checked)} results do not verify under the pinned verifier key"
+        )
+
+
+def results_table(rows: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} results (EARs checked locally)")
+    for column in ("log index", "issued", "node", "status", "policy", "result", "EAR"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        verified = row["ear_signature"] == "verified"
+        table.add_row(
+            cell(row.get("log_index"), "-"),
+            cell(row.get("issued_at"), "-"),
+            cell(row.get("node"), "-"),
+            cell(row.get("status"), "-"),
+            cell(row.get("policy"), "-"),
+            cell(row.get("result_id"), "-"),
+            "[green]verified[/]" if verified else f"[red]{cell(row['ear_signature'])}[/]",
+        )
+    return table
+
+
+RELEASE_COLUMNS = [
+    "release_id", "time", "secret", "version", "node_id", "node_name", "result_id",
+]  # fmt: skip
+
+
+@app.command("secret-releases")
+def secret_releases(
+    since: SinceOption = None,
+    until: UntilOption = None,
+    node: NodeFilterOption = None,
+    secret: Annotated[str | None, typer.Option("--secret", help="secret name")] = None,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: ReadTokenOption = None,
+    output: ExportFormatOption = ExportFormat.TEXT,
+) -> None:
+    """Every secret release in [--since, --until) (of --node, of --secret): which version
+    of which secret went to which node, under which attestation result, when. Never a
+    value. Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
+        releases = list(api.all_secret_releases(since=since, until=until, node=node, secret=secret))
+    if output is ExportFormat.JSON:
+        emit_json(
+            {"since": since, "until": until, "node": node, "secret": secret, "releases": releases}
+        )
+    elif output is ExportFormat.CSV:
+        _write_csv(RELEASE_COLUMNS, releases)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{len(releases)} secret releases")
+        for column in ("time", "secret", "version", "node", "result"):
+            table.add_column(column, overflow="fold")
+        for release in releases:
+            table.add_row(
+                cell(release.get("time"), "-"),
+                cell(release.get("secret"), "-"),
+                cell(release.get("version"), "-"),
+                cell(release.get("node_name") or release.get("node_id"), "-"),
+                cell(release.get("result_id"), "-"),
+            )
+        Console().print(table)

@@ -1,9 +1,12 @@
 """``stockade log checkpoint|verify|monitor``: check the verifier's transparency log.
 
 ``verify`` is offline: a receipt (an evidence response, or ``GET /v1/log/proof/inclusion``)
-against a signed checkpoint and the log's key. ``checkpoint`` and ``monitor`` talk to the
-verifier; ``monitor`` follows its checkpoints and exits 1 with an ``ALERT`` line on stderr
-at the first bad signature, rollback, fork or rewritten entry.
+against a signed checkpoint and the log's key; or every result of an export
+(``stockade results show --format json``, ``stockade audit results --format json``), each
+receipt against the log's key and, with ``--verifier-key``, each EAR against the verifier's.
+``checkpoint`` and ``monitor`` talk to the verifier; ``monitor`` follows its checkpoints
+and exits 1 with an ``ALERT`` line on stderr at the first bad signature, rollback, fork or
+rewritten entry.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from stockade.cli.options import (
     VerifierOption,
     client,
 )
-from stockade.errors import InputError, StockadeError
+from stockade.errors import InputError, StockadeError, VerificationFailed
 from stockade.strict_json import loads_strict, read_base64
 from stockade.translog.errors import MalformedKey, SourceUnavailable
 
@@ -214,8 +217,9 @@ def verify_command(
         Path,
         typer.Argument(
             metavar="RECEIPT",
-            help="JSON: an evidence response (its inclusion_proof) or a receipt from "
-            "/v1/log/proof/inclusion",
+            help="JSON: an evidence response (its inclusion_proof), a receipt from "
+            '/v1/log/proof/inclusion, or an export of results ({"results": [...]}: '
+            "results show / audit results --format json)",
         ),
     ],
     key: KeyOption = None,
@@ -223,17 +227,30 @@ def verify_command(
         Path | None,
         typer.Option("--checkpoint", help="signed checkpoint note [default: the receipt's own]"),
     ] = None,
+    verifier_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--verifier-key",
+            help="for an export: also check each result's EAR under this pinned verifier "
+            "key (keys/verifier-key.pub.pem or a JWK set)",
+        ),
+    ] = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Offline: check that the log signed by KEY holds the receipt's entry (and, for an
-    evidence response, that the entry is that result's). Exit 0 verified, 1 not, 2
-    unreadable input."""
+    evidence response, that the entry is that result's). For an export of results, every
+    result: its receipt, that the logged entry is that result's (id, EAR digest, status)
+    and, with --verifier-key, its EAR. Exit 0 verified, 1 not, 2 unreadable input."""
     from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
 
     if key is None:
         raise InputError("no log key: pass --key (a key string or a file)")
     trusted = parse_key(key)
     document = _read_json(receipt_file, "receipt")
+    if isinstance(document, dict) and isinstance(document.get("results"), list):
+        note = read_file(checkpoint, "checkpoint") if checkpoint is not None else None
+        _verify_export(document["results"], trusted, note, verifier_key, output)
+        return
     result = document if isinstance(document, dict) and "inclusion_proof" in document else None
     receipt = Receipt.from_json(result["inclusion_proof"] if result is not None else document)
     note = read_file(checkpoint, "checkpoint") if checkpoint is not None else None
@@ -254,6 +271,87 @@ def verify_command(
         )
         return
     typer.echo(verified_text(verified, trusted.name))
+
+
+def _verify_exported(
+    result: Any, trusted: NoteVerifier, note: bytes | None, ear_keys: Any
+) -> tuple[Any, str | None]:
+    """One exported result: ``(VerifiedReceipt or None, why it does not verify or None)``."""
+    from stockade.statements import StatementInvalid, verify_ear
+    from stockade.translog.errors import TranslogError
+    from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
+
+    if not isinstance(result, dict):
+        return None, "not a JSON object"
+    if not isinstance(result.get("inclusion_proof"), dict):
+        return None, "carries no receipt (inclusion_proof)"
+    try:
+        receipt = Receipt.from_json(result["inclusion_proof"])
+        if result.get("log_index") != receipt.log_index:
+            return None, (
+                f"log_index {result.get('log_index')!r} is not its receipt's {receipt.log_index}"
+            )
+        verified = verify_receipt(
+            receipt, [trusted], checkpoint=note, required=[trusted.name], origin=trusted.name
+        )
+        check_result_entry(verified.entry, result)
+        if ear_keys is not None:
+            node = result.get("node_id")
+            listed = result.get("result_id")
+            if not isinstance(node, str) or not isinstance(listed, str):
+                return verified, "names no node_id or result_id"
+            ear = verify_ear(result["ear"], ear_keys, node=node, result_id=listed)
+            if ear.status != verified.entry.get("status"):
+                return (
+                    verified,
+                    f"the EAR says {ear.status}, the log {verified.entry.get('status')}",
+                )
+    except (TranslogError, StatementInvalid) as error:
+        return None, str(error)
+    return verified, None
+
+
+def _verify_export(
+    results: list[Any],
+    trusted: NoteVerifier,
+    note: bytes | None,
+    verifier_key: Path | None,
+    output: OutputFormat,
+) -> None:
+    """Every result of an export; one line (or JSON member) each, exit 1 if any fails."""
+    from stockade.cli.options import pinned_key_file
+
+    ear_keys = pinned_key_file(verifier_key).keys() if verifier_key is not None else None
+    checked = [_verify_exported(result, trusted, note, ear_keys) for result in results]
+    failed = [index for index, (_, why) in enumerate(checked) if why is not None]
+    if output is OutputFormat.JSON:
+        emit_json(
+            {
+                "results": [
+                    {
+                        "result_id": result.get("result_id") if isinstance(result, dict) else None,
+                        "log_index": verified.log_index if verified is not None else None,
+                        "verified": why is None,
+                        "ear_checked": ear_keys is not None and why is None,
+                        "error": why,
+                    }
+                    for result, (verified, why) in zip(results, checked, strict=True)
+                ],
+                "verified": not failed,
+            }
+        )
+    else:
+        for result, (verified, why) in zip(results, checked, strict=True):
+            listed = inline(result.get("result_id")) if isinstance(result, dict) else "-"
+            if why is None:
+                ear = ", EAR verified" if ear_keys is not None else ""
+                typer.echo(verified_text(verified, trusted.name) + ear)
+            else:
+                typer.echo(f"NOT VERIFIED: result {listed or '-'}: {why}")
+    if failed:
+        raise VerificationFailed(f"{len(failed)} of {len(results)} exported results do not verify")
+    if not results:
+        typer.echo("the export holds no results", err=True)
 
 
 def verified_text(verified: Any, key_name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,6 +39,24 @@ STATE_STYLES = {
 }
 
 
+class Columns(StrEnum):
+    """``nodes list -o``: the default columns, or ``wide`` with the booted release too."""
+
+    DEFAULT = "default"
+    WIDE = "wide"
+
+
+ColumnsOption = Annotated[
+    Columns,
+    typer.Option(
+        "-o",
+        "--output",
+        help="text columns: wide adds the release each node booted (JSON always has it)",
+    ),
+]
+DIGEST_SHOWN = 12  # hex characters of a manifest digest in a table
+
+
 def node_id(node: dict[str, Any]) -> str:
     return str(node.get("node_id", node.get("id", "")))
 
@@ -55,17 +74,38 @@ def print_rich(*renderables: Any) -> None:
     Console().print(*renderables)
 
 
-def node_table(nodes: list[dict[str, Any]]) -> Table:
+def release_cells(release: object) -> tuple[str, str, str]:
+    """A booted release (``release`` of a node or result) as three cells: ``name version``,
+    security version, the manifest digest's start; ``-`` for what is not known."""
+    if not isinstance(release, dict) or release.get("name") is None:
+        return ("-", "-", "-")
+    label = " ".join(str(part) for part in (release.get("name"), release.get("version")) if part)
+    digest = release.get("digest")
+    return (
+        cell(label, "-"),
+        cell(release.get("security_version"), "-"),
+        cell(str(digest)[:DIGEST_SHOWN], "-") if digest else "-",
+    )
+
+
+def node_table(nodes: list[dict[str, Any]], columns: Columns = Columns.DEFAULT) -> Table:
     from rich.table import Table
 
+    wide = columns is Columns.WIDE
     table = Table(title=f"{len(nodes)} nodes")
-    for column in ("name", "node id", "state", "trusted until", "latest result", "updated"):
-        table.add_column(column)
+    names = ["name", "node id", "state"]
+    if wide:
+        names += ["release", "svn", "manifest"]
+    names += ["trusted until", "latest result", "updated"]
+    for column in names:
+        table.add_column(column, no_wrap=wide and column in ("node id", "manifest"))
     for node in nodes:
+        release = release_cells(node.get("release")) if wide else ()
         table.add_row(
             cell(node.get("name")),
             cell(node_id(node)),
             styled_state(node.get("state")),
+            *release,
             cell(node.get("trusted_until")),
             cell(node.get("latest_result_id")),
             cell(node.get("updated_at")),
@@ -110,14 +150,16 @@ def list_nodes(
     ca: CaOption = None,
     token_file: ReadTokenOption = None,
     output: FormatOption = OutputFormat.TEXT,
+    columns: ColumnsOption = Columns.DEFAULT,
 ) -> None:
-    """Every node the verifier knows, with its state and deadline. Needs a reader token."""
+    """Every node the verifier knows, with its state and deadline (-o wide: and the release
+    it booted). Needs a reader token."""
     with client(verifier, ca, token_file) as api:
         nodes = api.nodes()
     if output is OutputFormat.JSON:
         emit_json({"nodes": nodes})
         return
-    print_rich(node_table(nodes))
+    print_rich(node_table(nodes, columns))
 
 
 @app.command("security-events")

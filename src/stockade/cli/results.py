@@ -34,39 +34,52 @@ def check_results(results: list[Any], node: str, keys: Any) -> list[dict[str, An
     """Each result as its EAR says, once the EAR verifies under the pinned ``keys`` and is
     about ``node`` and the result id it is listed under. Nothing unsigned is kept: a result
     whose EAR does not verify is shown only as that failure."""
+    return [check_result(result, node, keys) for result in results]
+
+
+def check_result(result: Any, node: str | None, keys: Any) -> dict[str, Any]:
+    """One listed result as :func:`check_results` shows it (``node`` None: the node the
+    listing names, which the EAR must name too). Its transparency-log ``log_index`` and
+    receipt (``inclusion_proof``) are carried as the verifier sent them: ``stockade log
+    verify`` checks the receipt against the pinned log key, and that the logged entry is
+    this result's (id, EAR digest, status)."""
     from stockade.statements import StatementInvalid, verify_ear
 
-    checked: list[dict[str, Any]] = []
-    for result in results:
-        listed = result.get("result_id") if isinstance(result, dict) else None
-        token = result.get("ear") if isinstance(result, dict) else None
-        try:
-            if not isinstance(token, str):
-                raise StatementInvalid(f"result {listed} carries no EAR")
-            ear = verify_ear(
-                token, keys, node=node, result_id=listed if isinstance(listed, str) else None
-            )
-        except StatementInvalid as error:
-            checked.append({"result_id": listed, "ear_signature": f"NOT VERIFIED: {error}"})
-            continue
-        checked.append(
-            {
-                "result_id": ear.result_id,
-                "node_id": ear.node_id,
-                "node": ear.node_name,
-                "status": ear.status,
-                "policy": ear.policy,
-                "issued_at": ear.issued_at.isoformat(),
-                "not_after": ear.expires_at.isoformat(),
-                "trust_vector": dict(ear.trust_vector),
-                "reasons": list(ear.reasons),
-                "boot": {"reset_count": ear.reset_count, "restart_count": ear.restart_count},
-                "ear": token,
-                "ear_claims": dict(ear.claims),
-                "ear_signature": "verified",
-            }
+    listed = result.get("result_id") if isinstance(result, dict) else None
+    token = result.get("ear") if isinstance(result, dict) else None
+    about = (
+        node if node is not None else (result.get("node_id") if isinstance(result, dict) else None)
+    )
+    logged = {
+        "log_index": result.get("log_index") if isinstance(result, dict) else None,
+        "inclusion_proof": result.get("inclusion_proof") if isinstance(result, dict) else None,
+    }
+    try:
+        if not isinstance(token, str):
+            raise StatementInvalid(f"result {listed} carries no EAR")
+        if not isinstance(about, str):
+            raise StatementInvalid(f"result {listed} names no node")
+        ear = verify_ear(
+            token, keys, node=about, result_id=listed if isinstance(listed, str) else None
         )
-    return checked
+    except StatementInvalid as error:
+        return {"result_id": listed, "ear_signature": f"NOT VERIFIED: {error}", **logged}
+    return {
+        "result_id": ear.result_id,
+        "node_id": ear.node_id,
+        "node": ear.node_name,
+        "status": ear.status,
+        "policy": ear.policy,
+        "issued_at": ear.issued_at.isoformat(),
+        "not_after": ear.expires_at.isoformat(),
+        "trust_vector": dict(ear.trust_vector),
+        "reasons": list(ear.reasons),
+        "boot": {"reset_count": ear.reset_count, "restart_count": ear.restart_count},
+        "ear": token,
+        "ear_claims": dict(ear.claims),
+        "ear_signature": "verified",
+        **logged,
+    }
 
 
 @app.command("show")
@@ -81,7 +94,9 @@ def show(
 ) -> None:
     """The node's latest results: status, trust vector, policy, deadline and every reason,
     all read from the EAR once it verifies under the pinned verifier key and names this
-    node. Exit 1 if any result does not verify. Needs a reader token."""
+    node. ``--format json`` carries each result's log index and receipt: the document as
+    printed is what ``stockade log verify --key LOG_KEY --verifier-key KEY`` checks offline.
+    Exit 1 if any result does not verify. Needs a reader token."""
     key_file = pinned_key_file(verifier_key, verifier)
     with client(verifier, ca, token_file) as api:
         results = api.results(node, limit)

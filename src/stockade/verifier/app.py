@@ -34,6 +34,7 @@ from stockade.verifier import (
     nonces,
     operator_auth,
     policies,
+    releases,
     secrets,
     security_events,
     shared_keys,
@@ -314,6 +315,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         membership,
         secrets,
         executions,
+        releases,
     ):
         app.include_router(module.router)
     app.include_router(log_api.router)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, bindparam, insert, select, update
 
+from stockade.appraisal.appraise import ReferenceEntry
 from stockade.appraisal.decision import conclude, failed_appraisal
 from stockade.appraisal.ear import SignedEvidence, ear_claims
 from stockade.appraisal.executions import ExecutionState
@@ -24,6 +25,7 @@ from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
 from stockade.logs import fields
+from stockade.release.manifest import manifest_digest
 from stockade.translog.entries import attestation_result_entry
 from stockade.translog.receipt import Receipt
 from stockade.verifier.appraiser import Appraisal, Evidence, NodeView, Status
@@ -167,6 +169,64 @@ def _last_clock(node: _NodeRow) -> ClockInfo | None:
 
 
 @dataclass(frozen=True)
+class BootedRelease:
+    """The release the quoted boot matched, as the result records it: the signed manifest's
+    name, version, security version and digest (sha256 hex); a UKI has its name only."""
+
+    name: str
+    version: str | None = None
+    security_version: int | None = None
+    digest: str | None = None
+
+    @classmethod
+    def of_reference(cls, entry: ReferenceEntry) -> BootedRelease:
+        return cls(
+            entry.release_name,
+            entry.release_version,
+            entry.security_version,
+            entry.manifest_digest.hex(),
+        )
+
+
+# A captured-platform appraisal names the release it matched by label ("name version"):
+# its manifest's fields, built once per policy version (the references object is the key,
+# held so its id is not reused).
+_CAPTURED_RELEASES: dict[int, tuple[object, dict[str, BootedRelease]]] = {}
+_CAPTURED_RELEASES_KEPT = 8
+
+
+def _captured_releases(active: ActivePolicy) -> dict[str, BootedRelease]:
+    cached = _CAPTURED_RELEASES.get(id(active.references))
+    if cached is not None and cached[0] is active.references:
+        return cached[1]
+    by_label: dict[str, BootedRelease] = {}
+    for uki in getattr(active.policy, "ukis", ()):
+        by_label.setdefault(uki.name, BootedRelease(uki.name))
+    for manifest in getattr(active.policy, "releases", ()):
+        by_label[f"{manifest.name} {manifest.version}"] = BootedRelease(
+            manifest.name,
+            manifest.version,
+            manifest.security_version,
+            manifest_digest(manifest).hex(),
+        )
+    if len(_CAPTURED_RELEASES) >= _CAPTURED_RELEASES_KEPT:
+        _CAPTURED_RELEASES.clear()
+    _CAPTURED_RELEASES[id(active.references)] = (active.references, by_label)
+    return by_label
+
+
+def booted_release(active: ActivePolicy, appraisal: Appraisal) -> BootedRelease | None:
+    """What the appraisal matched: the reference entry the PCRs equal, or on a captured
+    platform the accepted release or UKI the boot matched event by event; None when the boot
+    matched none (the result records no release)."""
+    if appraisal.matched_reference is not None:
+        return BootedRelease.of_reference(appraisal.matched_reference)
+    if appraisal.matched_release is None:
+        return None
+    return _captured_releases(active).get(appraisal.matched_release)
+
+
+@dataclass(frozen=True)
 class _Prepared:
     """An appraised and signed result, not yet stored."""
 
@@ -181,6 +241,7 @@ class _Prepared:
     pcrs: dict[str, dict[str, str]] | None  # the attested PCR values, when trusted
     log_entry: bytes  # the result's transparency log entry (canonical JSON)
     executions: ExecutionOutcome | None = None  # when the policy quotes PCR 13
+    release: BootedRelease | None = None  # the release the boot matched
 
 
 @dataclass(frozen=True)
@@ -257,6 +318,7 @@ def _prepare(
         attested = evidence.pcrs.restricted_to(selection).to_json()
     return _Prepared(
         executions=outcome,
+        release=booted_release(active, appraisal),
         pcrs=attested,
         inputs=(*node.appraisal_inputs(), executions.fingerprint),
         result_id=result_id,
@@ -507,6 +569,7 @@ def _response(prepared: _Prepared, state: str, receipt: Receipt) -> EvidenceResp
 
 def _store(connection: Connection, node: _NodeRow, prepared: _Prepared, now: datetime) -> str:
     """Insert the result, update the node, record the event on a state change; the new state."""
+    release = prepared.release
     connection.execute(
         _INSERT_RESULT,
         {
@@ -519,6 +582,10 @@ def _store(connection: Connection, node: _NodeRow, prepared: _Prepared, now: dat
             "not_after": prepared.not_after,
             "created_at": now,
             "pcrs": prepared.pcrs,
+            "release_name": release.name if release is not None else None,
+            "release_version": release.version if release is not None else None,
+            "release_security_version": (release.security_version if release is not None else None),
+            "release_digest": release.digest if release is not None else None,
         },
     )
     clock = prepared.clock

@@ -10,6 +10,7 @@ index and size is an integer from 0 to 2**63-1 (422 otherwise).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -85,6 +86,30 @@ def key(
     if format is Format.JSON:
         return {"origin": translog.origin, "key": translog.key_string}
     return PlainTextResponse(translog.key_string + "\n", media_type=NOTE_MEDIA_TYPE)
+
+
+def receipts_at_head(
+    translog: TransparencyLog, indices: Iterable[int | None]
+) -> dict[int, dict[str, Any]]:
+    """The receipt (JSON form, with the signed ``checkpoint``) of each stored log index,
+    all against the current signed head: call after reading the rows that carry the indices,
+    so every committed index is inside the head. 503 ``log-corrupted`` when the stored log is
+    not what was signed or an index is not in it."""
+    wanted = sorted({index for index in indices if index is not None})
+    if not wanted:
+        return {}
+    head = _head(translog)
+    receipts: dict[int, dict[str, Any]] = {}
+    try:
+        for index in wanted:
+            proof = translog.store.inclusion_proof(index, head.size)
+            entry = translog.store.entry(index)
+            receipts[index] = Receipt(index, head.size, entry, tuple(proof), head.note).to_json()
+    except (LogRangeError, LogCorrupted) as error:
+        # A stored result's index outside the signed log is the database disagreeing with
+        # the log, not a bad request.
+        raise _corrupted(LogCorrupted(str(error))) from None
+    return receipts
 
 
 def _range(error: LogRangeError) -> BadRequest:

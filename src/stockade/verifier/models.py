@@ -142,6 +142,14 @@ class Result(Base):
     quote_signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # The result's entry in the transparency log (NULL for results stored before 0010).
     log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The release the quoted boot matched (rollout inventory, 0012): the signed manifest's
+    # name, version, security version and digest (sha256 hex of its canonical form); a UKI
+    # on a captured platform has its name only. NULL when the boot matched no release, and
+    # for results stored before 0012.
+    release_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    release_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    release_security_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    release_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (Index("ix_results_node_created", "node_id", "created_at"),)
 

@@ -1,19 +1,21 @@
-"""Operator API: list and show nodes, their results (a reader or operator credential), revoke
-and allow (an operator credential, recorded as the event's actor)."""
+"""Operator API: list and show nodes, their results and every result of a time range with its
+transparency-log receipt (a reader or operator credential), revoke and allow (an operator
+credential, recorded as the event's actor)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import jwt
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from stockade.statements import FLEET_TRUST_TYPE, FleetEntry, fleet_trust_claims
-from stockade.verifier.errors import NotFound
+from stockade.verifier.errors import BadRequest, NotFound
+from stockade.verifier.log_api import MAX_INDEX, receipts_at_head
 from stockade.verifier.models import Node, Result
 from stockade.verifier.operator_auth import OperatorActor, ReaderActor
 from stockade.verifier.results import decode_ear
@@ -29,7 +31,8 @@ NodeId = Annotated[str, Path(max_length=64)]
 class OperatorAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="operator", min_length=1, max_length=500)
+    # None: the action's own word ("revoked", "allowed"); who acted is the event's actor.
+    reason: str | None = Field(default=None, min_length=1, max_length=500)
 
 
 def node_json(node: Node, service: Service) -> dict[str, Any]:
@@ -63,8 +66,41 @@ def node_json(node: Node, service: Service) -> dict[str, Any]:
     }
 
 
-def result_json(result: Result, service: Service) -> dict[str, Any]:
+# The latest result's release columns, read with the node (GET /v1/nodes, /v1/nodes/{id}).
+RELEASE_COLUMNS = (
+    Result.release_name,
+    Result.release_version,
+    Result.release_security_version,
+    Result.release_digest,
+)
+
+
+def release_json(
+    name: str | None, version: str | None, security_version: int | None, digest: str | None
+) -> dict[str, Any] | None:
+    """The booted release a result records (``name``, ``version``, ``security_version``,
+    ``digest``: the signed manifest's sha256, hex), or None: the boot matched no release, or
+    the result predates migration 0012. A UKI has its name only."""
+    if name is None:
+        return None
     return {
+        "name": name,
+        "version": version,
+        "security_version": security_version,
+        "digest": digest,
+    }
+
+
+def _with_release(node: Node, row: Row[Any] | tuple[Any, ...], service: Service) -> dict[str, Any]:
+    return {**node_json(node, service), "release": release_json(*row)}
+
+
+def result_json(
+    result: Result, service: Service, receipts: dict[int, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A stored result; with ``receipts`` (``receipts_at_head``), its ``log_index`` and
+    ``inclusion_proof`` (None for a result stored before results were logged)."""
+    document = {
         "result_id": result.id,
         "node_id": result.node_id,
         "status": result.status,
@@ -72,17 +108,33 @@ def result_json(result: Result, service: Service) -> dict[str, Any]:
         "policy": result.policy_ref,
         "not_after": rfc3339(result.not_after),
         "created_at": rfc3339(result.created_at),
+        "release": release_json(
+            result.release_name,
+            result.release_version,
+            result.release_security_version,
+            result.release_digest,
+        ),
         "ear": result.ear,
         "claims": decode_ear(result.ear, service.signing_key),
+        "log_index": result.log_index,
     }
+    if receipts is not None:
+        index = result.log_index
+        document["inclusion_proof"] = None if index is None else receipts.get(index)
+    return document
 
 
 @router.get("/v1/nodes")
 def list_nodes(request: Request, _actor: ReaderActor) -> dict[str, list[dict[str, Any]]]:
+    """Every node, with the release its latest result records (``release``, or null)."""
     service = service_of(request)
     with service.sessions() as session:
-        nodes = session.scalars(select(Node).order_by(Node.name, Node.id)).all()
-        return {"nodes": [node_json(node, service) for node in nodes]}
+        rows = session.execute(
+            select(Node, *RELEASE_COLUMNS)
+            .outerjoin(Result, Result.id == Node.latest_result_id)
+            .order_by(Node.name, Node.id)
+        ).all()
+        return {"nodes": [_with_release(row[0], row[1:], service) for row in rows]}
 
 
 @router.get("/v1/trust")
@@ -123,10 +175,14 @@ def fleet_trust(request: Request, _actor: ReaderActor) -> dict[str, Any]:
 def show_node(node_id: NodeId, request: Request, _actor: ReaderActor) -> dict[str, Any]:
     service = service_of(request)
     with service.sessions() as session:
-        node = session.get(Node, node_id)
-        if node is None:
+        row = session.execute(
+            select(Node, *RELEASE_COLUMNS)
+            .outerjoin(Result, Result.id == Node.latest_result_id)
+            .where(Node.id == node_id)
+        ).first()
+        if row is None:
             raise NotFound(f"no node {node_id}", code="node")
-        return node_json(node, service)
+        return _with_release(row[0], row[1:], service)
 
 
 @router.get("/v1/nodes/{node_id}/results")
@@ -136,7 +192,8 @@ def node_results(
     _actor: ReaderActor,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Newest first, each with its EAR decoded (signature checked)."""
+    """Newest first, each with its EAR decoded (signature checked), its ``log_index`` and its
+    receipt (``inclusion_proof``) against the current signed checkpoint."""
     service = service_of(request)
     with service.sessions() as session:
         if session.get(Node, node_id) is None:
@@ -147,7 +204,80 @@ def node_results(
             .order_by(Result.created_at.desc(), Result.id)
             .limit(limit)
         ).all()
-        return {"results": [result_json(row, service) for row in rows]}
+        # After the rows: every index they carry is inside the head the receipts prove.
+        receipts = receipts_at_head(service.translog, (row.log_index for row in rows))
+        return {"results": [result_json(row, service, receipts) for row in rows]}
+
+
+MAX_RESULTS_PAGE = 500
+
+
+def parse_moment(text: str | None, what: str) -> datetime | None:
+    """An RFC 3339 time with a zone, in UTC; 400 (code ``what``) otherwise."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{what}: {text!r} is not an RFC 3339 time", code=what) from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{what}: give a time zone (e.g. Z)", code=what)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise BadRequest(f"{what}: {text!r} is out of range", code=what) from None
+
+
+@router.get("/v1/results")
+def list_results(
+    request: Request,
+    _actor: ReaderActor,
+    since: Annotated[str | None, Query(max_length=64, description="RFC 3339, inclusive")] = None,
+    until: Annotated[str | None, Query(max_length=64, description="RFC 3339, exclusive")] = None,
+    node: Annotated[str | None, Query(max_length=255, description="node id or name")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_INDEX, description="the previous page's next")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_RESULTS_PAGE)] = 100,
+) -> dict[str, Any]:
+    """Every logged result created in ``[since, until)`` (of ``node``), oldest log entry
+    first, each with its receipt against one signed checkpoint. The cursor is the log index
+    (``after``: the previous page's ``next``): results are logged in the transaction that
+    stores them, under the log's write lock, so they commit in log order and a result that
+    commits while an auditor pages lands after the cursor, never behind it. ``next`` is None
+    when this page is the last (as of now). Results stored before the log existed have no
+    index and are not listed."""
+    service = service_of(request)
+    start, stop = parse_moment(since, "since"), parse_moment(until, "until")
+    query = (
+        select(Result, Node.name)
+        .join(Node, Node.id == Result.node_id)
+        .where(Result.log_index.is_not(None))
+        .order_by(Result.log_index)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(Result.log_index > after)
+    if start is not None:
+        query = query.where(Result.created_at >= start)
+    if stop is not None:
+        query = query.where(Result.created_at < stop)
+    if node:
+        query = query.where((Node.id == node) | (Node.name == node))
+    with service.sessions() as session:
+        rows = session.execute(query).all()
+        receipts = receipts_at_head(service.translog, (row.Result.log_index for row in rows))
+        results = [
+            {**result_json(row.Result, service, receipts), "node_name": row.name} for row in rows
+        ]
+    last = rows[-1].Result.log_index if rows else None
+    return {
+        "since": since,
+        "until": until,
+        "node": node,
+        "results": results,
+        "next": last if len(rows) == limit else None,
+    }
 
 
 def locked_node(session: Session, node_id: str) -> Node:
@@ -170,7 +300,7 @@ def revoke(
         node.revoked = True
         node.allowed = False
         node.trusted_until = None
-        reason = (body or OperatorAction()).reason
+        reason = (body.reason if body else None) or "revoked"
         transition(session, node, NodeState.REVOKED, reason, now, actor=actor.name)
         return node_json(node, service)
 
@@ -187,6 +317,6 @@ def allow(
         if node.revoked:
             node.revoked = False
             node.allowed = True
-            reason = body.reason if body else "allowed"
+            reason = (body.reason if body else None) or "allowed"
             transition(session, node, NodeState.ENROLLED, reason, now, actor=actor.name)
         return node_json(node, service)

@@ -6,22 +6,28 @@ the active id cannot be deleted."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from stockade.errors import InputError
+from stockade.evidence.algorithms import Alg
+from stockade.evidence.errors import EvidenceError
+from stockade.evidence.pcr_values import PcrValues
+from stockade.logs import fields
 from stockade.strict_yaml import load_yaml
 from stockade.verifier.errors import Conflict, NotFound, Unprocessable
-from stockade.verifier.models import Policy, PolicyActivation
+from stockade.verifier.models import Node, Policy, PolicyActivation, Result
 from stockade.verifier.operator_auth import OperatorActor, ReaderActor, require_operator
 from stockade.verifier.service import Service, active_policy_id, service_of
 from stockade.verifier.wire import rfc3339
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["policies"])
 
 PolicyId = Annotated[
@@ -75,6 +81,91 @@ def apply_policy(
     return row
 
 
+def _candidate(
+    service: Service, session: Session, policy_id: str, document: dict[str, Any]
+) -> tuple[Any, Any, int]:
+    """The document as the next version of ``policy_id`` would be, parsed and with its
+    references built (422 ``policy`` as ``apply_policy`` would refuse it), not stored."""
+    if document.get("id") != policy_id:
+        raise Unprocessable(
+            f"document id {document.get('id')!r} does not match {policy_id!r}", code="policy"
+        )
+    version = (
+        session.scalar(select(func.max(Policy.version)).where(Policy.id == policy_id)) or 0
+    ) + 1
+    appraiser = service.require_appraiser()
+    try:
+        parsed = appraiser.parse_policy(document, version)
+        return parsed, appraiser.build_references(parsed), version
+    except Exception as error:
+        raise Unprocessable(f"policy {policy_id!r} is invalid: {error}", code="policy") from None
+
+
+def _stored_quote(result: Result | None) -> PcrValues | None:
+    """The sha256 PCR values a stored result's verified quote carried (None: none stored)."""
+    if result is None or not result.pcrs:
+        return None
+    try:
+        bank = {int(index): bytes.fromhex(value) for index, value in result.pcrs["sha256"].items()}
+        return PcrValues({Alg.SHA256: bank})
+    except (KeyError, ValueError, AttributeError, EvidenceError):
+        return None
+
+
+def dry_run(
+    service: Service, session: Session, policy_id: str, document: dict[str, Any]
+) -> dict[str, Any]:
+    """Every enrolled (not revoked) node's latest result re-appraised under the candidate
+    document (``appraise.reappraise_quoted``: the quoted PCR values the result stored, since
+    the verifier keeps no event logs), nothing stored. A node whose status would differ from
+    its latest result's is a change, with the first reason; one whose stored values cannot
+    tell (no verified quote stored, a PCR the candidate quotes that was not quoted, a
+    captured platform) is unknown."""
+    from stockade.appraisal import policy as core_policy
+    from stockade.appraisal.appraise import reappraise_quoted
+
+    policy, references, version = _candidate(service, session, policy_id, document)
+    if not isinstance(policy, core_policy.Policy):
+        raise Unprocessable("dry runs need the core appraiser", code="policy")
+    nodes = session.scalars(
+        select(Node).where(Node.revoked.is_(False)).order_by(Node.name, Node.id)
+    ).all()
+    changes: list[dict[str, Any]] = []
+    unknown: list[dict[str, Any]] = []
+    unchanged = 0
+    for node in nodes:
+        result = session.get(Result, node.latest_result_id) if node.latest_result_id else None
+        current = result.status if result is not None else None
+        quoted = _stored_quote(result)
+        row: dict[str, Any] = {
+            "node_id": node.id, "name": node.name, "state": node.state, "from": current,
+            "result_id": result.id if result is not None else None,
+        }  # fmt: skip
+        if quoted is None:
+            unknown.append({**row, "reason": "no verified quote stored for this node"})
+            continue
+        outcome = reappraise_quoted(policy, references, quoted)
+        if outcome.status is None:
+            unknown.append({**row, "reason": outcome.reasons[0]})
+        elif outcome.status.value != current:
+            reason = outcome.reasons[0] if outcome.reasons else f"matches {outcome.matched_release}"
+            changes.append({**row, "to": outcome.status.value, "reason": reason})
+        else:
+            unchanged += 1
+    return {
+        "id": policy_id,
+        "version": version,
+        "ref": f"{policy_id}@{version}",
+        "stored": False,
+        "nodes": len(nodes),
+        "changed": len(changes),
+        "unchanged": unchanged,
+        "unknown": len(unknown),
+        "changes": changes,
+        "unknown_nodes": unknown,
+    }
+
+
 def _latest(session: Session, policy_id: str) -> Policy | None:
     return session.scalars(
         select(Policy).where(Policy.id == policy_id).order_by(Policy.version.desc()).limit(1)
@@ -93,8 +184,8 @@ def policy_json(row: Policy, *, document: bool) -> dict[str, Any]:
     return body
 
 
-@router.put("/v1/policies/{policy_id}", dependencies=[Depends(require_operator)])
-async def put_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
+@router.put("/v1/policies/{policy_id}")
+async def put_policy(policy_id: PolicyId, request: Request, actor: OperatorActor) -> dict[str, Any]:
     """Body: the policy document, JSON or YAML (``Content-Type: application/yaml``)."""
     import anyio.to_thread
 
@@ -104,14 +195,33 @@ async def put_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
     def store() -> dict[str, Any]:
         try:
             with service.transaction() as session:
-                return policy_json(
-                    apply_policy(service, session, policy_id, document, service.now()),
-                    document=True,
-                )
+                stored = apply_policy(service, session, policy_id, document, service.now())
+                answer = policy_json(stored, document=True)
         finally:
             service.invalidate_policy()
+        log.info(
+            "policy stored",
+            extra=fields(actor=actor.name, policy=stored.id, version=stored.version),
+        )
+        return answer
 
     return await anyio.to_thread.run_sync(store)
+
+
+@router.post("/v1/policies/{policy_id}/dry-run", dependencies=[Depends(require_operator)])
+async def dry_run_policy(policy_id: PolicyId, request: Request) -> dict[str, Any]:
+    """Body: a policy document, as for ``PUT``. Nothing is stored: how many enrolled nodes
+    would change status under it, with the first reason for each (``dry_run``)."""
+    import anyio.to_thread
+
+    service = service_of(request)
+    document = parse_document(await request.body(), request.headers.get("content-type", ""))
+
+    def run() -> dict[str, Any]:
+        with service.sessions() as session:
+            return dry_run(service, session, policy_id, document)
+
+    return await anyio.to_thread.run_sync(run)
 
 
 @router.get("/v1/policies")
@@ -124,12 +234,23 @@ def list_policies(request: Request, _actor: ReaderActor) -> dict[str, list[dict[
 
 
 @router.get("/v1/policies/{policy_id}")
-def show_policy(policy_id: PolicyId, request: Request, _actor: ReaderActor) -> dict[str, Any]:
+def show_policy(
+    policy_id: PolicyId,
+    request: Request,
+    _actor: ReaderActor,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """The latest version, or ``?version=N``."""
     service = service_of(request)
     with service.sessions() as session:
-        row = _latest(session, policy_id)
+        row = (
+            _latest(session, policy_id)
+            if version is None
+            else session.get(Policy, (policy_id, version))
+        )
         if row is None:
-            raise NotFound(f"no policy {policy_id}", code="policy")
+            suffix = "" if version is None else f"@{version}"
+            raise NotFound(f"no policy {policy_id}{suffix}", code="policy")
         return policy_json(row, document=True)
 
 
@@ -161,15 +282,17 @@ def _activation_json(session: Session, row: PolicyActivation) -> dict[str, Any]:
 
 
 @router.put("/v1/active-policy")
-def put_active_policy(body: Activation, request: Request, _actor: OperatorActor) -> dict[str, Any]:
+def put_active_policy(body: Activation, request: Request, actor: OperatorActor) -> dict[str, Any]:
     """Activate a stored policy id on every replica (each notices within
     ``policy_refresh_seconds``; this one at once)."""
     service = service_of(request)
     try:
         with service.transaction() as session:
-            return _activation_json(session, activate_policy(session, body.id, service.now()))
+            answer = _activation_json(session, activate_policy(session, body.id, service.now()))
     finally:
         service.invalidate_policy()
+    log.info("policy activated", extra=fields(actor=actor.name, policy=body.id))
+    return answer
 
 
 @router.get("/v1/active-policy")
@@ -182,7 +305,7 @@ def get_active_policy(request: Request, _actor: ReaderActor) -> dict[str, Any]:
 
 
 @router.delete("/v1/policies/{policy_id}", status_code=204, response_class=Response)
-def delete_policy(policy_id: PolicyId, request: Request, _actor: OperatorActor) -> Response:
+def delete_policy(policy_id: PolicyId, request: Request, actor: OperatorActor) -> Response:
     """Delete every version of a policy that is not the active one (409 if it is)."""
     service = service_of(request)
     with service.transaction() as session:
@@ -194,4 +317,5 @@ def delete_policy(policy_id: PolicyId, request: Request, _actor: OperatorActor) 
             )
         session.execute(delete(Policy).where(Policy.id == policy_id))
     service.invalidate_policy()
+    log.info("policy deleted", extra=fields(actor=actor.name, policy=policy_id))
     return Response(status_code=204)

@@ -40,6 +40,7 @@ from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_selection import BankSelection, PcrSelection
 from stockade.evidence.pcr_values import PcrValues
 from stockade.evidence.public import TpmPublic
+from stockade.logs import fields
 from stockade.verifier.errors import (
     BadRequest,
     ConfigurationError,
@@ -48,11 +49,12 @@ from stockade.verifier.errors import (
     NotFound,
     Unavailable,
 )
+from stockade.verifier.events import record_event
 from stockade.verifier.metrics import metrics_of
 from stockade.verifier.models import Node, Secret, SecretGrant, SecretRelease
 from stockade.verifier.node_auth import require_node
-from stockade.verifier.nodes import node_json
-from stockade.verifier.operator_auth import require_operator
+from stockade.verifier.nodes import node_json, parse_moment
+from stockade.verifier.operator_auth import OperatorActor, ReaderActor, require_operator
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.standing import node_standing
 from stockade.verifier.wire import decode_b64, rfc3339
@@ -132,6 +134,12 @@ class LabelsBody(BaseModel):
     labels: dict[str, str]
 
 
+def _operator_action(what: str, actor: str, **details: object) -> None:
+    """One log line per change to the secret store, naming the operator credential (secrets
+    belong to no node, so these are not node events); never a value."""
+    log.info(what, extra=fields(actor=actor, **details))
+
+
 def _grants(connection: Any, name: str) -> list[str]:
     return list(
         connection.execute(
@@ -143,7 +151,9 @@ def _grants(connection: Any, name: str) -> list[str]:
 
 
 @operator.put("/v1/secrets/{name}")
-def put_secret(name: SecretName, body: SecretValue, request: Request) -> dict[str, Any]:
+def put_secret(
+    name: SecretName, body: SecretValue, request: Request, actor: OperatorActor
+) -> dict[str, Any]:
     """Store a new version of a secret (its grants are kept)."""
     service = service_of(request)
     ring = _ring(service)
@@ -176,6 +186,7 @@ def put_secret(name: SecretName, body: SecretValue, request: Request) -> dict[st
                 .values(version=version, kek_id=kek_id, ciphertext=ciphertext, updated_at=now)
             )
         grants = _grants(connection, name)
+    _operator_action("secret stored", actor.name, secret=name, version=version)
     return {"name": name, "version": version, "kek_id": kek_id, "grants": grants}
 
 
@@ -209,12 +220,13 @@ def list_secrets(request: Request) -> dict[str, list[dict[str, Any]]]:
 
 
 @operator.delete("/v1/secrets/{name}")
-def delete_secret(name: SecretName, request: Request) -> dict[str, Any]:
+def delete_secret(name: SecretName, request: Request, actor: OperatorActor) -> dict[str, Any]:
     service = service_of(request)
     with service.engine.begin() as connection:
         connection.execute(delete(SecretGrant).where(SecretGrant.secret_name == name))
         if connection.execute(delete(Secret).where(Secret.name == name)).rowcount != 1:
             raise NotFound(f"no secret {name!r}", code="secret")
+    _operator_action("secret deleted", actor.name, secret=name)
     return {"name": name, "deleted": True}
 
 
@@ -245,7 +257,9 @@ def _bound(connection: Connection, selector: Selector) -> Selector:
 
 
 @operator.post("/v1/secrets/{name}/grants")
-def grant(name: SecretName, body: GrantBody, request: Request) -> dict[str, Any]:
+def grant(
+    name: SecretName, body: GrantBody, request: Request, actor: OperatorActor
+) -> dict[str, Any]:
     """Grant a secret. ``node:<name or id>`` is bound to the node's id now and stored as
     ``node:<id>``: it keeps selecting that node whatever it is called later, and never a
     node that takes the name afterwards."""
@@ -264,12 +278,16 @@ def grant(name: SecretName, body: GrantBody, request: Request) -> dict[str, Any]
                     secret_name=name, selector=selector, created_at=service.now()
                 )
             )
+            _operator_action("secret granted", actor.name, secret=name, selector=selector)
         return {"name": name, "grants": _grants(connection, name)}
 
 
 @operator.delete("/v1/secrets/{name}/grants")
 def revoke_grant(
-    name: SecretName, request: Request, selector: Annotated[str, Query(max_length=512)]
+    name: SecretName,
+    request: Request,
+    actor: OperatorActor,
+    selector: Annotated[str, Query(max_length=512)],
 ) -> dict[str, Any]:
     """Remove a grant: the stored selector, or for ``node:<name>`` the grant bound to the id of
     the node holding that name now."""
@@ -295,11 +313,12 @@ def revoke_grant(
         ).rowcount
         if not removed:
             raise NotFound(f"secret {name!r} has no grant {normalized}", code="grant")
+        _operator_action("secret grant revoked", actor.name, secret=name, selector=normalized)
         return {"name": name, "grants": _grants(connection, name)}
 
 
 @operator.post("/v1/secrets/rekey")
-def rekey(request: Request) -> dict[str, Any]:
+def rekey(request: Request, actor: OperatorActor) -> dict[str, Any]:
     """Re-encrypt every secret not under the current KEK (one transaction per secret, so the
     verifier keeps serving throughout); afterwards the previous KEKs can be dropped."""
     service = service_of(request)
@@ -331,12 +350,16 @@ def rekey(request: Request) -> dict[str, Any]:
                 .values(kek_id=kek_id, ciphertext=ciphertext)
             )
             done += 1
+    _operator_action("secrets rekeyed", actor.name, rekeyed=done, kek_id=ring.current.kek_id)
     return {"rekeyed": done, "kek_id": ring.current.kek_id}
 
 
 @operator.put("/v1/nodes/{node_id}/labels")
-def set_labels(node_id: NodeId, body: LabelsBody, request: Request) -> dict[str, Any]:
-    """Replace a node's labels (grants select nodes by them)."""
+def set_labels(
+    node_id: NodeId, body: LabelsBody, request: Request, actor: OperatorActor
+) -> dict[str, Any]:
+    """Replace a node's labels (grants select nodes by them). A change is an event of the
+    node (its state unchanged) naming the operator, as grants by label follow it."""
     service = service_of(request)
     try:
         labels = parse_labels([f"{key}={value}" for key, value in body.labels.items()])
@@ -346,8 +369,16 @@ def set_labels(node_id: NodeId, body: LabelsBody, request: Request) -> dict[str,
         node = session.get(Node, node_id)
         if node is None:
             raise NotFound(f"no node {node_id}", code="node")
+        previous = dict(node.labels or {})
+        now = service.now()
         node.labels = labels
-        node.updated_at = service.now()
+        node.updated_at = now
+        if previous != labels:
+            shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+            record_event(
+                session, node, node.state, node.state, f"labels set: {shown or 'none'}", now,
+                actor=actor.name,
+            )  # fmt: skip
         session.flush()
         return node_json(node, service)
 
@@ -470,6 +501,71 @@ def _release_statement(service: Service, release: statements.SecretRelease, now:
         algorithm="ES256",
         headers={"kid": service.signing_key.kid, "typ": statements.SECRET_RELEASE_TYPE},
     )
+
+
+# -- audit: releases -------------------------------------------------------------------------
+
+MAX_RELEASES_PAGE = 1000
+
+
+@router.get("/v1/secret-releases")
+def list_releases(
+    request: Request,
+    _actor: ReaderActor,
+    since: Annotated[str | None, Query(max_length=64, description="RFC 3339, inclusive")] = None,
+    until: Annotated[str | None, Query(max_length=64, description="RFC 3339, exclusive")] = None,
+    node: Annotated[str | None, Query(max_length=255, description="node id or name")] = None,
+    secret: Annotated[str | None, Query(max_length=255, description="secret name")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_RELEASES_PAGE)] = 500,
+) -> dict[str, Any]:
+    """The release audit (``secret_releases``): which version of which secret went to which
+    node under which result, when; never a value. Oldest first by release id; ``after`` is
+    the previous page's ``next`` (None: last page). A reader or operator credential."""
+    service = service_of(request)
+    start, stop = parse_moment(since, "since"), parse_moment(until, "until")
+    query = (
+        select(
+            SecretRelease.id,
+            SecretRelease.time,
+            SecretRelease.secret_name,
+            SecretRelease.secret_version,
+            SecretRelease.node_id,
+            SecretRelease.result_id,
+            Node.name,
+        )
+        .join(Node, Node.id == SecretRelease.node_id)
+        .order_by(SecretRelease.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(SecretRelease.id > after)
+    if start is not None:
+        query = query.where(SecretRelease.time >= start)
+    if stop is not None:
+        query = query.where(SecretRelease.time < stop)
+    if node:
+        query = query.where((Node.id == node) | (Node.name == node))
+    if secret:
+        query = query.where(SecretRelease.secret_name == secret)
+    with service.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    releases = [
+        {
+            "release_id": row.id,
+            "time": rfc3339(row.time),
+            "secret": row.secret_name,
+            "version": row.secret_version,
+            "node_id": row.node_id,
+            "node_name": row.name,
+            "result_id": row.result_id,
+        }
+        for row in rows
+    ]
+    return {
+        "releases": releases,
+        "next": releases[-1]["release_id"] if len(rows) == limit else None,
+    }
 
 
 router.include_router(operator)
