@@ -206,3 +206,21 @@ def test_schema_is_published_and_accepts_the_by_path_form(repo: Path) -> None:
     out = repo / "policies" / "production.yaml"
     _new(repo, out)
     jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(out.read_text()))
+
+
+def test_new_by_signer_alone_lists_no_release(repo: Path) -> None:
+    out = repo / "policies" / "signed.yaml"
+    base = (
+        "policy", "new", "--id", "signed", "--signer", repo / "keys" / "org.pub",
+        "--platform", repo / "platforms" / "dev.json", "--out", out,
+    )  # fmt: skip
+    # Without a floor, "any release this key signs" would take back every rollback.
+    refused = run_stockade(*base)
+    assert "needs --min-security-version" in one_error_line(refused, 2)
+    assert not out.exists()
+    made = run_stockade(*base, "--min-security-version", "4")
+    assert made.returncode == 0, made.stderr
+    document = yaml.safe_load(out.read_text())
+    assert document["releases"] == {"signer": "../keys/org.pub", "min_security_version": 4}
+    checked = run_stockade("policy", "validate", out)
+    assert checked.returncode == 0, checked.stderr

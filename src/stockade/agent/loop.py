@@ -43,7 +43,7 @@ from stockade.agent.oci_hook import HookSettings, serving_hook_requests
 from stockade.agent.secret_socket import serving_secrets
 from stockade.agent.source import NodeSource
 from stockade.agent.state import AgentState, Enrolled
-from stockade.errors import StockadeError, TpmUnavailable
+from stockade.errors import InputError, StockadeError, TpmUnavailable
 from stockade.evidence.credential import CredentialBlob
 from stockade.evidence.pcr_selection import PcrSelection
 from stockade.evidence.templates import KeyKind
@@ -90,6 +90,10 @@ class AgentConfig:
     # Enroll by the cloud vTPM's AK certificate (stockade.tpm.cloud_ak) instead of the EK's;
     # also done, without this, by a TPM with a cloud AK in NV but no EK certificate.
     ak_from_nv: bool = False
+    # The booted release's DSSE envelope (``stockade release sign``), sent with every
+    # evidence: a verifier whose policy accepts releases by signer appraises a release it
+    # does not list from it. Read once, when first sent (the release booted with the agent).
+    release_envelope: Path | None = None
 
     def admission_settings(self) -> HookSettings:
         """The hook settings, with the TPM and execution log this agent attests."""
@@ -99,6 +103,26 @@ class AgentConfig:
             log_path=self.source.execution_log,
             agent_socket=None,
         )
+
+
+# The largest release envelope the verifier takes (``appraisal.appraise``
+# ``MAX_RELEASE_ENVELOPE``, not imported: the agent does not load the appraisal core).
+MAX_RELEASE_ENVELOPE = 64 * 1024
+
+
+def read_release_envelope(path: Path) -> bytes:
+    """The release envelope file's bytes; ``InputError`` when unreadable or too large."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_RELEASE_ENVELOPE + 1)
+    except OSError as error:
+        raise InputError(f"--release-envelope {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_RELEASE_ENVELOPE:
+        raise InputError(
+            f"--release-envelope {path}: more than {MAX_RELEASE_ENVELOPE} bytes (a release "
+            "envelope is a few KiB)"
+        )
+    return raw
 
 
 def _timestamp(text: object) -> float | None:
@@ -168,6 +192,8 @@ class Agent:
     _attested: PcrSelection | None = None
     # A torn execution-log tail sent with the evidence in flight: (log, tail).
     _torn: tuple[ExecutionLog, TornTail] | None = None
+    # ``config.release_envelope`` as base64, once read.
+    _release_envelope: str | None = None
 
     @property
     def state(self) -> AgentState:
@@ -178,6 +204,7 @@ class Agent:
         config = self.config
         if config.verifier_key is not None or self.state.verifier_keys_path.exists():
             self.verifier_keys(None)  # a key file that is unusable or differs: stop here
+        self._release_envelope_part()  # an unreadable or oversized envelope: stop here too
         self._say(
             logging.INFO,
             f"agent {config.name}: {config.source.description}, "
@@ -525,6 +552,7 @@ class Agent:
                 "pcrs": evidence.pcr_values.restricted_to(evidence.selection).to_json(),
                 "event_log": b64(event_log),
                 **body,
+                **self._release_envelope_part(),
             },
         )
         self._attested = evidence.selection
@@ -533,6 +561,16 @@ class Agent:
         if isinstance(acknowledged, int) and acknowledged >= 0:
             self.state.save_execution_log_next(acknowledged)
         return answer
+
+    def _release_envelope_part(self) -> dict[str, Any]:
+        """``release_envelope``: the booted release's envelope, read once (at most
+        ``MAX_RELEASE_ENVELOPE`` bytes, as the verifier takes)."""
+        path = self.config.release_envelope
+        if path is None:
+            return {}
+        if self._release_envelope is None:
+            self._release_envelope = b64(read_release_envelope(path))
+        return {"release_envelope": self._release_envelope}
 
     def _execution_log_part(self, stack: contextlib.ExitStack) -> dict[str, Any]:
         """Lock the execution log (held until the quote is taken) and read what the verifier

@@ -43,7 +43,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -77,6 +80,7 @@ from stockade.appraisal.release_reference import (
     release_reference_from_manifest,
 )
 from stockade.appraisal.uki import PCR_KERNEL_IMAGE, RUNNING_PHASE
+from stockade.errors import StockadeError
 from stockade.evidence.algorithms import Alg
 from stockade.evidence.attest import ClockInfo
 from stockade.evidence.clock import check_clock_progression, is_new_boot
@@ -90,7 +94,9 @@ from stockade.evidence.quote import verify_quote
 from stockade.evidence.replay import VerifiedEventLog, verify_log
 from stockade.evidence.secureboot import secure_boot_state
 from stockade.evidence.signature import Signature
-from stockade.release.manifest import manifest_digest
+from stockade.release.dsse import Envelope
+from stockade.release.errors import SignatureInvalid
+from stockade.release.manifest import Manifest, manifest_digest, open_signed_manifest
 
 # AR4SI trustworthiness claim values (draft-ietf-rats-ar4si, 2.3.3 - 2.3.4).
 NO_CLAIM = 0
@@ -117,6 +123,13 @@ _PCR_CHECK: Mapping[int, str] = {
     RELEASE_PCR: "release", 14: "secure_boot",
 }  # fmt: skip
 _DIGEST_SHOWN = 16  # hex characters of a digest in a reason
+# The largest release envelope a node may send with its evidence (a manifest of a few KiB
+# and its signatures); the verifier refuses a larger field before appraisal.
+MAX_RELEASE_ENVELOPE = 64 * 1024
+# Predictions kept per policy version for releases accepted by signer (a node's envelope):
+# a fleet boots a few releases at a time.
+SIGNED_PREDICTIONS_KEPT = 16
+_MEASURED_DIGEST = re.compile(r" sha256:([0-9a-f]{64})$")
 
 
 class Status(StrEnum):
@@ -153,6 +166,34 @@ class ReferenceEntry:
         return f"{self.release} on {self.platform_description}"
 
 
+class SignedPredictions:
+    """Reference entries predicted for releases accepted by signer (the envelope a node sends
+    with its evidence), by (policy version, manifest digest); the least recently used is
+    dropped past ``SIGNED_PREDICTIONS_KEPT``. Shared by the verifier's worker threads."""
+
+    def __init__(self, kept: int = SIGNED_PREDICTIONS_KEPT) -> None:
+        self.kept = kept
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, bytes], ReferenceSet] = OrderedDict()
+
+    def get(self, key: tuple[str, bytes], predict: Callable[[], ReferenceSet]) -> ReferenceSet:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        made = predict()  # outside the lock: another release's appraisal need not wait
+        with self._lock:
+            self._entries[key] = made
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.kept:
+                self._entries.popitem(last=False)
+        return made
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @dataclass(frozen=True)
 class ReferenceSet:
     """Every reference of one policy version, indexed by the PCR values it predicts."""
@@ -164,6 +205,8 @@ class ReferenceSet:
     _index: Mapping[tuple[bytes, ...], int] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    # Releases a node's signed envelope named (``appraise``), predicted once per release.
+    signed: SignedPredictions = field(repr=False, compare=False, default_factory=SignedPredictions)
 
     def __post_init__(self) -> None:
         index: dict[tuple[bytes, ...], int] = {}
@@ -197,6 +240,10 @@ class Evidence:
     signature: bytes  # TPMT_SIGNATURE
     pcrs: PcrValues
     event_log: bytes  # binary_bios_measurements
+    # The booted release's DSSE envelope (``stockade agent run --release-envelope``): a
+    # release the policy does not list is accepted when it verifies under the policy's
+    # signers, is at or above its minimum and is the release measured into PCR 12.
+    release_envelope: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -249,15 +296,30 @@ class CapturedReferences:
 
 def build_references(policy: Policy) -> ReferenceSet | CapturedReferences:
     """Predict every (platform, release) pair of ``policy``. A release a platform would
-    refuse is skipped (noted in ``skipped``); ``PolicyInvalid`` when no pair remains."""
-    pcrs = policy.pcr_indices
+    refuse is skipped (noted in ``skipped``); ``PolicyInvalid`` when no pair remains. A
+    policy that lists no release (a signer rule: releases come with the evidence) has none."""
     if policy.captured is not None:
         return _captured_references(policy, policy.captured)
+    entries, skipped = _predict_entries(policy, policy.releases)
+    if not entries and policy.releases:
+        raise PolicyInvalid(
+            "releases",
+            "no (platform, release) pair has reference values: " + "; ".join(skipped),
+        )
+    return ReferenceSet(policy.ref, policy.pcr_indices, tuple(entries), tuple(skipped))
+
+
+def _predict_entries(
+    policy: Policy, manifests: Iterable[Manifest]
+) -> tuple[list[ReferenceEntry], list[str]]:
+    """The reference entries of each (platform, release) pair, and the pairs skipped."""
+    pcrs = policy.pcr_indices
     entries: list[ReferenceEntry] = []
     skipped: list[str] = []
+    manifests = tuple(manifests)
     for platform_index, platform in enumerate(policy.platforms):
         description = _describe_platform(platform_index, platform)
-        for manifest in policy.releases:
+        for manifest in manifests:
             try:
                 release = release_reference_from_manifest(manifest)
                 authority = kernel_authority_from_manifest(platform, manifest)
@@ -281,12 +343,7 @@ def build_references(policy: Policy) -> ReferenceSet | CapturedReferences:
                     secure_boot_failures=tuple(_secure_boot_failures(verified, policy.secure_boot)),
                 )
             )
-    if not entries:
-        raise PolicyInvalid(
-            "releases",
-            "no (platform, release) pair has reference values: " + "; ".join(skipped),
-        )
-    return ReferenceSet(policy.ref, pcrs, tuple(entries), tuple(skipped))
+    return entries, skipped
 
 
 def _captured_references(policy: Policy, captured: CapturedPolicy) -> CapturedReferences:
@@ -515,6 +572,28 @@ def appraise(
         return findings.result(policy, clock, new_boot)
 
     matched = references.lookup(quoted)
+    explained = references
+    if matched is None and evidence.release_envelope is not None and policy.signers:
+        # Not a listed release: the one the node's signed envelope names, if it verifies
+        # under the policy's signers, is at or above the minimum and is what PCR 12 measured.
+        signed = _signed_release_references(policy, references, verified, evidence.release_envelope)
+        if isinstance(signed, str):
+            findings.fail(EXECUTABLES, "release", signed)
+        else:
+            matched = signed.lookup(quoted)
+            if matched is None:
+                findings.reasons.append(
+                    "the signed release the node sent matches no prediction on the policy's "
+                    "platforms" + (f" ({'; '.join(signed.skipped)})" if signed.skipped else "")
+                )
+                if signed.entries:
+                    explained = signed
+    elif matched is None and not references.entries and policy.signers:
+        findings.reasons.append(
+            "the evidence carries no release envelope: the policy lists no release, and "
+            "accepts one by signer only from the signed envelope the node sends "
+            "(`stockade agent run --release-envelope`)"
+        )
     if matched is not None and matched.security_version < policy.min_security_version:
         # ``parse_policy`` refuses a listed release below the minimum; references built
         # any other way still never affirm a rollback.
@@ -533,10 +612,73 @@ def appraise(
             findings.fail(CONFIGURATION, "secure_boot", failure)
         return findings.result(policy, clock, new_boot, matched)
 
-    _explain_mismatch(findings, references, quoted, log, _booted_release(verified.trusted_events()))
+    _explain_mismatch(findings, explained, quoted, log, _booted_release(verified.trusted_events()))
     for failure in _secure_boot_failures(verified, policy.secure_boot):
         findings.fail(CONFIGURATION, "secure_boot", failure)
     return findings.result(policy, clock, new_boot)
+
+
+def _signed_release_references(
+    policy: Policy, references: ReferenceSet, verified: VerifiedEventLog, raw: bytes
+) -> ReferenceSet | str:
+    """The references of the release a node's envelope names, or why it is refused: too
+    large, malformed, not signed by the policy's signers, below ``min_security_version``, or
+    not the release measured into PCR 12 of the quoted boot (an envelope proves what was
+    signed, the log what was booted). Predicted as the policy's listed releases are, once
+    per (policy version, manifest digest)."""
+    if len(raw) > MAX_RELEASE_ENVELOPE:
+        return (
+            f"release envelope refused: {len(raw)} bytes, more than the "
+            f"{MAX_RELEASE_ENVELOPE} accepted"
+        )
+    try:
+        envelope = Envelope.from_bytes(raw)
+    except StockadeError as error:
+        return f"release envelope malformed: {error}"
+    try:
+        manifest, _ = open_signed_manifest(envelope, policy.signers)
+    except SignatureInvalid as error:
+        return f"release envelope does not verify under the policy's signers: {error}"
+    except StockadeError as error:
+        return f"release envelope refused: {error}"
+    label = f"{manifest.name} {manifest.version}"
+    if manifest.security_version < policy.min_security_version:
+        return (
+            f"signed release {label} has security version {manifest.security_version}, "
+            f"below the policy's minimum {policy.min_security_version} (rollback refused)"
+        )
+    digest = manifest_digest(manifest)
+    measured = _measured_release_digests(verified.trusted_events())
+    if len(measured) != 1 or measured[0] != digest:
+        booted = (
+            ", ".join(f"sha256:{_shown(found)}" for found in measured)
+            if measured
+            else "no stockade-release event"
+        )
+        return (
+            f"release envelope of {label} (manifest sha256:{_shown(digest)}) is not the "
+            f"release the quoted boot measured into PCR {RELEASE_PCR} ({booted})"
+        )
+
+    def predict_release() -> ReferenceSet:
+        entries, skipped = _predict_entries(policy, (manifest,))
+        return ReferenceSet(policy.ref, references.pcrs, tuple(entries), tuple(skipped))
+
+    return references.signed.get((policy.ref, digest), predict_release)
+
+
+def _measured_release_digests(events: Iterable[Event]) -> list[bytes]:
+    """The manifest digests of the release events extended into the quoted PCR 12 (events
+    whose digest is of their text)."""
+    found = []
+    prefix = RELEASE_EVENT_PREFIX.encode()
+    for event in events:
+        if event.pcr == RELEASE_PCR and event.data.startswith(prefix):
+            text = _measured_text(event)
+            match = _MEASURED_DIGEST.search(text) if text is not None else None
+            if match is not None:
+                found.append(bytes.fromhex(match.group(1)))
+    return found
 
 
 def _appraise_captured(
@@ -785,6 +927,12 @@ def reappraise_quoted(
         )
     findings = _Findings(policy.enforce)
     matched = references.lookup(quoted)
+    if matched is None and not references.entries and policy.signers:
+        return QuotedReappraisal(
+            None,
+            ("the policy lists no release: it accepts releases by signer from the envelope "
+             "a node sends with its evidence, which results do not store",),
+        )  # fmt: skip
     if matched is not None and matched.security_version < policy.min_security_version:
         findings.fail(
             EXECUTABLES,

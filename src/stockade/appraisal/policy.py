@@ -57,15 +57,16 @@ RELEASE_PCRS_ON_CAPTURED = frozenset((8, 9, RELEASE_PCR))
 CAPTURED_RESULT_VALIDITY_SECONDS = 300
 
 
-# Why a signer rule alone (``releases: {signer, min_security_version}``, no manifests) cannot
-# be appraised: the evidence names the booted release only by its manifest digest (PCR 12's
-# ``stockade-release: <name> <version> sha256:<digest>``); neither the signed manifest nor its
-# signature reaches the verifier, and PCRs 4, 8 and 9 are predicted from a manifest's kernel,
-# initrd and command line. So every accepted release is listed.
+# A signer rule alone (``releases: {signer, min_security_version}``, no manifests) accepts
+# any release the signers signed at or above the minimum: the node sends its booted release's
+# DSSE envelope with the evidence (``stockade agent run --release-envelope``), and appraisal
+# verifies it, binds it to the manifest digest PCR 12 measured and predicts PCRs 4, 8, 9 and
+# 12 from it (``appraisal.appraise``). On a captured platform releases are combined with the
+# capture when the policy is applied, so there every accepted release is listed.
 MANIFESTS_REQUIRED = (
-    "is required: list the accepted releases' DSSE envelopes (a node's evidence names its "
-    "release only by manifest digest in PCR 12, so a release the policy does not hold cannot "
-    "be verified against releases.signer; `stockade policy add-release` adds one)"
+    "is required with a captured platform: list the accepted releases' DSSE envelopes "
+    "(`stockade policy add-release` adds one); a policy with platforms may leave manifests "
+    "out and accept releases by signer from the envelope each node sends"
 )
 
 
@@ -103,7 +104,9 @@ class Policy:
     result_validity_seconds: int
     signers: tuple[VerifyingKey, ...]
     min_security_version: int
-    releases: tuple[Manifest, ...]  # verified against signers, each >= min_security_version
+    # Listed releases, verified against signers, each >= min_security_version; empty for a
+    # signer rule (any release the signers signed, from the envelope a node sends).
+    releases: tuple[Manifest, ...]
     platforms: tuple[PlatformReference, ...]
     secure_boot: SecureBootPolicy
     enforce: Mapping[str, Enforcement]
@@ -184,9 +187,12 @@ def parse_policy(document: Mapping[str, Any], version: int) -> Policy:
             _required(releases, "min_security_version", "releases"),
             "releases.min_security_version",
         )
-        if "manifests" not in releases:
+        if "manifests" in releases:
+            manifests = _manifests(releases["manifests"], signers, min_security_version)
+        elif captured is not None:
             raise PolicyInvalid("releases.manifests", MANIFESTS_REQUIRED)
-        manifests = _manifests(releases["manifests"], signers, min_security_version)
+        else:
+            manifests = ()  # a signer rule: each node's envelope names its release
     ukis = _ukis(document["ukis"]) if "ukis" in document else ()
     if captured is None:
         if ukis:

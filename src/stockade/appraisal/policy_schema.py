@@ -49,10 +49,12 @@ _RELEASES: dict[str, Any] = {
     "type": "object",
     "description": (
         "Signed releases accepted: each listed manifest must verify under a signer and be at "
-        "or above min_security_version (a policy listing a rollback release is refused)."
+        "or above min_security_version (a policy listing a rollback release is refused). "
+        "Without manifests (platforms only), any release a signer signed at or above "
+        "min_security_version, from the envelope a node sends with its evidence."
     ),
     "additionalProperties": False,
-    "required": ["min_security_version", "manifests"],
+    "required": ["min_security_version"],
     "properties": {
         "signer": _PEM_OR_PATH,
         "signers": _list_of(_PEM_OR_PATH, "the org public keys", non_empty=True),
@@ -155,7 +157,12 @@ def policy_schema() -> dict[str, Any]:
         "required": ["id", "result_validity_seconds"],
         "oneOf": [
             {"required": ["pcrs", "releases", "platforms"]},
-            {"required": ["captured"], "not": {"required": ["platforms"]}},
+            {
+                "required": ["captured"],
+                "not": {"required": ["platforms"]},
+                # On a captured platform every accepted release is listed.
+                "properties": {"releases": {"required": ["manifests"]}},
+            },
         ],
     }
     captured_document: dict[str, Any] = {

@@ -136,6 +136,16 @@ def run(
             "anyway when the TPM has those but no EK certificate",
         ),
     ] = False,
+    release_envelope: Annotated[
+        Path | None,
+        typer.Option(
+            "--release-envelope",
+            help="the booted release's DSSE envelope (manifest.dsse.json of `stockade release "
+            "build`; on a node, beside its kernel: /boot/efi/EFI/stockade/manifest.dsse.json), "
+            "sent with the evidence: a release the policy does not list is accepted by signer "
+            "and minimum security version",
+        ),
+    ] = None,
     probe_address: ProbeAddressOption = None,
     log_format: LogFormatOption = LogFormat.TEXT,
     log_level: LogLevelOption = LogLevel.INFO,
@@ -184,6 +194,7 @@ def run(
             hook_socket=hook_socket,
             hook_settings=hook_settings,
             ak_from_nv=ak_from_nv,
+            release_envelope=release_envelope,
         ),
         telemetry=AgentTelemetry(stale_after(interval, jitter)),
     )

@@ -335,29 +335,36 @@ def new(
         raise InputError("give --platform (platform.json) at least once, or --from CAPTURED")
     if releases and signer is None:
         raise InputError("--release needs --signer (the key its manifest is signed by)")
-    if captured is None and not releases:
-        raise InputError("give --release (manifest.dsse.json) at least once")
+    if captured is None and not releases and signer is None:
+        raise InputError(
+            "give --release (manifest.dsse.json) at least once, or --signer with "
+            "--min-security-version (any release that key signs, sent by the agent)"
+        )
+    if captured is not None and not releases:
+        raise InputError("a captured platform lists its releases: give --release")
+    if not releases and min_security_version is None:
+        raise InputError("a policy by --signer alone needs --min-security-version")
     document: dict[str, Any] = {"id": policy_id}
     if captured is None:
         document["pcrs"] = pcrs or "sha256:0,1,2,3,4,5,6,7,8,9,12"
     elif pcrs is not None:
         document["pcrs"] = pcrs
     document["result_validity_seconds"] = validity
-    if signer is not None and releases:
+    if signer is not None:
         pem = read_file(signer, "signer public key")
         key = load_verifying_key(pem, f"signer '{signer}'")
         manifests = [_open_release(path, (key,), 0) for path in releases]
-        floor = min(m.security_version for m in manifests)
         if min_security_version is None:
-            min_security_version = floor
+            min_security_version = min(m.security_version for m in manifests)
         document["releases"] = {
             "signer": pem.decode() if embed else _relative(signer, out),
             "min_security_version": min_security_version,
-            "manifests": [
+        }
+        if releases:
+            document["releases"]["manifests"] = [
                 _envelope_document(path, "release envelope") if embed else _relative(path, out)
                 for path in releases
-            ],
-        }
+            ]
     if captured is not None:
         document["captured"] = (
             read_document(captured, "captured policy") if embed else _relative(captured, out)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from stockade.appraisal.appraise import ReferenceEntry
+from stockade.appraisal.appraise import MAX_RELEASE_ENVELOPE, ReferenceEntry
 from stockade.appraisal.decision import conclude, failed_appraisal
 from stockade.appraisal.ear import SignedEvidence, ear_claims
 from stockade.appraisal.executions import ExecutionState
@@ -29,7 +29,7 @@ from stockade.release.manifest import manifest_digest
 from stockade.translog.entries import attestation_result_entry
 from stockade.translog.receipt import Receipt
 from stockade.verifier.appraiser import Appraisal, Evidence, NodeView, Status
-from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound
+from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from stockade.verifier.executions import load_state, store_executions
 from stockade.verifier.metrics import metrics_of
 from stockade.verifier.models import Event, Node, Result
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["attestation"])
 
 
+# The base64 length of the largest release envelope appraisal takes (longer: 422).
+_RELEASE_ENVELOPE_B64 = 4 * -(-MAX_RELEASE_ENVELOPE // 3)
+
+
 class EvidenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +62,12 @@ class EvidenceRequest(BaseModel):
     )
     execution_log_from: int | None = Field(
         default=None, ge=0, description="the record number execution_log starts at"
+    )
+    release_envelope: str | None = Field(
+        default=None,
+        max_length=_RELEASE_ENVELOPE_B64,
+        description="base64 DSSE envelope of the booted release (at most 64 KiB): a release "
+        "the policy does not list is appraised from it when signed by the policy's signers",
     )
 
 
@@ -89,7 +99,20 @@ def _decode(body: EvidenceRequest) -> Evidence:
         signature=decode_b64(body.signature, "signature"),
         pcrs=pcrs,
         event_log=decode_b64(body.event_log, "event_log"),
+        release_envelope=_release_envelope(body.release_envelope),
     )
+
+
+def _release_envelope(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    envelope = decode_b64(value, "release_envelope")
+    if len(envelope) > MAX_RELEASE_ENVELOPE:
+        raise PayloadTooLarge(
+            f"release_envelope: {len(envelope)} bytes, more than {MAX_RELEASE_ENVELOPE}",
+            code="too-large",
+        )
+    return envelope
 
 
 @dataclass(frozen=True)
