@@ -119,6 +119,23 @@ class TextFormatter(logging.Formatter):
 _HANDLER_NAME = "stockade"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was
+    when logging was configured (which a test runner, or a daemon redirecting its output, may
+    have closed since)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        """``StreamHandler.__init__`` sets it; the current ``sys.stderr`` is always used."""
+
+
 def configure_logging(
     log_format: LogFormat = LogFormat.TEXT,
     level: LogLevel = LogLevel.INFO,
@@ -130,7 +147,7 @@ def configure_logging(
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if log_format is LogFormat.JSON else TextFormatter())
     root.addHandler(handler)

@@ -97,3 +97,23 @@ def test_a_field_named_like_a_record_attribute_is_kept(stream):
     logging.getLogger("stockade.test").info("enrolled", extra=fields(name="web-1", message="x"))
     record = json.loads(stream.getvalue())
     assert (record["name"], record["message"], record["event"]) == ("web-1", "x", "enrolled")
+
+
+def test_the_default_handler_follows_sys_stderr(monkeypatch):
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        first = io.StringIO()
+        monkeypatch.setattr("sys.stderr", first)
+        configure_logging(LogFormat.JSON, LogLevel.INFO)
+        first.close()  # a test runner's capture, a redirected output: gone
+        second = io.StringIO()
+        monkeypatch.setattr("sys.stderr", second)
+        logging.getLogger("stockade.test").info("still written")
+        assert json.loads(second.getvalue())["event"] == "still written"
+    finally:
+        for handler in list(root.handlers):
+            if handler.get_name() == "stockade":
+                root.removeHandler(handler)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

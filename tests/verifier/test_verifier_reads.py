@@ -434,6 +434,6 @@ def test_policy_changes_log_the_named_operator(make_client, verifier_config, tmp
     acts = [
         (record.getMessage(), getattr(record, "actor", None), getattr(record, "policy", None))
         for record in caplog.records
-        if record.name == "stockade.verifier.policies"
+        if record.name == "stockade.verifier.policies" and getattr(record, "policy", "") == "canary"
     ]
     assert acts == [("policy stored", "alice", "canary"), ("policy activated", "alice", "canary")]
