@@ -689,6 +689,44 @@ class VerifierClient:
             if after is None:
                 return
 
+    def operator_actions_page(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One page of ``GET /v1/operator-actions``: ``{"actions": [...], "next"}``."""
+        answer: dict[str, Any] = self.request(
+            "GET", "/v1/operator-actions", since=since, until=until, actor=actor,
+            action=action, after=after, limit=limit,
+        )  # fmt: skip
+        return answer
+
+    def all_operator_actions(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[dict[str, Any]]:
+        """Every action of ``GET /v1/operator-actions`` in the range, page by page."""
+        after: int | None = None
+        while True:
+            page = self.operator_actions_page(
+                since=since, until=until, actor=actor, action=action, after=after,
+                limit=page_size,
+            )  # fmt: skip
+            yield from _page_items(page, "actions")
+            after = _next_cursor(page, after)
+            if after is None:
+                return
+
     def apply_policy(self, policy_id: str, document: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("PUT", f"/v1/policies/{policy_id}", document)
         return answer

@@ -750,7 +750,8 @@ def test_a_tpm_that_never_booted_waits_for_the_operator(stand: Stand) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "contraindicated"
         assert stand.node(phantom_id)["state"] == "failed"
-        assert stand.log_size() == log_before + 1
+        # The operator's approval (an operator-action entry), then the result.
+        assert stand.log_size() == log_before + 2
     events = [e for e in stand.events() if e["node_id"] == phantom_id]
     assert [(e["from"], e["to"]) for e in events] == [
         (None, "pending"), ("pending", "enrolled"), ("enrolled", "failed"),

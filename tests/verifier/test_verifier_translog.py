@@ -34,6 +34,7 @@ from stockade.translog.errors import EntryMismatch
 from stockade.translog.monitor import Alert, observe
 from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
 from stockade.verifier.errors import ConfigurationError
+from stockade.verifier.policies import apply_policy
 
 pytestmark = pytest.mark.swtpm
 
@@ -71,6 +72,22 @@ class ClientSource:
     def entries(self, start: int, end: int) -> list[tuple[bytes, bytes]]:
         rows = self._get("/v1/log/entries", start=start, end=end)["entries"]
         return [(_b64(row["entry"]), _b64(row["leaf_hash"])) for row in rows]
+
+
+def _with_policy(client):
+    """``client`` with the test policy stored as ``serve --policy`` stores it: not an
+    operator action, so the log holds only the results these tests count."""
+    service = client.app.state.service
+    document = policy_document()
+    with service.transaction() as session:
+        apply_policy(service, session, document["id"], document, service.now())
+    service.invalidate_policy()
+    return client
+
+
+@pytest.fixture
+def client(make_client):
+    return _with_policy(make_client())
 
 
 @pytest.fixture
@@ -331,7 +348,7 @@ def test_truncated_log_is_refused_and_detected(make_client, attested, verifier_c
 
 def test_a_result_and_its_log_entry_commit_together(make_client, software_tpm, verifier_config):
     """A result whose transaction fails is neither stored nor logged."""
-    client = make_client(policy=policy_document())
+    client = _with_policy(make_client())
     agent = DevAgent.create(software_tpm)
     node_id = agent.enroll(client, "node-atomic")
     service = client.app.state.service

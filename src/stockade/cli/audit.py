@@ -1,10 +1,11 @@
-"""``stockade audit executions|results|secret-releases``: what ran where, each entry checked
-against its quote; every attestation result of a time range with its transparency-log
-receipt; every secret release.
+"""``stockade audit executions|results|secret-releases|actions``: what ran where, each entry
+checked against its quote; every attestation result of a time range with its
+transparency-log receipt; every secret release; every operator action with its receipt.
 
-Exports (``results``, ``secret-releases``) follow the verifier's pages (``GET /v1/results``,
-``GET /v1/secret-releases``) to the end and print one document: ``--format json`` a single
-JSON object (``stockade log verify`` checks a results export offline as it is), ``--format
+Exports (``results``, ``secret-releases``, ``actions``) follow the verifier's pages
+(``GET /v1/results``, ``GET /v1/secret-releases``, ``GET /v1/operator-actions``) to the end
+and print one document: ``--format json`` a single JSON object (``stockade log verify``
+checks a results or actions export offline as it is), ``--format
 csv`` a header and one row per item (cells that a spreadsheet would run as a formula are
 prefixed with ``'``), ``--format text`` a table.
 """
@@ -293,5 +294,65 @@ def secret_releases(
                 cell(release.get("version"), "-"),
                 cell(release.get("node_name") or release.get("node_id"), "-"),
                 cell(release.get("result_id"), "-"),
+            )
+        Console().print(table)
+
+
+ACTION_COLUMNS = [
+    "id", "time", "actor", "action", "subject", "detail", "log_index", "tree_size",
+    "inclusion_proof",
+]  # fmt: skip
+
+
+@app.command("actions")
+def actions(
+    since: SinceOption = None,
+    until: UntilOption = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="operator credential name")] = None,
+    action: Annotated[
+        str | None, typer.Option("--action", help="e.g. node.revoke, secret.put")
+    ] = None,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, max=1000, help="actions per request")
+    ] = 100,
+    verifier: VerifierOption = None,
+    ca: CaOption = None,
+    token_file: ReadTokenOption = None,
+    output: ExportFormatOption = ExportFormat.TEXT,
+) -> None:
+    """Every operator action in [--since, --until) (of --actor, of --action), oldest log
+    entry first: who (the named operator credential), what, on what, when, with its log
+    index and receipt. The JSON export is what ``stockade log verify --key LOG_KEY``
+    checks offline. Never a secret value. Needs a reader token."""
+    with client(verifier, ca, token_file) as api:
+        listed = list(
+            api.all_operator_actions(
+                since=since, until=until, actor=actor, action=action, page_size=page_size
+            )
+        )
+    for row in listed:
+        receipt = row.get("inclusion_proof")
+        row["tree_size"] = receipt.get("tree_size") if isinstance(receipt, dict) else None
+    if output is ExportFormat.JSON:
+        emit_json(
+            {"since": since, "until": until, "actor": actor, "action": action, "actions": listed}
+        )
+    elif output is ExportFormat.CSV:
+        _write_csv(ACTION_COLUMNS, listed)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{len(listed)} operator actions")
+        for column in ("log index", "time", "actor", "action", "subject", "detail"):
+            table.add_column(column, overflow="fold")
+        for row in listed:
+            table.add_row(
+                cell(row.get("log_index"), "-"),
+                cell(row.get("time"), "-"),
+                cell(row.get("actor"), "-"),
+                cell(row.get("action"), "-"),
+                cell(row.get("subject"), "-"),
+                cell(row.get("detail"), "-"),
             )
         Console().print(table)

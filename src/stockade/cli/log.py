@@ -219,7 +219,8 @@ def verify_command(
             metavar="RECEIPT",
             help="JSON: an evidence response (its inclusion_proof), a receipt from "
             '/v1/log/proof/inclusion, or an export of results ({"results": [...]}: '
-            "results show / audit results --format json)",
+            "results show / audit results --format json) or of operator actions "
+            '({"actions": [...]}: audit actions --format json)',
         ),
     ],
     key: KeyOption = None,
@@ -240,7 +241,9 @@ def verify_command(
     """Offline: check that the log signed by KEY holds the receipt's entry (and, for an
     evidence response, that the entry is that result's). For an export of results, every
     result: its receipt, that the logged entry is that result's (id, EAR digest, status)
-    and, with --verifier-key, its EAR. Exit 0 verified, 1 not, 2 unreadable input."""
+    and, with --verifier-key, its EAR. For an export of operator actions, every action: its
+    receipt and that the logged entry is that action (actor, action, subject, time, detail).
+    Exit 0 verified, 1 not, 2 unreadable input."""
     from stockade.translog.receipt import Receipt, check_result_entry, verify_receipt
 
     if key is None:
@@ -250,6 +253,10 @@ def verify_command(
     if isinstance(document, dict) and isinstance(document.get("results"), list):
         note = read_file(checkpoint, "checkpoint") if checkpoint is not None else None
         _verify_export(document["results"], trusted, note, verifier_key, output)
+        return
+    if isinstance(document, dict) and isinstance(document.get("actions"), list):
+        note = read_file(checkpoint, "checkpoint") if checkpoint is not None else None
+        _verify_action_export(document["actions"], trusted, note, output)
         return
     result = document if isinstance(document, dict) and "inclusion_proof" in document else None
     receipt = Receipt.from_json(result["inclusion_proof"] if result is not None else document)
@@ -354,6 +361,72 @@ def _verify_export(
         typer.echo("the export holds no results", err=True)
 
 
+def _verify_action(
+    action: Any, trusted: NoteVerifier, note: bytes | None
+) -> tuple[Any, str | None]:
+    """One exported operator action: ``(VerifiedReceipt or None, why it does not verify or
+    None)``: its receipt, and that the logged entry is this action (actor, action, subject,
+    time, detail)."""
+    from stockade.translog.entries import check_operator_action_entry
+    from stockade.translog.errors import TranslogError
+    from stockade.translog.receipt import Receipt, verify_receipt
+
+    if not isinstance(action, dict):
+        return None, "not a JSON object"
+    if not isinstance(action.get("inclusion_proof"), dict):
+        return None, "carries no receipt (inclusion_proof)"
+    try:
+        receipt = Receipt.from_json(action["inclusion_proof"])
+        if action.get("log_index") != receipt.log_index:
+            return None, (
+                f"log_index {action.get('log_index')!r} is not its receipt's {receipt.log_index}"
+            )
+        verified = verify_receipt(
+            receipt, [trusted], checkpoint=note, required=[trusted.name], origin=trusted.name
+        )
+        check_operator_action_entry(verified.entry, action)
+    except TranslogError as error:
+        return None, str(error)
+    return verified, None
+
+
+def _verify_action_export(
+    actions: list[Any], trusted: NoteVerifier, note: bytes | None, output: OutputFormat
+) -> None:
+    """Every operator action of an export (``audit actions --format json``); one line (or
+    JSON member) each, exit 1 if any fails."""
+    checked = [_verify_action(action, trusted, note) for action in actions]
+    failed = [index for index, (_, why) in enumerate(checked) if why is not None]
+    if output is OutputFormat.JSON:
+        emit_json(
+            {
+                "actions": [
+                    {
+                        "id": action.get("id") if isinstance(action, dict) else None,
+                        "log_index": verified.log_index if verified is not None else None,
+                        "verified": why is None,
+                        "error": why,
+                    }
+                    for action, (verified, why) in zip(actions, checked, strict=True)
+                ],
+                "verified": not failed,
+            }
+        )
+    else:
+        for action, (verified, why) in zip(actions, checked, strict=True):
+            if why is None:
+                typer.echo(verified_text(verified, trusted.name))
+            else:
+                listed = inline(action.get("id")) if isinstance(action, dict) else "-"
+                typer.echo(f"NOT VERIFIED: operator action {listed or '-'}: {why}")
+    if failed:
+        raise VerificationFailed(
+            f"{len(failed)} of {len(actions)} exported operator actions do not verify"
+        )
+    if not actions:
+        typer.echo("the export holds no operator actions", err=True)
+
+
 def verified_text(verified: Any, key_name: str) -> str:
     """One line: which entry of which log (``VerifiedReceipt``) the receipt proves."""
     entry = verified.entry if isinstance(verified.entry, dict) else {}
@@ -361,6 +434,11 @@ def verified_text(verified: Any, key_name: str) -> str:
     if "result_id" in entry:
         node, status = inline(entry.get("node_name")) or "-", inline(entry.get("status")) or "-"
         what += f" {inline(entry['result_id'])} ({node}, {status})"
+    elif "actor" in entry:
+        what += (
+            f" {inline(entry.get('action')) or '-'} {inline(entry.get('subject')) or '-'}"
+            f" by {inline(entry.get('actor')) or '-'}"
+        )
     return (
         f"verified: {what} is entry {verified.log_index} of {verified.checkpoint.origin} "
         f"at size {verified.checkpoint.size}, signed by {key_name}"

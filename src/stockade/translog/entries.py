@@ -21,10 +21,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from stockade.strict_json import canonical_json, loads_strict
-from stockade.translog.errors import MalformedEntry
+from stockade.translog.errors import EntryMismatch, MalformedEntry
 
 ATTESTATION_RESULT = "attestation-result"
 EXECUTION_RECORD = "execution-record"
+OPERATOR_ACTION = "operator-action"
 
 # type -> the fields (besides "type") an entry of that type must carry, each a string.
 ENTRY_FIELDS: Mapping[str, tuple[str, ...]] = {
@@ -47,6 +48,7 @@ ENTRY_FIELDS: Mapping[str, tuple[str, ...]] = {
         "record_sha256",
         "result_id",
     ),
+    OPERATOR_ACTION: ("actor", "action", "subject", "time", "detail"),
 }
 
 MAX_ENTRY_SIZE = 64 * 1024
@@ -110,6 +112,38 @@ def execution_record_entry(
             "result_id": result_id,
         }
     )
+
+
+def operator_action_entry(
+    *, actor: str, action: str, subject: str, time: str, detail: str
+) -> bytes:
+    """The log entry of one operator action: the operator credential's name, the action
+    (``node.revoke``, ``secret.put``, ...), its subject (a node id, ``policy@version``, a
+    secret's name: never a value), when (RFC 3339) and its bounded detail."""
+    return canonical_json(
+        {
+            "type": OPERATOR_ACTION,
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "time": time,
+            "detail": detail,
+        }
+    )
+
+
+def check_operator_action_entry(entry: Mapping[str, Any], action: Mapping[str, Any]) -> None:
+    """Check that a logged entry is the ``operator-action`` of ``action`` (a row of
+    ``GET /v1/operator-actions``: ``actor``, ``action``, ``subject``, ``time``, ``detail``);
+    ``EntryMismatch`` naming the first field that differs."""
+    if entry.get("type") != OPERATOR_ACTION:
+        raise EntryMismatch(f"the logged entry is a {entry.get('type')!r}, not an operator action")
+    for name in ENTRY_FIELDS[OPERATOR_ACTION]:
+        if entry.get(name) != action.get(name):
+            raise EntryMismatch(
+                f"the logged entry's {name} is {entry.get(name)!r}, "
+                f"the action's is {action.get(name)!r}"
+            )
 
 
 def parse_entry(data: bytes) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from stockade.verifier.config import normalize_ek_entry
 from stockade.verifier.errors import BadRequest, Conflict
 from stockade.verifier.events import record_event
 from stockade.verifier.nodes import locked_node, node_json
+from stockade.verifier.operator_actions import record_action
 from stockade.verifier.operator_auth import OperatorActor
 from stockade.verifier.service import service_of
 from stockade.verifier.states import NodeState, transition
@@ -60,7 +61,9 @@ def approve(
         node.pending_until = None
         reason = (body or ApproveBody()).reason
         transition(session, node, NodeState.ENROLLED, reason, now, actor=actor.name)
-        return node_json(node, service)
+        answer = node_json(node, service)
+        record_action(session, service, actor.name, "node.approve", node.id, reason)
+        return answer
 
 
 @router.post("/v1/nodes/{node_id}/replace")
@@ -97,4 +100,8 @@ def replace(
         )
         answer = node_json(node, service)
         answer["replace_ek"] = selector
+        record_action(
+            session, service, actor.name, "node.replace", node.id,
+            f"{body.reason}; ek {selector or 'any'}",
+        )  # fmt: skip
         return answer

@@ -32,6 +32,7 @@ from stockade.verifier import (
     membership,
     nodes,
     nonces,
+    operator_audit,
     operator_auth,
     policies,
     releases,
@@ -319,6 +320,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     ):
         app.include_router(module.router)
     app.include_router(log_api.router)
+    app.include_router(operator_audit.router)
     app.include_router(operator_auth.router)
 
     @app.get("/v1/openapi.json", tags=["operator"], dependencies=[Depends(require_reader)])

@@ -323,3 +323,22 @@ class Execution(Base):
         ),
         Index("ix_executions_created", "created_at"),
     )
+
+
+class OperatorActionRow(Base):
+    """One operator action (``stockade.verifier.operator_actions``): who (the operator
+    credential's name), what (``node.revoke``, ``secret.put``, ...), on what (a node id, a
+    policy ``id@version``, a secret's name: never a value), when, a bounded detail, and the
+    index of its ``operator-action`` entry in the transparency log. Written in the action's
+    own transaction; ``log_index`` is given under the log's write lock, so rows commit in
+    its order (the audit pages by it)."""
+
+    __tablename__ = "operator_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(255), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(512))
+    detail: Mapped[str] = mapped_column(Text)
+    log_index: Mapped[int] = mapped_column(BigInteger, unique=True)

@@ -17,6 +17,7 @@ from stockade.statements import FLEET_TRUST_TYPE, FleetEntry, fleet_trust_claims
 from stockade.verifier.errors import BadRequest, NotFound
 from stockade.verifier.log_api import MAX_INDEX, receipts_at_head
 from stockade.verifier.models import Node, Result
+from stockade.verifier.operator_actions import record_action
 from stockade.verifier.operator_auth import OperatorActor, ReaderActor
 from stockade.verifier.results import decode_ear
 from stockade.verifier.service import Service, service_of
@@ -302,7 +303,9 @@ def revoke(
         node.trusted_until = None
         reason = (body.reason if body else None) or "revoked"
         transition(session, node, NodeState.REVOKED, reason, now, actor=actor.name)
-        return node_json(node, service)
+        answer = node_json(node, service)
+        record_action(session, service, actor.name, "node.revoke", node.id, reason)
+        return answer
 
 
 @router.post("/v1/nodes/{node_id}/allow")
@@ -319,4 +322,8 @@ def allow(
             node.allowed = True
             reason = (body.reason if body else None) or "allowed"
             transition(session, node, NodeState.ENROLLED, reason, now, actor=actor.name)
-        return node_json(node, service)
+        else:
+            reason = "not revoked: unchanged"
+        answer = node_json(node, service)
+        record_action(session, service, actor.name, "node.allow", node.id, reason)
+        return answer

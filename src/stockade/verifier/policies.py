@@ -5,6 +5,7 @@ the active id cannot be deleted."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import datetime
@@ -20,9 +21,11 @@ from stockade.evidence.algorithms import Alg
 from stockade.evidence.errors import EvidenceError
 from stockade.evidence.pcr_values import PcrValues
 from stockade.logs import fields
+from stockade.strict_json import canonical_json
 from stockade.strict_yaml import load_yaml
 from stockade.verifier.errors import Conflict, NotFound, Unprocessable
 from stockade.verifier.models import Node, Policy, PolicyActivation, Result
+from stockade.verifier.operator_actions import record_action
 from stockade.verifier.operator_auth import OperatorActor, ReaderActor, require_operator
 from stockade.verifier.service import Service, active_policy_id, service_of
 from stockade.verifier.wire import rfc3339
@@ -172,6 +175,12 @@ def _latest(session: Session, policy_id: str) -> Policy | None:
     ).first()
 
 
+def _document_digest(document: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a stored policy document in canonical JSON: what an operator action
+    records of it (the document itself is read with ``GET /v1/policies/{id}?version=``)."""
+    return hashlib.sha256(canonical_json(document)).hexdigest()
+
+
 def policy_json(row: Policy, *, document: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": row.id,
@@ -197,6 +206,10 @@ async def put_policy(policy_id: PolicyId, request: Request, actor: OperatorActor
             with service.transaction() as session:
                 stored = apply_policy(service, session, policy_id, document, service.now())
                 answer = policy_json(stored, document=True)
+                record_action(
+                    session, service, actor.name, "policy.store",
+                    f"{stored.id}@{stored.version}", f"sha256 {_document_digest(stored.document)}",
+                )  # fmt: skip
         finally:
             service.invalidate_policy()
         log.info(
@@ -289,6 +302,8 @@ def put_active_policy(body: Activation, request: Request, actor: OperatorActor) 
     try:
         with service.transaction() as session:
             answer = _activation_json(session, activate_policy(session, body.id, service.now()))
+            subject = body.id if answer["version"] is None else f"{body.id}@{answer['version']}"
+            record_action(session, service, actor.name, "policy.activate", subject)
     finally:
         service.invalidate_policy()
     log.info("policy activated", extra=fields(actor=actor.name, policy=body.id))
@@ -315,7 +330,11 @@ def delete_policy(policy_id: PolicyId, request: Request, actor: OperatorActor) -
             raise Conflict(
                 f"{policy_id} is the active policy; activate another first", code="policy-active"
             )
+        versions = session.scalar(select(func.count()).where(Policy.id == policy_id))
         session.execute(delete(Policy).where(Policy.id == policy_id))
+        record_action(
+            session, service, actor.name, "policy.delete", policy_id, f"{versions} versions"
+        )
     service.invalidate_policy()
     log.info("policy deleted", extra=fields(actor=actor.name, policy=policy_id))
     return Response(status_code=204)

@@ -54,6 +54,7 @@ from stockade.verifier.metrics import metrics_of
 from stockade.verifier.models import Node, Secret, SecretGrant, SecretRelease
 from stockade.verifier.node_auth import require_node
 from stockade.verifier.nodes import node_json, parse_moment
+from stockade.verifier.operator_actions import record_action
 from stockade.verifier.operator_auth import OperatorActor, ReaderActor, require_operator
 from stockade.verifier.service import Service, service_of
 from stockade.verifier.standing import node_standing
@@ -186,6 +187,9 @@ def put_secret(
                 .values(version=version, kek_id=kek_id, ciphertext=ciphertext, updated_at=now)
             )
         grants = _grants(connection, name)
+        record_action(
+            connection, service, actor.name, "secret.put", name, f"version {version}, kek {kek_id}"
+        )
     _operator_action("secret stored", actor.name, secret=name, version=version)
     return {"name": name, "version": version, "kek_id": kek_id, "grants": grants}
 
@@ -226,6 +230,7 @@ def delete_secret(name: SecretName, request: Request, actor: OperatorActor) -> d
         connection.execute(delete(SecretGrant).where(SecretGrant.secret_name == name))
         if connection.execute(delete(Secret).where(Secret.name == name)).rowcount != 1:
             raise NotFound(f"no secret {name!r}", code="secret")
+        record_action(connection, service, actor.name, "secret.delete", name)
     _operator_action("secret deleted", actor.name, secret=name)
     return {"name": name, "deleted": True}
 
@@ -272,6 +277,7 @@ def grant(
         if connection.execute(select(Secret.name).where(Secret.name == name)).first() is None:
             raise NotFound(f"no secret {name!r}", code="secret")
         selector = str(_bound(connection, parsed))
+        detail = f"selector {selector}"
         if selector not in _grants(connection, name):
             connection.execute(
                 insert(SecretGrant).values(
@@ -279,7 +285,11 @@ def grant(
                 )
             )
             _operator_action("secret granted", actor.name, secret=name, selector=selector)
-        return {"name": name, "grants": _grants(connection, name)}
+        else:
+            detail += " (already granted: unchanged)"
+        answer = {"name": name, "grants": _grants(connection, name)}
+        record_action(connection, service, actor.name, "secret.grant", name, detail)
+        return answer
 
 
 @operator.delete("/v1/secrets/{name}/grants")
@@ -314,7 +324,11 @@ def revoke_grant(
         if not removed:
             raise NotFound(f"secret {name!r} has no grant {normalized}", code="grant")
         _operator_action("secret grant revoked", actor.name, secret=name, selector=normalized)
-        return {"name": name, "grants": _grants(connection, name)}
+        answer = {"name": name, "grants": _grants(connection, name)}
+        record_action(
+            connection, service, actor.name, "secret.revoke", name, f"selector {normalized}"
+        )
+        return answer
 
 
 @operator.post("/v1/secrets/rekey")
@@ -350,6 +364,11 @@ def rekey(request: Request, actor: OperatorActor) -> dict[str, Any]:
                 .values(kek_id=kek_id, ciphertext=ciphertext)
             )
             done += 1
+    with service.engine.begin() as connection:
+        record_action(
+            connection, service, actor.name, "secret.rekey", ring.current.kek_id,
+            f"{done} secrets re-encrypted under kek {ring.current.kek_id}",
+        )  # fmt: skip
     _operator_action("secrets rekeyed", actor.name, rekeyed=done, kek_id=ring.current.kek_id)
     return {"rekeyed": done, "kek_id": ring.current.kek_id}
 
@@ -373,14 +392,20 @@ def set_labels(
         now = service.now()
         node.labels = labels
         node.updated_at = now
+        shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
         if previous != labels:
-            shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
             record_event(
                 session, node, node.state, node.state, f"labels set: {shown or 'none'}", now,
                 actor=actor.name,
             )  # fmt: skip
         session.flush()
-        return node_json(node, service)
+        answer = node_json(node, service)
+        unchanged = "" if previous != labels else " (unchanged)"
+        record_action(
+            session, service, actor.name, "node.labels", node.id,
+            f"labels: {shown or 'none'}{unchanged}",
+        )  # fmt: skip
+        return answer
 
 
 # -- nodes: release ------------------------------------------------------------------------
