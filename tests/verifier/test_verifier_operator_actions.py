@@ -356,6 +356,28 @@ def test_migration_0013_upgrades_a_0012_database(tmp_path, database_url):
         with engine.begin() as connection:
             assert connection.execute(text("SELECT count(*) FROM policies")).scalar_one() == 1
             version = connection.execute(text("SELECT version_num FROM alembic_version"))
-            assert version.scalar_one() == "0013"
+            assert version.scalar_one() >= "0013"
+    finally:
+        engine.dispose()
+
+
+def test_results_are_indexed_by_log_index_and_0014_downgrades(tmp_path, database_url):
+    """Auditors page results by log index (GET /v1/results): an index, not a sort of the
+    whole table per page."""
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        _upgrade(engine, "head")
+        indexes = {
+            index["name"]: index["column_names"] for index in inspect(engine).get_indexes("results")
+        }
+        assert indexes["ix_results_log_index"] == ["log_index"]
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0013")
+        assert "ix_results_log_index" not in {
+            index["name"] for index in inspect(engine).get_indexes("results")
+        }
     finally:
         engine.dispose()

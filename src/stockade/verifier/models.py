@@ -151,7 +151,10 @@ class Result(Base):
     release_security_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     release_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_results_node_created", "node_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_results_node_created", "node_id", "created_at"),
+        Index("ix_results_log_index", "log_index"),
+    )
 
 
 class Event(Base):
