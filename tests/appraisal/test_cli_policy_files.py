@@ -73,6 +73,34 @@ def test_new_names_files_by_path_and_validate_reads_them_from_anywhere(repo: Pat
     assert "exists; pass --force" in one_error_line(again, 2)
 
 
+def test_new_keeps_symbolic_links_as_named(repo: Path) -> None:
+    # releases/current -> 1.0.0.dsse.json: the policy keeps following the link, as named.
+    (repo / "releases" / "current.dsse.json").symlink_to("1.0.0.dsse.json")
+    out = repo / "policies" / "linked.yaml"
+    made = run_stockade(
+        "policy", "new", "--id", "linked", "--signer", repo / "keys" / "org.pub",
+        "--platform", repo / "platforms" / "dev.json",
+        "--release", repo / "releases" / "current.dsse.json", "--out", out,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    document = yaml.safe_load(out.read_text())
+    assert document["releases"]["manifests"] == ["../releases/current.dsse.json"]
+    assert run_stockade("policy", "validate", out, cwd="/").returncode == 0
+    # ``..`` through a linked directory would lead elsewhere: then the resolved path.
+    (repo / "elsewhere" / "deeper").mkdir(parents=True)
+    (repo / "linkdir").symlink_to(repo / "elsewhere" / "deeper")
+    deep = repo / "linkdir" / "deep.yaml"
+    made = run_stockade(
+        "policy", "new", "--id", "deep", "--signer", repo / "keys" / "org.pub",
+        "--platform", repo / "platforms" / "dev.json",
+        "--release", repo / "releases" / "1.0.0.dsse.json", "--out", deep,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    manifests = yaml.safe_load(deep.read_text())["releases"]["manifests"]
+    assert manifests == ["../../releases/1.0.0.dsse.json"]
+    assert run_stockade("policy", "validate", deep, cwd="/").returncode == 0
+
+
 def test_new_with_embed_copies_the_files_in(repo: Path) -> None:
     out = repo / "embedded.yaml"
     _new(repo, out, "--embed")

@@ -228,9 +228,15 @@ def schema() -> None:
 
 
 def _relative(target: Path, out: Path) -> str:
-    """``target`` as a path relative to the directory of ``out`` (how a policy names files)."""
+    """``target`` as a path relative to the directory of ``out`` (how a policy names files):
+    as the operator named it (a symbolic link stays a link, so a release directory that
+    points at the current build keeps doing so), unless ``..`` through a link would lead
+    elsewhere, then by its resolved path."""
     import os
 
+    named = os.path.relpath(os.path.abspath(target), os.path.abspath(out.parent))
+    if (out.parent / named).resolve() == target.resolve():
+        return named
     return os.path.relpath(target.resolve(), out.resolve().parent)
 
 
