@@ -10,6 +10,7 @@ DEB_PACKAGES=(
   shim-unsigned grub-efi-amd64-bin tpm2-openssl
   python3-venv python3-dev gcc libc6-dev openssl faketime
   podman containerd systemd
+  chromium chromium-driver
 )
 
 missing=()
