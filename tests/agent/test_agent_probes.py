@@ -28,24 +28,64 @@ from stockade.agent.oci_hook import HookSettings, serving_hook_requests
 from stockade.agent.source import NodeSource
 from stockade.agent.state import Enrolled
 from support.cli import stockade_command
+from support.probe_servers import free_port, sample
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _agent_run(
+    tmp_path: Path,
+    *args: object,
+    name: str = "n1",
+    verifier: str | None = None,
+    tcti: str = "swtpm:port=1",
+    event_log: Path | None = None,
+    state_dir: Path | None = None,
+) -> list[str]:
+    """``stockade agent run`` for the node ``name``: by default one that cannot attest
+    (nothing listens at its verifier, no TPM at its TCTI), its event log and state in
+    ``tmp_path``."""
+    return stockade_command(
+        "agent", "run", "--name", name,
+        "--verifier", verifier or f"https://127.0.0.1:{free_port()}", "--tcti", tcti,
+        "--event-log", event_log or tmp_path / "log",
+        "--state-dir", state_dir or tmp_path / "state", *args,
+    )  # fmt: skip
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
-    from prometheus_client.parser import text_string_to_metric_families
+def _launch(
+    tmp_path: Path, command: list[str], *, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[Any]:
+    """Start an agent with its own Stockade home in ``tmp_path`` (and ``env`` besides)."""
+    environment = {**os.environ, "STOCKADE_HOME": str(tmp_path / "home"), **(env or {})}
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=environment, **popen)
 
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return None
+
+def _looping_agent(
+    tmp_path: Path, verifier: str, stale_after: float
+) -> tuple[Agent, AgentTelemetry, list[str]]:
+    """An in-process agent already enrolled as node-1 (its signing as the node skipped), its
+    telemetry and the lines it logs, not started."""
+    state = tmp_path / "state"
+    AgentState(state).save_enrolled(Enrolled("node-1", "n1", "https://v"))
+    AgentState(state).channel_key_path.write_bytes(b"")
+    telemetry = AgentTelemetry(stale_after=stale_after)
+    lines: list[str] = []
+    agent = Agent(
+        AgentConfig(
+            verifier=verifier,
+            ca=None,
+            name="n1",
+            source=NodeSource("swtpm:port=1", tmp_path / "log", "nowhere"),
+            state_dir=state,
+            initial_backoff=0.05,
+            max_backoff=0.1,
+        ),
+        log=lines.append,
+        telemetry=telemetry,
+    )
+    agent.sign_as_node = lambda client, enrolled: None  # type: ignore[method-assign]
+    return agent, telemetry, lines
 
 
 def _wait(condition: Callable[[], Any], timeout: float, what: str, process: Any) -> Any:
@@ -84,19 +124,17 @@ def test_probes_metrics_and_json_log_against_a_real_verifier(
 ) -> None:
     tpm, log = booted()
     state = tmp_path / "state"
-    port = _free_port()
-    command = stockade_command(
-        "agent", "run", "--name", "probed-1", "--verifier", cluster.verifier.url,
-        "--ca", cluster.verifier.ca, "--tcti", tpm.tcti, "--event-log", log,
-        "--state-dir", state, "--interval", "0.3", "--jitter", "0", "--max-backoff", "0.3",
+    port = free_port()
+    command = _agent_run(
+        tmp_path, "--ca", cluster.verifier.ca,
+        "--interval", "0.3", "--jitter", "0", "--max-backoff", "0.3",
         "--probe-address", f"127.0.0.1:{port}", "--log-format", "json", "--secret", "probe-db",
+        name="probed-1", verifier=cluster.verifier.url, tcti=tpm.tcti, event_log=log,
+        state_dir=state,
     )  # fmt: skip
     stderr_path = tmp_path / "agent.stderr"
     with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-            env={**os.environ, "STOCKADE_HOME": str(tmp_path / "home")},
-        )  # fmt: skip
+        process = _launch(tmp_path, command, stdout=subprocess.PIPE, stderr=stderr)
     try:
         # Ready once it attests: the verifier answered, the node is trusted.
         _wait(lambda: _status(port, "/readyz") == 200, 90, "ready", process)
@@ -169,15 +207,9 @@ def _first_record(
     tmp_path: Path, *args: object, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Start an agent that cannot attest, return its ``agent ...`` start record, stop it."""
-    command = stockade_command(
-        "agent", "run", "--name", "n1", "--verifier", f"https://127.0.0.1:{_free_port()}",
-        "--tcti", "swtpm:port=1", "--event-log", tmp_path / "log",
-        "--state-dir", tmp_path / "state", *args,
-    )  # fmt: skip
-    environment = {**os.environ, "STOCKADE_HOME": str(tmp_path / "home"), **(env or {})}
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, env=environment,
+    process = _launch(
+        tmp_path, _agent_run(tmp_path, *args), env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert process.stderr is not None
@@ -208,13 +240,12 @@ def test_a_config_file_sets_the_interval_and_flags_and_environment_win(tmp_path:
 def test_a_bad_config_or_probe_address_stops_the_start_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "agent.yaml"
     config.write_text("intervall: 3\n")
-    common = (
-        "agent", "run", "--name", "n1", "--verifier", "https://127.0.0.1:9",
-        "--tcti", "swtpm:port=1", "--event-log", tmp_path / "log",
-        "--state-dir", tmp_path / "state",
-    )  # fmt: skip
+
+    def command(*args: object) -> list[str]:
+        return _agent_run(tmp_path, *args, verifier="https://127.0.0.1:9")
+
     done = subprocess.run(
-        stockade_command(*common, "--config", config),
+        command("--config", config),
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2
@@ -224,13 +255,13 @@ def test_a_bad_config_or_probe_address_stops_the_start_with_one_line(tmp_path: P
         taken.listen()
         busy = taken.getsockname()[1]
         done = subprocess.run(
-            stockade_command(*common, "--probe-address", f"127.0.0.1:{busy}"),
+            command("--probe-address", f"127.0.0.1:{busy}"),
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--probe-address" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run(
-        stockade_command(*common, "--probe-address", "localhost"),
+        command("--probe-address", "localhost"),
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "HOST:PORT" in done.stderr
@@ -261,25 +292,7 @@ def test_the_shipped_agent_config_and_manifest_use_options_the_cli_has() -> None
 
 
 def test_the_loop_reports_an_unreachable_verifier(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    AgentState(state).save_enrolled(Enrolled("node-1", "n1", "https://v"))
-    AgentState(state).channel_key_path.write_bytes(b"")
-    telemetry = AgentTelemetry(stale_after=0.5)
-    lines: list[str] = []
-    agent = Agent(
-        AgentConfig(
-            verifier=f"http://127.0.0.1:{_free_port()}",
-            ca=None,
-            name="n1",
-            source=NodeSource("swtpm:port=1", tmp_path / "log", "nowhere"),
-            state_dir=state,
-            initial_backoff=0.05,
-            max_backoff=0.1,
-        ),
-        log=lines.append,
-        telemetry=telemetry,
-    )
-    agent.sign_as_node = lambda client, enrolled: None  # type: ignore[method-assign]
+    agent, telemetry, lines = _looping_agent(tmp_path, f"http://127.0.0.1:{free_port()}", 0.5)
     ready, reason = telemetry.health.readiness()
     assert not ready and "not enrolled yet" in reason
     import threading
@@ -338,25 +351,8 @@ def test_livez_goes_stale_while_a_round_hangs_and_recovers(tmp_path: Path) -> No
             threading.Timer(3.0, connection.close).start()
 
     threading.Thread(target=hold, daemon=True).start()
-    state = tmp_path / "state"
-    AgentState(state).save_enrolled(Enrolled("node-1", "n1", "https://v"))
-    AgentState(state).channel_key_path.write_bytes(b"")
-    telemetry = AgentTelemetry(stale_after=1.0)
-    lines: list[str] = []
-    agent = Agent(
-        AgentConfig(
-            verifier=f"http://127.0.0.1:{listener.getsockname()[1]}",
-            ca=None,
-            name="n1",
-            source=NodeSource("swtpm:port=1", tmp_path / "log", "nowhere"),
-            state_dir=state,
-            initial_backoff=0.05,
-            max_backoff=0.1,
-        ),
-        log=lines.append,
-        telemetry=telemetry,
-    )
-    agent.sign_as_node = lambda client, enrolled: None  # type: ignore[method-assign]
+    verifier = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    agent, telemetry, lines = _looping_agent(tmp_path, verifier, 1.0)
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     try:

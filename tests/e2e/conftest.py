@@ -20,6 +20,7 @@ from stockade.demo.cluster import (
 )
 from stockade.tpm.ekca import EkCa
 from support.cli import run_stockade
+from support.rollout_fixtures import RolloutKit
 
 DATABASE_ENV = "STOCKADE_TEST_DATABASE_URL"
 
@@ -59,6 +60,22 @@ def database_url() -> str | None:
 def ek_ca_file(tmp_path_factory: pytest.TempPathFactory, stockade_home: Path) -> Path:
     ek_ca = EkCa.load_or_create(stockade_home / "ek-ca")
     return ek_ca_bundle(ek_ca, tmp_path_factory.mktemp("ekca") / "ek-ca.pem")
+
+
+@pytest.fixture(scope="module")
+def rollout(
+    org: OrgMaterial,
+    make_module_tpm: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    ek_ca_file: Path,
+    database_url: str | None,
+    stockade_home: Path,
+) -> RolloutKit:
+    """The organization, the module's swtpms, the EK CA, the database and the Stockade home in
+    one (tests/support/rollout_fixtures.py), for the tests that roll releases out."""
+    return RolloutKit(
+        org, make_module_tpm, ek_ca_file, database_url, stockade_home, tmp_path_factory.mktemp
+    )
 
 
 @pytest.fixture(scope="module")

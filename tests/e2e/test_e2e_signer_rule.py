@@ -9,24 +9,14 @@ refused as well."""
 from __future__ import annotations
 
 import json
-import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stockade.demo.cluster import (
-    CMDLINE,
-    AgentProcess,
-    ClusterError,
-    OrgMaterial,
-    VerifierProcess,
-    policy_document,
-    wait_for,
-)
-from stockade.release.manifest import manifest_digest
+from stockade.demo.cluster import AgentProcess
 from support.cli import run_stockade
+from support.rollout_fixtures import RolloutKit, Stand, build_signed_release, listed_nodes
 
 pytestmark = pytest.mark.tools
 
@@ -34,106 +24,61 @@ VERSION = "1.1.0"
 SECURITY_VERSION = 4
 
 
-def build_unlisted_release(org: OrgMaterial, directory: Path) -> tuple[Path, Path, str]:
-    """Release 1.1.0 (the org's signed kernel, a new initrd and /usr), built and signed as
-    `stockade release build` / `sign` do: its directory, its envelope file and its digest."""
-    from stockade.release.build import ReleaseInputs, build_release
-    from stockade.release.keys import load_signing_key
-    from stockade.release.manifest import sign_manifest
-
-    material = org.release_dir.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "initrd.in").write_bytes(os.urandom(20000))
-    (directory / "usr.in").write_bytes(os.urandom(5 * 4096))
-    release_dir = directory / "release"
-    manifest = build_release(
-        ReleaseInputs(
-            "stockade-os", VERSION, SECURITY_VERSION, material / "vmlinuz.signed",
-            directory / "initrd.in", CMDLINE, directory / "usr.in",
-        ),
-        release_dir,
-        datetime.now(UTC),
-    )  # fmt: skip
-    org_key = load_signing_key((material / "keys" / "org.key").read_bytes())
-    envelope = release_dir / "manifest.dsse.json"
-    envelope.write_bytes(sign_manifest(manifest, [org_key]).to_bytes())
-    return release_dir, envelope, manifest_digest(manifest).hex()
-
-
-def nodes(verifier: VerifierProcess) -> dict[str, dict[str, Any]]:
-    result = run_stockade(
-        "nodes", "list", "--verifier", verifier.url, "--ca", str(verifier.ca),
-        "--token-file", str(verifier.reader_token_file), "--format", "json",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return {node["name"]: node for node in json.loads(result.stdout)["nodes"]}
-
-
-def wait_state(verifier: VerifierProcess, agent: AgentProcess, state: str, what: str) -> None:
+def wait_state(stand: Stand, agent: AgentProcess, state: str, what: str) -> None:
     """Wait until the node is ``state`` with a result newer than any seen now."""
-    before = nodes(verifier).get(agent.name, {}).get("latest_result_id")
+
+    def node() -> dict[str, Any] | None:
+        return listed_nodes(stand.verifier).get(agent.name)
+
+    before = (node() or {}).get("latest_result_id")
 
     def reached() -> bool:
-        node = nodes(verifier).get(agent.name)
+        found = node()
         return (
-            node is not None and node["state"] == state and node.get("latest_result_id") != before
+            found is not None
+            and found["state"] == state
+            and found.get("latest_result_id") != before
         )
 
-    try:
-        wait_for(reached, 60, what)
-    except ClusterError:
-        raise AssertionError(
-            f"{nodes(verifier).get(agent.name)}\n{agent.lines()[-8:]}\n{verifier.tail()}"
-        ) from None
+    stand.wait(reached, 60, what, shown=node, last=8)
 
 
 def test_an_unlisted_signed_release_is_trusted_with_its_envelope(
-    org: OrgMaterial,
-    make_module_tpm: Any,
-    tmp_path: Path,
-    ek_ca_file: Path,
-    database_url: str | None,
-    stockade_home: Path,
+    rollout: RolloutKit, tmp_path: Path
 ) -> None:
-    release_dir, envelope, digest = build_unlisted_release(org, tmp_path / "next")
-    document = policy_document(org, validity_seconds=60)
+    org = rollout.org
+    # Release 1.1.0 (the org's signed kernel, a new initrd and /usr), built and signed as
+    # `stockade release build` / `sign` do.
+    release = build_signed_release(org, tmp_path / "next", VERSION, SECURITY_VERSION)
+    envelope = release.write_envelope()
+    policy, document = rollout.policy_file(tmp_path / "policy.json", 60)
     assert document["releases"]["manifests"] == [org.envelope]  # 1.0.0 only
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps(document))
-    verifier = VerifierProcess(tmp_path / "verifier", ek_ca_file, policy, database=database_url)
-    verifier.start()
-    agents: list[AgentProcess] = []
+    with rollout.serving(tmp_path / "verifier", policy) as stand:
+        tpm = rollout.make_tpm()
 
-    def agent(*extra: str) -> AgentProcess:
-        started = AgentProcess(
-            "unlisted", tpm.name, verifier, stockade_home, tmp_path / "agents" / "unlisted",
-            extra=extra,
-        )  # fmt: skip
-        started.start()
-        agents.append(started)
-        return started
+        def agent(*extra: str) -> AgentProcess:
+            state_dir = tmp_path / "agents" / "unlisted"
+            return stand.start_agent("unlisted", tpm.name, state_dir, *extra)
 
-    try:
-        tpm = make_module_tpm()
         booted = run_stockade(
-            "boot", "node", "--platform", str(org.platform_dir), "--release", str(release_dir),
-            "--tpm", tpm.name, "--home", str(stockade_home),
+            "boot", "node", "--platform", str(org.platform_dir),
+            "--release", str(release.directory), "--tpm", tpm.name, "--home", str(rollout.home),
         )  # fmt: skip
         assert booted.returncode == 0, booted.stderr
 
         with_envelope = agent("--release-envelope", str(envelope))
-        wait_state(verifier, with_envelope, "trusted", "trusted with its release envelope")
-        node = nodes(verifier)["unlisted"]
+        wait_state(stand, with_envelope, "trusted", "trusted with its release envelope")
+        node = listed_nodes(stand.verifier)["unlisted"]
         assert node["release"] == {
             "name": "stockade-os", "version": VERSION, "security_version": SECURITY_VERSION,
-            "digest": digest,
+            "digest": release.digest,
         }  # fmt: skip
         with_envelope.stop()
 
         # The same node, its agent without the envelope: nothing names the release.
         without = agent()
-        wait_state(verifier, without, "failed", "failed without its release envelope")
-        with verifier.client() as api:
+        wait_state(stand, without, "failed", "failed without its release envelope")
+        with stand.verifier.client() as api:
             latest = api.results("unlisted")[0]
         assert latest["status"] == "contraindicated"
         assert latest["release"] is None
@@ -143,14 +88,10 @@ def test_an_unlisted_signed_release_is_trusted_with_its_envelope(
         other = tmp_path / "other.dsse.json"
         other.write_text(json.dumps(org.envelope))
         mismatched = agent("--release-envelope", str(other))
-        wait_state(verifier, mismatched, "failed", "failed with another release's envelope")
-        with verifier.client() as api:
+        wait_state(stand, mismatched, "failed", "failed with another release's envelope")
+        with stand.verifier.client() as api:
             latest = api.results("unlisted")[0]
         assert any(
             "is not the release the quoted boot measured into PCR 12" in reason
             for reason in latest["reasons"]
         ), latest["reasons"]
-    finally:
-        for started in agents:
-            started.stop()
-        verifier.stop()

@@ -3,7 +3,6 @@ client), with real AdmissionReview v1 and extender JSON documents."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from kube_support import (
 )
 
 from support.cli import stockade_command
+from support.probe_servers import free_port, serving_https
 
 
 @pytest.fixture
@@ -99,19 +99,10 @@ def test_plain_http_is_not_served(https):
 
 @pytest.mark.tools
 def test_kube_serve_command_fails_closed_without_a_verifier(tmp_path: Path, images):
-    import socket
-    import subprocess
-    import time
-
     cert, key = self_signed(tmp_path)
     pinned = tmp_path / "verifier-key.pem"
     pinned.write_bytes(PINNED.pem())
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port, dead = sock.getsockname()[1], None
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = sock.getsockname()[1]  # nothing listens here: the verifier is down
+    port, dead = free_port(), free_port()  # nothing listens on `dead`: the verifier is down
     command = stockade_command(
         "kube", "serve",
         "--verifier", f"https://127.0.0.1:{dead}", "--tls-cert", cert, "--tls-key", key,
@@ -119,28 +110,15 @@ def test_kube_serve_command_fails_closed_without_a_verifier(tmp_path: Path, imag
         "--org-pub", images.org_pub, "--exempt-namespace", "stockade-system",
         "--port", port, "--verifier-key", pinned,
     )  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        context = ssl.create_default_context(cafile=str(cert))
-        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context, timeout=5) as c:
-            deadline = time.monotonic() + 20
-            while True:
-                assert process.poll() is None, process.communicate()
-                try:
-                    health = c.get("/healthz")
-                    break
-                except httpx.ConnectError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
-            assert health.status_code == 503
-            document = admission_review(pod(images=(images.signed,), node_name="node-good"))
-            answer = c.post("/validate", json=document).json()["response"]
-            assert answer["allowed"] is False
-            assert "unreachable" in answer["status"]["message"]
-            exempt = admission_review(pod(namespace="stockade-system", images=("x",)))
-            assert c.post("/validate", json=exempt).json()["response"]["allowed"] is True
-            body = c.post("/filter", json=extender_args(["node-good"])).json()
-            assert body["NodeNames"] == [] and "unreachable" in body["Error"]
-    finally:
-        process.terminate()
-        process.wait(10)
+    with serving_https(command, cert, port, tmp_path / "stderr") as served:
+        c = served.client
+        health = served.first_get("/healthz", 20)
+        assert health.status_code == 503
+        document = admission_review(pod(images=(images.signed,), node_name="node-good"))
+        answer = c.post("/validate", json=document).json()["response"]
+        assert answer["allowed"] is False
+        assert "unreachable" in answer["status"]["message"]
+        exempt = admission_review(pod(namespace="stockade-system", images=("x",)))
+        assert c.post("/validate", json=exempt).json()["response"]["allowed"] is True
+        body = c.post("/filter", json=extender_args(["node-good"])).json()
+        assert body["NodeNames"] == [] and "unreachable" in body["Error"]

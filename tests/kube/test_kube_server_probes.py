@@ -10,11 +10,7 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
-import signal
-import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,20 +27,11 @@ from kube_support import (
     self_signed,
     webhook_over_https,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from stockade.kube.admission import AdmissionPolicy, SignedImageStore
 from stockade.logs import JsonFormatter
 from support.cli import stockade_command
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample of a Prometheus text exposition (None: not there)."""
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return None
+from support.probe_servers import free_port, sample, serving_https
 
 
 @pytest.fixture
@@ -131,12 +118,6 @@ def test_metrics_count_extender_decisions(https: httpx.Client, trust: StaticTrus
     assert sample(metrics, "stockade_extender_filter_errors_total") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.tools
 def test_kube_serve_from_a_config_file_logs_json_and_counts_a_refusal(
     tmp_path: Path, images
@@ -146,7 +127,7 @@ def test_kube_serve_from_a_config_file_logs_json_and_counts_a_refusal(
     cert, key = self_signed(tmp_path)
     pinned = tmp_path / "verifier-key.pem"
     pinned.write_bytes(PINNED.pem())
-    port, dead = _free_port(), _free_port()  # nothing listens on `dead`: the verifier is down
+    port, dead = free_port(), free_port()  # nothing listens on `dead`: the verifier is down
     config = tmp_path / "kube-serve.yaml"
     config.write_text(
         f"verifier: https://127.0.0.1:{dead}\n"
@@ -157,43 +138,27 @@ def test_kube_serve_from_a_config_file_logs_json_and_counts_a_refusal(
     )
     command = stockade_command("kube", "serve", "--config", config, "--port", port)
     stderr_path = tmp_path / "stderr"
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ}, cwd=tmp_path
-        )
-    try:
-        context = ssl.create_default_context(cafile=str(cert))
-        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context, timeout=5) as c:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, stderr_path.read_text()
-                try:
-                    ready = c.get("/readyz")
-                    break
-                except httpx.ConnectError:
-                    assert time.monotonic() < deadline, stderr_path.read_text()
-                    time.sleep(0.05)
-            assert ready.status_code == 503
-            assert "no fresh trust view" in ready.text and "unreachable" in ready.text
-            assert c.get("/livez").status_code == 200
-            document = admission_review(pod("db-0", "prod", (images.signed,), "node-good"))
-            answer = c.post("/validate", json=document).json()["response"]
-            assert answer["allowed"] is False
-            metrics = c.get("/metrics").text
-            assert (
-                sample(
-                    metrics,
-                    "stockade_admission_reviews_total",
-                    decision="refused",
-                    reason="trust-unavailable",
-                )
-                == 1
+    with serving_https(command, cert, port, stderr_path, cwd=tmp_path) as served:
+        c = served.client
+        ready = served.first_get("/readyz", 30)
+        assert ready.status_code == 503
+        assert "no fresh trust view" in ready.text and "unreachable" in ready.text
+        assert c.get("/livez").status_code == 200
+        document = admission_review(pod("db-0", "prod", (images.signed,), "node-good"))
+        answer = c.post("/validate", json=document).json()["response"]
+        assert answer["allowed"] is False
+        metrics = c.get("/metrics").text
+        assert (
+            sample(
+                metrics,
+                "stockade_admission_reviews_total",
+                decision="refused",
+                reason="trust-unavailable",
             )
-            assert sample(metrics, "stockade_trust_view_age_seconds") == -1  # never had one
-    finally:
-        process.send_signal(signal.SIGTERM)
-        stdout, _ = process.communicate(timeout=15)
-    assert stdout == b""  # with --log-format json the start is a record, not loose text
+            == 1
+        )
+        assert sample(metrics, "stockade_trust_view_age_seconds") == -1  # never had one
+    assert served.stdout == b""  # with --log-format json the start is a record, not loose text
     lines = stderr_path.read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "event"} <= r.keys() for r in records), lines
