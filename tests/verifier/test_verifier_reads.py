@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import uuid
 from pathlib import Path
 
@@ -234,6 +235,28 @@ def test_session_cookie_reads_and_expires(client, node_id, clock):
     assert closed.status_code == 204
     assert closed.headers["set-cookie"].startswith(f"{SESSION_COOKIE}=; ")
     assert "Max-Age=0" in closed.headers["set-cookie"]
+
+
+def test_an_event_stream_ends_with_the_session_that_opened_it(client, clock):
+    """The cookie is checked once, when the stream opens: the stream must not outlive it
+    (a browser whose session ended would otherwise keep following the fleet for an hour)."""
+    value = _session(client, reader_headers(client))
+    statement = value.split(".")[1]
+    expires = json.loads(base64.urlsafe_b64decode(statement + "=" * (-len(statement) % 4)))["exp"]
+    clock.advance(expires - clock().timestamp() - 1)  # one second of session left
+    cookie = {"Cookie": f"{SESSION_COOKIE}={value}"}
+    lines: list[str] = []
+
+    def follow() -> None:
+        with anonymous(client).stream("GET", "/v1/events", headers=cookie) as stream:
+            assert stream.status_code == 200
+            lines.extend(stream.iter_lines())
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert not reader.is_alive(), "the stream outlived its session"
+    assert lines[0] == "retry: 1000"
 
 
 def test_a_session_cookie_never_changes_state(client, node_id):

@@ -3,7 +3,8 @@
 Reading the stream needs a reader or operator credential (or a session cookie). Streams are
 bounded: ``max_event_streams_per_client`` at once per credential and address,
 ``max_event_streams`` in all (429 ``too-many-streams`` beyond), and each ends after
-``event_stream_max_seconds`` (the client resumes with ``Last-Event-ID``).
+``event_stream_max_seconds``, or when the session cookie it was opened with ends (the client
+resumes with ``Last-Event-ID``, and a browser whose session ended signs in again).
 
 Event order is commit order. Event ids are allocated before commit and transactions commit
 out of order (PostgreSQL), so a reader that resumed after the highest id it saw would skip an
@@ -39,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from stockade.verifier.errors import BadRequest
 from stockade.verifier.models import Event, Node
-from stockade.verifier.operator_auth import ReaderActor
+from stockade.verifier.operator_auth import ReaderActor, session_seconds_left
 from stockade.verifier.rate_limit import (
     ConcurrencySlots,
     SlotsExhausted,
@@ -239,7 +240,12 @@ async def stream_events(
             retry_after=POLL_SECONDS * 4,
             code="too-many-streams",
         ) from None
-    deadline = time.monotonic() + service.config.event_stream_max_seconds
+    lifetime = float(service.config.event_stream_max_seconds)
+    # A browser's stream ends with its session: the cookie was checked once, at the start.
+    left = session_seconds_left(request)
+    if left is not None:
+        lifetime = min(lifetime, left)
+    deadline = time.monotonic() + lifetime
 
     async def generate() -> AsyncIterator[str]:
         nonlocal cursor
@@ -262,4 +268,4 @@ async def stream_events(
                 idle = 0.0
                 yield ": keepalive\n\n"
 
-    return _SlotStream(generate(), release, service.config.event_stream_max_seconds)
+    return _SlotStream(generate(), release, lifetime)

@@ -323,9 +323,9 @@ class Authority:
         payload = f"{_SESSION_VERSION}.{_b64url(statement)}"
         return f"{payload}.{_b64url(self._mac(payload.encode()))}", expires
 
-    def open_session(self, value: str) -> Actor | None:
-        """The actor a cookie states, if its MAC holds, it is unexpired, and that credential
-        still exists; else None."""
+    def open_session(self, value: str) -> tuple[Actor, datetime] | None:
+        """The actor a cookie states and when the session ends, if its MAC holds, it is
+        unexpired, and that credential still exists; else None."""
         if len(value) > MAX_COOKIE_LENGTH:
             return None
         parts = value.split(".")
@@ -341,9 +341,14 @@ class Authority:
             expires = int(statement["exp"])
         except (ValueError, KeyError, TypeError):
             return None
-        if expires <= self.clock().timestamp() or not self._known(actor):
+        now = self.clock()
+        if expires <= now.timestamp() or not self._known(actor):
             return None
-        return actor
+        try:
+            ends = datetime.fromtimestamp(expires, now.tzinfo)
+        except (OverflowError, OSError, ValueError):
+            return None
+        return actor, ends
 
 
 def _b64url(data: bytes) -> str:
@@ -380,12 +385,14 @@ def bearer_actor(request: Request) -> Actor | None:
 
 def require_reader(request: Request) -> Actor:
     """FastAPI dependency: a reader or operator bearer token, or a session cookie; else 401
-    ``read-token``."""
+    ``read-token``. For a cookie, ``request.state.session_ends`` is when the session ends
+    (what a long answer, the event stream, must not outlive)."""
     actor = bearer_actor(request)
     if actor is None:
         cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie:
-            actor = authority_of(request).open_session(cookie)
+        session = authority_of(request).open_session(cookie) if cookie else None
+        if session is not None:
+            actor, request.state.session_ends = session
     if actor is None:
         raise Unauthenticated(
             "this call needs a reader or operator token (Authorization: Bearer ...; stockade "
@@ -393,6 +400,15 @@ def require_reader(request: Request) -> Actor:
             code="read-token",
         )
     return actor
+
+
+def session_seconds_left(request: Request) -> float | None:
+    """Seconds until the session cookie this request was authorised by ends; None when a
+    bearer token authorised it."""
+    ends: datetime | None = getattr(request.state, "session_ends", None)
+    if ends is None:
+        return None
+    return max(0.0, (ends - authority_of(request).clock()).total_seconds())
 
 
 def require_operator(request: Request) -> Actor:
