@@ -642,15 +642,12 @@ class VerifierClient:
         page_size: int = 100,
     ) -> Iterator[dict[str, Any]]:
         """Every result of ``GET /v1/results`` in the range, following ``next`` page by page."""
-        after: int | None = None
-        while True:
-            page = self.results_page(
+        yield from _paged(
+            lambda after: self.results_page(
                 since=since, until=until, node=node, after=after, limit=page_size
-            )
-            yield from _page_items(page, "results")
-            after = _next_cursor(page, after)
-            if after is None:
-                return
+            ),
+            "results",
+        )
 
     def secret_releases_page(
         self,
@@ -679,15 +676,12 @@ class VerifierClient:
         page_size: int = 500,
     ) -> Iterator[dict[str, Any]]:
         """Every release of ``GET /v1/secret-releases`` in the range, page by page."""
-        after: int | None = None
-        while True:
-            page = self.secret_releases_page(
+        yield from _paged(
+            lambda after: self.secret_releases_page(
                 since=since, until=until, node=node, secret=secret, after=after, limit=page_size
-            )
-            yield from _page_items(page, "releases")
-            after = _next_cursor(page, after)
-            if after is None:
-                return
+            ),
+            "releases",
+        )
 
     def operator_actions_page(
         self,
@@ -716,16 +710,12 @@ class VerifierClient:
         page_size: int = 100,
     ) -> Iterator[dict[str, Any]]:
         """Every action of ``GET /v1/operator-actions`` in the range, page by page."""
-        after: int | None = None
-        while True:
-            page = self.operator_actions_page(
-                since=since, until=until, actor=actor, action=action, after=after,
-                limit=page_size,
-            )  # fmt: skip
-            yield from _page_items(page, "actions")
-            after = _next_cursor(page, after)
-            if after is None:
-                return
+        yield from _paged(
+            lambda after: self.operator_actions_page(
+                since=since, until=until, actor=actor, action=action, after=after, limit=page_size
+            ),
+            "actions",
+        )
 
     def apply_policy(self, policy_id: str, document: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("PUT", f"/v1/policies/{policy_id}", document)
@@ -796,6 +786,18 @@ class VerifierClient:
                         data = []
         except httpx.HTTPError as error:
             raise _unreachable(self.url, error, "event stream") from None
+
+
+def _paged(fetch: Callable[[int | None], dict[str, Any]], member: str) -> Iterator[dict[str, Any]]:
+    """Every item of a paged list: ``fetch(after)`` is one page (``after`` None for the
+    first), its items under ``member``; ``next`` is followed until it is None."""
+    after: int | None = None
+    while True:
+        page = fetch(after)
+        yield from _page_items(page, member)
+        after = _next_cursor(page, after)
+        if after is None:
+            return
 
 
 def _page_items(page: object, member: str) -> list[dict[str, Any]]:

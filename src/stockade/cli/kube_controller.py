@@ -5,16 +5,20 @@ kubelet CSR approver (docs/kubernetes.md). Both need the ``kubernetes`` client
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import importlib
+import inspect
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import typer
 
@@ -134,6 +138,63 @@ RetryPeriodOption = Annotated[
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ElectionOptions:
+    """The leader-election options ``controller`` and ``approve-csrs`` share, in the order
+    of their flags; each field's annotation is its option, its default the option's
+    (``lease_name``'s is each command's own: :func:`_election_options`)."""
+
+    leader_elect: LeaderElectOption = None
+    lease_name: LeaseNameOption
+    lease_namespace: LeaseNamespaceOption = None
+    identity: IdentityOption = None
+    lease_duration: LeaseDurationOption = 15.0
+    renew_deadline: RenewDeadlineOption = 10.0
+    retry_period: RetryPeriodOption = 2.0
+
+    def elect(self, once: bool) -> bool:
+        """Whether to elect: as --leader-elect says, else unless --once."""
+        return (not once) if self.leader_elect is None else self.leader_elect
+
+
+def _election_options(lease_name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A command's parameter ``election: ElectionOptions`` as the options of its fields, in
+    its place (so the flags, environment variables and file keys keep their order), with
+    ``lease_name`` the default Lease name; the command gets their values as one
+    ``ElectionOptions``."""
+    annotations = get_type_hints(ElectionOptions, include_extras=True)
+    options = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=lease_name if field.name == "lease_name" else field.default,
+            annotation=annotations[field.name],
+        )
+        for field in dataclasses.fields(ElectionOptions)
+    ]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        parameters = list(signature.parameters.values())
+        at = [parameter.name for parameter in parameters].index("election")
+        parameters[at : at + 1] = options
+
+        @functools.wraps(command)
+        def with_election(*args: Any, **kwargs: Any) -> None:
+            values = {option.name: kwargs.pop(option.name) for option in options}
+            command(*args, election=ElectionOptions(**values), **kwargs)
+
+        shown = signature.replace(parameters=parameters)
+        with_election.__signature__ = shown  # type: ignore[attr-defined]
+        with_election.__annotations__ = {
+            **{parameter.name: parameter.annotation for parameter in parameters},
+            "return": signature.return_annotation,
+        }
+        return with_election
+
+    return decorate
+
+
 def _stop_on_signals(supervision: Supervision) -> threading.Event:
     stop = threading.Event()
 
@@ -147,17 +208,7 @@ def _stop_on_signals(supervision: Supervision) -> threading.Event:
 
 
 def _supervision(
-    daemon: str,
-    api_client: Any,
-    *,
-    elect: bool,
-    lease_name: str,
-    lease_namespace: str | None,
-    identity: str | None,
-    lease_duration: float,
-    renew_deadline: float,
-    retry_period: float,
-    stale_after: float,
+    daemon: str, api_client: Any, election: ElectionOptions, *, once: bool, stale_after: float
 ) -> Supervision:
     from kubernetes import client
 
@@ -168,14 +219,14 @@ def _supervision(
     supervision = Supervision(
         health=Health(stale_after=stale_after), metrics=ControllerMetrics(daemon)
     )
-    if elect:
+    if election.elect(once):
         config = LeaseConfig(
-            name=lease_name,
-            namespace=lease_namespace or default_namespace(),
-            identity=identity or default_identity(),
-            lease_duration=lease_duration,
-            renew_deadline=renew_deadline,
-            retry_period=retry_period,
+            name=election.lease_name,
+            namespace=election.lease_namespace or default_namespace(),
+            identity=election.identity or default_identity(),
+            lease_duration=election.lease_duration,
+            renew_deadline=election.renew_deadline,
+            retry_period=election.retry_period,
         )
         supervision.elector = LeaderElector(
             client.CoordinationV1Api(api_client),
@@ -248,6 +299,7 @@ def _stale_after(interval: float) -> float:
 
 
 @app.command("controller", context_settings=daemon_context(CONTROLLER_ENVIRONMENT))
+@_election_options(lease_name="stockade-node-controller")
 def controller(
     config_file: ConfigOption = None,
     *,
@@ -270,13 +322,7 @@ def controller(
         bool, typer.Option("--watch/--no-watch", help="react to Node events between resyncs")
     ] = True,
     once: OnceOption = False,
-    leader_elect: LeaderElectOption = None,
-    lease_name: LeaseNameOption = "stockade-node-controller",
-    lease_namespace: LeaseNamespaceOption = None,
-    identity: IdentityOption = None,
-    lease_duration: LeaseDurationOption = 15.0,
-    renew_deadline: RenewDeadlineOption = 10.0,
-    retry_period: RetryPeriodOption = 2.0,
+    election: ElectionOptions,
     probe_address: ProbeAddressOption = None,
     log_format: LogFormatOption = LogFormat.TEXT,
     log_level: LogLevelOption = LogLevel.INFO,
@@ -300,16 +346,7 @@ def controller(
     verifier_client = VerifierClient.from_options(verifier, ca, token_file)
     api_client = _kube_client(kubeconfig)
     supervision = _supervision(
-        "controller",
-        api_client,
-        elect=(not once) if leader_elect is None else leader_elect,
-        lease_name=lease_name,
-        lease_namespace=lease_namespace,
-        identity=identity,
-        lease_duration=lease_duration,
-        renew_deadline=renew_deadline,
-        retry_period=retry_period,
-        stale_after=_stale_after(interval),
+        "controller", api_client, election, once=once, stale_after=_stale_after(interval)
     )
     nodes = NodeController(
         client.CoreV1Api(api_client),
@@ -330,6 +367,7 @@ def controller(
 
 
 @app.command("approve-csrs", context_settings=daemon_context(APPROVER_ENVIRONMENT))
+@_election_options(lease_name="stockade-csr-approver")
 def approve_csrs(
     config_file: ConfigOption = None,
     *,
@@ -349,13 +387,7 @@ def approve_csrs(
         float, typer.Option("--cache-seconds", help="how long one verifier node list is used")
     ] = 1.0,
     once: OnceOption = False,
-    leader_elect: LeaderElectOption = None,
-    lease_name: LeaseNameOption = "stockade-csr-approver",
-    lease_namespace: LeaseNamespaceOption = None,
-    identity: IdentityOption = None,
-    lease_duration: LeaseDurationOption = 15.0,
-    renew_deadline: RenewDeadlineOption = 10.0,
-    retry_period: RetryPeriodOption = 2.0,
+    election: ElectionOptions,
     probe_address: ProbeAddressOption = None,
     log_format: LogFormatOption = LogFormat.TEXT,
     log_level: LogLevelOption = LogLevel.INFO,
@@ -382,16 +414,7 @@ def approve_csrs(
         raise InputError("--interval must be > 0")
     api_client = _kube_client(kubeconfig)
     supervision = _supervision(
-        "approver",
-        api_client,
-        elect=(not once) if leader_elect is None else leader_elect,
-        lease_name=lease_name,
-        lease_namespace=lease_namespace,
-        identity=identity,
-        lease_duration=lease_duration,
-        renew_deadline=renew_deadline,
-        retry_period=retry_period,
-        stale_after=_stale_after(interval),
+        "approver", api_client, election, once=once, stale_after=_stale_after(interval)
     )
     approver = CsrApprover(
         client.CertificatesV1Api(api_client),

@@ -227,21 +227,8 @@ class LeaderElector:
 
     def _create(self, started: float, timeout: float) -> bool:
         moment = _micro_time(self._wall())
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": self.config.name, "namespace": self.config.namespace},
-            "spec": self._spec(moment, moment, 0),
-        }
         try:
-            raw = self._api.create_namespaced_lease(
-                self.config.namespace,
-                body,
-                _preload_content=False,
-                _request_timeout=timeout,
-                _headers={"Content-Type": "application/json"},
-            )
-            created = json.loads(raw.data)
+            created = json.loads(self._write(self._spec(moment, moment, 0), timeout).data)
         except Exception as error:
             if _status(error) == 409:  # another replica created it first
                 self._lose("another replica created the lease first", "")
@@ -260,29 +247,14 @@ class LeaderElector:
             acquired = self._acquired_at if ours and self._acquired_at else moment
         transitions = record.transitions if ours else record.transitions + 1
         meta = current["metadata"]
-        metadata: dict[str, Any] = {
-            "name": self.config.name,
-            "namespace": self.config.namespace,
-            "resourceVersion": str(meta.get("resourceVersion") or ""),
+        kept = {
+            key: {str(k): str(v) for k, v in meta[key].items()}
+            for key in ("labels", "annotations")
+            if isinstance(meta.get(key), dict)
         }
-        for key in ("labels", "annotations"):
-            if isinstance(meta.get(key), dict):
-                metadata[key] = {str(k): str(v) for k, v in meta[key].items()}
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": metadata,
-            "spec": self._spec(acquired, moment, transitions),
-        }
+        spec = self._spec(acquired, moment, transitions)
         try:
-            raw = self._api.replace_namespaced_lease(
-                self.config.name,
-                self.config.namespace,
-                body,
-                _preload_content=False,
-                _request_timeout=timeout,
-                _headers={"Content-Type": "application/json"},
-            )
+            raw = self._write(spec, timeout, str(meta.get("resourceVersion") or ""), kept)
             written = json.loads(raw.data)
         except Exception as error:
             if _status(error) == 409:  # someone else wrote it since we read it: they won
@@ -292,6 +264,37 @@ class LeaderElector:
             return self.is_leader()
         self._won(written, started, acquired, transitions, "renewed" if ours else "acquired")
         return True
+
+    def _write(
+        self,
+        spec: dict[str, Any],
+        timeout: float,
+        version: str | None = None,
+        kept: dict[str, Any] | None = None,
+    ) -> Any:
+        """Write the Lease with ``spec``: create it (``version`` None: 409 when it exists),
+        else replace the version ``version`` (409 when it changed since), keeping the
+        metadata in ``kept`` (labels, annotations). The API server's raw answer."""
+        metadata: dict[str, Any] = {"name": self.config.name, "namespace": self.config.namespace}
+        if version is not None:
+            metadata["resourceVersion"] = version
+        metadata.update(kept or {})
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": spec,
+        }
+        options: dict[str, Any] = {
+            "_preload_content": False,
+            "_request_timeout": timeout,
+            "_headers": {"Content-Type": "application/json"},
+        }
+        if version is None:
+            return self._api.create_namespaced_lease(self.config.namespace, body, **options)
+        return self._api.replace_namespaced_lease(
+            self.config.name, self.config.namespace, body, **options
+        )
 
     def _spec(self, acquired: datetime, renewed: datetime, transitions: int) -> dict[str, Any]:
         return {
@@ -397,31 +400,15 @@ class LeaderElector:
         if version is None:
             return False
         moment = _micro_time(self._wall())
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": self.config.name,
-                "namespace": self.config.namespace,
-                "resourceVersion": version,
-            },
-            "spec": {
-                "holderIdentity": "",
-                "leaseDurationSeconds": RELEASED_DURATION,
-                "acquireTime": moment,
-                "renewTime": moment,
-                "leaseTransitions": self._transitions,
-            },
+        released = {
+            "holderIdentity": "",
+            "leaseDurationSeconds": RELEASED_DURATION,
+            "acquireTime": moment,
+            "renewTime": moment,
+            "leaseTransitions": self._transitions,
         }
         try:
-            self._api.replace_namespaced_lease(
-                self.config.name,
-                self.config.namespace,
-                body,
-                _preload_content=False,
-                _request_timeout=max(0.5, self.config.renew_deadline / 2),
-                _headers={"Content-Type": "application/json"},
-            )
+            self._write(released, max(0.5, self.config.renew_deadline / 2), version)
         except Exception as error:
             log.warning(
                 "cannot release the lease",
