@@ -213,6 +213,9 @@ class VerifiedEar:
     ak_sha256: str | None  # the AK that signed the result's quote (absent: quote unverified)
     quote_sha256: str | None  # the TPMS_ATTEST appraised
     claims: Mapping[str, Any]
+    # The release the boot matched (``stockade.release``: name, version, security_version,
+    # digest), None when it matched none or the EAR predates the claim.
+    release: Mapping[str, Any] | None = None
 
 
 def verify_ear(
@@ -262,7 +265,21 @@ def verify_ear(
         ak_sha256=_optional_str(evidence, "ak-sha256"),
         quote_sha256=_optional_str(evidence, "quote-sha256"),
         claims=claims,
+        release=_release(submod.get("stockade.release"), what),
     )
+
+
+def _release(document: object, what: str) -> Mapping[str, Any] | None:
+    if document is None:
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("name"), str):
+        raise StatementInvalid(f"{what}: stockade.release is not a release")
+    return {
+        "name": document["name"],
+        "version": _optional_str(document, "version"),
+        "security_version": _optional_int(document, "security_version"),
+        "digest": _optional_str(document, "digest"),
+    }
 
 
 def _optional_int(document: object, name: str) -> int | None:

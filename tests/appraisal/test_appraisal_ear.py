@@ -53,6 +53,18 @@ def test_ear_claims_have_the_documented_shape(policy, references, node, boots):
     }
 
 
+def test_ear_names_the_booted_release_when_given(policy, references, node, boots):
+    evidence = boots.good.evidence
+    result = appraise(policy, references, node, evidence, evidence.nonce)
+    release = {"name": "stockade-os", "version": "1.0.0", "security_version": 3, "digest": "cd"}
+    claims = ear_claims(
+        result, node, "r-1", evidence.nonce, ISSUED, ISSUED, "0.1.0", release=release
+    )
+    assert claims["submods"]["node-1.example"]["stockade.release"] == release
+    plain = ear_claims(result, node, "r-1", evidence.nonce, ISSUED, ISSUED, "0.1.0")
+    assert "stockade.release" not in plain["submods"]["node-1.example"]
+
+
 def test_ear_of_a_failed_quote_has_no_boot_counters(policy, references, node, boots):
     result = appraise(
         policy, references, node, boots.other_tpm.evidence, boots.other_tpm.evidence.nonce

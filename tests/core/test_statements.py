@@ -100,6 +100,22 @@ def test_an_ear_that_is_not_this_nodes_under_the_pinned_key_is_refused(token, wh
         verify_ear(token(), PINNED, node="n-1", result_id="r-1", now=NOW)
 
 
+def test_the_booted_release_is_read_from_the_signed_ear_only():
+    release = {
+        "name": "stockade-os",
+        "version": "1.1.0",
+        "security_version": 4,
+        "digest": "ab" * 32,
+    }
+    claims = ear_claims()
+    claims["submods"]["web-1"]["stockade.release"] = release
+    assert verify_ear(sign(claims), PINNED, node="n-1", now=NOW).release == release
+    assert verify_ear(sign(ear_claims()), PINNED, node="n-1", now=NOW).release is None
+    claims["submods"]["web-1"]["stockade.release"] = {"version": "1.1.0"}
+    with pytest.raises(StatementInvalid, match=r"stockade\.release is not a release"):
+        verify_ear(sign(claims), PINNED, node="n-1", now=NOW)
+
+
 def test_a_historical_ear_is_checked_without_expiry_only_when_asked():
     old = sign(ear_claims(exp=NOW - timedelta(days=1)))
     assert verify_ear(old, PINNED, node="n-1").result_id == "r-1"

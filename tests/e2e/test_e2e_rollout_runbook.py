@@ -20,15 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stockade.demo.cluster import (
-    CMDLINE,
-    AgentProcess,
-    ClusterError,
-    OrgMaterial,
-    VerifierProcess,
-    wait_for,
-)
+from stockade.demo.cluster import CMDLINE, AgentProcess, VerifierProcess
 from support.cli import run_stockade
+from support.rollout_fixtures import RolloutKit, Stand
 
 pytestmark = pytest.mark.tools
 
@@ -44,16 +38,24 @@ BAD_STATES = {"untrusted", "failed", "revoked"}
 
 @dataclass
 class Fleet:
-    """The operator's working directory (the runbook's relative paths), the verifier, each
-    node's swtpm name and agent, and every node state seen while polling."""
+    """The operator's working directory (the runbook's relative paths), the verifier and each
+    node's agent (the stand), each node's swtpm name, and every node state seen while
+    polling."""
 
     repo: Path
-    verifier: VerifierProcess
+    stand: Stand
     tpms: dict[str, str]
-    agents: dict[str, AgentProcess]
     # Every rollout node's state at each read once all were trusted (``watching``).
     seen: list[dict[str, str]] = field(default_factory=list)
     watching: bool = False
+
+    @property
+    def verifier(self) -> VerifierProcess:
+        return self.stand.verifier
+
+    @property
+    def agents(self) -> dict[str, AgentProcess]:
+        return self.stand.agents
 
     def env(self) -> dict[str, str]:
         """What the runbook assumes of the shell: the verifier, its CA and the operator token
@@ -93,13 +95,7 @@ class Fleet:
         )
 
     def wait(self, condition: Callable[[], Any], what: str, timeout: float = 45) -> Any:
-        try:
-            return wait_for(condition, timeout, what, interval=0.5)
-        except ClusterError:
-            logs = {name: agent.lines()[-5:] for name, agent in self.agents.items()}
-            raise AssertionError(
-                f"{what}: {self.nodes()}\n{logs}\n{self.verifier.tail()}"
-            ) from None
+        return self.stand.wait(condition, timeout, what, shown=self.nodes, interval=0.5)
 
     def reboot(self, name: str, release: str) -> None:
         """A reboot into ``release``: the agent stops with the machine, the TPM is reset and
@@ -162,18 +158,12 @@ def retire(fleet: Fleet, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def fleet(
-    org: OrgMaterial,
-    make_module_tpm: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-    ek_ca_file: Path,
-    database_url: str | None,
-    stockade_home: Path,
-) -> Iterator[Fleet]:
+def fleet(rollout: RolloutKit) -> Iterator[Fleet]:
     """The operator's directory (keys/, platform/, release-1.0.0/, fleet.yaml written by
     ``policy new``), a verifier serving fleet.yaml, three nodes trusted on 1.0.0."""
+    org = rollout.org
     material = org.release_dir.parent  # make_org_material's directory
-    repo = tmp_path_factory.mktemp("fleet-repo")
+    repo = rollout.mktemp("fleet-repo")
     # Copies, not links: `policy new` names files by their resolved paths.
     shutil.copytree(material / "keys", repo / "keys")
     shutil.copytree(org.platform_dir, repo / "platform")
@@ -189,32 +179,19 @@ def fleet(
         "--result-validity-seconds", str(VALIDITY), "--out", "fleet.yaml", cwd=repo,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
-    verifier = VerifierProcess(
-        tmp_path_factory.mktemp("verifier") / "data", ek_ca_file, repo / "fleet.yaml",
-        database=database_url,
-    )  # fmt: skip
-    verifier.start()
-    agents: dict[str, AgentProcess] = {}
-    fleet = Fleet(repo, verifier, {}, agents)
-    try:
+    with rollout.serving(rollout.mktemp("verifier") / "data", repo / "fleet.yaml") as stand:
+        fleet = Fleet(repo, stand, {})
         for name in NODES:
-            tpm = make_module_tpm()
+            tpm = rollout.make_tpm()
             fleet.tpms[name] = tpm.name
             fleet.run(
                 "boot", "node", "--tpm", tpm.name, "--platform", "platform",
                 "--release", f"release-{OLD}",
             )  # fmt: skip
-            agents[name] = AgentProcess(
-                name, tpm.name, verifier, stockade_home, repo.parent / "agents" / name
-            )
-            agents[name].start()
+            stand.start_agent(name, tpm.name, repo.parent / "agents" / name)
         fleet.wait(lambda: fleet.on(NODES, OLD), "three nodes trusted on 1.0.0", timeout=60)
         fleet.watching = True
         yield fleet
-    finally:
-        for agent in agents.values():
-            agent.stop()
-        verifier.stop()
 
 
 def test_the_runbook_moves_every_node_without_an_untrusted_moment(fleet: Fleet) -> None:
@@ -343,3 +320,48 @@ def test_the_runbook_moves_every_node_without_an_untrusted_moment(fleet: Fleet) 
     assert fleet.status() == [(NEW, 4, {"trusted": 2}), (None, None, {"failed": 1})]
     (refusal,) = [e for e in fleet.events() if e["name"] == "web-3" and e["to"] == "failed"]
     assert refusal["from"] == "trusted"
+
+
+def test_an_auditor_checks_the_rollout_offline(fleet: Fleet) -> None:
+    """After the rollout (the test above), an auditor exports what happened and checks it
+    against the keys pinned once, with nothing but the exports: every result of every node,
+    each naming the release it booted, proven in the log; and every operator act of the
+    rollout (policies stored and activated, the canary label) with the operator's name."""
+    log_key = fleet.verifier.data_dir / "keys" / "log-key.pub"
+    exported = fleet.run("audit", "results", "--format", "json").stdout
+    results = json.loads(exported)["results"]
+    assert {r["node"] for r in results} >= set(NODES)
+    assert all(isinstance(r["log_index"], int) and r["inclusion_proof"] for r in results)
+    # Each result names the release its node booted: the rollout is in the export.
+    booted = {(r["node"], (r.get("release") or {}).get("version")) for r in results}
+    assert {(name, OLD) for name in NODES} <= booted, booted
+    assert {(name, NEW) for name in NODES} <= booted, booted
+    path = fleet.repo / "audit-results.json"
+    path.write_text(exported)  # as printed
+    pinned = ("--key", log_key, "--verifier-key", fleet.verifier.verifier_key)
+    verified = fleet.run("log", "verify", path, *pinned)
+    lines = verified.stdout.splitlines()
+    assert len(lines) == len(results) and all(line.startswith("verified: ") for line in lines)
+    assert all("EAR verified" in line for line in lines), lines[:3]
+    # One byte of one result changed: the whole export is refused.
+    tampered = json.loads(exported)
+    tampered["results"][0]["status"] = (
+        "affirming" if tampered["results"][0]["status"] != "affirming" else "contraindicated"
+    )
+    tampered["results"][0]["ear"] = tampered["results"][-1]["ear"]
+    path.write_text(json.dumps(tampered))
+    fleet.run("log", "verify", path, *pinned, code=1)
+
+    acts = json.loads(fleet.run("audit", "actions", "--format", "json").stdout)["actions"]
+    done = [(a["actor"], a["action"], a["subject"]) for a in acts]
+    for act in (
+        ("operator", "policy.store", "fleet@2"),
+        ("operator", "policy.activate", "fleet@2"),
+        ("operator", "policy.store", "fleet@3"),
+        ("operator", "node.labels", fleet.nodes()[CANARY]["node_id"]),
+    ):
+        assert act in done, (act, done)
+    path = fleet.repo / "audit-actions.json"
+    path.write_text(json.dumps({"actions": acts}))
+    checked = fleet.run("log", "verify", path, "--key", log_key).stdout.splitlines()
+    assert len(checked) == len(acts) and all("operator-action" in line for line in checked)

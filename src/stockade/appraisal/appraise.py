@@ -694,26 +694,18 @@ def _appraise_captured(
     """The boot event by event against each accepted candidate (the capture, or it booting
     each release or UKI): the first without findings matches; otherwise the closest one's
     findings are the result."""
-    closest: tuple[str | None, CapturedAppraisal] | None = None
     verified: VerifiedEventLog | None = None
     try:
         log = parse_event_log(event_log)
         verified = verify_log(log, quoted, references.replayed_pcrs)
     except EventLogMismatch as mismatch:
-        closest = (None, replay_failure(references.candidates[0].policy, mismatch))
+        label, result = None, replay_failure(references.candidates[0].policy, mismatch)
     except EvidenceError as error:
         findings.fail(CONFIGURATION, None, f"event log {error}")
         findings.fail(EXECUTABLES, None, "the boot cannot be appraised without a valid event log")
         return findings.result(policy, clock, new_boot)
     else:
-        for candidate in references.candidates:
-            result = _appraise_candidate(candidate, verified, quoted, node.name)
-            if closest is None or len(result.findings) < len(closest[1].findings):
-                closest = (candidate.release, result)
-            if result.status is CapturedStatus.AFFIRMING:  # no findings: the match
-                break
-    assert closest is not None
-    label, result = closest
+        label, result = _closest_candidate(references, verified, quoted, node.name)
     matched = result.status is CapturedStatus.AFFIRMING
     if not matched and len(references.candidates) > 1:
         findings.reasons.append(
@@ -737,6 +729,23 @@ def _appraise_captured(
         release=label if matched else None,
         findings=tuple(finding.to_json() for finding in result.findings),
     )
+
+
+def _closest_candidate(
+    references: CapturedReferences, verified: VerifiedEventLog, quoted: PcrValues, node: str
+) -> tuple[str | None, CapturedAppraisal]:
+    """The first candidate without findings (the match), else the one with the fewest (the
+    first of equals): its label and its appraisal. Also the boot view's reference
+    (``boot_comparison``)."""
+    closest: tuple[str | None, CapturedAppraisal] | None = None
+    for candidate in references.candidates:
+        result = _appraise_candidate(candidate, verified, quoted, node)
+        if closest is None or len(result.findings) < len(closest[1].findings):
+            closest = (candidate.release, result)
+        if result.status is CapturedStatus.AFFIRMING:  # no findings: the match
+            break
+    assert closest is not None  # a captured policy has at least one candidate
+    return closest
 
 
 def _appraise_candidate(
@@ -775,21 +784,11 @@ def _explain_mismatch(
     log: EventLog,
     booted: str | None,
 ) -> None:
-    key = references.key(quoted)
     if not references.entries:
         for claim in (HARDWARE, CONFIGURATION, EXECUTABLES, FILE_SYSTEM):
             findings.fail(claim, None, "the policy has no reference values")
         return
-    closest = max(
-        references.entries,
-        key=lambda entry: sum(
-            a == b for a, b in zip(references.key(entry.values), key, strict=True)
-        ),
-    )
-    expected = references.key(closest.values)
-    differing = [
-        index for index, a, b in zip(references.pcrs, key, expected, strict=True) if a != b
-    ]
+    closest, differing = _closest_reference(references, quoted)
     equal = len(references.pcrs) - len(differing)
     findings.reasons.append(
         f"no accepted release matches; closest reference: {closest.describe()} "
@@ -810,6 +809,25 @@ def _explain_mismatch(
             findings.fail(claim, _PCR_CHECK[index], f"PCR {index} differs from the reference")
             failed.add(claim)
     _affirm_pcrs(findings, references.pcrs, failed)
+
+
+def _closest_reference(
+    references: ReferenceSet, quoted: PcrValues
+) -> tuple[ReferenceEntry, list[int]]:
+    """The entry (of a non-empty ``references``) with the most PCRs equal to ``quoted``'s,
+    the first of a tie, and the PCRs that differ from it, in policy order."""
+    key = references.key(quoted)
+    closest = max(
+        references.entries,
+        key=lambda entry: sum(
+            a == b for a, b in zip(references.key(entry.values), key, strict=True)
+        ),
+    )
+    expected = references.key(closest.values)
+    differing = [
+        index for index, a, b in zip(references.pcrs, key, expected, strict=True) if a != b
+    ]
+    return closest, differing
 
 
 def _events_by_pcr(events: Sequence[Event]) -> dict[int, list[Event]]:
@@ -946,17 +964,7 @@ def reappraise_quoted(
     elif not references.entries:
         findings.fail(EXECUTABLES, None, "the policy has no reference values")
     else:
-        key = references.key(quoted)
-        closest = max(
-            references.entries,
-            key=lambda entry: sum(
-                a == b for a, b in zip(references.key(entry.values), key, strict=True)
-            ),
-        )
-        expected = references.key(closest.values)
-        differing = [
-            index for index, a, b in zip(references.pcrs, key, expected, strict=True) if a != b
-        ]
+        closest, differing = _closest_reference(references, quoted)
         findings.reasons.append(
             f"no accepted release matches; closest reference: {closest.describe()} "
             f"(PCR {', '.join(map(str, differing))} differ)"
@@ -967,3 +975,44 @@ def reappraise_quoted(
             )
     appraisal = findings.result(policy, None, False, matched)
     return QuotedReappraisal(appraisal.status, appraisal.reasons, appraisal.matched_release)
+
+
+def reappraise_signed(
+    policy: Policy,
+    references: ReferenceSet | CapturedReferences,
+    quoted: PcrValues,
+    event_log: bytes,
+    release_envelope: bytes,
+) -> QuotedReappraisal:
+    """``reappraise_quoted`` for a node whose stored evidence holds the release envelope it
+    sent and its event log: a release the policy does not list is judged from the envelope
+    as ``appraise`` judges it (``_signed_release_references``: the policy's signers, its
+    minimum, and the release the log measured into PCR 12, the log verified against the
+    stored quoted values)."""
+    if (
+        isinstance(references, CapturedReferences)
+        or not policy.signers
+        or references.lookup(quoted) is not None
+        or any(index not in quoted.banks.get(Alg.SHA256, {}) for index in references.pcrs)
+    ):
+        return reappraise_quoted(policy, references, quoted)
+    try:
+        verified = verify_log(parse_event_log(event_log), quoted, references.pcrs)
+    except EvidenceError as error:
+        return QuotedReappraisal(
+            None, (f"the stored event log does not verify against the stored PCRs: {error}",)
+        )
+    signed = _signed_release_references(policy, references, verified, release_envelope)
+    if isinstance(signed, str) or not signed.entries:
+        findings = _Findings(policy.enforce)
+        findings.fail(
+            EXECUTABLES,
+            "release",
+            signed
+            if isinstance(signed, str)
+            else "the signed release the node sent matches no prediction on the policy's "
+            "platforms" + (f" ({'; '.join(signed.skipped)})" if signed.skipped else ""),
+        )
+        appraisal = findings.result(policy, None, False)
+        return QuotedReappraisal(appraisal.status, appraisal.reasons)
+    return reappraise_quoted(policy, signed, quoted)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +42,13 @@ def ear_claims(
     not_after: dt.datetime,
     verifier_build: str,
     signed_evidence: SignedEvidence | None = None,
+    release: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The EAR claims of one result, built once from the final ``Appraisal``
     (``decision.conclude``) and never edited. ``stockade.boot`` counters are null when the
     quote did not verify (no clock is known); ``stockade.evidence`` names the AK and quote
-    only when it did."""
+    only when it did; ``stockade.release`` names the release the boot matched, when one
+    did."""
     clock = appraisal.clock
     submod: dict[str, Any] = {
         "ear.status": appraisal.status.value,
@@ -66,6 +69,10 @@ def ear_claims(
         # A captured-platform appraisal's findings, each naming its PCR and event (index,
         # type, what it measured, expected and found digest).
         submod["stockade.findings"] = [dict(finding) for finding in appraisal.findings]
+    if release is not None:
+        # The release the quoted boot matched (rollout inventory): name, version, security
+        # version, manifest digest; an auditor reads it from the signed result itself.
+        submod["stockade.release"] = dict(release)
     if clock is not None and signed_evidence is not None:
         # The quote verified: an auditor holding the AK and quote (GET /v1/executions) can
         # tie them to this node with the pinned verifier key.

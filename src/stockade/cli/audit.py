@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -53,6 +54,7 @@ UntilOption = Annotated[
     str | None, typer.Option("--until", help="RFC 3339 time, exclusive [default: now]")
 ]
 NodeFilterOption = Annotated[str | None, typer.Option("--node", help="node id or name")]
+Row = dict[str, Any]  # one exported item, as JSON
 # A cell starting with one of these is a formula to a spreadsheet (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -179,8 +181,49 @@ def _write_csv(columns: list[str], rows: list[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
+def _export(
+    output: ExportFormat,
+    filters: dict[str, str | None],
+    member: str,
+    rows: list[Row],
+    columns: list[str],
+    table: Callable[[list[Row]], Table],
+) -> None:
+    """Print ``rows`` as ``output`` asks: JSON, the ``filters`` and the rows under
+    ``member``; CSV, the ``columns`` of each row; text, ``table(rows)``."""
+    if output is ExportFormat.JSON:
+        emit_json({**filters, member: rows})
+    elif output is ExportFormat.CSV:
+        _write_csv(columns, rows)
+    else:
+        from rich.console import Console
+
+        Console().print(table(rows))
+
+
+def _table(
+    title: str, headings: Sequence[str], rows: list[Row], cells: Callable[[Row], list[str]]
+) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for heading in headings:
+        table.add_column(heading, overflow="fold")
+    for row in rows:
+        table.add_row(*cells(row))
+    return table
+
+
+def _add_tree_size(row: Row) -> Row:
+    """``row`` with the size of the tree its receipt (``inclusion_proof``) proves against."""
+    receipt = row.get("inclusion_proof")
+    row["tree_size"] = receipt.get("tree_size") if isinstance(receipt, dict) else None
+    return row
+
+
 RESULT_COLUMNS = [
-    "result_id", "node_id", "node", "status", "policy", "issued_at", "not_after", "reasons",
+    "result_id", "node_id", "node", "status", "policy", "release", "issued_at", "not_after",
+    "reasons",
     "log_index", "tree_size", "ear_signature", "ear", "inclusion_proof",
 ]  # fmt: skip
 
@@ -212,20 +255,12 @@ def results(
     keys = key_file.keys()
     checked = []
     for result in listed:
-        row = check_result(result, None, keys)
-        receipt = row.get("inclusion_proof")
-        row["tree_size"] = receipt.get("tree_size") if isinstance(receipt, dict) else None
+        row = _add_tree_size(check_result(result, None, keys))
         if "node" not in row:
             row["node"] = result.get("node_name")
         checked.append(row)
-    if output is ExportFormat.JSON:
-        emit_json({"since": since, "until": until, "node": node, "results": checked})
-    elif output is ExportFormat.CSV:
-        _write_csv(RESULT_COLUMNS, checked)
-    else:
-        from rich.console import Console
-
-        Console().print(results_table(checked))
+    filters = {"since": since, "until": until, "node": node}
+    _export(output, filters, "results", checked, RESULT_COLUMNS, results_table)
     refused = [row for row in checked if row["ear_signature"] != "verified"]
     if refused:
         raise VerificationFailed(
@@ -234,23 +269,15 @@ def results(
 
 
 def results_table(rows: list[dict[str, Any]]) -> Table:
-    from rich.table import Table
+    keys = ("log_index", "issued_at", "node", "status", "policy", "result_id")
 
-    table = Table(title=f"{len(rows)} results (EARs checked locally)")
-    for column in ("log index", "issued", "node", "status", "policy", "result", "EAR"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
+    def cells(row: Row) -> list[str]:
         verified = row["ear_signature"] == "verified"
-        table.add_row(
-            cell(row.get("log_index"), "-"),
-            cell(row.get("issued_at"), "-"),
-            cell(row.get("node"), "-"),
-            cell(row.get("status"), "-"),
-            cell(row.get("policy"), "-"),
-            cell(row.get("result_id"), "-"),
-            "[green]verified[/]" if verified else f"[red]{cell(row['ear_signature'])}[/]",
-        )
-    return table
+        ear = "[green]verified[/]" if verified else f"[red]{cell(row['ear_signature'])}[/]"
+        return [*(cell(row.get(key), "-") for key in keys), ear]
+
+    headings = ("log index", "issued", "node", "status", "policy", "result", "EAR")
+    return _table(f"{len(rows)} results (EARs checked locally)", headings, rows, cells)
 
 
 RELEASE_COLUMNS = [
@@ -274,28 +301,20 @@ def secret_releases(
     value. Needs a reader token."""
     with client(verifier, ca, token_file) as api:
         releases = list(api.all_secret_releases(since=since, until=until, node=node, secret=secret))
-    if output is ExportFormat.JSON:
-        emit_json(
-            {"since": since, "until": until, "node": node, "secret": secret, "releases": releases}
-        )
-    elif output is ExportFormat.CSV:
-        _write_csv(RELEASE_COLUMNS, releases)
-    else:
-        from rich.console import Console
-        from rich.table import Table
+    filters = {"since": since, "until": until, "node": node, "secret": secret}
+    _export(output, filters, "releases", releases, RELEASE_COLUMNS, _releases_table)
 
-        table = Table(title=f"{len(releases)} secret releases")
-        for column in ("time", "secret", "version", "node", "result"):
-            table.add_column(column, overflow="fold")
-        for release in releases:
-            table.add_row(
-                cell(release.get("time"), "-"),
-                cell(release.get("secret"), "-"),
-                cell(release.get("version"), "-"),
-                cell(release.get("node_name") or release.get("node_id"), "-"),
-                cell(release.get("result_id"), "-"),
-            )
-        Console().print(table)
+
+def _releases_table(rows: list[Row]) -> Table:
+    def cells(release: Row) -> list[str]:
+        return [
+            *(cell(release.get(key), "-") for key in ("time", "secret", "version")),
+            cell(release.get("node_name") or release.get("node_id"), "-"),
+            cell(release.get("result_id"), "-"),
+        ]
+
+    headings = ("time", "secret", "version", "node", "result")
+    return _table(f"{len(rows)} secret releases", headings, rows, cells)
 
 
 ACTION_COLUMNS = [
@@ -330,29 +349,17 @@ def actions(
                 since=since, until=until, actor=actor, action=action, page_size=page_size
             )
         )
-    for row in listed:
-        receipt = row.get("inclusion_proof")
-        row["tree_size"] = receipt.get("tree_size") if isinstance(receipt, dict) else None
-    if output is ExportFormat.JSON:
-        emit_json(
-            {"since": since, "until": until, "actor": actor, "action": action, "actions": listed}
-        )
-    elif output is ExportFormat.CSV:
-        _write_csv(ACTION_COLUMNS, listed)
-    else:
-        from rich.console import Console
-        from rich.table import Table
+    rows = [_add_tree_size(row) for row in listed]
+    filters = {"since": since, "until": until, "actor": actor, "action": action}
+    _export(output, filters, "actions", rows, ACTION_COLUMNS, _actions_table)
 
-        table = Table(title=f"{len(listed)} operator actions")
-        for column in ("log index", "time", "actor", "action", "subject", "detail"):
-            table.add_column(column, overflow="fold")
-        for row in listed:
-            table.add_row(
-                cell(row.get("log_index"), "-"),
-                cell(row.get("time"), "-"),
-                cell(row.get("actor"), "-"),
-                cell(row.get("action"), "-"),
-                cell(row.get("subject"), "-"),
-                cell(row.get("detail"), "-"),
-            )
-        Console().print(table)
+
+def _actions_table(rows: list[Row]) -> Table:
+    keys = ("log_index", "time", "actor", "action", "subject", "detail")
+    headings = ("log index", "time", "actor", "action", "subject", "detail")
+    return _table(
+        f"{len(rows)} operator actions",
+        headings,
+        rows,
+        lambda row: [cell(row.get(key), "-") for key in keys],
+    )

@@ -74,6 +74,7 @@ def check_result(result: Any, node: str | None, keys: Any) -> dict[str, Any]:
         "not_after": ear.expires_at.isoformat(),
         "trust_vector": dict(ear.trust_vector),
         "reasons": list(ear.reasons),
+        "release": None if ear.release is None else dict(ear.release),
         "boot": {"reset_count": ear.reset_count, "restart_count": ear.restart_count},
         "ear": token,
         "ear_claims": dict(ear.claims),
@@ -119,6 +120,15 @@ def show(
         )
 
 
+def release_text(release: dict[str, Any]) -> str:
+    """``stockade-os 1.1.0 (security version 4, manifest 3f5a...)``, as ``nodes list -o
+    wide`` shows it."""
+    from stockade.cli.nodes import release_cells
+
+    label, security_version, manifest = release_cells(release)
+    return f"{label} (security version {security_version}, manifest {manifest})"
+
+
 def result_table(result: dict[str, Any]) -> Table:
     """One checked result (``check_results``) as a table of its claims."""
     from rich.table import Table
@@ -137,6 +147,9 @@ def result_table(result: dict[str, Any]) -> Table:
     table.add_row("issued", cell(result["issued_at"]))
     table.add_row("not after", cell(result["not_after"]))
     table.add_row("policy", cell(result["policy"], "-"))
+    release = result.get("release")
+    if release:
+        table.add_row("release", release_text(release))
     vector = result["trust_vector"]
     table.add_row("trust vector", ", ".join(f"{k}={cell(v)}" for k, v in vector.items()) or "-")
     boot = result["boot"]

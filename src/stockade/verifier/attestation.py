@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -12,7 +13,8 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Insert, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from stockade.appraisal.appraise import MAX_RELEASE_ENVELOPE, ReferenceEntry
 from stockade.appraisal.decision import conclude, failed_appraisal
@@ -32,7 +34,7 @@ from stockade.verifier.appraiser import Appraisal, Evidence, NodeView, Status
 from stockade.verifier.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from stockade.verifier.executions import load_state, store_executions
 from stockade.verifier.metrics import metrics_of
-from stockade.verifier.models import Event, Node, Result
+from stockade.verifier.models import Event, EvidenceBlob, Node, Result
 from stockade.verifier.node_auth import require_node_spending_a_nonce
 from stockade.verifier.nonces import consume_nonce, nonce_usable
 from stockade.verifier.results import sign_ear
@@ -210,6 +212,15 @@ class BootedRelease:
             entry.manifest_digest.hex(),
         )
 
+    def claim(self) -> dict[str, Any]:
+        """The EAR's ``stockade.release``."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "security_version": self.security_version,
+            "digest": self.digest,
+        }
+
 
 # A captured-platform appraisal names the release it matched by label ("name version"):
 # its manifest's fields, built once per policy version (the references object is the key,
@@ -265,6 +276,10 @@ class _Prepared:
     log_entry: bytes  # the result's transparency log entry (canonical JSON)
     executions: ExecutionOutcome | None = None  # when the policy quotes PCR 13
     release: BootedRelease | None = None  # the release the boot matched
+    # The evidence kept with the result (``evidence_blobs``): sha256 hex of the event log and
+    # of the release envelope (None: none sent).
+    event_log_digest: str = ""
+    release_envelope_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +333,7 @@ def _prepare(
     final = conclude(appraisal, outcome)
     status, reasons, clock = final.status, list(final.reasons), final.clock
     policy_ref = active.ref
+    release = booted_release(active, appraisal)
     claims = ear_claims(
         final,
         view,
@@ -327,6 +343,7 @@ def _prepare(
         not_after,
         service.config.verifier_build,
         SignedEvidence(node.ak_public, evidence.quote),
+        release=release.claim() if release is not None else None,
     )
     ear = sign_ear(service.signing_key, claims)
     metrics_of(service).appraised(time.perf_counter() - started)
@@ -339,9 +356,12 @@ def _prepare(
     ):
         # The quote verified over exactly the policy's selection: these values are attested.
         attested = evidence.pcrs.restricted_to(selection).to_json()
+    envelope = evidence.release_envelope
     return _Prepared(
         executions=outcome,
-        release=booted_release(active, appraisal),
+        release=release,
+        event_log_digest=blob_digest(evidence.event_log),
+        release_envelope_digest=blob_digest(envelope) if envelope is not None else None,
         pcrs=attested,
         inputs=(*node.appraisal_inputs(), executions.fingerprint),
         result_id=result_id,
@@ -495,6 +515,10 @@ def _submit_locked(
         if prepared.clock is None:
             raise _Unverified(prepared)  # rolls back; the nonce is spent on its own
         state, entries = _write_result(connection, locked, prepared, evidence, now)
+        # The evidence kept after the node's row and before the log's, as the committer's
+        # batches write it, so the two never wait on each other in opposite orders.
+        for blob in evidence_blobs(prepared, evidence, now):
+            blob.write(connection)
         # Last, so the log's state row is held only until this commit: the result (and the
         # executions it proved) are logged if and only if they are stored.
         appended = service.translog.append(connection, *entries)
@@ -518,6 +542,12 @@ class _StoreResult:
     def sort_key(self) -> str:
         return self.node_id
 
+    @property
+    def shared_rows(self) -> tuple[StoredBlob, ...]:
+        """The evidence kept with the result, written by the committer once this item is
+        claimed (``GroupCommitter._write``: by digest, once per batch)."""
+        return evidence_blobs(self.prepared, self.evidence, self.now)
+
     def claim(self, connection: Connection) -> list[bytes]:
         locked = _locked_node(connection, self.node_id)
         current = _ExecutionInput(*self.execution_log, load_state(connection, self.node_id))
@@ -533,6 +563,88 @@ class _StoreResult:
         if index is not None:
             _record_log_index(connection, self.prepared.result_id, index)
         return self.stored[0]
+
+
+EVENT_LOG = "event-log"
+RELEASE_ENVELOPE = "release-envelope"
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """Evidence kept content-addressed (``evidence_blobs``): written if absent, so the same
+    log sent by every attestation of a boot, or by two replicas at once, is one row. A
+    ``shared_rows`` item of the group committer: ``key`` orders the writes of a batch."""
+
+    digest: str  # sha256 of body, hex
+    kind: str
+    body: bytes
+    created_at: datetime
+
+    @property
+    def key(self) -> str:
+        return self.digest
+
+    def write(self, connection: Connection) -> None:
+        """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (a concurrent insert of
+        the same digest waits for the other transaction and then does nothing: never an
+        error); elsewhere a check, then an insert under a savepoint."""
+        row = {
+            "digest": self.digest,
+            "kind": self.kind,
+            "body": self.body,
+            "created_at": self.created_at,
+        }
+        statement = _insert_if_absent(connection.dialect.name)
+        if statement is not None:
+            connection.execute(statement, row)
+            return
+        present = select(EvidenceBlob.digest).where(EvidenceBlob.digest == self.digest)
+        if connection.execute(present).first() is not None:
+            return
+        try:
+            with connection.begin_nested():
+                connection.execute(insert(EvidenceBlob), row)
+        except IntegrityError:
+            pass  # stored meanwhile by another transaction: the same bytes
+
+
+_INSERT_IF_ABSENT: dict[str, Insert] = {}
+
+
+def _insert_if_absent(dialect: str) -> Insert | None:
+    """The dialect's INSERT ... ON CONFLICT (digest) DO NOTHING, built once."""
+    statement = _INSERT_IF_ABSENT.get(dialect)
+    if statement is not None:
+        return statement
+    made: Insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        made = postgresql.insert(EvidenceBlob).on_conflict_do_nothing(index_elements=["digest"])
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        made = sqlite.insert(EvidenceBlob).on_conflict_do_nothing(index_elements=["digest"])
+    else:
+        return None
+    _INSERT_IF_ABSENT[dialect] = made
+    return made
+
+
+def blob_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def evidence_blobs(
+    prepared: _Prepared, evidence: Evidence, now: datetime
+) -> tuple[StoredBlob, ...]:
+    """The event log (always; an empty one too) and the release envelope (when sent), by
+    the digests ``_prepare`` took (not hashed again in the writer's thread)."""
+    blobs = [StoredBlob(prepared.event_log_digest, EVENT_LOG, evidence.event_log, now)]
+    envelope = evidence.release_envelope
+    if envelope is not None and prepared.release_envelope_digest is not None:
+        blobs.append(StoredBlob(prepared.release_envelope_digest, RELEASE_ENVELOPE, envelope, now))
+    return tuple(blobs)
 
 
 def _locked_node(connection: Connection, node_id: str) -> _NodeRow:
@@ -609,6 +721,8 @@ def _store(connection: Connection, node: _NodeRow, prepared: _Prepared, now: dat
             "release_version": release.version if release is not None else None,
             "release_security_version": (release.security_version if release is not None else None),
             "release_digest": release.digest if release is not None else None,
+            "event_log_digest": prepared.event_log_digest,
+            "release_envelope_digest": prepared.release_envelope_digest,
         },
     )
     clock = prepared.clock

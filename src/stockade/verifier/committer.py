@@ -8,7 +8,10 @@ one commit. One checkpoint is signed and, on SQLite, the WAL is fsync'd once for
 batch (``TransparencyLog.receipts``); only then does any request get its receipt.
 
 Atomicity is that of one attestation before: a result is stored if and only if its entry is
-logged, since both are in the batch's transaction. When the log refuses to append (the
+logged, since both are in the batch's transaction. Rows an item shares with others by content
+(``shared_rows``: the evidence blobs, one per distinct event log) are written once per batch,
+after the claims and in key order, so two replicas' batches inserting the same rows take
+them in one order too. When the log refuses to append (the
 database is not what this verifier signed) the whole batch rolls back and every request in it
 gets the same 503. Items are claimed in node order, so two replicas' batches lock node rows in
 the same order and cannot deadlock on them.
@@ -61,6 +64,9 @@ class BatchItem(Protocol[T_co]):
         before its first write (or from a write that changed nothing, like a conditional
         UPDATE that matched no row)."""
         ...
+
+    # Optional: ``shared_rows``, rows other items may share by content (objects with ``key``
+    # and ``write(connection)``, an insert-if-absent); written after the claims, each key once.
 
     def logged(self, connection: Connection, index: int | None) -> T_co:
         """After the append, in the same transaction: record the receipt entry's ``index``
@@ -231,6 +237,7 @@ class GroupCommitter:
                     rejected.append((job, error))
                     continue
                 claimed.append((job, entries))
+            _write_shared_rows(connection, [job.item for job, _ in claimed])
             entries_claimed = [entry for _, entries in claimed for entry in entries]
             if entries_claimed:
                 appended = self.translog.append(connection, *entries_claimed)
@@ -252,3 +259,14 @@ class GroupCommitter:
         for job in batch:
             if not job.future.done():
                 job.future.set_exception(error)
+
+
+def _write_shared_rows(connection: Connection, items: Sequence[Any]) -> None:
+    """The claimed items' ``shared_rows``, each key once, in key order (every batch locks
+    them in one order: no deadlock between replicas inserting the same rows)."""
+    rows: dict[str, Any] = {}
+    for item in items:
+        for row in getattr(item, "shared_rows", ()):
+            rows.setdefault(row.key, row)
+    for key in sorted(rows):
+        rows[key].write(connection)

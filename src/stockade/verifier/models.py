@@ -150,11 +150,31 @@ class Result(Base):
     release_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
     release_security_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     release_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The boot evidence the result was appraised from (0015): the sha256 (hex) of the event
+    # log and of the release envelope the node sent, each an ``evidence_blobs`` row. NULL
+    # for results stored before 0015, and the envelope's when none was sent.
+    event_log_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    release_envelope_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("ix_results_node_created", "node_id", "created_at"),
         Index("ix_results_log_index", "log_index"),
     )
+
+
+class EvidenceBlob(Base):
+    """Evidence a node sent, content-addressed (0015): ``digest`` is the sha256 (hex) of
+    ``body``, ``kind`` ``event-log`` or ``release-envelope``. Written insert-if-absent in the
+    transaction of the result that names it (``attestation.store_blobs``), so identical logs
+    are stored once; never changed afterwards. Bounded by the evidence request's own limits
+    (the body limit; ``appraise.MAX_RELEASE_ENVELOPE``)."""
+
+    __tablename__ = "evidence_blobs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Event(Base):

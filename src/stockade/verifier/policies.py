@@ -24,7 +24,7 @@ from stockade.logs import fields
 from stockade.strict_json import canonical_json
 from stockade.strict_yaml import load_yaml
 from stockade.verifier.errors import Conflict, NotFound, Unprocessable
-from stockade.verifier.models import Node, Policy, PolicyActivation, Result
+from stockade.verifier.models import EvidenceBlob, Node, Policy, PolicyActivation, Result
 from stockade.verifier.operator_actions import record_action
 from stockade.verifier.operator_auth import OperatorActor, ReaderActor, require_operator
 from stockade.verifier.service import Service, active_policy_id, service_of
@@ -104,7 +104,7 @@ def _candidate(
         raise Unprocessable(f"policy {policy_id!r} is invalid: {error}", code="policy") from None
 
 
-def _stored_quote(result: Result | None) -> PcrValues | None:
+def stored_quote(result: Result | None) -> PcrValues | None:
     """The sha256 PCR values a stored result's verified quote carried (None: none stored)."""
     if result is None or not result.pcrs:
         return None
@@ -119,13 +119,16 @@ def dry_run(
     service: Service, session: Session, policy_id: str, document: dict[str, Any]
 ) -> dict[str, Any]:
     """Every enrolled (not revoked) node's latest result re-appraised under the candidate
-    document (``appraise.reappraise_quoted``: the quoted PCR values the result stored, since
-    the verifier keeps no event logs), nothing stored. A node whose status would differ from
-    its latest result's is a change, with the first reason; one whose stored values cannot
-    tell (no verified quote stored, a PCR the candidate quotes that was not quoted, a
-    captured platform) is unknown."""
+    document (``appraise.reappraise_quoted``: the quoted PCR values the result stored),
+    nothing stored. A result that kept the release envelope the node sent (migration 0015)
+    is judged with it as appraisal would (``appraise.reappraise_signed``, with the stored
+    event log): a release the candidate does not list but whose signers it names. A node
+    whose status would differ from its latest result's is a change, with the first reason;
+    one whose stored values cannot tell (no verified quote stored, a PCR the candidate
+    quotes that was not quoted, a captured platform, a signer-only candidate without a
+    stored envelope) is unknown."""
     from stockade.appraisal import policy as core_policy
-    from stockade.appraisal.appraise import reappraise_quoted
+    from stockade.appraisal.appraise import ReferenceSet, reappraise_quoted, reappraise_signed
 
     policy, references, version = _candidate(service, session, policy_id, document)
     if not isinstance(policy, core_policy.Policy):
@@ -139,7 +142,7 @@ def dry_run(
     for node in nodes:
         result = session.get(Result, node.latest_result_id) if node.latest_result_id else None
         current = result.status if result is not None else None
-        quoted = _stored_quote(result)
+        quoted = stored_quote(result)
         row: dict[str, Any] = {
             "node_id": node.id, "name": node.name, "state": node.state, "from": current,
             "result_id": result.id if result is not None else None,
@@ -147,7 +150,15 @@ def dry_run(
         if quoted is None:
             unknown.append({**row, "reason": "no verified quote stored for this node"})
             continue
-        outcome = reappraise_quoted(policy, references, quoted)
+        # The stored log and envelope are read only when they can matter: a signer rule and
+        # a boot no listed release matches.
+        unlisted = isinstance(references, ReferenceSet) and references.lookup(quoted) is None
+        signed = _stored_signed_evidence(session, result) if policy.signers and unlisted else None
+        outcome = (
+            reappraise_signed(policy, references, quoted, *signed)
+            if signed is not None
+            else reappraise_quoted(policy, references, quoted)
+        )
         if outcome.status is None:
             unknown.append({**row, "reason": outcome.reasons[0]})
         elif outcome.status.value != current:
@@ -167,6 +178,22 @@ def dry_run(
         "changes": changes,
         "unknown_nodes": unknown,
     }
+
+
+def _stored_signed_evidence(session: Session, result: Result | None) -> tuple[bytes, bytes] | None:
+    """The event log and release envelope a result kept (``evidence_blobs``, each checked
+    against its digest), or None: no envelope was sent, or the result predates 0015."""
+    if result is None or result.release_envelope_digest is None or not result.event_log_digest:
+        return None
+    digests = (result.event_log_digest, result.release_envelope_digest)
+    query = select(EvidenceBlob.digest, EvidenceBlob.body).where(EvidenceBlob.digest.in_(digests))
+    bodies = {digest: bytes(body) for digest, body in session.execute(query)}
+    log, envelope = (bodies.get(digest) for digest in digests)
+    if log is None or envelope is None:
+        return None
+    if any(hashlib.sha256(body).hexdigest() != digest for digest, body in bodies.items()):
+        return None
+    return bytes(log), bytes(envelope)
 
 
 def _latest(session: Session, policy_id: str) -> Policy | None:

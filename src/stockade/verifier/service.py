@@ -157,6 +157,12 @@ class Service:
                 self._active_checked = started
         return active
 
+    def cached_references(self, policy_id: str, version: int) -> ActivePolicy | None:
+        """The references of a policy version this process appraised under, if built (read
+        only: the boot view, ``verifier/boot_api.py``, reuses them)."""
+        with self._lock:
+            return self._references.get((policy_id, version))
+
     def _lookup_active(self, session: Session) -> ActivePolicy:
         policy_id = active_policy_id(session, self.config.policy_id)
         if policy_id is None:
