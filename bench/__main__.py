@@ -20,6 +20,7 @@ MODULES.append("bench.kube")
 MODULES.append("bench.cli")
 MODULES.append("bench.fleet")
 MODULES.append("bench.cli_startup")
+MODULES.append("bench.fleet_nodes")
 
 
 def main() -> None:

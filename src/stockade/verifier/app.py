@@ -25,9 +25,12 @@ from stockade.channel import ReplayCache
 from stockade.verifier import (
     admission,
     attestation,
+    boot_api,
+    dashboard,
     enrollment,
     events,
     executions,
+    fleet,
     log_api,
     membership,
     nodes,
@@ -322,6 +325,9 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
     app.include_router(log_api.router)
     app.include_router(operator_audit.router)
     app.include_router(operator_auth.router)
+    app.include_router(dashboard.router)
+    app.include_router(fleet.router)
+    app.include_router(boot_api.router)
 
     @app.get("/v1/openapi.json", tags=["operator"], dependencies=[Depends(require_reader)])
     def openapi() -> dict[str, Any]:
