@@ -21,6 +21,7 @@ MODULES.append("bench.cli")
 MODULES.append("bench.fleet")
 MODULES.append("bench.cli_startup")
 MODULES.append("bench.fleet_nodes")
+MODULES.append("bench.dashboard")
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ Each page renders with the fleet's nodes; the node list filters and pages on the
 failed node's detail shows every reason and its boot log beside the reference with the
 differing events marked; a receipt is checked in the browser; the keyboard reaches the
 navigation and the filters and opens a row with Enter; no page scrolls sideways on a laptop
-screen. And, measured: the first page of the node list at 20,000 nodes.
+screen. And at 20,000 nodes the node list still pages and filters (how fast:
+bench/dashboard.py).
 """
 
 from __future__ import annotations
@@ -371,14 +372,15 @@ def _fill_fleet(data_dir: Path, count: int) -> None:
 
 
 NODES_20K = 20_000
-FIRST_ROWS_BUDGET_MS = 2000.0
+PAGE_ROWS = 50  # the node list's default page
+DASH = "\u2013"  # the count's range: "showing 1 to 50."
 
 
-def test_the_node_list_renders_its_first_page_fast_at_20000_nodes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Time from navigation (a fresh page load) to the first rows on screen, with 20,000
-    nodes in the verifier's database (bench/fleet_nodes.py's fleet)."""
+def test_the_node_list_pages_and_filters_at_20000_nodes(tmp_path: Path) -> None:
+    """With 20,000 nodes in the verifier's database (bench/fleet_nodes.py's fleet, named
+    node-00000 to node-19999): the first page shows the first 50 by name and counts all
+    20,000, Next page shows the next 50, and a filter narrows the count. Its speed is
+    measured by the benchmark (bench/dashboard.py, ``make bench``), not here."""
     from support.verifier_serve import ServedVerifier
 
     data = tmp_path / "verifier"
@@ -389,47 +391,45 @@ def test_the_node_list_renders_its_first_page_fast_at_20000_nodes(
     verifier.start()
     try:
         token = (data / "reader-token").read_text().strip()
-        with verifier.httpx_client() as client:
-            answer = client.get(
-                f"{verifier.url}/v1/fleet/nodes",
-                params={"limit": "1"},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            assert answer.json()["total"] == NODES_20K
         with signed_in(verifier.url, token) as browser:
-            timings: dict[str, list[float]] = {}
-            api_times: dict[str, list[float]] = {}
-            for route in ("#/nodes", "#/nodes?state=untrusted", "#/nodes?label=role%3Ddb"):
-                for _ in range(3):
-                    browser.get("about:blank")
-                    browser.get(f"{verifier.url}/ui/{route}")
-                    wait_ready(browser, timeout=30)
-                    assert len(css(browser, "tr[data-node-id]")) == 50
-                    mark = browser.execute_script(
-                        "const m = performance.getEntriesByName('stockade:node-rows');"
-                        "return m.length ? m[0].startTime : null;"
-                    )
-                    assert mark is not None
-                    timings.setdefault(route, []).append(float(mark))
-                    api = browser.execute_script(
-                        "return performance.getEntriesByType('resource')"
-                        ".filter((e) => e.name.includes('/v1/fleet/nodes?'))"
-                        ".map((e) => e.duration).pop() ?? null;"
-                    )
-                    api_times.setdefault(route, []).append(float(api or 0))
-            started = time.monotonic()
-            go(browser, "#/")
-            overview_ms = (time.monotonic() - started) * 1000
-        with capsys.disabled():
-            for route, samples in timings.items():
-                print(
-                    f"\n[dashboard] {NODES_20K} nodes, {route}: first rows at "
-                    f"{min(samples):.0f}-{max(samples):.0f} ms after navigation "
-                    f"(median {sorted(samples)[1]:.0f} ms; of which the API request "
-                    f"{sorted(api_times[route])[1]:.0f} ms)"
-                )
-            print(f"[dashboard] {NODES_20K} nodes, overview rendered in {overview_ms:.0f} ms")
-        for route, samples in timings.items():
-            assert sorted(samples)[1] < FIRST_ROWS_BUDGET_MS, (route, samples)
+
+            def shown() -> list[str]:
+                return [
+                    row.find_element("css selector", ".node-name").text
+                    for row in css(browser, "#node-table tr[data-node-id]")
+                ]
+
+            def count() -> str:
+                return str(css(browser, "#node-count")[0].text)
+
+            def click_and_wait(selector: str) -> None:
+                browser.execute_script("document.body.dataset.ready = '0'")
+                css(browser, selector)[0].click()
+                wait_ready(browser, timeout=30)
+
+            go(browser, "#/nodes")
+            first = shown()
+            assert first == [f"node-{number:05d}" for number in range(PAGE_ROWS)]
+            assert count() == f"{NODES_20K} nodes match; showing 1{DASH}{PAGE_ROWS}.", count()
+
+            click_and_wait("#next-page")
+            second = shown()
+            assert second == [f"node-{number:05d}" for number in range(PAGE_ROWS, 2 * PAGE_ROWS)]
+            assert not set(first) & set(second)
+            assert count() == f"{NODES_20K} nodes match; showing 51{DASH}100.", count()
+            click_and_wait("#prev-page")
+            assert shown() == first
+
+            # A filter through the form: one node in four has role=db (bench/fleet_nodes.py).
+            css(browser, "#filter-label")[0].send_keys("role=db")
+            click_and_wait(".filters button[type=submit]")
+            assert "label=role%3Ddb" in browser.current_url
+            role_db = NODES_20K // 4
+            assert count() == f"{role_db} nodes match; showing 1{DASH}{PAGE_ROWS}.", count()
+            assert shown() == [f"node-{number:05d}" for number in range(1, 4 * PAGE_ROWS, 4)]
+            assert all(
+                "role=db" in row.text for row in css(browser, "#node-table tr[data-node-id]")
+            )
+            assert real_errors(browser) == []
     finally:
         verifier.stop()
