@@ -41,11 +41,13 @@ def repo(world: World, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _new(repo: Path, out: Path, *extra: object) -> None:
+def _new(
+    repo: Path, out: Path, *extra: object, policy_id: str = "production", release: str = "1.0.0"
+) -> None:
     made = run_stockade(
-        "policy", "new", "--id", "production", "--signer", repo / "keys" / "org.pub",
+        "policy", "new", "--id", policy_id, "--signer", repo / "keys" / "org.pub",
         "--platform", repo / "platforms" / "dev.json",
-        "--release", repo / "releases" / "1.0.0.dsse.json", "--out", out, *extra,
+        "--release", repo / "releases" / f"{release}.dsse.json", "--out", out, *extra,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
 
@@ -77,12 +79,7 @@ def test_new_keeps_symbolic_links_as_named(repo: Path) -> None:
     # releases/current -> 1.0.0.dsse.json: the policy keeps following the link, as named.
     (repo / "releases" / "current.dsse.json").symlink_to("1.0.0.dsse.json")
     out = repo / "policies" / "linked.yaml"
-    made = run_stockade(
-        "policy", "new", "--id", "linked", "--signer", repo / "keys" / "org.pub",
-        "--platform", repo / "platforms" / "dev.json",
-        "--release", repo / "releases" / "current.dsse.json", "--out", out,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    _new(repo, out, policy_id="linked", release="current")
     document = yaml.safe_load(out.read_text())
     assert document["releases"]["manifests"] == ["../releases/current.dsse.json"]
     assert run_stockade("policy", "validate", out, cwd="/").returncode == 0
@@ -90,12 +87,7 @@ def test_new_keeps_symbolic_links_as_named(repo: Path) -> None:
     (repo / "elsewhere" / "deeper").mkdir(parents=True)
     (repo / "linkdir").symlink_to(repo / "elsewhere" / "deeper")
     deep = repo / "linkdir" / "deep.yaml"
-    made = run_stockade(
-        "policy", "new", "--id", "deep", "--signer", repo / "keys" / "org.pub",
-        "--platform", repo / "platforms" / "dev.json",
-        "--release", repo / "releases" / "1.0.0.dsse.json", "--out", deep,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    _new(repo, deep, policy_id="deep")
     manifests = yaml.safe_load(deep.read_text())["releases"]["manifests"]
     assert manifests == ["../../releases/1.0.0.dsse.json"]
     assert run_stockade("policy", "validate", deep, cwd="/").returncode == 0
