@@ -102,17 +102,23 @@ def _node_rows(browser: Any, url: str) -> tuple[float, float]:
     return float(first_rows), float(api)
 
 
-def _overview(browser: Any, url: str) -> float:
-    """ms from navigation to the overview rendered."""
-    _load(browser, url)
+def _overview_rendered(browser: Any, route: str) -> float:
+    """When (ms since navigation) the page READY_OBSERVER saw rendered, which must be the
+    overview (``route``: what was loaded, for the error)."""
     ready = _browser.wait_until(
         lambda: browser.execute_script("return window.__benchReady || null"),
         LOAD_TIMEOUT,
         "the overview rendered",
     )
     if ready["page"] != "overview":
-        raise RuntimeError(f"{url} rendered page {ready['page']!r}, not the overview")
+        raise RuntimeError(f"{route} rendered page {ready['page']!r}, not the overview")
     return float(ready["at"])
+
+
+def _overview(browser: Any, url: str) -> float:
+    """ms from navigation to the overview rendered."""
+    _load(browser, url)
+    return _overview_rendered(browser, url)
 
 
 def _overview_in_page(browser: Any, base: str) -> float:
@@ -123,14 +129,7 @@ def _overview_in_page(browser: Any, base: str) -> float:
         "window.__benchReady = null; const at = performance.now();"
         "window.location.hash = '#/'; return at;"
     )
-    ready = _browser.wait_until(
-        lambda: browser.execute_script("return window.__benchReady || null"),
-        LOAD_TIMEOUT,
-        "the overview rendered",
-    )
-    if ready["page"] != "overview":
-        raise RuntimeError(f"#/ rendered page {ready['page']!r}, not the overview")
-    return float(ready["at"]) - float(started)
+    return _overview_rendered(browser, "#/") - float(started)
 
 
 def _fill(data_dir: Path) -> None:

@@ -11,7 +11,7 @@ gives a label or two so the pages have something to show. With ``--url`` and
     .venv/bin/python scripts/dashboard_screenshots.py --url https://127.0.0.1:8443 \\
         --token-file /var/lib/stockade/reader-token --out /tmp/shots
 
-The browser is Debian's headless chromium (tests/support/browser.py) at 1366 px wide, a
+The browser is Debian's headless chromium (bench/_browser.py) at 1366 px wide, a
 laptop screen; each image holds the whole page (up to ``MAX_HEIGHT`` pixels).
 """
 
@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from support.browser import (  # noqa: E402
-    browser_unavailable,
+from bench._browser import (  # noqa: E402
     foreign_requests,
-    headless_chromium,
     login,
     requests_seen,
+    unavailable,
     wait_ready,
     wait_until,
+    watched_chromium,
 )
 
 WIDTH = 1366
@@ -142,7 +142,7 @@ def check_receipt(browser: Any) -> None:
 
 def screenshots(url: str, token: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with headless_chromium((WIDTH, MIN_HEIGHT)) as browser:
+    with watched_chromium((WIDTH, MIN_HEIGHT)) as browser:
         browser.get(f"{url}/ui/")
         wait_ready(browser)
         browser.save_screenshot(str(out / "dashboard-login.png"))
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--token-file", type=Path, help="its reader token (with --url)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     arguments = parser.parse_args()
-    reason = browser_unavailable()
+    reason = unavailable()
     if reason:
         raise SystemExit(reason)
     if arguments.url:

@@ -9,8 +9,7 @@ failed transition's own time (the verifier's and the browser's clocks are this h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
@@ -18,11 +17,11 @@ import pytest
 
 from support.browser import (
     console_errors,
+    css,
     foreign_requests,
-    headless_chromium,
-    login,
+    go,
     requests_seen,
-    wait_ready,
+    signed_in,
     wait_until,
 )
 
@@ -43,25 +42,6 @@ new MutationObserver(check).observe(
   document.body, {subtree: true, childList: true, characterData: true});
 check();
 """
-
-
-@contextmanager
-def signed_in(url: str, token: str) -> Iterator[Any]:
-    with headless_chromium() as browser:
-        login(browser, url, token)
-        wait_ready(browser)
-        yield browser
-
-
-def go(browser: Any, route: str) -> None:
-    browser.execute_script(
-        "document.body.dataset.ready = '0'; window.location.hash = arguments[0];", route
-    )
-    wait_ready(browser)
-
-
-def css(browser: Any, selector: str) -> list[Any]:
-    return list(browser.find_elements("css selector", selector))
 
 
 def events_open(browser: Any) -> None:

@@ -13,49 +13,28 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from support.browser import (
-    console_errors,
+    css,
     foreign_requests,
+    go,
     headless_chromium,
-    login,
+    real_errors,
     requests_seen,
     wait_ready,
     wait_until,
 )
+from support.browser import signed_in as signed_in_at
 
 pytestmark = [pytest.mark.tools, pytest.mark.usefixtures("browser_or_skip")]
 
 LAPTOP = (1366, 768)
-
-
-@contextmanager
-def signed_in(url: str, token: str, window: tuple[int, int] = LAPTOP) -> Iterator[Any]:
-    """A fresh chromium signed in to the dashboard through its login form."""
-    with headless_chromium(window) as browser:
-        login(browser, url, token)
-        wait_ready(browser)
-        yield browser
-
-
-def go(browser: Any, route: str) -> None:
-    """Navigate inside the page (a hash route) and wait for it to render."""
-    browser.execute_script(
-        "document.body.dataset.ready = '0'; window.location.hash = arguments[0];", route
-    )
-    wait_ready(browser)
-
-
-def css(browser: Any, selector: str) -> list[Any]:
-    from selenium.webdriver.common.by import By
-
-    return list(browser.find_elements(By.CSS_SELECTOR, selector))
+signed_in = partial(signed_in_at, window=LAPTOP)  # every page is checked on a laptop screen
 
 
 def page_of(browser: Any) -> str:
@@ -67,11 +46,6 @@ def page_of(browser: Any) -> str:
 def ids_of(fleet: Any) -> dict[str, str]:
     with fleet.client() as client:
         return {str(node["name"]): str(node["node_id"]) for node in client.nodes()}
-
-
-def real_errors(browser: Any) -> list[str]:
-    """Console errors other than the expected 401 of the first probe (before signing in)."""
-    return [line for line in console_errors(browser) if "status of 401" not in line]
 
 
 def no_sideways_scroll(browser: Any) -> None:

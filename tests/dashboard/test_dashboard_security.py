@@ -13,18 +13,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 from support.browser import (
     console_errors,
+    css,
     foreign_requests,
+    go,
     headless_chromium,
-    login,
     requests_seen,
+    signed_in,
     wait_ready,
     wait_until,
 )
@@ -41,25 +41,6 @@ fetch(path, {method, credentials: 'same-origin', headers: {'Content-Type': 'appl
   .then(async (answer) => done([answer.status, await answer.text()]))
   .catch((error) => done([0, String(error)]));
 """
-
-
-@contextmanager
-def signed_in(url: str, token: str) -> Iterator[Any]:
-    with headless_chromium() as browser:
-        login(browser, url, token)
-        wait_ready(browser)
-        yield browser
-
-
-def go(browser: Any, route: str) -> None:
-    browser.execute_script(
-        "document.body.dataset.ready = '0'; window.location.hash = arguments[0];", route
-    )
-    wait_ready(browser)
-
-
-def css(browser: Any, selector: str) -> list[Any]:
-    return list(browser.find_elements("css selector", selector))
 
 
 def fetch(browser: Any, method: str, path: str) -> tuple[int, str]:
