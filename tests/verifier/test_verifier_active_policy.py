@@ -83,3 +83,22 @@ def test_the_active_policy_cannot_be_deleted(client, verifier_config, software_t
     agent = DevAgent.create(software_tpm)
     agent.enroll(client, "node-c")
     assert _policy_of_result(agent.attest(client)).startswith("test@")
+
+
+def test_the_verifier_keeps_a_bounded_number_of_versions_built(client, verifier_config):
+    """Each stored version the verifier appraised under keeps its references built, but only
+    the newest few: a long-lived verifier does not hold every version it ever saw."""
+    from stockade.verifier.service import REFERENCES_KEPT
+
+    service = client.app.state.service
+    seen = []
+    for number in range(REFERENCES_KEPT + 3):
+        stored = _put(client, verifier_config, policy_document("test", validity=200 + number))
+        service.invalidate_policy()
+        active = service.active_policy()
+        assert active.version == stored["version"]
+        seen.append(active.version)
+    kept = [v for v in seen if service.cached_references("test", v) is not None]
+    assert kept == seen[-REFERENCES_KEPT:]
+    # The newest is served from the cache: the same object, not built again.
+    assert service.active_policy() is service.cached_references("test", seen[-1])

@@ -44,6 +44,11 @@ class ActivePolicy:
         return f"{self.policy_id}@{self.version}"
 
 
+# Policy versions whose references a verifier keeps built (the active one and a few before:
+# a rollback, another replica's newer version noticed late).
+REFERENCES_KEPT = 8
+
+
 @dataclass
 class Service:
     config: VerifierConfig
@@ -181,7 +186,9 @@ class Service:
             raise Conflict(f"the active policy {policy_id!r} is not stored", code="policy")
         key = (row.id, row.version)
         with self._lock:
-            cached = self._references.get(key)
+            cached = self._references.pop(key, None)
+            if cached is not None:
+                self._references[key] = cached  # the most recently used goes last
         if cached is not None:
             return cached
         appraiser = self.require_appraiser()
@@ -189,6 +196,10 @@ class Service:
         active = ActivePolicy(row.id, row.version, policy, appraiser.build_references(policy))
         with self._lock:
             self._references[key] = active
+            # Every version this process ever appraised under would otherwise stay built;
+            # one dropped is built again if it becomes active again.
+            while len(self._references) > REFERENCES_KEPT:
+                del self._references[next(iter(self._references))]
         return active
 
 
