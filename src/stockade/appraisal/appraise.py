@@ -44,9 +44,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -94,6 +92,7 @@ from stockade.evidence.quote import verify_quote
 from stockade.evidence.replay import VerifiedEventLog, verify_log
 from stockade.evidence.secureboot import secure_boot_state
 from stockade.evidence.signature import Signature
+from stockade.lru import LruCache
 from stockade.release.dsse import Envelope
 from stockade.release.errors import SignatureInvalid
 from stockade.release.manifest import Manifest, manifest_digest, open_signed_manifest
@@ -166,32 +165,13 @@ class ReferenceEntry:
         return f"{self.release} on {self.platform_description}"
 
 
-class SignedPredictions:
+class SignedPredictions(LruCache[tuple[str, bytes], "ReferenceSet"]):
     """Reference entries predicted for releases accepted by signer (the envelope a node sends
     with its evidence), by (policy version, manifest digest); the least recently used is
     dropped past ``SIGNED_PREDICTIONS_KEPT``. Shared by the verifier's worker threads."""
 
     def __init__(self, kept: int = SIGNED_PREDICTIONS_KEPT) -> None:
-        self.kept = kept
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, bytes], ReferenceSet] = OrderedDict()
-
-    def get(self, key: tuple[str, bytes], predict: Callable[[], ReferenceSet]) -> ReferenceSet:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                return found
-        made = predict()  # outside the lock: another release's appraisal need not wait
-        with self._lock:
-            self._entries[key] = made
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.kept:
-                self._entries.popitem(last=False)
-        return made
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        super().__init__(kept)
 
 
 @dataclass(frozen=True)

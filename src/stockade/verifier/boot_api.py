@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from stockade.lru import LruCache
 from stockade.strict_json import canonical_json
 from stockade.verifier.errors import NotFound
 from stockade.verifier.models import EvidenceBlob, Node, Policy, Result
@@ -58,30 +58,13 @@ class _Built:
     problem: str | None = None
 
 
-class ReferenceCache:
+class ReferenceCache(LruCache[tuple[str, int, str], _Built]):
     """Policy versions' references for boot views, least recently used dropped past
     ``kept``; keyed by (id, version, document digest), so a version deleted and stored
     again with another document is never confused with the old one."""
 
     def __init__(self, kept: int = REFERENCES_KEPT) -> None:
-        self.kept = kept
-        self.built = 0  # how many times references were built (tests)
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, int, str], _Built] = OrderedDict()
-
-    def get(self, key: tuple[str, int, str], build: Callable[[], _Built]) -> _Built:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                return found
-        made = build()  # outside the lock: another version's view need not wait
-        with self._lock:
-            self.built += 1
-            self._entries[key] = made
-            while len(self._entries) > self.kept:
-                self._entries.popitem(last=False)
-        return made
+        super().__init__(kept)
 
 
 _CACHE_MADE = threading.Lock()
