@@ -304,6 +304,7 @@ def create_app(config: VerifierConfig, appraiser: Appraiser | Any | None = _DEFA
         config.max_event_streams, config.max_event_streams_per_client
     )
     app.state.metrics = metrics
+    app.state.boot_references = boot_api.ReferenceCache()
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)  # outermost: times every answer
     _install_error_handlers(app)

@@ -17,7 +17,6 @@ stored evidence does not hash to its digest is ``available: false`` with the rea
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -67,17 +66,9 @@ class ReferenceCache(LruCache[tuple[str, int, str], _Built]):
         super().__init__(kept)
 
 
-_CACHE_MADE = threading.Lock()
-
-
 def reference_cache(request: Request) -> ReferenceCache:
-    """The app's cache (``app.state.boot_references``), made on first use."""
-    state = request.app.state
-    with _CACHE_MADE:
-        cache = getattr(state, "boot_references", None)
-        if cache is None:
-            cache = ReferenceCache()
-            state.boot_references = cache
+    """The app's cache (``app.state.boot_references``, made with the app)."""
+    cache = request.app.state.boot_references
     assert isinstance(cache, ReferenceCache)
     return cache
 
